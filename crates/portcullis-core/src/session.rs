@@ -1,0 +1,164 @@
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use crate::CancelSignal;
+
+/// A session's id: unique per gateway process and random across processes, shown as 16 hex
+/// digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// The protocol a session speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// PostgreSQL frontend/backend protocol 3.
+    Postgres,
+    /// MySQL / MariaDB client/server protocol.
+    MySql,
+    /// HTTP/1.1 or HTTP/2.
+    Http,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Postgres => "postgres",
+            Protocol::MySql => "mysql",
+            Protocol::Http => "http",
+        })
+    }
+}
+
+/// How an identity was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthMethod {
+    /// A static token from the configuration (service accounts, CI).
+    StaticToken,
+    /// A token issued by an OpenID Connect provider.
+    Oidc,
+}
+
+impl fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthMethod::StaticToken => "static_token",
+            AuthMethod::Oidc => "oidc",
+        })
+    }
+}
+
+/// A verified identity: who runs the commands of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Identity {
+    /// Stable subject: the token's name, or the OIDC `sub`.
+    pub subject: String,
+    /// A name for people to read (display name or email), when known.
+    pub display: Option<String>,
+    /// Groups, which rules, exemptions and approvers refer to.
+    pub groups: Vec<String>,
+    /// How the identity was established.
+    pub method: AuthMethod,
+    /// The token issuer (OIDC), when known.
+    pub issuer: Option<String>,
+    /// The token's id (`jti`), when known.
+    pub token_id: Option<String>,
+    /// When the credential stops being valid, if it expires.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Identity {
+    /// An identity with a subject, groups and method; the other fields empty.
+    pub fn new(subject: impl Into<String>, groups: Vec<String>, method: AuthMethod) -> Self {
+        Identity {
+            subject: subject.into(),
+            display: None,
+            groups,
+            method,
+            issuer: None,
+            token_id: None,
+            expires_at: None,
+        }
+    }
+
+    /// Whether the identity belongs to `group`.
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == group)
+    }
+
+    /// Whether the identity belongs to any of `groups`.
+    pub fn in_any_group<S: AsRef<str>>(&self, groups: &[S]) -> bool {
+        groups.iter().any(|g| self.in_group(g.as_ref()))
+    }
+}
+
+/// One client session through the gateway, shared (as `Arc<Session>`) by every layer.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Session {
+    /// Unique id, recorded on every audit event.
+    pub id: SessionId,
+    /// Protocol spoken.
+    pub protocol: Protocol,
+    /// The configured target's name (`[[postgres]] name`).
+    pub target: String,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Who this is.
+    pub identity: Identity,
+    /// The user name the client asked for (recorded, never trusted).
+    pub claimed_user: String,
+    /// The database asked for, when the protocol has one.
+    pub database: Option<String>,
+    /// The upstream address, `host:port` or URL.
+    pub upstream: String,
+    /// The user the gateway logs in as upstream.
+    pub upstream_user: String,
+    /// The client's application name, when it sent one.
+    pub application: Option<String>,
+    /// Startup parameters the client asked for (name, value), as asked.
+    pub startup_params: Vec<(String, String)>,
+    /// Whether the client's connection is encrypted.
+    pub tls: bool,
+    /// When the session started.
+    pub started_at: SystemTime,
+    /// Fired when the client asks to cancel the running command.
+    pub cancel: CancelSignal,
+}
+
+impl Session {
+    /// A session for `identity` on `target`; fill the other public fields as known.
+    pub fn new(
+        id: SessionId,
+        protocol: Protocol,
+        target: impl Into<String>,
+        peer: SocketAddr,
+        identity: Identity,
+    ) -> Self {
+        Session {
+            id,
+            protocol,
+            target: target.into(),
+            peer,
+            identity,
+            claimed_user: String::new(),
+            database: None,
+            upstream: String::new(),
+            upstream_user: String::new(),
+            application: None,
+            startup_params: Vec::new(),
+            tls: false,
+            started_at: SystemTime::now(),
+            cancel: CancelSignal::new(),
+        }
+    }
+}

@@ -1,0 +1,72 @@
+/// What a policy decided about one command.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// Let it through.
+    #[default]
+    Allow,
+    /// Refuse it with a native error naming the rule.
+    Deny {
+        /// The rule's name.
+        rule: String,
+        /// Its message to the client.
+        message: String,
+    },
+    /// Hold it until enough of `approvers` approve.
+    Approve {
+        /// The rule's name.
+        rule: String,
+        /// Groups whose members may approve.
+        approvers: Vec<String>,
+    },
+}
+
+impl Verdict {
+    /// A [`Verdict::Deny`].
+    pub fn deny(rule: impl Into<String>, message: impl Into<String>) -> Self {
+        Verdict::Deny {
+            rule: rule.into(),
+            message: message.into(),
+        }
+    }
+
+    /// How strict this verdict is: `Allow` < `Approve` < `Deny`. A command made of several
+    /// statements takes the strictest verdict of its statements.
+    pub fn strictness(&self) -> u8 {
+        match self {
+            Verdict::Allow => 0,
+            Verdict::Approve { .. } => 1,
+            Verdict::Deny { .. } => 2,
+        }
+    }
+}
+
+/// A decision an inner layer reports outward, through the response (or error) extensions, so
+/// that the audit layer records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Decision {
+    /// Which layer decided (`"guard"`, `"approval"`, `"mask"`, ...).
+    pub layer: &'static str,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Free-form detail (approval id and approver, masked columns, ...).
+    pub detail: Option<String>,
+}
+
+impl Decision {
+    /// A decision by `layer`.
+    pub fn new(layer: &'static str, verdict: Verdict) -> Self {
+        Decision {
+            layer,
+            verdict,
+            detail: None,
+        }
+    }
+
+    /// With a detail.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+}

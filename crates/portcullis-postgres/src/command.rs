@@ -1,0 +1,489 @@
+//! Command units: how the client's message stream is cut into the pieces that each get one
+//! coherent reply, and what policy layers can read from them.
+
+use std::collections::HashMap;
+
+use bytes::{Buf, Bytes, BytesMut};
+use portcullis_core::{CommandKind, CommandView, Param, Statement};
+
+use crate::codec::{CodecError, Frame, first_cstr, frame_len};
+
+/// A response the server owes for one frontend message of a unit, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    Parse,
+    Bind,
+    Close,
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Sync,
+    /// Simple Query or FunctionCall: everything up to ReadyForQuery.
+    UntilReady,
+}
+
+#[derive(Debug, Clone)]
+struct StatementRef {
+    text: Bytes,
+    name: Option<Bytes>,
+    executes: bool,
+}
+
+/// One PostgreSQL command unit: a simple `Query`, an extended-protocol batch up to `Sync` or
+/// `Flush`, a `FunctionCall`, `Terminate`, or the session's event stream.
+///
+/// The unit keeps the client's original bytes, which are forwarded untouched.
+#[derive(Debug, Clone)]
+pub struct PgCommand {
+    kind: CommandKind,
+    bytes: Bytes,
+    pub(crate) slots: Vec<Slot>,
+    statements: Vec<StatementRef>,
+    ends_with_sync: bool,
+    may_copy_in: bool,
+}
+
+impl PgCommand {
+    /// The request for the session's event stream.
+    pub fn session_events() -> Self {
+        PgCommand {
+            kind: CommandKind::SessionEvents,
+            bytes: Bytes::new(),
+            slots: Vec::new(),
+            statements: Vec::new(),
+            ends_with_sync: false,
+            may_copy_in: false,
+        }
+    }
+
+    /// The client's original bytes for this unit.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Whether the client expects a `ReadyForQuery` at the end of this unit's reply (it ended
+    /// with `Sync`, or is a simple `Query` or `FunctionCall`).
+    pub fn expects_ready(&self) -> bool {
+        self.ends_with_sync
+    }
+
+    /// Whether this unit can start `COPY ... FROM STDIN`, so the client may stream data after it.
+    pub fn may_copy_in(&self) -> bool {
+        self.may_copy_in
+    }
+
+    /// The unit's frames, decoded lazily.
+    pub fn frames(&self) -> impl Iterator<Item = Frame> + '_ {
+        let mut rest = self.bytes.clone();
+        std::iter::from_fn(move || {
+            let len = frame_len(&rest, usize::MAX).ok()??;
+            if rest.len() < len {
+                return None;
+            }
+            Frame::from_bytes(rest.split_to(len))
+        })
+    }
+}
+
+fn text_of(b: &Bytes) -> &str {
+    std::str::from_utf8(b).unwrap_or("\u{FFFD}<statement text is not valid UTF-8>")
+}
+
+impl CommandView for PgCommand {
+    fn kind(&self) -> CommandKind {
+        self.kind
+    }
+
+    fn statements(&self) -> Vec<Statement<'_>> {
+        self.statements
+            .iter()
+            .map(|s| {
+                let st = Statement::text(text_of(&s.text)).executes(s.executes);
+                match &s.name {
+                    Some(n) => st.prepared(text_of(n)),
+                    None => st,
+                }
+            })
+            .collect()
+    }
+
+    fn params(&self) -> Vec<Param<'_>> {
+        let mut out = Vec::new();
+        let mut rest: &[u8] = &self.bytes;
+        while rest.len() >= 5 {
+            let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize + 1;
+            if len > rest.len() || len < 5 {
+                break;
+            }
+            let (frame, tail) = rest.split_at(len);
+            rest = tail;
+            if frame[0] == b'B' {
+                bind_params(&frame[5..], &mut out);
+            }
+        }
+        out
+    }
+}
+
+/// Parameters of a Bind body, borrowed. Stops quietly at malformed input (the server rejects
+/// such a Bind anyway).
+fn bind_params<'a>(mut body: &'a [u8], out: &mut Vec<Param<'a>>) {
+    fn skip_cstr(b: &mut &[u8]) -> Option<()> {
+        let n = b.iter().position(|&c| c == 0)?;
+        *b = &b[n + 1..];
+        Some(())
+    }
+    let mut go = || -> Option<()> {
+        skip_cstr(&mut body)?;
+        skip_cstr(&mut body)?;
+        let nf = body.get(..2)?.get_i16() as usize;
+        body = body.get(2..)?;
+        let formats: Vec<i16> = (0..nf)
+            .map(|i| body.get(i * 2..i * 2 + 2).map(|mut b| b.get_i16()))
+            .collect::<Option<_>>()?;
+        body = body.get(nf * 2..)?;
+        let np = body.get(..2)?.get_i16() as usize;
+        body = body.get(2..)?;
+        for i in 0..np {
+            let len = body.get(..4)?.get_i32();
+            body = body.get(4..)?;
+            let binary = match formats.len() {
+                0 => false,
+                1 => formats[0] == 1,
+                _ => formats.get(i).copied() == Some(1),
+            };
+            if len < 0 {
+                out.push(Param::Null);
+                continue;
+            }
+            let v = body.get(..len as usize)?;
+            body = body.get(len as usize..)?;
+            out.push(if binary {
+                Param::Binary(v)
+            } else {
+                Param::Text(v)
+            });
+        }
+        Some(())
+    };
+    let _ = go();
+}
+
+/// What the client sent next.
+#[derive(Debug)]
+pub(crate) enum Item {
+    /// A command unit.
+    Unit(PgCommand),
+    /// COPY data, done or fail (belongs to the COPY in progress).
+    Copy(Frame),
+}
+
+/// Cuts the client's byte stream into command units, remembering prepared statements so that
+/// a later `Bind` names its statement's text.
+#[derive(Debug)]
+pub(crate) struct UnitBuilder {
+    max_message: usize,
+    max_unit: usize,
+    /// Bytes of the buffer already scanned into the unit being built.
+    scanned: usize,
+    slots: Vec<Slot>,
+    statements: Vec<StatementRef>,
+    executes: bool,
+    prepared: HashMap<Bytes, Bytes>,
+}
+
+/// Most prepared statements remembered per session (a client that prepares more without
+/// closing them loses the oldest names' texts, and policy sees them as unknown).
+const MAX_PREPARED: usize = 10_000;
+
+impl UnitBuilder {
+    pub(crate) fn new(max_message: usize) -> Self {
+        UnitBuilder {
+            max_message,
+            max_unit: max_message.saturating_mul(2),
+            scanned: 0,
+            slots: Vec::new(),
+            statements: Vec::new(),
+            executes: false,
+            prepared: HashMap::new(),
+        }
+    }
+
+    fn cstr_at(frame: &Bytes, at: usize) -> Result<(Bytes, usize), CodecError> {
+        let s = first_cstr(&frame[at..]).ok_or(CodecError::Malformed {
+            what: "frontend",
+            why: "unterminated string",
+        })?;
+        let n = s.len();
+        Ok((frame.slice(at..at + n), at + n + 1))
+    }
+
+    /// The next item, `Ok(None)` when more bytes are needed.
+    pub(crate) fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Item>, CodecError> {
+        loop {
+            let Some(len) = frame_len(&buf[self.scanned..], self.max_message)? else {
+                return Ok(None);
+            };
+            let end = self.scanned + len;
+            if buf.len() < end {
+                buf.reserve(end - buf.len());
+                return Ok(None);
+            }
+            if end > self.max_unit {
+                return Err(CodecError::TooLong {
+                    len: end,
+                    max: self.max_unit,
+                });
+            }
+            let tag = buf[self.scanned];
+            match tag {
+                b'd' | b'c' | b'f' => {
+                    if self.scanned != 0 {
+                        return Err(CodecError::Malformed {
+                            what: "CopyData",
+                            why: "COPY data inside an extended-query batch",
+                        });
+                    }
+                    let frame = buf.split_to(len).freeze();
+                    return Ok(Frame::from_bytes(frame).map(Item::Copy));
+                }
+                b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H' | b'Q' | b'F' | b'X' => {}
+                other => return Err(CodecError::UnknownTag(other as char)),
+            }
+            // Only the frames that carry SQL are decoded; the rest are just counted.
+            let body_at = self.scanned + 5;
+            let unit_end = match tag {
+                b'P' => {
+                    let f = Bytes::copy_from_slice(&buf[body_at..end]);
+                    let (name, at) = Self::cstr_at(&f, 0)?;
+                    let (query, _) = Self::cstr_at(&f, at)?;
+                    if self.prepared.len() >= MAX_PREPARED && !self.prepared.contains_key(&name) {
+                        self.prepared.clear();
+                    }
+                    self.prepared.insert(name.clone(), query.clone());
+                    self.statements.push(StatementRef {
+                        text: query,
+                        name: (!name.is_empty()).then_some(name),
+                        executes: false,
+                    });
+                    self.slots.push(Slot::Parse);
+                    false
+                }
+                b'B' => {
+                    let f = &buf[body_at..end];
+                    let portal_len = first_cstr(f).map(|s| s.len()).unwrap_or(0);
+                    let rest = f.get(portal_len + 1..).unwrap_or_default();
+                    let stmt = first_cstr(rest).unwrap_or_default();
+                    let parsed_here = self
+                        .statements
+                        .last()
+                        .is_some_and(|s| s.name.as_deref().unwrap_or_default() == stmt);
+                    if !parsed_here {
+                        let text = self
+                            .prepared
+                            .get(stmt)
+                            .cloned()
+                            .unwrap_or_else(|| Bytes::from_static(b""));
+                        self.statements.push(StatementRef {
+                            text,
+                            name: (!stmt.is_empty()).then(|| Bytes::copy_from_slice(stmt)),
+                            executes: false,
+                        });
+                    }
+                    self.slots.push(Slot::Bind);
+                    false
+                }
+                b'D' => {
+                    self.slots.push(if buf.get(body_at) == Some(&b'S') {
+                        Slot::DescribeStatement
+                    } else {
+                        Slot::DescribePortal
+                    });
+                    false
+                }
+                b'C' => {
+                    if buf.get(body_at) == Some(&b'S') {
+                        if let Some(name) = first_cstr(&buf[body_at + 1..end]) {
+                            self.prepared.remove(name);
+                        }
+                    }
+                    self.slots.push(Slot::Close);
+                    false
+                }
+                b'E' => {
+                    self.executes = true;
+                    if let Some(last) = self.statements.last_mut() {
+                        last.executes = true;
+                    }
+                    self.slots.push(Slot::Execute);
+                    false
+                }
+                b'S' => {
+                    self.slots.push(Slot::Sync);
+                    true
+                }
+                b'H' => true,
+                b'Q' => {
+                    let sql = first_cstr(&buf[body_at..end]).unwrap_or_default();
+                    self.statements.push(StatementRef {
+                        text: Bytes::copy_from_slice(sql),
+                        name: None,
+                        executes: true,
+                    });
+                    self.executes = true;
+                    self.slots.push(Slot::UntilReady);
+                    true
+                }
+                b'F' => {
+                    self.executes = true;
+                    self.slots.push(Slot::UntilReady);
+                    true
+                }
+                _ => true, // Terminate
+            };
+            self.scanned = end;
+            if unit_end {
+                return Ok(Some(Item::Unit(self.finish(buf, tag))));
+            }
+        }
+    }
+
+    fn finish(&mut self, buf: &mut BytesMut, last: u8) -> PgCommand {
+        let bytes = buf.split_to(self.scanned).freeze();
+        self.scanned = 0;
+        let statements = std::mem::take(&mut self.statements);
+        let executes = std::mem::replace(&mut self.executes, false);
+        let may_copy_in = executes
+            && statements
+                .iter()
+                .any(|s| contains_ignore_ascii_case(&s.text, b"copy"));
+        let kind = match last {
+            b'X' => CommandKind::Terminate,
+            b'F' => CommandKind::FunctionCall,
+            _ if statements.is_empty() => CommandKind::Control,
+            _ => CommandKind::Statements,
+        };
+        PgCommand {
+            kind,
+            bytes,
+            slots: std::mem::take(&mut self.slots),
+            statements,
+            ends_with_sync: matches!(last, b'S' | b'Q' | b'F'),
+            may_copy_in,
+        }
+    }
+}
+
+fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::FrontendMessage;
+
+    fn encode(msgs: &[FrontendMessage]) -> BytesMut {
+        let mut b = BytesMut::new();
+        for m in msgs {
+            m.encode(&mut b);
+        }
+        b
+    }
+
+    fn units(buf: &mut BytesMut, builder: &mut UnitBuilder) -> Vec<PgCommand> {
+        let mut out = Vec::new();
+        while let Some(item) = builder.next(buf).unwrap() {
+            match item {
+                Item::Unit(u) => out.push(u),
+                Item::Copy(_) => panic!("unexpected copy"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn extended_batches_end_at_sync_and_flush() {
+        let mut b = UnitBuilder::new(1 << 20);
+        let mut buf = encode(&[
+            FrontendMessage::Parse {
+                name: "s1".into(),
+                query: "select $1".into(),
+                param_types: vec![],
+            },
+            FrontendMessage::Describe {
+                target: b'S',
+                name: "s1".into(),
+            },
+            FrontendMessage::Flush,
+            FrontendMessage::Bind {
+                portal: "".into(),
+                statement: "s1".into(),
+                param_formats: vec![],
+                params: vec![Some("42".into()), None],
+                result_formats: vec![],
+            },
+            FrontendMessage::Execute {
+                portal: "".into(),
+                max_rows: 0,
+            },
+            FrontendMessage::Sync,
+            FrontendMessage::Query {
+                sql: "COPY t FROM STDIN".into(),
+            },
+        ]);
+        let us = units(&mut buf, &mut b);
+        assert_eq!(us.len(), 3);
+        assert_eq!(us[0].slots, vec![Slot::Parse, Slot::DescribeStatement]);
+        assert!(!us[0].expects_ready());
+        let st = us[0].statements();
+        assert_eq!(st[0].text, "select $1");
+        assert!(!st[0].executes);
+        // The second unit's Bind names the statement prepared by the first.
+        let st = us[1].statements();
+        assert_eq!(st[0].text, "select $1");
+        assert_eq!(st[0].prepared_name, Some("s1"));
+        assert!(st[0].executes);
+        assert_eq!(us[1].params(), vec![Param::Text(b"42"), Param::Null]);
+        assert!(us[1].expects_ready());
+        assert!(!us[1].may_copy_in());
+        assert!(us[2].may_copy_in());
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn incomplete_units_wait_for_more_bytes() {
+        let mut b = UnitBuilder::new(1 << 20);
+        let whole = encode(&[
+            FrontendMessage::Parse {
+                name: "".into(),
+                query: "select 1".into(),
+                param_types: vec![],
+            },
+            FrontendMessage::Sync,
+        ]);
+        let mut buf = BytesMut::new();
+        for (i, byte) in whole.iter().enumerate() {
+            buf.extend_from_slice(&[*byte]);
+            let got = b.next(&mut buf).unwrap();
+            assert_eq!(got.is_some(), i == whole.len() - 1);
+        }
+    }
+
+    #[test]
+    fn unknown_tags_and_copy_inside_batches_are_errors() {
+        let mut b = UnitBuilder::new(1 << 20);
+        let mut buf = BytesMut::from(&b"Z\0\0\0\x04"[..]);
+        assert!(b.next(&mut buf).is_err());
+        let mut b = UnitBuilder::new(1 << 20);
+        let mut buf = encode(&[
+            FrontendMessage::Execute {
+                portal: "".into(),
+                max_rows: 0,
+            },
+            FrontendMessage::CopyDone,
+        ]);
+        assert!(b.next(&mut buf).is_err());
+    }
+}

@@ -1,0 +1,537 @@
+//! The upstream connection at run time, and [`PgUpstream`], the innermost service of a
+//! session's stack.
+//!
+//! Everything runs in the session's task: the reply body that the protocol server pulls is
+//! what reads the database socket, so nothing is read faster than the client takes it, and no
+//! message crosses a channel or another task. Writes of pipelined units queue in order
+//! behind any COPY upload still streaming.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf, BytesMut};
+use portcullis_core::{
+    CommandKind, CommandView, Error, EventKind, EventView, Refusal, ReplyBody, Request,
+    Response, Upload,
+};
+use tokio::io::AsyncWrite;
+use tokio_util::io::poll_read_buf;
+
+use crate::codec::{Frame, decode_frame, first_cstr, response_field};
+use crate::command::{PgCommand, Slot};
+use crate::io::BoxIo;
+use crate::upstream::Connected;
+
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The upstream ended the session or failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// The database closed the connection after sending a FATAL error (already forwarded).
+    #[error("the database ended the session")]
+    EndedAfterFatal,
+    /// The connection broke or the database closed it without a word.
+    #[error("lost the connection to the database: {0}")]
+    Lost(String),
+    /// The database sent something that breaks the protocol.
+    #[error("the database sent an invalid message: {0}")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    fn into_error(self) -> Error {
+        match self {
+            UpstreamError::EndedAfterFatal => Box::new(self),
+            other => Box::new(Refusal::UpstreamUnavailable {
+                message: other.to_string(),
+            }),
+        }
+    }
+}
+
+enum Segment {
+    Data(BytesMut),
+    Upload(Upload),
+}
+
+struct Unit {
+    id: u64,
+    slots: VecDeque<Slot>,
+    /// Progress inside the current `DescribeStatement` slot (ParameterDescription seen).
+    described: bool,
+    /// The reply body was dropped before the end: discard the rest of its reply.
+    abandoned: bool,
+}
+
+struct Conn {
+    io: BoxIo,
+    rbuf: BytesMut,
+    writes: VecDeque<Segment>,
+    units: VecDeque<Unit>,
+    next_id: u64,
+    /// After an error in an extended-protocol batch the server skips to the next Sync.
+    skipping: bool,
+    failed: Option<UpstreamError>,
+    saw_fatal: bool,
+    max_message: usize,
+    idle_waker: Option<Waker>,
+    /// Ids of units whose reply has fully arrived (the newest few).
+    finished_below: u64,
+}
+
+/// The innermost service of a PostgreSQL session: sends each command unit to the database
+/// and returns a body that streams the database's reply.
+///
+/// Clones share the connection.
+#[derive(Clone)]
+pub struct PgUpstream {
+    conn: Arc<Mutex<Conn>>,
+}
+
+impl std::fmt::Debug for PgUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgUpstream").finish_non_exhaustive()
+    }
+}
+
+fn lock(conn: &Mutex<Conn>) -> MutexGuard<'_, Conn> {
+    // A panic while holding the lock would be a bug; the state is still consistent enough
+    // to fail the session cleanly, so recover the guard.
+    conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl PgUpstream {
+    /// Wrap an open connection. `max_message` bounds each message the database may send.
+    pub fn new(connected: Connected, max_message: usize) -> Self {
+        let mut rbuf = connected.leftover;
+        rbuf.reserve(READ_CHUNK);
+        PgUpstream {
+            conn: Arc::new(Mutex::new(Conn {
+                io: connected.io,
+                rbuf,
+                writes: VecDeque::new(),
+                units: VecDeque::new(),
+                next_id: 1,
+                skipping: false,
+                failed: None,
+                saw_fatal: false,
+                max_message,
+                idle_waker: None,
+                finished_below: 1,
+            })),
+        }
+    }
+}
+
+impl tower_service::Service<Request<PgCommand>> for PgUpstream {
+    type Response = Response<PgReply>;
+    type Error = Error;
+    type Future = std::future::Ready<Result<Response<PgReply>, Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let conn = lock(&self.conn);
+        match &conn.failed {
+            Some(e) => Poll::Ready(Err(e.clone().into_error())),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, req: Request<PgCommand>) -> Self::Future {
+        let mut conn = lock(&self.conn);
+        if let Some(e) = &conn.failed {
+            return std::future::ready(Err(e.clone().into_error()));
+        }
+        if req.command.kind() == CommandKind::SessionEvents {
+            return std::future::ready(Ok(Response::new(PgReply {
+                conn: self.conn.clone(),
+                unit: None,
+                done: false,
+            })));
+        }
+        let id = conn.next_id;
+        conn.next_id += 1;
+        match conn.writes.back_mut() {
+            Some(Segment::Data(buf)) => buf.extend_from_slice(req.command.bytes()),
+            _ => conn
+                .writes
+                .push_back(Segment::Data(BytesMut::from(&req.command.bytes()[..]))),
+        }
+        if let Some(upload) = req.upload {
+            conn.writes.push_back(Segment::Upload(upload));
+        }
+        conn.units.push_back(Unit {
+            id,
+            slots: req.command.slots.iter().copied().collect(),
+            described: false,
+            abandoned: false,
+        });
+        std::future::ready(Ok(Response::new(PgReply {
+            conn: self.conn.clone(),
+            unit: Some(id),
+            done: false,
+        })))
+    }
+}
+
+/// What a frame means for the unit being answered.
+enum Step {
+    /// Part of the reply; the unit goes on.
+    More,
+    /// The last frame of the unit's reply.
+    Last,
+}
+
+impl Conn {
+    fn fail(&mut self, e: UpstreamError) -> UpstreamError {
+        if self.failed.is_none() {
+            self.failed = Some(e.clone());
+        }
+        e
+    }
+
+    /// Push queued writes (unit bytes, upload chunks) to the database as far as it takes them.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), UpstreamError> {
+        let mut wrote = false;
+        loop {
+            match self.writes.front_mut() {
+                None => break,
+                Some(Segment::Data(buf)) => {
+                    if buf.is_empty() {
+                        self.writes.pop_front();
+                        continue;
+                    }
+                    match Pin::new(&mut self.io).poll_write(cx, buf) {
+                        Poll::Ready(Ok(0)) => {
+                            return Err(self.fail(UpstreamError::Lost("write returned 0".into())));
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            buf.advance(n);
+                            wrote = true;
+                        }
+                        Poll::Ready(Err(e)) => return Err(self.fail(UpstreamError::Lost(e.to_string()))),
+                        Poll::Pending => break,
+                    }
+                }
+                Some(Segment::Upload(upload)) => match upload.poll_chunk(cx) {
+                    Poll::Ready(Some(chunk)) => {
+                        self.writes.push_front(Segment::Data(BytesMut::from(&chunk[..])));
+                    }
+                    Poll::Ready(None) => {
+                        self.writes.pop_front();
+                    }
+                    Poll::Pending => break,
+                },
+            }
+        }
+        if wrote {
+            if let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_flush(cx) {
+                return Err(self.fail(UpstreamError::Lost(e.to_string())));
+            }
+        }
+        Ok(())
+    }
+
+    /// The next frame from the database, reading as needed.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, UpstreamError>> {
+        loop {
+            match decode_frame(&mut self.rbuf, self.max_message) {
+                Ok(Some(frame)) => {
+                    if frame.tag() == b'E'
+                        && response_field(frame.body(), b'V') == Some(b"FATAL")
+                    {
+                        self.saw_fatal = true;
+                    }
+                    return Poll::Ready(Ok(frame));
+                }
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(self.fail(UpstreamError::Protocol(e.to_string())))),
+            }
+            if let Some(e) = &self.failed {
+                return Poll::Ready(Err(e.clone()));
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            match ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)) {
+                Ok(0) => {
+                    let e = if self.saw_fatal {
+                        UpstreamError::EndedAfterFatal
+                    } else {
+                        UpstreamError::Lost("the database closed the connection".into())
+                    };
+                    return Poll::Ready(Err(self.fail(e)));
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(self.fail(UpstreamError::Lost(e.to_string())))),
+            }
+        }
+    }
+
+    /// Drop slots the server will not answer (skipped after an error until Sync). Returns
+    /// whether the front unit has nothing more to receive.
+    fn settle_front(&mut self) -> bool {
+        let skipping = self.skipping;
+        let Some(unit) = self.units.front_mut() else {
+            return true;
+        };
+        while let Some(slot) = unit.slots.front() {
+            if skipping && *slot != Slot::Sync {
+                unit.slots.pop_front();
+            } else {
+                break;
+            }
+        }
+        unit.slots.is_empty()
+    }
+
+    /// Account one frame of the front unit's reply.
+    fn step(&mut self, frame: &Frame) -> Step {
+        let tag = frame.tag();
+        if matches!(tag, b'N' | b'A' | b'S') {
+            // Asynchronous messages may arrive at any point of a reply.
+            return Step::More;
+        }
+        let Some(unit) = self.units.front_mut() else {
+            return Step::More;
+        };
+        let Some(slot) = unit.slots.front().copied() else {
+            return Step::Last;
+        };
+        let slot_done = match (slot, tag) {
+            (Slot::UntilReady, b'Z') => true,
+            (Slot::UntilReady, _) => false,
+            (_, b'E') => {
+                if slot == Slot::Sync {
+                    false
+                } else {
+                    self.skipping = true;
+                    true
+                }
+            }
+            (Slot::Sync, b'Z') => {
+                self.skipping = false;
+                true
+            }
+            (Slot::Parse, b'1') | (Slot::Bind, b'2') | (Slot::Close, b'3') => true,
+            (Slot::DescribeStatement, b't') => {
+                unit.described = true;
+                false
+            }
+            (Slot::DescribeStatement | Slot::DescribePortal, b'T' | b'n') => true,
+            (Slot::Execute, b'C' | b'I' | b's') => true,
+            (Slot::Execute, b'G' | b'W') => {
+                // COPY FROM STDIN in an extended batch: the server ignores the Sync and Flush
+                // messages it reads during COPY, so the rest of this batch gets no answers;
+                // the client sends another Sync after CopyDone.
+                unit.slots.truncate(1);
+                false
+            }
+            _ => false,
+        };
+        if slot_done {
+            unit.slots.pop_front();
+            unit.described = false;
+        }
+        if self.settle_front() {
+            Step::Last
+        } else {
+            Step::More
+        }
+    }
+
+    fn finish_front(&mut self) {
+        if let Some(unit) = self.units.pop_front() {
+            self.finished_below = unit.id + 1;
+        }
+        if self.units.is_empty() {
+            if let Some(w) = self.idle_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Discard replies of abandoned units at the front.
+    fn poll_discard_abandoned(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        while self.units.front().is_some_and(|u| u.abandoned) {
+            if self.settle_front() {
+                self.finish_front();
+                continue;
+            }
+            let frame = ready!(self.poll_frame(cx))?;
+            if let Step::Last = self.step(&frame) {
+                self.finish_front();
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_unit_event(
+        &mut self,
+        id: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame, UpstreamError>>> {
+        if let Err(e) = self.poll_write(cx) {
+            return Poll::Ready(Some(Err(e)));
+        }
+        if let Err(e) = ready!(self.poll_discard_abandoned(cx)) {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match self.units.front() {
+            Some(u) if u.id == id => {}
+            _ if id < self.finished_below => return Poll::Ready(None),
+            // Not this unit's turn: the protocol server pulls replies in order, so this only
+            // happens when a body is polled early; it is woken by the unit before it.
+            _ => {
+                self.idle_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+        }
+        if self.settle_front() {
+            self.finish_front();
+            return Poll::Ready(None);
+        }
+        let frame = match ready!(self.poll_frame(cx)) {
+            Ok(f) => f,
+            Err(e) => return Poll::Ready(Some(Err(e))),
+        };
+        if let Step::Last = self.step(&frame) {
+            self.finish_front();
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn poll_idle_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame, UpstreamError>>> {
+        if let Err(e) = self.poll_write(cx) {
+            return Poll::Ready(Some(Err(e)));
+        }
+        if let Err(e) = ready!(self.poll_discard_abandoned(cx)) {
+            return Poll::Ready(Some(Err(e)));
+        }
+        if !self.units.is_empty() {
+            self.idle_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        match ready!(self.poll_frame(cx)) {
+            Ok(f) => Poll::Ready(Some(Ok(f))),
+            Err(UpstreamError::EndedAfterFatal) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+}
+
+/// The reply to one command unit (or, for the session-events request, the database's
+/// messages while no command runs), pulled frame by frame.
+pub struct PgReply {
+    conn: Arc<Mutex<Conn>>,
+    unit: Option<u64>,
+    done: bool,
+}
+
+impl std::fmt::Debug for PgReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgReply")
+            .field("unit", &self.unit)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl ReplyBody for PgReply {
+    type Event = Frame;
+
+    fn poll_event(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame, Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let polled = {
+            let mut conn = lock(&self.conn);
+            match self.unit {
+                Some(id) => conn.poll_unit_event(id, cx),
+                None => conn.poll_idle_event(cx),
+            }
+        };
+        match ready!(polled) {
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(Err(e)) => {
+                self.done = true;
+                Poll::Ready(Some(Err(e.into_error())))
+            }
+            None => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl Drop for PgReply {
+    fn drop(&mut self) {
+        if let (false, Some(id)) = (self.done, self.unit) {
+            let mut conn = lock(&self.conn);
+            if let Some(unit) = conn.units.iter_mut().find(|u| u.id == id) {
+                unit.abandoned = true;
+            }
+        }
+    }
+}
+
+fn s(b: &[u8]) -> &str {
+    std::str::from_utf8(b).unwrap_or("")
+}
+
+impl EventView for Frame {
+    fn view(&self) -> EventKind<'_> {
+        let body = self.body();
+        match self.tag() {
+            b'T' => EventKind::Columns {
+                count: body.get(..2).map_or(0, |mut b| b.get_i16().max(0) as usize),
+            },
+            b'D' => EventKind::Row,
+            b'd' => EventKind::CopyData(body),
+            b'C' => {
+                let tag = s(first_cstr(body).unwrap_or_default());
+                let rows = tag.rsplit(' ').next().and_then(|n| n.parse().ok());
+                EventKind::Complete { tag, rows }
+            }
+            b'E' => EventKind::Error {
+                code: s(response_field(body, b'C').unwrap_or_default()),
+                message: s(response_field(body, b'M').unwrap_or_default()),
+                fatal: matches!(
+                    response_field(body, b'V'),
+                    Some(b"FATAL") | Some(b"PANIC")
+                ),
+            },
+            b'N' => EventKind::Notice {
+                code: s(response_field(body, b'C').unwrap_or_default()),
+                message: s(response_field(body, b'M').unwrap_or_default()),
+            },
+            b'A' => {
+                let rest = body.get(4..).unwrap_or_default();
+                let channel = first_cstr(rest).unwrap_or_default();
+                let payload = first_cstr(rest.get(channel.len() + 1..).unwrap_or_default())
+                    .unwrap_or_default();
+                EventKind::Notification {
+                    channel: s(channel),
+                    payload: s(payload),
+                }
+            }
+            b'S' => {
+                let name = first_cstr(body).unwrap_or_default();
+                let value = first_cstr(body.get(name.len() + 1..).unwrap_or_default())
+                    .unwrap_or_default();
+                EventKind::Parameter {
+                    name: s(name),
+                    value: s(value),
+                }
+            }
+            b'Z' => EventKind::Ready,
+            _ => EventKind::Other,
+        }
+    }
+}

@@ -1,0 +1,1029 @@
+//! [`ServePg`]: the client side of the gateway. It runs the handshake (TLS, startup,
+//! authentication through an `Authenticate` service), opens the upstream with the gateway's
+//! credentials, builds the session's command stack, then drives the session: client frames
+//! are cut into command units, each unit goes through the stack, and the replies stream back.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use portcullis_core::{
+    CommandKind, Credentials, Error, Identity, NewService, Protocol, Refusal, ReplyBody, Request,
+    Response, RescueKind, Session, SessionId, Target, UploadSender, rescue, upload_channel,
+};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::io::poll_read_buf;
+use tower_service::Service;
+use tracing::{debug, info, warn};
+
+use crate::cancel::{CancelRegistry, CancelTarget};
+use crate::codec::{
+    AuthRequest, BackendMessage, CodecError, Frame, Severity, StartupPacket,
+    decode_frame, error_message,
+};
+use crate::command::{Item, PgCommand, UnitBuilder};
+use crate::conn::{PgUpstream, UpstreamError};
+use crate::io::{BoxIo, Prefixed};
+use crate::upstream::{self, ConnectError, UpstreamConfig};
+
+/// Settings of one PostgreSQL listener (`[[postgres]]`).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServePgConfig {
+    /// The target's name, recorded on every session.
+    pub name: String,
+    /// TLS for clients (SSLRequest and direct TLS); `None` answers SSLRequest with `N`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Accept tokens without TLS from loopback peers.
+    pub allow_plaintext_tokens_on_loopback: bool,
+    /// Databases clients may ask for; `None` = any.
+    pub databases: Option<Vec<String>>,
+    /// Accept the `options` startup parameter (passed to the database).
+    pub allow_startup_options: bool,
+    /// Most sessions at once on this listener.
+    pub max_sessions: Option<usize>,
+    /// Most sessions at once per identity.
+    pub max_sessions_per_identity: Option<usize>,
+    /// Startup and authentication must finish within this.
+    pub handshake_timeout: Duration,
+    /// Largest message accepted from either side.
+    pub max_message: usize,
+    /// Most command units in flight per session (pipelining depth).
+    pub max_pipeline: usize,
+    /// The database.
+    pub upstream: UpstreamConfig,
+}
+
+impl ServePgConfig {
+    /// Defaults: no TLS, no plaintext tokens, 10 s handshake, 64 MiB messages.
+    pub fn new(name: impl Into<String>, upstream: UpstreamConfig) -> Self {
+        ServePgConfig {
+            name: name.into(),
+            tls: None,
+            allow_plaintext_tokens_on_loopback: false,
+            databases: None,
+            allow_startup_options: false,
+            max_sessions: None,
+            max_sessions_per_identity: None,
+            handshake_timeout: Duration::from_secs(10),
+            max_message: crate::codec::DEFAULT_MAX_MESSAGE,
+            max_pipeline: 256,
+            upstream,
+        }
+    }
+}
+
+/// Counters of a listener, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct PgMetrics {
+    /// Sessions open now.
+    pub sessions_active: AtomicUsize,
+    /// Sessions opened since start.
+    pub sessions_total: AtomicU64,
+    /// Logins refused (bad token, refused startup, limits).
+    pub logins_refused: AtomicU64,
+    /// Command units run.
+    pub commands_total: AtomicU64,
+    /// Command units refused by a layer or failed in the gateway.
+    pub command_errors: AtomicU64,
+    /// Bytes from clients to the database.
+    pub bytes_from_clients: AtomicU64,
+    /// Bytes from the database to clients.
+    pub bytes_to_clients: AtomicU64,
+    /// Cancel requests forwarded to the database.
+    pub cancels_forwarded: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    cancel: CancelRegistry,
+    metrics: Arc<PgMetrics>,
+    per_identity: Mutex<HashMap<String, usize>>,
+    next_session: AtomicU64,
+}
+
+/// The PostgreSQL protocol server: one per listener, shared by its connections.
+///
+/// `A` authenticates (`Service<Credentials, Response = Identity>`), `N` builds each
+/// session's command stack around its [`PgUpstream`].
+pub struct ServePg<A, N> {
+    config: Arc<ServePgConfig>,
+    auth: A,
+    stack: Arc<N>,
+    shared: Arc<Shared>,
+}
+
+impl<A: Clone, N> Clone for ServePg<A, N> {
+    fn clone(&self) -> Self {
+        ServePg {
+            config: self.config.clone(),
+            auth: self.auth.clone(),
+            stack: self.stack.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<A, N> std::fmt::Debug for ServePg<A, N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServePg")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a connection never became a session (the client was told with a FATAL).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The client broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// I/O failure or the client left.
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The startup was refused (parameters, TLS policy, limits).
+    #[error("{0}")]
+    Refused(String),
+    /// The token was refused.
+    #[error("authentication failed: {0}")]
+    Unauthenticated(String),
+    /// The database could not be reached or refused the gateway.
+    #[error("{0}")]
+    Upstream(String),
+    /// The handshake took too long.
+    #[error("handshake timed out")]
+    Timeout,
+}
+
+impl<A, N, S, B> ServePg<A, N>
+where
+    A: Service<Credentials, Response = Identity, Error = Error> + Clone + Send + Sync + 'static,
+    A::Future: Send,
+    N: NewService<Target<PgUpstream>, Service = S> + Send + Sync + 'static,
+    S: Service<Request<PgCommand>, Response = Response<B>, Error = Error> + Send + 'static,
+    S::Future: Send + 'static,
+    B: ReplyBody<Event = Frame> + Send + 'static,
+{
+    /// A server for one listener.
+    pub fn new(config: ServePgConfig, auth: A, stack: N) -> Self {
+        ServePg {
+            config: Arc::new(config),
+            auth,
+            stack: Arc::new(stack),
+            shared: Arc::default(),
+        }
+    }
+
+    /// The listener's counters.
+    pub fn metrics(&self) -> Arc<PgMetrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// The listener's configuration.
+    pub fn config(&self) -> &ServePgConfig {
+        &self.config
+    }
+
+    /// Serve one client connection to its end. Never panics; every failure is logged and,
+    /// where the protocol allows, told to the client.
+    pub fn serve_connection<I: crate::io::Io>(
+        &self,
+        io: I,
+        peer: SocketAddr,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let this = self.clone();
+        async move {
+            let mut client = Client {
+                io: Box::new(io),
+                rbuf: BytesMut::with_capacity(8192),
+                tls: false,
+            };
+            let deadline = this.config.handshake_timeout;
+            let handshake = tokio::time::timeout(deadline, this.handshake(&mut client, peer)).await;
+            let established = match handshake {
+                Ok(Ok(Some(e))) => e,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    this.shared.metrics.logins_refused.fetch_add(1, Ordering::Relaxed);
+                    info!(target: "portcullis::postgres", %peer, listener = %this.config.name, error = %e, "connection refused");
+                    return;
+                }
+                Err(_) => {
+                    this.shared.metrics.logins_refused.fetch_add(1, Ordering::Relaxed);
+                    let _ = client
+                        .fatal("08006", "the gateway's handshake deadline passed before authentication finished")
+                        .await;
+                    info!(target: "portcullis::postgres", %peer, listener = %this.config.name, "handshake timed out");
+                    return;
+                }
+            };
+            this.run_session(client, established).await;
+        }
+    }
+
+    async fn handshake(
+        &self,
+        client: &mut Client,
+        peer: SocketAddr,
+    ) -> Result<Option<Established>, HandshakeError> {
+        let cfg = &self.config;
+        let mut negotiations = 0;
+        let (major, minor, params) = loop {
+            if client.rbuf.is_empty() {
+                if client.io.read_buf(&mut client.rbuf).await? == 0 {
+                    return Err(HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+            }
+            // A TLS ClientHello instead of a startup packet: PostgreSQL 17 direct TLS.
+            if !client.tls && client.rbuf[0] == 0x16 {
+                let Some(tls) = &cfg.tls else {
+                    return Err(HandshakeError::Protocol(
+                        "direct TLS attempted but the listener has no TLS configured".into(),
+                    ));
+                };
+                let prefix = std::mem::take(&mut client.rbuf).freeze();
+                let io = std::mem::replace(&mut client.io, Box::new(tokio::io::empty()));
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+                let stream = acceptor.accept(Prefixed::new(prefix, io)).await?;
+                if stream.get_ref().1.alpn_protocol() != Some(b"postgresql") {
+                    return Err(HandshakeError::Protocol(
+                        "direct TLS requires ALPN \"postgresql\"".into(),
+                    ));
+                }
+                client.io = Box::new(stream);
+                client.tls = true;
+                continue;
+            }
+            let packet = match StartupPacket::decode(&mut client.rbuf) {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    if client.io.read_buf(&mut client.rbuf).await? == 0 {
+                        return Err(HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    let msg = format!("invalid startup packet: {e}");
+                    let _ = client.fatal("08P01", &msg).await;
+                    return Err(HandshakeError::Protocol(msg));
+                }
+            };
+            match packet {
+                StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                    negotiations += 1;
+                    if negotiations > 2 {
+                        return Err(HandshakeError::Protocol("too many negotiation requests".into()));
+                    }
+                    if !client.rbuf.is_empty() {
+                        // Bytes sent before the answer could be injected by a man in the
+                        // middle (CVE-2021-23214): refuse.
+                        return Err(HandshakeError::Protocol(
+                            "unexpected data after SSLRequest or GSSENCRequest".into(),
+                        ));
+                    }
+                    let is_ssl = packet == StartupPacket::SslRequest;
+                    match (&cfg.tls, is_ssl, client.tls) {
+                        (Some(tls), true, false) => {
+                            client.io.write_all(b"S").await?;
+                            let io = std::mem::replace(&mut client.io, Box::new(tokio::io::empty()));
+                            let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+                            client.io = Box::new(acceptor.accept(io).await?);
+                            client.tls = true;
+                        }
+                        _ => client.io.write_all(b"N").await?,
+                    }
+                }
+                StartupPacket::CancelRequest { pid, key } => {
+                    self.forward_cancel(pid, key).await;
+                    return Ok(None);
+                }
+                StartupPacket::Startup {
+                    major,
+                    minor,
+                    params,
+                } => break (major, minor, params),
+            }
+        };
+
+        if major != 3 {
+            let msg = format!(
+                "unsupported frontend protocol {major}.{minor}: the gateway supports 3.0"
+            );
+            let _ = client.fatal("0A000", &msg).await;
+            return Err(HandshakeError::Refused(msg));
+        }
+        let (pq_options, params): (Vec<_>, Vec<_>) =
+            params.into_iter().partition(|(k, _)| k.starts_with("_pq_."));
+        if minor > 0 || !pq_options.is_empty() {
+            let msg = BackendMessage::NegotiateProtocolVersion {
+                minor: 0,
+                options: pq_options.iter().map(|(k, _)| Bytes::from(k.clone())).collect(),
+            };
+            client.send(&msg).await?;
+        }
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let Some(user) = param("user").filter(|u| !u.is_empty()) else {
+            let msg = "no PostgreSQL user name specified in startup packet";
+            let _ = client.fatal("28000", msg).await;
+            return Err(HandshakeError::Refused(msg.into()));
+        };
+        let database = param("database")
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| user.clone());
+        if let Some(r) = param("replication") {
+            if !matches!(r.to_ascii_lowercase().as_str(), "false" | "off" | "no" | "0") {
+                let msg = "replication connections are not allowed through the gateway";
+                let _ = client.fatal("42501", msg).await;
+                return Err(HandshakeError::Refused(msg.into()));
+            }
+        }
+        if param("options").is_some_and(|o| !o.trim().is_empty()) && !cfg.allow_startup_options {
+            let msg = "the startup parameter \"options\" is not allowed by this gateway listener";
+            let _ = client.fatal("42501", msg).await;
+            return Err(HandshakeError::Refused(msg.into()));
+        }
+        if let Some(allowed) = &cfg.databases {
+            if !allowed.iter().any(|d| *d == database) {
+                let msg = format!("database \"{database}\" is not available through the gateway");
+                let _ = client.fatal("3D000", &msg).await;
+                return Err(HandshakeError::Refused(msg));
+            }
+        }
+        // A token is a secret in clear: refuse before asking for it where it would travel
+        // unencrypted, unless the config allows loopback.
+        let loopback = match peer.ip() {
+            std::net::IpAddr::V4(ip) => ip.is_loopback(),
+            std::net::IpAddr::V6(ip) => {
+                ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+        };
+        if !client.tls && !(loopback && cfg.allow_plaintext_tokens_on_loopback) {
+            let msg = if cfg.tls.is_some() {
+                "this gateway accepts tokens only over TLS: connect with sslmode=require"
+            } else {
+                "this gateway accepts tokens only over TLS, and this listener has no TLS configured"
+            };
+            let _ = client.fatal("28000", msg).await;
+            return Err(HandshakeError::Refused(msg.into()));
+        }
+        let metrics = &self.shared.metrics;
+        if let Some(max) = cfg.max_sessions {
+            if metrics.sessions_active.load(Ordering::Relaxed) >= max {
+                let msg = "sorry, too many clients already (the gateway's max_sessions)";
+                let _ = client.fatal("53300", msg).await;
+                return Err(HandshakeError::Refused(msg.into()));
+            }
+        }
+
+        client
+            .send(&BackendMessage::Authentication(AuthRequest::CleartextPassword))
+            .await?;
+        let token = loop {
+            match decode_frame(&mut client.rbuf, 64 * 1024) {
+                Ok(Some(frame)) if frame.tag() == b'p' => {
+                    let body = frame.body();
+                    let token = body.strip_suffix(&[0]).unwrap_or(body);
+                    break String::from_utf8_lossy(token).into_owned();
+                }
+                Ok(Some(frame)) => {
+                    let msg = format!(
+                        "expected a password message, got message type {:?}",
+                        frame.tag() as char
+                    );
+                    let _ = client.fatal("08P01", &msg).await;
+                    return Err(HandshakeError::Protocol(msg));
+                }
+                Ok(None) => {
+                    if client.io.read_buf(&mut client.rbuf).await? == 0 {
+                        return Err(HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                }
+                Err(e) => {
+                    let msg = format!("invalid password message: {e}");
+                    let _ = client.fatal("08P01", &msg).await;
+                    return Err(HandshakeError::Protocol(msg));
+                }
+            }
+        };
+
+        let mut auth = self.auth.clone();
+        let credentials = Credentials::new(user.clone(), token).with_peer(peer);
+        let identity = match std::future::poll_fn(|cx| auth.poll_ready(cx)).await {
+            Ok(()) => auth.call(credentials).await,
+            Err(e) => Err(e),
+        };
+        let identity = match identity {
+            Ok(identity) => identity,
+            Err(e) => {
+                let r = rescue(&e);
+                let msg = match r.kind {
+                    RescueKind::AuthenticationFailed => r.message.into_owned(),
+                    _ => format!("authentication failed: {}", r.message),
+                };
+                let _ = client.fatal("28P01", &msg).await;
+                return Err(HandshakeError::Unauthenticated(msg));
+            }
+        };
+        let identity_slot = IdentitySlot::acquire(&self.shared, &identity.subject, cfg.max_sessions_per_identity);
+        let Some(identity_slot) = identity_slot else {
+            let msg = format!(
+                "too many sessions for identity \"{}\" (the gateway's max_sessions_per_identity)",
+                identity.subject
+            );
+            let _ = client.fatal("53300", &msg).await;
+            return Err(HandshakeError::Refused(msg));
+        };
+
+        let forwarded: Vec<(String, String)> = params
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication"))
+            .cloned()
+            .collect();
+        let up = &cfg.upstream;
+        let up_db = up.database.clone().unwrap_or_else(|| database.clone());
+        let connected = match upstream::connect(up, &up.user, &up.password, &up_db, &forwarded).await {
+            Ok(c) => c,
+            Err(ConnectError::Refused(frame)) => {
+                // The database's own FATAL (database does not exist, too many connections...).
+                client.io.write_all(frame.as_bytes()).await?;
+                client.io.flush().await?;
+                return Err(HandshakeError::Upstream("the database refused the login".into()));
+            }
+            Err(e) => {
+                warn!(target: "portcullis::postgres", listener = %cfg.name, error = %e, "upstream connection failed");
+                let _ = client.fatal("08006", &format!("the gateway {e}")).await;
+                return Err(HandshakeError::Upstream(e.to_string()));
+            }
+        };
+
+        let id = SessionId(
+            rand::random::<u64>() & !0xffff
+                | (self.shared.next_session.fetch_add(1, Ordering::Relaxed) & 0xffff),
+        );
+        let mut session = Session::new(id, Protocol::Postgres, cfg.name.clone(), peer, identity);
+        session.claimed_user = user;
+        session.database = Some(database);
+        session.upstream = up.address();
+        session.upstream_user = up.user.clone();
+        session.application = param("application_name");
+        session.startup_params = params;
+        session.tls = client.tls;
+        let session = Arc::new(session);
+
+        let (secret, cancel_guard) = self.shared.cancel.register(CancelTarget {
+            host: up.host.clone(),
+            port: up.port,
+            pid: connected.pid,
+            key: connected.key,
+            signal: session.cancel.clone(),
+        });
+        let mut out = BytesMut::new();
+        BackendMessage::Authentication(AuthRequest::Ok).encode(&mut out);
+        for p in &connected.parameters {
+            out.extend_from_slice(p.as_bytes());
+        }
+        BackendMessage::BackendKeyData {
+            pid: connected.pid,
+            key: secret,
+        }
+        .encode(&mut out);
+        BackendMessage::ReadyForQuery { status: b'I' }.encode(&mut out);
+        let upstream = PgUpstream::new(connected, cfg.max_message);
+        client.io.write_all(&out).await?;
+        client.io.flush().await?;
+        Ok(Some(Established {
+            session,
+            upstream,
+            _guards: (cancel_guard, identity_slot),
+        }))
+    }
+
+    async fn forward_cancel(&self, pid: i32, secret: i32) {
+        match self.shared.cancel.find(pid, secret) {
+            Some(target) => {
+                target.signal.fire();
+                self.shared
+                    .metrics
+                    .cancels_forwarded
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Err(e) =
+                    upstream::send_cancel(&target.host, target.port, target.pid, target.key).await
+                {
+                    warn!(target: "portcullis::postgres", error = %e, "could not forward a cancel request");
+                }
+            }
+            None => debug!(target: "portcullis::postgres", pid, "cancel request with an unknown key ignored"),
+        }
+    }
+
+    async fn run_session(&self, client: Client, est: Established) {
+        let metrics = self.shared.metrics.clone();
+        metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
+        metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
+        let session = est.session.clone();
+        info!(target: "portcullis::postgres", session = %session.id, identity = %session.identity.subject,
+              peer = %session.peer, database = ?session.database, "session started");
+        let service = self
+            .stack
+            .new_service(Target::new(est.session.clone(), est.upstream));
+        let mut driver = Driver {
+            session: est.session,
+            client: client.io,
+            rbuf: client.rbuf,
+            wbuf: BytesMut::with_capacity(16 * 1024),
+            service,
+            builder: UnitBuilder::new(self.config.max_message),
+            call: None,
+            replies: VecDeque::new(),
+            events: None,
+            events_call: None,
+            events_requested: false,
+            waiting: None,
+            upload: None,
+            pending_copy: None,
+            skip_until_sync: false,
+            tx_status: b'I',
+            closing: false,
+            max_pipeline: self.config.max_pipeline.max(1),
+            metrics: metrics.clone(),
+            end: None,
+        };
+        let end = std::future::poll_fn(|cx| driver.poll(cx)).await;
+        let _ = driver.client.shutdown().await;
+        metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
+        info!(target: "portcullis::postgres", session = %session.id, reason = %end, "session ended");
+        drop(est._guards);
+    }
+}
+
+struct Client {
+    io: BoxIo,
+    rbuf: BytesMut,
+    tls: bool,
+}
+
+impl Client {
+    async fn send(&mut self, msg: &BackendMessage) -> std::io::Result<()> {
+        let mut buf = BytesMut::new();
+        msg.encode(&mut buf);
+        self.io.write_all(&buf).await?;
+        self.io.flush().await
+    }
+
+    async fn fatal(&mut self, code: &str, message: &str) -> std::io::Result<()> {
+        self.send(&error_message(Severity::Fatal, code, message)).await
+    }
+}
+
+struct Established {
+    session: Arc<Session>,
+    upstream: PgUpstream,
+    _guards: (crate::cancel::CancelKeyGuard, IdentitySlot),
+}
+
+/// A session counted against its identity's cap; released on drop.
+struct IdentitySlot {
+    shared: Arc<Shared>,
+    subject: String,
+}
+
+impl IdentitySlot {
+    fn acquire(shared: &Arc<Shared>, subject: &str, max: Option<usize>) -> Option<IdentitySlot> {
+        let mut map = shared.per_identity.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(subject.to_owned()).or_insert(0);
+        if max.is_some_and(|max| *n >= max) {
+            return None;
+        }
+        *n += 1;
+        Some(IdentitySlot {
+            shared: shared.clone(),
+            subject: subject.to_owned(),
+        })
+    }
+}
+
+impl Drop for IdentitySlot {
+    fn drop(&mut self) {
+        let mut map = self.shared.per_identity.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.subject) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.subject);
+            }
+        }
+    }
+}
+
+/// The SQLSTATE of a rescued error.
+pub fn sqlstate(kind: RescueKind) -> &'static str {
+    match kind {
+        RescueKind::AuthenticationFailed => "28P01",
+        RescueKind::Forbidden => "42501",
+        RescueKind::TimedOut | RescueKind::Cancelled => "57014",
+        RescueKind::AuditFailure => "58000",
+        RescueKind::ProtocolViolation => "08P01",
+        RescueKind::UpstreamUnavailable => "08006",
+        RescueKind::Limit => "53300",
+        _ => "XX000",
+    }
+}
+
+/// Stop pulling replies into the client buffer above this; write first.
+const HIGH_WATER: usize = 256 * 1024;
+
+type CallFuture<S> = Pin<Box<<S as Service<Request<PgCommand>>>::Future>>;
+
+struct Reply<B> {
+    /// The reply's body, or the error that replaced it (a refusal queued behind earlier
+    /// replies, so the client sees answers in order).
+    body: Result<Pin<Box<B>>, Option<Error>>,
+    expects_ready: bool,
+}
+
+struct Driver<S: Service<Request<PgCommand>>, B> {
+    session: Arc<Session>,
+    client: BoxIo,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    service: S,
+    builder: UnitBuilder,
+    /// The unit being handed to the stack (at most one: units enter in order).
+    call: Option<(CallFuture<S>, bool)>,
+    replies: VecDeque<Reply<B>>,
+    events: Option<Pin<Box<B>>>,
+    events_call: Option<CallFuture<S>>,
+    events_requested: bool,
+    /// A unit waiting for the stack to be ready.
+    waiting: Option<PgCommand>,
+    upload: Option<UploadSender>,
+    /// A COPY frame from the client waiting for room in the upload.
+    pending_copy: Option<Frame>,
+    /// A unit without Sync was refused: drop the client's messages up to the next Sync, as
+    /// the database would after an error.
+    skip_until_sync: bool,
+    tx_status: u8,
+    closing: bool,
+    max_pipeline: usize,
+    metrics: Arc<PgMetrics>,
+    end: Option<String>,
+}
+
+impl<S, B> Driver<S, B>
+where
+    S: Service<Request<PgCommand>, Response = Response<B>, Error = Error>,
+    B: ReplyBody<Event = Frame>,
+{
+    fn push_frame(&mut self, frame: &Frame) {
+        if frame.tag() == b'Z' {
+            if let Some(&s) = frame.body().first() {
+                self.tx_status = s;
+            }
+        }
+        self.wbuf.extend_from_slice(frame.as_bytes());
+    }
+
+    /// Tell the client about a failed unit in its own protocol.
+    fn push_rescue(&mut self, error: &Error, expects_ready: bool) {
+        if let Some(UpstreamError::EndedAfterFatal) = error.downcast_ref::<UpstreamError>() {
+            self.closing = true;
+            self.end.get_or_insert_with(|| "the database ended the session".into());
+            return;
+        }
+        let r = rescue(error);
+        self.metrics.command_errors.fetch_add(1, Ordering::Relaxed);
+        let severity = if r.close { Severity::Fatal } else { Severity::Error };
+        error_message(severity, sqlstate(r.kind), &r.message).encode(&mut self.wbuf);
+        if r.close {
+            self.closing = true;
+            self.end.get_or_insert_with(|| r.message.clone().into_owned());
+        } else if expects_ready {
+            BackendMessage::ReadyForQuery {
+                status: self.tx_status,
+            }
+            .encode(&mut self.wbuf);
+        } else {
+            self.skip_until_sync = true;
+        }
+    }
+
+    fn protocol_error(&mut self, e: CodecError) {
+        let err: Error = Box::new(Refusal::Protocol {
+            message: e.to_string(),
+        });
+        self.push_rescue(&err, false);
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<String> {
+        loop {
+            let mut progress = false;
+
+            // Replies, in order, into the client buffer.
+            while self.wbuf.len() < HIGH_WATER {
+                let Some(front) = self.replies.front_mut() else {
+                    break;
+                };
+                let body = match &mut front.body {
+                    Ok(body) => body,
+                    Err(error) => {
+                        let expects_ready = front.expects_ready;
+                        let error = error.take();
+                        self.replies.pop_front();
+                        if let Some(e) = error {
+                            self.push_rescue(&e, expects_ready);
+                        }
+                        progress = true;
+                        continue;
+                    }
+                };
+                match body.as_mut().poll_event(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        self.push_frame(&frame);
+                        progress = true;
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        let expects_ready = front.expects_ready;
+                        self.replies.pop_front();
+                        self.push_rescue(&e, expects_ready);
+                        progress = true;
+                    }
+                    Poll::Ready(None) => {
+                        self.replies.pop_front();
+                        progress = true;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+
+            // What the database says while no command runs.
+            if self.replies.is_empty() && self.call.is_none() && !self.closing {
+                if let Some(events) = self.events.as_mut() {
+                    match events.as_mut().poll_event(cx) {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            self.push_frame(&frame);
+                            progress = true;
+                        }
+                        Poll::Ready(Some(Err(e))) => {
+                            self.events = None;
+                            self.push_rescue(&e, false);
+                            progress = true;
+                        }
+                        Poll::Ready(None) => {
+                            self.events = None;
+                            self.closing = true;
+                            self.end.get_or_insert_with(|| "the database ended the session".into());
+                            progress = true;
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+            }
+
+            // Client writes.
+            if !self.wbuf.is_empty() {
+                match Pin::new(&mut self.client).poll_write(cx, &self.wbuf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready("the client went away".into()),
+                    Poll::Ready(Ok(n)) => {
+                        self.metrics
+                            .bytes_to_clients
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                        self.wbuf.advance(n);
+                        progress = true;
+                        if self.wbuf.is_empty() {
+                            if let Poll::Ready(Err(e)) = Pin::new(&mut self.client).poll_flush(cx) {
+                                return Poll::Ready(format!("client write failed: {e}"));
+                            }
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(format!("client write failed: {e}")),
+                    Poll::Pending => {}
+                }
+            }
+
+            if self.closing {
+                if self.wbuf.is_empty() {
+                    return Poll::Ready(self.end.take().unwrap_or_else(|| "closed".into()));
+                }
+                if !progress {
+                    return Poll::Pending;
+                }
+                continue;
+            }
+
+            // The unit being handed to the stack.
+            if let Some((fut, expects_ready)) = self.call.as_mut() {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(Ok(response)) => {
+                        let expects_ready = *expects_ready;
+                        self.call = None;
+                        self.replies.push_back(Reply {
+                            body: Ok(Box::pin(response.body)),
+                            expects_ready,
+                        });
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        let expects_ready = *expects_ready;
+                        self.call = None;
+                        // Replies before this unit go first; the refusal is queued after them.
+                        self.replies.push_back(Reply {
+                            body: Err(Some(e)),
+                            expects_ready,
+                        });
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+
+            // COPY data waiting for room in the upload.
+            if let Some(frame) = self.pending_copy.take() {
+                let ends = matches!(frame.tag(), b'c' | b'f');
+                match self.upload.as_mut() {
+                    None => {
+                        // No COPY in progress: the database ignores stray COPY messages.
+                        progress = true;
+                    }
+                    Some(up) => match up.poll_reserve(cx) {
+                        Poll::Ready(Ok(())) => {
+                            let n = frame.as_bytes().len() as u64;
+                            let _ = up.send_item(frame.into_bytes());
+                            self.metrics.bytes_from_clients.fetch_add(n, Ordering::Relaxed);
+                            if ends {
+                                self.upload = None;
+                            }
+                            progress = true;
+                        }
+                        Poll::Ready(Err(_)) => {
+                            // The unit finished without consuming it (COPY refused).
+                            self.upload = None;
+                            progress = true;
+                        }
+                        Poll::Pending => self.pending_copy = Some(frame),
+                    },
+                }
+            }
+
+            // Ask for the session's event stream once, before the first command.
+            if !self.events_requested {
+                match self.service.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.events_requested = true;
+                        let req = Request::new(self.session.clone(), PgCommand::session_events());
+                        self.events_call = Some(Box::pin(self.service.call(req)));
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        self.push_rescue(&e, false);
+                        self.closing = true;
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if let Some(fut) = self.events_call.as_mut() {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(Ok(r)) => {
+                        self.events_call = None;
+                        self.events = Some(Box::pin(r.body));
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        self.events_call = None;
+                        warn!(target: "portcullis::postgres", error = %e, "the stack refused the session event stream");
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+
+            // The next unit from the client.
+            if self.call.is_none()
+                && self.pending_copy.is_none()
+                && self.events_requested
+                && self.events_call.is_none()
+                && self.replies.len() < self.max_pipeline
+                && self.wbuf.len() < HIGH_WATER
+            {
+                match self.next_unit(cx) {
+                    Poll::Ready(Ok(())) => progress = true,
+                    Poll::Ready(Err(end)) => {
+                        if self.replies.is_empty() && self.wbuf.is_empty() {
+                            return Poll::Ready(end);
+                        }
+                        self.end.get_or_insert(end);
+                        self.closing = true;
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Take the next item off the client's stream and start it. `Err` ends the session.
+    fn next_unit(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        loop {
+            if let Some(unit) = self.waiting.take() {
+                return self.start_unit(unit, cx);
+            }
+            match self.builder.next(&mut self.rbuf) {
+                Ok(Some(Item::Copy(frame))) => {
+                    self.pending_copy = Some(frame);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Some(Item::Unit(unit))) => {
+                    if self.skip_until_sync {
+                        if !unit.slots.contains(&crate::command::Slot::Sync) {
+                            continue;
+                        }
+                        self.skip_until_sync = false;
+                        // The database never saw the refused batch: answer its Sync here.
+                        BackendMessage::ReadyForQuery {
+                            status: self.tx_status,
+                        }
+                        .encode(&mut self.wbuf);
+                        return Poll::Ready(Ok(()));
+                    }
+                    // A new unit ends any COPY upload still open.
+                    self.upload = None;
+                    return self.start_unit(unit, cx);
+                }
+                Ok(None) => {
+                    if self.end.is_some() {
+                        // Terminate was sent: close once its reply is done.
+                        if self.replies.is_empty() {
+                            self.closing = true;
+                            return Poll::Ready(Ok(()));
+                        }
+                        return Poll::Pending;
+                    }
+                    if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                        self.rbuf.reserve(16 * 1024);
+                    }
+                    match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.rbuf) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err("the client closed the connection".into()));
+                        }
+                        Poll::Ready(Ok(_)) => continue,
+                        Poll::Ready(Err(e)) => {
+                            return Poll::Ready(Err(format!("client read failed: {e}")));
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Err(e) => {
+                    warn!(target: "portcullis::postgres", session = %self.session.id, error = %e, "client protocol error");
+                    self.protocol_error(e);
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+
+    fn start_unit(&mut self, unit: PgCommand, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        match self.service.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => {
+                self.push_rescue(&e, unit.expects_ready());
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Pending => {
+                self.waiting = Some(unit);
+                return Poll::Pending;
+            }
+        }
+        let terminate = portcullis_core::CommandView::kind(&unit) == CommandKind::Terminate;
+        self.metrics.commands_total.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .bytes_from_clients
+            .fetch_add(unit.bytes().len() as u64, Ordering::Relaxed);
+        let expects_ready = unit.expects_ready();
+        let mut req = Request::new(self.session.clone(), unit);
+        if req.command.may_copy_in() {
+            let (tx, rx) = upload_channel(16);
+            self.upload = Some(tx);
+            req = req.with_upload(rx);
+        }
+        self.call = Some((Box::pin(self.service.call(req)), expects_ready));
+        if terminate {
+            self.end = Some("the client terminated the session".into());
+        }
+        Poll::Ready(Ok(()))
+    }
+}

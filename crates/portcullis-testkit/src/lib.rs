@@ -1,0 +1,116 @@
+//! Throwaway PostgreSQL servers, TLS certificates and free ports for Portcullis tests.
+//!
+//! ```
+//! use portcullis_testkit::{Certs, free_port};
+//!
+//! let port = free_port();
+//! assert_ne!(port, 0);
+//!
+//! // A CA and a server certificate for localhost / 127.0.0.1 / ::1, signed by it.
+//! let certs = Certs::generate()?;
+//! assert!(certs.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+//! assert!(certs.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+//! # Ok::<(), portcullis_testkit::Error>(())
+//! ```
+//!
+//! Starting a server (needs PostgreSQL installed):
+//!
+//! ```no_run
+//! use portcullis_testkit::{MD5_USER, PgCluster};
+//!
+//! let cluster = PgCluster::start()?;
+//! let out = cluster.psql("app").args(["-At", "-c", "select 1"]).output()?;
+//! assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+//! let _superuser = cluster.url("app"); // postgres://portcullis:…@127.0.0.1:PORT/app
+//! let _md5 = cluster.config_string_as(MD5_USER.0, MD5_USER.1, "app");
+//! // Dropping the cluster stops the server and deletes its directory.
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # How clusters are made
+//!
+//! `initdb` takes seconds, so it runs once per machine: the first
+//! [`PgCluster::start`] builds a *template* in
+//! `<base>/portcullis-testkit-template-<major>-<recipe tag>-u<server uid>/`
+//! (roles, databases, `pg_hba.conf`, TLS certificate, settings), stops it cleanly and
+//! writes a `complete` marker. `<base>` is `$PORTCULLIS_TESTKIT_DIR` if set; else,
+//! unless `TMPDIR` is set, `/dev/shm` when it is a tmpfs with at least 1 GiB free
+//! (copying ~1300 files is far faster there on some disks); else the system temp
+//! directory. A lock file next to it keeps concurrent test
+//! processes from building it twice; an incomplete template (a crashed build) is
+//! rebuilt. Each cluster is a copy of the template's data directory in its own
+//! temporary directory, started on a free port as a child process.
+//!
+//! PostgreSQL refuses to run as root. When the tests run as root, `initdb` and
+//! `postgres` run as the `postgres` system user (from `/etc/passwd`); otherwise as
+//! the current user. Programs are found via `$PG_BIN_DIR`, `pg_config --bindir`,
+//! `/usr/lib/postgresql/<newest>/bin` or `PATH` (see [`PgCluster::bin`]).
+//!
+//! Each server is watched by a small `sh` process: if the test process dies
+//! without dropping the cluster (Ctrl-C, `std::process::exit`, a cluster kept in a
+//! `static`), the watchdog shuts the server down and deletes its directory. Set
+//! `PORTCULLIS_TESTKIT_KEEP=1` to keep cluster directories for inspection.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+mod bin;
+mod certs;
+mod cluster;
+mod error;
+mod server;
+mod sys;
+mod template;
+
+use std::net::{Ipv4Addr, TcpListener};
+
+pub use bin::PG_BIN_DIR_ENV;
+pub use certs::{CertFiles, Certs};
+pub use cluster::{KEEP_ENV, PgCluster};
+pub use error::Error;
+pub use sys::DIR_ENV;
+
+/// The superuser of every cluster: `(name, password)`; SCRAM-SHA-256 over TCP.
+pub const SUPERUSER: (&str, &str) = ("portcullis", "portcullis-secret");
+/// A role whose password is stored as MD5 and that `pg_hba.conf` authenticates
+/// with `md5` over TCP: `(name, password)`.
+pub const MD5_USER: (&str, &str) = ("md5user", "md5user-secret");
+/// A role that `pg_hba.conf` authenticates with cleartext `password` over TCP:
+/// `(name, password)`.
+pub const PLAIN_USER: (&str, &str) = ("plainuser", "plainuser-secret");
+/// An ordinary (non-superuser) role authenticated with SCRAM-SHA-256 over TCP:
+/// `(name, password)`.
+pub const SCRAM_USER: (&str, &str) = ("scramuser", "scramuser-secret");
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read the
+/// port, close). Someone else may take it before you bind it; be ready to retry.
+pub fn free_port() -> u16 {
+    match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()) {
+        Ok(addr) => addr.port(),
+        Err(_) => fallback_port(),
+    }
+}
+
+/// A pseudo-random port in 20000..60000 for when binding port 0 fails.
+fn fallback_port() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mixed = nanos ^ std::process::id().rotate_left(16);
+    20_000 + u16::try_from(mixed % 40_000).unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_port_is_bindable() {
+        let port = free_port();
+        assert_ne!(port, 0);
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        assert!((20_000..60_000).contains(&fallback_port()));
+    }
+}
