@@ -90,10 +90,7 @@ impl<E> Default for Empty<E> {
 
 impl<E> ReplyBody for Empty<E> {
     type Event = E;
-    fn poll_event(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<E, Error>>> {
+    fn poll_event(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<E, Error>>> {
         Poll::Ready(None)
     }
 }

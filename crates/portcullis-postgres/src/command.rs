@@ -302,10 +302,10 @@ impl UnitBuilder {
                     false
                 }
                 b'C' => {
-                    if buf.get(body_at) == Some(&b'S') {
-                        if let Some(name) = first_cstr(&buf[body_at + 1..end]) {
-                            self.prepared.remove(name);
-                        }
+                    if buf.get(body_at) == Some(&b'S')
+                        && let Some(name) = first_cstr(&buf[body_at + 1..end])
+                    {
+                        self.prepared.remove(name);
                     }
                     self.slots.push(Slot::Close);
                     false

@@ -13,8 +13,8 @@ use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, BytesMut};
 use portcullis_core::{
-    CommandKind, CommandView, Error, EventKind, EventView, Refusal, ReplyBody, Request,
-    Response, Upload,
+    CommandKind, CommandView, Error, EventKind, EventView, Refusal, ReplyBody, Request, Response,
+    Upload,
 };
 use tokio::io::AsyncWrite;
 use tokio_util::io::poll_read_buf;
@@ -211,13 +211,16 @@ impl Conn {
                             buf.advance(n);
                             wrote = true;
                         }
-                        Poll::Ready(Err(e)) => return Err(self.fail(UpstreamError::Lost(e.to_string()))),
+                        Poll::Ready(Err(e)) => {
+                            return Err(self.fail(UpstreamError::Lost(e.to_string())));
+                        }
                         Poll::Pending => break,
                     }
                 }
                 Some(Segment::Upload(upload)) => match upload.poll_chunk(cx) {
                     Poll::Ready(Some(chunk)) => {
-                        self.writes.push_front(Segment::Data(BytesMut::from(&chunk[..])));
+                        self.writes
+                            .push_front(Segment::Data(BytesMut::from(&chunk[..])));
                     }
                     Poll::Ready(None) => {
                         self.writes.pop_front();
@@ -226,10 +229,8 @@ impl Conn {
                 },
             }
         }
-        if wrote {
-            if let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_flush(cx) {
-                return Err(self.fail(UpstreamError::Lost(e.to_string())));
-            }
+        if wrote && let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_flush(cx) {
+            return Err(self.fail(UpstreamError::Lost(e.to_string())));
         }
         Ok(())
     }
@@ -239,15 +240,15 @@ impl Conn {
         loop {
             match decode_frame(&mut self.rbuf, self.max_message) {
                 Ok(Some(frame)) => {
-                    if frame.tag() == b'E'
-                        && response_field(frame.body(), b'V') == Some(b"FATAL")
-                    {
+                    if frame.tag() == b'E' && response_field(frame.body(), b'V') == Some(b"FATAL") {
                         self.saw_fatal = true;
                     }
                     return Poll::Ready(Ok(frame));
                 }
                 Ok(None) => {}
-                Err(e) => return Poll::Ready(Err(self.fail(UpstreamError::Protocol(e.to_string())))),
+                Err(e) => {
+                    return Poll::Ready(Err(self.fail(UpstreamError::Protocol(e.to_string()))));
+                }
             }
             if let Some(e) = &self.failed {
                 return Poll::Ready(Err(e.clone()));
@@ -346,10 +347,10 @@ impl Conn {
         if let Some(unit) = self.units.pop_front() {
             self.finished_below = unit.id + 1;
         }
-        if self.units.is_empty() {
-            if let Some(w) = self.idle_waker.take() {
-                w.wake();
-            }
+        if self.units.is_empty()
+            && let Some(w) = self.idle_waker.take()
+        {
+            w.wake();
         }
     }
 
@@ -403,7 +404,10 @@ impl Conn {
         Poll::Ready(Some(Ok(frame)))
     }
 
-    fn poll_idle_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame, UpstreamError>>> {
+    fn poll_idle_event(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame, UpstreamError>>> {
         if let Err(e) = self.poll_write(cx) {
             return Poll::Ready(Some(Err(e)));
         }
@@ -502,10 +506,7 @@ impl EventView for Frame {
             b'E' => EventKind::Error {
                 code: s(response_field(body, b'C').unwrap_or_default()),
                 message: s(response_field(body, b'M').unwrap_or_default()),
-                fatal: matches!(
-                    response_field(body, b'V'),
-                    Some(b"FATAL") | Some(b"PANIC")
-                ),
+                fatal: matches!(response_field(body, b'V'), Some(b"FATAL") | Some(b"PANIC")),
             },
             b'N' => EventKind::Notice {
                 code: s(response_field(body, b'C').unwrap_or_default()),
@@ -523,8 +524,8 @@ impl EventView for Frame {
             }
             b'S' => {
                 let name = first_cstr(body).unwrap_or_default();
-                let value = first_cstr(body.get(name.len() + 1..).unwrap_or_default())
-                    .unwrap_or_default();
+                let value =
+                    first_cstr(body.get(name.len() + 1..).unwrap_or_default()).unwrap_or_default();
                 EventKind::Parameter {
                     name: s(name),
                     value: s(value),

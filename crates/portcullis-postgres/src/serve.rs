@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use portcullis_core::{
     CommandKind, Credentials, Error, Identity, NewService, Protocol, Refusal, ReplyBody, Request,
-    Response, RescueKind, Session, SessionId, Target, UploadSender, rescue, upload_channel,
+    RescueKind, Response, Session, SessionId, Target, UploadSender, rescue, upload_channel,
 };
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
@@ -24,8 +24,8 @@ use tracing::{debug, info, warn};
 
 use crate::cancel::{CancelRegistry, CancelTarget};
 use crate::codec::{
-    AuthRequest, BackendMessage, CodecError, Frame, Severity, StartupPacket,
-    decode_frame, error_message,
+    AuthRequest, BackendMessage, CodecError, Frame, Severity, StartupPacket, decode_frame,
+    error_message,
 };
 use crate::command::{Item, PgCommand, UnitBuilder};
 use crate::conn::{PgUpstream, UpstreamError};
@@ -211,12 +211,18 @@ where
                 Ok(Ok(Some(e))) => e,
                 Ok(Ok(None)) => return,
                 Ok(Err(e)) => {
-                    this.shared.metrics.logins_refused.fetch_add(1, Ordering::Relaxed);
+                    this.shared
+                        .metrics
+                        .logins_refused
+                        .fetch_add(1, Ordering::Relaxed);
                     info!(target: "portcullis::postgres", %peer, listener = %this.config.name, error = %e, "connection refused");
                     return;
                 }
                 Err(_) => {
-                    this.shared.metrics.logins_refused.fetch_add(1, Ordering::Relaxed);
+                    this.shared
+                        .metrics
+                        .logins_refused
+                        .fetch_add(1, Ordering::Relaxed);
                     let _ = client
                         .fatal("08006", "the gateway's handshake deadline passed before authentication finished")
                         .await;
@@ -236,10 +242,8 @@ where
         let cfg = &self.config;
         let mut negotiations = 0;
         let (major, minor, params) = loop {
-            if client.rbuf.is_empty() {
-                if client.io.read_buf(&mut client.rbuf).await? == 0 {
-                    return Err(HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-                }
+            if client.rbuf.is_empty() && client.io.read_buf(&mut client.rbuf).await? == 0 {
+                return Err(HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
             // A TLS ClientHello instead of a startup packet: PostgreSQL 17 direct TLS.
             if !client.tls && client.rbuf[0] == 0x16 {
@@ -279,7 +283,9 @@ where
                 StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                     negotiations += 1;
                     if negotiations > 2 {
-                        return Err(HandshakeError::Protocol("too many negotiation requests".into()));
+                        return Err(HandshakeError::Protocol(
+                            "too many negotiation requests".into(),
+                        ));
                     }
                     if !client.rbuf.is_empty() {
                         // Bytes sent before the answer could be injected by a man in the
@@ -292,7 +298,8 @@ where
                     match (&cfg.tls, is_ssl, client.tls) {
                         (Some(tls), true, false) => {
                             client.io.write_all(b"S").await?;
-                            let io = std::mem::replace(&mut client.io, Box::new(tokio::io::empty()));
+                            let io =
+                                std::mem::replace(&mut client.io, Box::new(tokio::io::empty()));
                             let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
                             client.io = Box::new(acceptor.accept(io).await?);
                             client.tls = true;
@@ -313,18 +320,21 @@ where
         };
 
         if major != 3 {
-            let msg = format!(
-                "unsupported frontend protocol {major}.{minor}: the gateway supports 3.0"
-            );
+            let msg =
+                format!("unsupported frontend protocol {major}.{minor}: the gateway supports 3.0");
             let _ = client.fatal("0A000", &msg).await;
             return Err(HandshakeError::Refused(msg));
         }
-        let (pq_options, params): (Vec<_>, Vec<_>) =
-            params.into_iter().partition(|(k, _)| k.starts_with("_pq_."));
+        let (pq_options, params): (Vec<_>, Vec<_>) = params
+            .into_iter()
+            .partition(|(k, _)| k.starts_with("_pq_."));
         if minor > 0 || !pq_options.is_empty() {
             let msg = BackendMessage::NegotiateProtocolVersion {
                 minor: 0,
-                options: pq_options.iter().map(|(k, _)| Bytes::from(k.clone())).collect(),
+                options: pq_options
+                    .iter()
+                    .map(|(k, _)| Bytes::from(k.clone()))
+                    .collect(),
             };
             client.send(&msg).await?;
         }
@@ -342,24 +352,27 @@ where
         let database = param("database")
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| user.clone());
-        if let Some(r) = param("replication") {
-            if !matches!(r.to_ascii_lowercase().as_str(), "false" | "off" | "no" | "0") {
-                let msg = "replication connections are not allowed through the gateway";
-                let _ = client.fatal("42501", msg).await;
-                return Err(HandshakeError::Refused(msg.into()));
-            }
+        if let Some(r) = param("replication")
+            && !matches!(
+                r.to_ascii_lowercase().as_str(),
+                "false" | "off" | "no" | "0"
+            )
+        {
+            let msg = "replication connections are not allowed through the gateway";
+            let _ = client.fatal("42501", msg).await;
+            return Err(HandshakeError::Refused(msg.into()));
         }
         if param("options").is_some_and(|o| !o.trim().is_empty()) && !cfg.allow_startup_options {
             let msg = "the startup parameter \"options\" is not allowed by this gateway listener";
             let _ = client.fatal("42501", msg).await;
             return Err(HandshakeError::Refused(msg.into()));
         }
-        if let Some(allowed) = &cfg.databases {
-            if !allowed.iter().any(|d| *d == database) {
-                let msg = format!("database \"{database}\" is not available through the gateway");
-                let _ = client.fatal("3D000", &msg).await;
-                return Err(HandshakeError::Refused(msg));
-            }
+        if let Some(allowed) = &cfg.databases
+            && !allowed.contains(&database)
+        {
+            let msg = format!("database \"{database}\" is not available through the gateway");
+            let _ = client.fatal("3D000", &msg).await;
+            return Err(HandshakeError::Refused(msg));
         }
         // A token is a secret in clear: refuse before asking for it where it would travel
         // unencrypted, unless the config allows loopback.
@@ -369,7 +382,8 @@ where
                 ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
             }
         };
-        if !client.tls && !(loopback && cfg.allow_plaintext_tokens_on_loopback) {
+        let plaintext_allowed = loopback && cfg.allow_plaintext_tokens_on_loopback;
+        if !(client.tls || plaintext_allowed) {
             let msg = if cfg.tls.is_some() {
                 "this gateway accepts tokens only over TLS: connect with sslmode=require"
             } else {
@@ -379,16 +393,18 @@ where
             return Err(HandshakeError::Refused(msg.into()));
         }
         let metrics = &self.shared.metrics;
-        if let Some(max) = cfg.max_sessions {
-            if metrics.sessions_active.load(Ordering::Relaxed) >= max {
-                let msg = "sorry, too many clients already (the gateway's max_sessions)";
-                let _ = client.fatal("53300", msg).await;
-                return Err(HandshakeError::Refused(msg.into()));
-            }
+        if let Some(max) = cfg.max_sessions
+            && metrics.sessions_active.load(Ordering::Relaxed) >= max
+        {
+            let msg = "sorry, too many clients already (the gateway's max_sessions)";
+            let _ = client.fatal("53300", msg).await;
+            return Err(HandshakeError::Refused(msg.into()));
         }
 
         client
-            .send(&BackendMessage::Authentication(AuthRequest::CleartextPassword))
+            .send(&BackendMessage::Authentication(
+                AuthRequest::CleartextPassword,
+            ))
             .await?;
         let token = loop {
             match decode_frame(&mut client.rbuf, 64 * 1024) {
@@ -436,7 +452,11 @@ where
                 return Err(HandshakeError::Unauthenticated(msg));
             }
         };
-        let identity_slot = IdentitySlot::acquire(&self.shared, &identity.subject, cfg.max_sessions_per_identity);
+        let identity_slot = IdentitySlot::acquire(
+            &self.shared,
+            &identity.subject,
+            cfg.max_sessions_per_identity,
+        );
         let Some(identity_slot) = identity_slot else {
             let msg = format!(
                 "too many sessions for identity \"{}\" (the gateway's max_sessions_per_identity)",
@@ -453,13 +473,17 @@ where
             .collect();
         let up = &cfg.upstream;
         let up_db = up.database.clone().unwrap_or_else(|| database.clone());
-        let connected = match upstream::connect(up, &up.user, &up.password, &up_db, &forwarded).await {
+        let connected = match upstream::connect(up, &up.user, &up.password, &up_db, &forwarded)
+            .await
+        {
             Ok(c) => c,
             Err(ConnectError::Refused(frame)) => {
                 // The database's own FATAL (database does not exist, too many connections...).
                 client.io.write_all(frame.as_bytes()).await?;
                 client.io.flush().await?;
-                return Err(HandshakeError::Upstream("the database refused the login".into()));
+                return Err(HandshakeError::Upstream(
+                    "the database refused the login".into(),
+                ));
             }
             Err(e) => {
                 warn!(target: "portcullis::postgres", listener = %cfg.name, error = %e, "upstream connection failed");
@@ -524,7 +548,9 @@ where
                     warn!(target: "portcullis::postgres", error = %e, "could not forward a cancel request");
                 }
             }
-            None => debug!(target: "portcullis::postgres", pid, "cancel request with an unknown key ignored"),
+            None => {
+                debug!(target: "portcullis::postgres", pid, "cancel request with an unknown key ignored")
+            }
         }
     }
 
@@ -583,7 +609,8 @@ impl Client {
     }
 
     async fn fatal(&mut self, code: &str, message: &str) -> std::io::Result<()> {
-        self.send(&error_message(Severity::Fatal, code, message)).await
+        self.send(&error_message(Severity::Fatal, code, message))
+            .await
     }
 }
 
@@ -601,7 +628,10 @@ struct IdentitySlot {
 
 impl IdentitySlot {
     fn acquire(shared: &Arc<Shared>, subject: &str, max: Option<usize>) -> Option<IdentitySlot> {
-        let mut map = shared.per_identity.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = shared
+            .per_identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let n = map.entry(subject.to_owned()).or_insert(0);
         if max.is_some_and(|max| *n >= max) {
             return None;
@@ -616,7 +646,11 @@ impl IdentitySlot {
 
 impl Drop for IdentitySlot {
     fn drop(&mut self) {
-        let mut map = self.shared.per_identity.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .shared
+            .per_identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(n) = map.get_mut(&self.subject) {
             *n -= 1;
             if *n == 0 {
@@ -686,10 +720,10 @@ where
     B: ReplyBody<Event = Frame>,
 {
     fn push_frame(&mut self, frame: &Frame) {
-        if frame.tag() == b'Z' {
-            if let Some(&s) = frame.body().first() {
-                self.tx_status = s;
-            }
+        if frame.tag() == b'Z'
+            && let Some(&s) = frame.body().first()
+        {
+            self.tx_status = s;
         }
         self.wbuf.extend_from_slice(frame.as_bytes());
     }
@@ -698,16 +732,22 @@ where
     fn push_rescue(&mut self, error: &Error, expects_ready: bool) {
         if let Some(UpstreamError::EndedAfterFatal) = error.downcast_ref::<UpstreamError>() {
             self.closing = true;
-            self.end.get_or_insert_with(|| "the database ended the session".into());
+            self.end
+                .get_or_insert_with(|| "the database ended the session".into());
             return;
         }
         let r = rescue(error);
         self.metrics.command_errors.fetch_add(1, Ordering::Relaxed);
-        let severity = if r.close { Severity::Fatal } else { Severity::Error };
+        let severity = if r.close {
+            Severity::Fatal
+        } else {
+            Severity::Error
+        };
         error_message(severity, sqlstate(r.kind), &r.message).encode(&mut self.wbuf);
         if r.close {
             self.closing = true;
-            self.end.get_or_insert_with(|| r.message.clone().into_owned());
+            self.end
+                .get_or_insert_with(|| r.message.clone().into_owned());
         } else if expects_ready {
             BackendMessage::ReadyForQuery {
                 status: self.tx_status,
@@ -767,26 +807,29 @@ where
             }
 
             // What the database says while no command runs.
-            if self.replies.is_empty() && self.call.is_none() && !self.closing {
-                if let Some(events) = self.events.as_mut() {
-                    match events.as_mut().poll_event(cx) {
-                        Poll::Ready(Some(Ok(frame))) => {
-                            self.push_frame(&frame);
-                            progress = true;
-                        }
-                        Poll::Ready(Some(Err(e))) => {
-                            self.events = None;
-                            self.push_rescue(&e, false);
-                            progress = true;
-                        }
-                        Poll::Ready(None) => {
-                            self.events = None;
-                            self.closing = true;
-                            self.end.get_or_insert_with(|| "the database ended the session".into());
-                            progress = true;
-                        }
-                        Poll::Pending => {}
+            if self.replies.is_empty()
+                && self.call.is_none()
+                && !self.closing
+                && let Some(events) = self.events.as_mut()
+            {
+                match events.as_mut().poll_event(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        self.push_frame(&frame);
+                        progress = true;
                     }
+                    Poll::Ready(Some(Err(e))) => {
+                        self.events = None;
+                        self.push_rescue(&e, false);
+                        progress = true;
+                    }
+                    Poll::Ready(None) => {
+                        self.events = None;
+                        self.closing = true;
+                        self.end
+                            .get_or_insert_with(|| "the database ended the session".into());
+                        progress = true;
+                    }
+                    Poll::Pending => {}
                 }
             }
 
@@ -800,10 +843,10 @@ where
                             .fetch_add(n as u64, Ordering::Relaxed);
                         self.wbuf.advance(n);
                         progress = true;
-                        if self.wbuf.is_empty() {
-                            if let Poll::Ready(Err(e)) = Pin::new(&mut self.client).poll_flush(cx) {
-                                return Poll::Ready(format!("client write failed: {e}"));
-                            }
+                        if self.wbuf.is_empty()
+                            && let Poll::Ready(Err(e)) = Pin::new(&mut self.client).poll_flush(cx)
+                        {
+                            return Poll::Ready(format!("client write failed: {e}"));
                         }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(format!("client write failed: {e}")),
@@ -859,7 +902,9 @@ where
                         Poll::Ready(Ok(())) => {
                             let n = frame.as_bytes().len() as u64;
                             let _ = up.send_item(frame.into_bytes());
-                            self.metrics.bytes_from_clients.fetch_add(n, Ordering::Relaxed);
+                            self.metrics
+                                .bytes_from_clients
+                                .fetch_add(n, Ordering::Relaxed);
                             if ends {
                                 self.upload = None;
                             }

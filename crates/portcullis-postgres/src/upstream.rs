@@ -36,7 +36,12 @@ pub struct UpstreamConfig {
 
 impl UpstreamConfig {
     /// A plain-TCP upstream with a 10 s connect timeout.
-    pub fn new(host: impl Into<String>, port: u16, user: impl Into<String>, password: impl Into<String>) -> Self {
+    pub fn new(
+        host: impl Into<String>,
+        port: u16,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
         UpstreamConfig {
             host: host.into(),
             port,
@@ -83,7 +88,9 @@ pub enum ConnectError {
     #[error("the database refused the connection")]
     Refused(Frame),
     /// TLS was required but the server does not offer it.
-    #[error("the database at {0} does not offer TLS, and the gateway's upstream tls mode requires it")]
+    #[error(
+        "the database at {0} does not offer TLS, and the gateway's upstream tls mode requires it"
+    )]
     TlsUnavailable(String),
     /// The server asked for an authentication method the gateway cannot do.
     #[error("the database asked for an unsupported authentication method ({0})")]
@@ -237,7 +244,10 @@ async fn connect_inner(
                     FrontendMessage::Password(p.into()).encode(&mut out);
                 }
                 AuthRequest::Sasl { mechanisms } => {
-                    if !mechanisms.iter().any(|m| &m[..] == SCRAM_SHA_256.as_bytes()) {
+                    if !mechanisms
+                        .iter()
+                        .any(|m| &m[..] == SCRAM_SHA_256.as_bytes())
+                    {
                         return Err(ConnectError::UnsupportedAuth(format!(
                             "SASL mechanisms {:?}",
                             mechanisms
@@ -265,9 +275,9 @@ async fn connect_inner(
                     FrontendMessage::Password(s.message().to_vec().into()).encode(&mut out);
                 }
                 AuthRequest::SaslFinal(data) => {
-                    let mut s = scram.take().ok_or_else(|| {
-                        ConnectError::Protocol("SASLFinal without SASL".into())
-                    })?;
+                    let mut s = scram
+                        .take()
+                        .ok_or_else(|| ConnectError::Protocol("SASLFinal without SASL".into()))?;
                     s.finish(&data).map_err(|e| {
                         ConnectError::Protocol(format!("SCRAM server signature: {e}"))
                     })?;

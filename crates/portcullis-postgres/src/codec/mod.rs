@@ -61,7 +61,12 @@ pub struct Frame {
 
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Frame({:?}, {} bytes)", self.tag() as char, self.bytes.len())
+        write!(
+            f,
+            "Frame({:?}, {} bytes)",
+            self.tag() as char,
+            self.bytes.len()
+        )
     }
 }
 

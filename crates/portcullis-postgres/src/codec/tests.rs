@@ -29,15 +29,17 @@ fn frontend() -> impl Strategy<Value = FrontendMessage> {
             vec(value(), 0..4),
             vec(0i16..2, 0..4)
         )
-            .prop_map(|(portal, statement, param_formats, params, result_formats)| {
-                FrontendMessage::Bind {
-                    portal,
-                    statement,
-                    param_formats,
-                    params,
-                    result_formats,
+            .prop_map(
+                |(portal, statement, param_formats, params, result_formats)| {
+                    FrontendMessage::Bind {
+                        portal,
+                        statement,
+                        param_formats,
+                        params,
+                        result_formats,
+                    }
                 }
-            }),
+            ),
         (target(), cstring()).prop_map(|(target, name)| FrontendMessage::Describe { target, name }),
         (target(), cstring()).prop_map(|(target, name)| FrontendMessage::Close { target, name }),
         (cstring(), any::<i32>())
@@ -47,14 +49,20 @@ fn frontend() -> impl Strategy<Value = FrontendMessage> {
         vec(any::<u8>(), 0..64).prop_map(|d| FrontendMessage::CopyData(d.into())),
         Just(FrontendMessage::CopyDone),
         cstring().prop_map(|message| FrontendMessage::CopyFail { message }),
-        (any::<u32>(), vec(0i16..2, 0..3), vec(value(), 0..3), 0i16..2).prop_map(
-            |(oid, arg_formats, args, result_format)| FrontendMessage::FunctionCall {
-                oid,
-                arg_formats,
-                args,
-                result_format,
-            }
-        ),
+        (
+            any::<u32>(),
+            vec(0i16..2, 0..3),
+            vec(value(), 0..3),
+            0i16..2
+        )
+            .prop_map(|(oid, arg_formats, args, result_format)| {
+                FrontendMessage::FunctionCall {
+                    oid,
+                    arg_formats,
+                    args,
+                    result_format,
+                }
+            }),
         Just(FrontendMessage::Terminate),
         vec(any::<u8>(), 0..40).prop_map(|d| FrontendMessage::Password(d.into())),
     ]
@@ -69,18 +77,17 @@ fn backend() -> impl Strategy<Value = BackendMessage> {
         Just(AuthRequest::Ok),
         Just(AuthRequest::CleartextPassword),
         any::<[u8; 4]>().prop_map(|salt| AuthRequest::Md5Password { salt }),
-        vec(
-            vec(1u8..=255, 1..12).prop_map(Bytes::from),
-            0..3
-        )
-        .prop_map(|mechanisms| AuthRequest::Sasl { mechanisms }),
+        vec(vec(1u8..=255, 1..12).prop_map(Bytes::from), 0..3)
+            .prop_map(|mechanisms| AuthRequest::Sasl { mechanisms }),
         vec(any::<u8>(), 0..30).prop_map(|d| AuthRequest::SaslContinue(d.into())),
         vec(any::<u8>(), 0..30).prop_map(|d| AuthRequest::SaslFinal(d.into())),
     ];
     prop_oneof![
         auth.prop_map(BackendMessage::Authentication),
-        (any::<i32>(), any::<i32>()).prop_map(|(pid, key)| BackendMessage::BackendKeyData { pid, key }),
-        (cstring(), cstring()).prop_map(|(name, value)| BackendMessage::ParameterStatus { name, value }),
+        (any::<i32>(), any::<i32>())
+            .prop_map(|(pid, key)| BackendMessage::BackendKeyData { pid, key }),
+        (cstring(), cstring())
+            .prop_map(|(name, value)| BackendMessage::ParameterStatus { name, value }),
         prop_oneof![Just(b'I'), Just(b'T'), Just(b'E')]
             .prop_map(|status| BackendMessage::ReadyForQuery { status }),
         fields().prop_map(|fields| BackendMessage::ErrorResponse { fields }),
@@ -102,18 +109,24 @@ fn backend() -> impl Strategy<Value = BackendMessage> {
         Just(BackendMessage::NoData),
         Just(BackendMessage::PortalSuspended),
         vec(any::<u32>(), 0..4).prop_map(BackendMessage::ParameterDescription),
-        (prop_oneof![Just(b'G'), Just(b'H'), Just(b'W')], 0u8..2, vec(0i16..2, 0..4)).prop_map(
-            |(kind, format, column_formats)| BackendMessage::CopyResponse {
-                kind,
-                format,
-                column_formats,
-            }
-        ),
+        (
+            prop_oneof![Just(b'G'), Just(b'H'), Just(b'W')],
+            0u8..2,
+            vec(0i16..2, 0..4)
+        )
+            .prop_map(
+                |(kind, format, column_formats)| BackendMessage::CopyResponse {
+                    kind,
+                    format,
+                    column_formats,
+                }
+            ),
         vec(any::<u8>(), 0..40).prop_map(|d| BackendMessage::CopyData(d.into())),
         Just(BackendMessage::CopyDone),
         value().prop_map(BackendMessage::FunctionCallResponse),
-        (any::<i32>(), vec(cstring(), 0..3))
-            .prop_map(|(minor, options)| BackendMessage::NegotiateProtocolVersion { minor, options }),
+        (any::<i32>(), vec(cstring(), 0..3)).prop_map(|(minor, options)| {
+            BackendMessage::NegotiateProtocolVersion { minor, options }
+        }),
     ]
 }
 
@@ -170,7 +183,8 @@ proptest! {
         prop_assert_eq!(&decoded, &msgs);
         // Re-encoding a decoded frame gives the original bytes.
         for (f, m) in frames.iter().zip(&msgs) {
-            prop_assert_eq!(f.as_bytes(), m.to_frame().as_bytes());
+            let encoded = m.to_frame();
+            prop_assert_eq!(f.as_bytes(), encoded.as_bytes());
         }
     }
 
@@ -228,7 +242,10 @@ fn short_lengths_are_refused() {
     let mut buf = BytesMut::from(&b"Q\0\0\0\x02"[..]);
     assert_eq!(decode_frame(&mut buf, 100), Err(CodecError::BadLength(2)));
     let mut buf = BytesMut::from(&b"\0\0\0\x04"[..]);
-    assert_eq!(StartupPacket::decode(&mut buf), Err(CodecError::BadLength(4)));
+    assert_eq!(
+        StartupPacket::decode(&mut buf),
+        Err(CodecError::BadLength(4))
+    );
 }
 
 #[test]
