@@ -357,7 +357,7 @@ async fn cancel_reaches_the_database_and_forged_keys_do_nothing() {
     let client = gw.client().await;
     let token = client.cancel_token();
     let started = Instant::now();
-    let query = tokio::spawn({ async move { client.simple_query("select pg_sleep(30)").await } });
+    let query = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     token.cancel_query(NoTls).await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(10), query)
@@ -805,7 +805,232 @@ async fn upstream_dying_mid_result_is_a_clean_error() {
     assert!(client.is_closed() || client.simple_query("select 1").await.is_err());
 }
 
+/// Send frontend messages on a raw session and collect the reply's message tags (plus the
+/// DataRow values as text) up to `until` ReadyForQuery messages, or until `quiet` passes
+/// without a message when `until` is 0.
+async fn exchange(
+    tcp: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    msgs: &[portcullis_postgres::codec::FrontendMessage],
+    until: usize,
+) -> Vec<String> {
+    let mut buf = BytesMut::new();
+    for m in msgs {
+        m.encode(&mut buf);
+    }
+    tcp.write_all(&buf).await.unwrap();
+    let mut got = Vec::new();
+    let mut ready = 0;
+    loop {
+        if until == 0 {
+            match tokio::time::timeout(Duration::from_millis(500), read_frame_buffered(tcp, rbuf))
+                .await
+            {
+                Ok(f) => got.push(describe(&f)),
+                Err(_) => return got,
+            }
+            continue;
+        }
+        let f = read_frame_buffered(tcp, rbuf).await;
+        got.push(describe(&f));
+        if f.tag() == b'Z' {
+            ready += 1;
+            if ready == until {
+                return got;
+            }
+        }
+    }
+}
+
+fn describe(f: &Frame) -> String {
+    match BackendMessage::decode(f).unwrap() {
+        BackendMessage::DataRow(values) => format!(
+            "D:{}",
+            values
+                .iter()
+                .map(|v| v
+                    .as_ref()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or("NULL".into()))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        BackendMessage::FunctionCallResponse(v) => format!("V:{:?}", v.map(|v| v.to_vec())),
+        BackendMessage::ErrorResponse { fields } => format!(
+            "E:{}",
+            fields
+                .iter()
+                .find(|(k, _)| *k == b'C')
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        ),
+        _ => (f.tag() as char).to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_batches_errors_skip_to_sync_and_function_calls() {
+    use portcullis_postgres::codec::FrontendMessage as F;
+    let gw = gateway(Options::default()).await;
+    let (mut tcp, mut rbuf) = raw_session_buffered(&gw).await;
+    // Parse + Describe + Flush: answered without a Sync (pipelining clients rely on it).
+    let got = exchange(
+        &mut tcp,
+        &mut rbuf,
+        &[
+            F::Parse {
+                name: "s1".into(),
+                query: "select $1::int + 1".into(),
+                param_types: vec![],
+            },
+            F::Describe {
+                target: b'S',
+                name: "s1".into(),
+            },
+            F::Flush,
+        ],
+        0,
+    )
+    .await;
+    assert_eq!(got, ["1", "t", "T"]);
+    let got = exchange(
+        &mut tcp,
+        &mut rbuf,
+        &[
+            F::Bind {
+                portal: "".into(),
+                statement: "s1".into(),
+                param_formats: vec![],
+                params: vec![Some("41".into())],
+                result_formats: vec![],
+            },
+            F::Execute {
+                portal: "".into(),
+                max_rows: 0,
+            },
+            F::Sync,
+        ],
+        1,
+    )
+    .await;
+    assert_eq!(got, ["2", "D:42", "C", "Z"]);
+    // An error in a Flush batch: the database skips everything up to the next Sync.
+    let got = exchange(
+        &mut tcp,
+        &mut rbuf,
+        &[
+            F::Parse {
+                name: "".into(),
+                query: "selec broken".into(),
+                param_types: vec![],
+            },
+            F::Flush,
+        ],
+        0,
+    )
+    .await;
+    assert_eq!(got, ["E:42601"]);
+    let got = exchange(
+        &mut tcp,
+        &mut rbuf,
+        &[
+            F::Bind {
+                portal: "".into(),
+                statement: "s1".into(),
+                param_formats: vec![],
+                params: vec![Some("1".into())],
+                result_formats: vec![],
+            },
+            F::Execute {
+                portal: "".into(),
+                max_rows: 0,
+            },
+            F::Flush,
+            F::Sync,
+        ],
+        1,
+    )
+    .await;
+    assert_eq!(got, ["Z"]);
+    // Portal suspension with max_rows, then the rest.
+    let got = exchange(
+        &mut tcp,
+        &mut rbuf,
+        &[
+            F::Query {
+                sql: "begin".into(),
+            },
+            F::Parse {
+                name: "".into(),
+                query: "select g from generate_series(1, 3) g".into(),
+                param_types: vec![],
+            },
+            F::Bind {
+                portal: "p".into(),
+                statement: "".into(),
+                param_formats: vec![],
+                params: vec![],
+                result_formats: vec![],
+            },
+            F::Execute {
+                portal: "p".into(),
+                max_rows: 2,
+            },
+            F::Execute {
+                portal: "p".into(),
+                max_rows: 0,
+            },
+            F::Sync,
+            F::Query {
+                sql: "commit".into(),
+            },
+        ],
+        3,
+    )
+    .await;
+    assert_eq!(
+        got,
+        [
+            "C", "Z", "1", "2", "D:1", "D:2", "s", "D:3", "C", "Z", "C", "Z"
+        ]
+    );
+    // FunctionCall by OID.
+    let oid: u32 = gw
+        .direct()
+        .await
+        .query_one("select 'int4pl'::regproc::oid", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let got = exchange(
+        &mut tcp,
+        &mut rbuf,
+        &[F::FunctionCall {
+            oid,
+            arg_formats: vec![1],
+            args: vec![
+                Some(2i32.to_be_bytes().to_vec().into()),
+                Some(3i32.to_be_bytes().to_vec().into()),
+            ],
+            result_format: 1,
+        }],
+        1,
+    )
+    .await;
+    assert_eq!(
+        got,
+        [
+            format!("V:Some({:?})", 5i32.to_be_bytes().to_vec()),
+            "Z".into()
+        ]
+    );
+}
+
 async fn raw_session(gw: &Gateway) -> TcpStream {
+    raw_session_buffered(gw).await.0
+}
+
+async fn raw_session_buffered(gw: &Gateway) -> (TcpStream, BytesMut) {
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
     let mut buf = BytesMut::new();
     StartupPacket::Startup {
@@ -828,8 +1053,7 @@ async fn raw_session(gw: &Gateway) -> TcpStream {
     loop {
         let f = read_frame_buffered(&mut tcp, &mut rbuf).await;
         if f.tag() == b'Z' {
-            assert!(rbuf.is_empty());
-            return tcp;
+            return (tcp, rbuf);
         }
     }
 }
@@ -972,5 +1196,97 @@ async fn bad_client_input_gets_clear_errors() {
             "backend still running the abandoned query"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_ctrl_c_cancels_the_running_statement() {
+    let gw = gateway(Options::default()).await;
+    let child = gw
+        .psql()
+        .args(["-c", "select pg_sleep(30)"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the statement runs in the database, then press Ctrl-C (SIGINT).
+    let direct = gw.direct().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while direct
+        .query_one(
+            "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "psql's query never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    run(Command::new("kill").args(["-INT", &child.id().to_string()]));
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("canceling statement due to user request"),
+        "{err}"
+    );
+}
+
+// ---- other drivers ----------------------------------------------------------------------
+
+/// psycopg, asyncpg, node-postgres and pgJDBC run their checks through the gateway.
+/// `scripts/test` installs them; a missing one fails here with what to install.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_node_and_java_drivers_work_unchanged() {
+    let gw = gateway(Options::default()).await;
+    let drivers = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers");
+    let checks: [(&str, Vec<&str>, &str); 4] = [
+        ("python3", vec!["psycopg_check.py"], "ok psycopg"),
+        ("python3", vec!["asyncpg_check.py"], "ok asyncpg"),
+        ("node", vec!["pg_check.js"], "ok node-postgres"),
+        (
+            "java",
+            vec!["-cp", "/usr/share/java/postgresql.jar", "JdbcCheck.java"],
+            "ok jdbc",
+        ),
+    ];
+    let port = gw.addr.port().to_string();
+    let tasks = checks.map(|(program, args, expect)| {
+        let (drivers, port) = (drivers.clone(), port.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new(program);
+            for (k, _) in std::env::vars() {
+                if k.starts_with("PG") {
+                    cmd.env_remove(k);
+                }
+            }
+            let out = cmd
+                .current_dir(&drivers)
+                .args(&args)
+                .env("PGHOST", "127.0.0.1")
+                .env("PGPORT", &port)
+                .env("PGUSER", "alice")
+                .env("PGPASSWORD", TOKEN)
+                .env("PGDATABASE", "app")
+                .output()
+                .unwrap_or_else(|e| panic!("{program}: {e} (run scripts/test to install it)"));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success() && text.contains(expect),
+                "{program} {args:?} failed (scripts/test installs the drivers):\n{text}"
+            );
+        })
+    });
+    for t in tasks {
+        t.await.unwrap();
     }
 }
