@@ -1072,3 +1072,163 @@ where
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_core::new_service_fn;
+    use tokio_test::io::Builder;
+
+    fn startup(params: &[(&str, &str)]) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        StartupPacket::Startup {
+            major: 3,
+            minor: 0,
+            params: params
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+        .encode(&mut buf);
+        buf.to_vec()
+    }
+
+    fn fatal(code: &str, message: &str) -> Vec<u8> {
+        error_message(Severity::Fatal, code, message)
+            .to_frame()
+            .as_bytes()
+            .to_vec()
+    }
+
+    type Server = ServePg<
+        portcullis_identity::StaticTokens,
+        portcullis_core::NewServiceFn<fn(Target<PgUpstream>) -> PgUpstream>,
+    >;
+
+    fn server(configure: impl FnOnce(&mut ServePgConfig)) -> Server {
+        // Port 9 (discard) on loopback: these tests never reach the upstream.
+        let mut config = ServePgConfig::new("t", UpstreamConfig::new("127.0.0.1", 9, "u", "p"));
+        configure(&mut config);
+        let stack: fn(Target<PgUpstream>) -> PgUpstream = |t| t.upstream;
+        ServePg::new(
+            config,
+            portcullis_identity::StaticTokens::default(),
+            new_service_fn(stack),
+        )
+    }
+
+    const REMOTE: &str = "10.1.2.3:50000";
+    const LOCAL: &str = "127.0.0.1:50000";
+
+    #[tokio::test]
+    async fn tokens_in_clear_are_refused_before_the_password_is_asked() {
+        let io = Builder::new()
+            .read(&startup(&[("user", "alice")]))
+            .write(&fatal(
+                "28000",
+                "this gateway accepts tokens only over TLS, and this listener has no TLS configured",
+            ))
+            .build();
+        // Loopback plaintext allowed, but the peer is remote.
+        let s = server(|c| c.allow_plaintext_tokens_on_loopback = true);
+        s.serve_connection(io, REMOTE.parse().unwrap()).await;
+        assert_eq!(s.metrics().logins_refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn ssl_request_without_tls_is_answered_n_then_startup_goes_on() {
+        let mut ssl = BytesMut::new();
+        StartupPacket::SslRequest.encode(&mut ssl);
+        let mut gss = BytesMut::new();
+        StartupPacket::GssEncRequest.encode(&mut gss);
+        let io = Builder::new()
+            .read(&gss)
+            .write(b"N")
+            .read(&ssl)
+            .write(b"N")
+            .read(&startup(&[("user", "alice"), ("database", "secret")]))
+            .write(&fatal(
+                "3D000",
+                "database \"secret\" is not available through the gateway",
+            ))
+            .build();
+        let s = server(|c| {
+            c.allow_plaintext_tokens_on_loopback = true;
+            c.databases = Some(vec!["app".into()]);
+        });
+        s.serve_connection(io, LOCAL.parse().unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn bytes_behind_an_ssl_request_end_the_connection() {
+        let mut ssl = BytesMut::new();
+        StartupPacket::SslRequest.encode(&mut ssl);
+        ssl.extend_from_slice(&startup(&[("user", "alice")]));
+        // Nothing is written: no 'N', no startup processing.
+        let io = Builder::new().read(&ssl).build();
+        server(|_| {})
+            .serve_connection(io, LOCAL.parse().unwrap())
+            .await;
+    }
+
+    #[tokio::test]
+    async fn missing_user_replication_and_options_are_refused() {
+        for (params, code, message) in [
+            (
+                vec![("database", "app")],
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            ),
+            (
+                vec![("user", "a"), ("replication", "database")],
+                "42501",
+                "replication connections are not allowed through the gateway",
+            ),
+            (
+                vec![("user", "a"), ("options", "-c search_path=evil")],
+                "42501",
+                "the startup parameter \"options\" is not allowed by this gateway listener",
+            ),
+        ] {
+            let io = Builder::new()
+                .read(&startup(&params))
+                .write(&fatal(code, message))
+                .build();
+            server(|c| c.allow_plaintext_tokens_on_loopback = true)
+                .serve_connection(io, LOCAL.parse().unwrap())
+                .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_token_gets_28p01() {
+        let mut cleartext = BytesMut::new();
+        BackendMessage::Authentication(AuthRequest::CleartextPassword).encode(&mut cleartext);
+        let mut password = BytesMut::new();
+        crate::codec::FrontendMessage::Password(Bytes::from_static(b"guess\0"))
+            .encode(&mut password);
+        let io = Builder::new()
+            .read(&startup(&[("user", "alice")]))
+            .write(&cleartext)
+            .read(&password)
+            .write(&fatal("28P01", "authentication failed: unknown token"))
+            .build();
+        server(|c| c.allow_plaintext_tokens_on_loopback = true)
+            .serve_connection(io, LOCAL.parse().unwrap())
+            .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_hits_the_handshake_deadline() {
+        let io = Builder::new()
+            .wait(Duration::from_secs(60))
+            .write(&fatal(
+                "08006",
+                "the gateway's handshake deadline passed before authentication finished",
+            ))
+            .build();
+        let s = server(|c| c.handshake_timeout = Duration::from_secs(2));
+        s.serve_connection(io, LOCAL.parse().unwrap()).await;
+        assert_eq!(s.metrics().logins_refused.load(Ordering::Relaxed), 1);
+    }
+}

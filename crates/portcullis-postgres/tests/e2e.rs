@@ -37,6 +37,7 @@ struct Options {
     upstream_user: Option<(&'static str, &'static str)>,
     upstream_tls: Option<UpstreamTlsMode>,
     databases: Option<Vec<String>>,
+    max_sessions_per_identity: Option<usize>,
 }
 
 async fn cluster() -> PgCluster {
@@ -62,6 +63,7 @@ async fn gateway_for(cluster: PgCluster, opts: Options) -> Gateway {
     let mut config = ServePgConfig::new("test", upstream);
     config.allow_plaintext_tokens_on_loopback = !opts.no_loopback_plaintext;
     config.databases = opts.databases;
+    config.max_sessions_per_identity = opts.max_sessions_per_identity;
     let (mut certs_dir, mut ca_path) = (None, None);
     if opts.tls {
         let dir = tempfile::tempdir().unwrap();
@@ -417,9 +419,29 @@ async fn million_row_select_matches_direct() {
 async fn bad_tokens_and_refused_startups() {
     let gw = gateway(Options {
         databases: Some(vec!["app".into()]),
+        max_sessions_per_identity: Some(1),
         ..Options::default()
     })
     .await;
+    // One session per identity: the second is refused while the first lives.
+    let first = gw.client().await;
+    let err = tokio_postgres::connect(&gw.config(TOKEN), NoTls)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code().unwrap().code(), "53300");
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw
+        .metrics
+        .sessions_active
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0
+    {
+        assert!(Instant::now() < deadline, "the first session never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.client().await.simple_query("select 1").await.unwrap();
     let err = tokio_postgres::connect(&gw.config("wrong"), NoTls)
         .await
         .err()
