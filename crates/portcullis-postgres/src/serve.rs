@@ -100,12 +100,29 @@ pub struct PgMetrics {
     pub cancels_forwarded: AtomicU64,
 }
 
-#[derive(Debug, Default)]
+/// A listener's live state, kept across reconfigurations ([`ServePg::reconfigure`]).
+#[derive(Debug)]
 struct Shared {
     cancel: CancelRegistry,
     metrics: Arc<PgMetrics>,
+    /// Sessions counted against `max_sessions`, including those still logging in.
+    slots: AtomicUsize,
     per_identity: Mutex<HashMap<String, usize>>,
     next_session: AtomicU64,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            cancel: CancelRegistry::default(),
+            metrics: Arc::default(),
+            slots: AtomicUsize::new(0),
+            per_identity: Mutex::default(),
+            next_session: AtomicU64::new(0),
+            shutdown: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 /// The PostgreSQL protocol server: one per listener, shared by its connections.
@@ -151,8 +168,8 @@ pub enum HandshakeError {
     /// The startup was refused (parameters, TLS policy, limits).
     #[error("{0}")]
     Refused(String),
-    /// The token was refused.
-    #[error("authentication failed: {0}")]
+    /// The token was refused (the message says why).
+    #[error("{0}")]
     Unauthenticated(String),
     /// The database could not be reached or refused the gateway.
     #[error("{0}")]
@@ -179,6 +196,31 @@ where
             stack: Arc::new(stack),
             shared: Arc::default(),
         }
+    }
+
+    /// A server with another configuration, authenticator and stack that shares this one's
+    /// live state: cancel keys (a client of an older session can still cancel), session
+    /// counts and caps, metrics, and shutdown. This is how a configuration reload replaces a
+    /// listener's server without losing track of its open sessions.
+    pub fn reconfigure<A2, N2>(
+        &self,
+        config: ServePgConfig,
+        auth: A2,
+        stack: N2,
+    ) -> ServePg<A2, N2> {
+        ServePg {
+            config: Arc::new(config),
+            auth,
+            stack: Arc::new(stack),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// End every open session of this listener (and of the servers sharing its state): each
+    /// client gets `FATAL 57P01` (as from a database shutdown) and its connection closes, in
+    /// the middle of a result if need be. For the end of a drain deadline.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
     }
 
     /// The listener's counters.
@@ -392,14 +434,11 @@ where
             let _ = client.fatal("28000", msg).await;
             return Err(HandshakeError::Refused(msg.into()));
         }
-        let metrics = &self.shared.metrics;
-        if let Some(max) = cfg.max_sessions
-            && metrics.sessions_active.load(Ordering::Relaxed) >= max
-        {
+        let Some(session_slot) = SessionSlot::reserve(&self.shared, cfg.max_sessions) else {
             let msg = "sorry, too many clients already (the gateway's max_sessions)";
             let _ = client.fatal("53300", msg).await;
             return Err(HandshakeError::Refused(msg.into()));
-        }
+        };
 
         client
             .send(&BackendMessage::Authentication(
@@ -530,7 +569,7 @@ where
         Ok(Some(Established {
             session,
             upstream,
-            _guards: (cancel_guard, identity_slot),
+            _guards: (cancel_guard, identity_slot, session_slot),
         }))
     }
 
@@ -585,6 +624,12 @@ where
             max_pipeline: self.config.max_pipeline.max(1),
             metrics: metrics.clone(),
             end: None,
+            shutdown: {
+                let mut rx = self.shared.shutdown.subscribe();
+                Box::pin(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+            },
         };
         let end = std::future::poll_fn(|cx| driver.poll(cx)).await;
         let _ = driver.client.shutdown().await;
@@ -617,7 +662,29 @@ impl Client {
 struct Established {
     session: Arc<Session>,
     upstream: PgUpstream,
-    _guards: (crate::cancel::CancelKeyGuard, IdentitySlot),
+    _guards: (crate::cancel::CancelKeyGuard, IdentitySlot, SessionSlot),
+}
+
+/// A session (or a login in progress) counted against the listener's cap; released on drop.
+struct SessionSlot {
+    shared: Arc<Shared>,
+}
+
+impl SessionSlot {
+    fn reserve(shared: &Arc<Shared>, max: Option<usize>) -> Option<SessionSlot> {
+        let before = shared.slots.fetch_add(1, Ordering::AcqRel);
+        let slot = SessionSlot {
+            shared: shared.clone(),
+        };
+        // Dropping the slot gives the place back when over the cap.
+        max.is_none_or(|max| before < max).then_some(slot)
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.shared.slots.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A session counted against its identity's cap; released on drop.
@@ -712,6 +779,8 @@ struct Driver<S: Service<Request<PgCommand>>, B> {
     max_pipeline: usize,
     metrics: Arc<PgMetrics>,
     end: Option<String>,
+    /// Completes when the listener shuts its sessions down.
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 impl<S, B> Driver<S, B>
@@ -766,6 +835,19 @@ where
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<String> {
+        if !self.closing && self.shutdown.as_mut().poll(cx).is_ready() {
+            // Whole frames only are ever buffered, so the FATAL can follow whatever is there.
+            self.replies.clear();
+            self.call = None;
+            error_message(
+                Severity::Fatal,
+                "57P01",
+                "terminating connection due to administrator command (the gateway is shutting down)",
+            )
+            .encode(&mut self.wbuf);
+            self.closing = true;
+            self.end = Some("the gateway shut the session down".into());
+        }
         loop {
             let mut progress = false;
 

@@ -15,7 +15,7 @@ use crate::io::BoxIo;
 use crate::tls::{UpstreamTls, UpstreamTlsMode, server_name};
 
 /// Where and how the gateway connects to the database.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct UpstreamConfig {
     /// Host name or address.
@@ -32,6 +32,20 @@ pub struct UpstreamConfig {
     pub tls: UpstreamTls,
     /// Deadline for connecting and logging in.
     pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("database", &self.database)
+            .field("tls", &self.tls.mode)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 impl UpstreamConfig {

@@ -26,6 +26,7 @@ struct Gateway {
     cluster: PgCluster,
     addr: SocketAddr,
     metrics: Arc<PgMetrics>,
+    shutdown: Box<dyn Fn() + Send + Sync>,
     _certs_dir: Option<tempfile::TempDir>,
     ca_path: Option<std::path::PathBuf>,
 }
@@ -82,6 +83,10 @@ async fn gateway_for(cluster: PgCluster, opts: Options) -> Gateway {
         new_service_fn(|t: Target<PgUpstream>| t.upstream),
     );
     let metrics = server.metrics();
+    let shutdown = {
+        let server = server.clone();
+        Box::new(move || server.shutdown())
+    };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -97,6 +102,7 @@ async fn gateway_for(cluster: PgCluster, opts: Options) -> Gateway {
         cluster,
         addr,
         metrics,
+        shutdown,
         _certs_dir: certs_dir,
         ca_path,
     }
@@ -1257,6 +1263,27 @@ async fn psql_ctrl_c_cancels_the_running_statement() {
         err.contains("canceling statement due to user request"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_sessions_with_57p01() {
+    let gw = gateway(Options::default()).await;
+    let idle = gw.client().await;
+    let busy = gw.client().await;
+    let running = tokio::spawn(async move { busy.simple_query("select pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    (gw.shutdown)();
+    let err = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the busy session ends at once")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "57P01", "{err:?}");
+    let err = tokio::time::timeout(Duration::from_secs(10), idle.simple_query("select 1"))
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    assert!(idle.is_closed(), "{err:?}");
 }
 
 // ---- other drivers ----------------------------------------------------------------------

@@ -1,1 +1,170 @@
-fn main() {}
+//! `portcullis`: the reference Portcullis gateway, an identity-aware PostgreSQL gateway.
+//!
+//! Run with
+//!
+//! ```text
+//! cargo run -p portcullis-gateway -- demo
+//! ```
+//!
+//! Expected output (ports and tokens vary):
+//!
+//! ```text
+//! starting PostgreSQL...
+//! loading sample data...
+//! starting the gateway...
+//!
+//! Portcullis demo is running.
+//! ...
+//!   PGPASSWORD=3f9c… psql "host=127.0.0.1 port=41234 dbname=app user=alice"
+//! ```
+//!
+//! The commands (INTERFACE.md):
+//!
+//! - `portcullis run [--config FILE]` — run the gateway; `SIGHUP` reloads the file,
+//!   `SIGTERM`/`SIGINT` drain and exit 0. Exit 2 if the configuration has problems.
+//! - `portcullis check [--config FILE]` — validate: exit 0, or exit 2 listing every problem
+//!   with its line.
+//! - `portcullis token hash` — read a token on stdin, print the `sha256` for the config.
+//! - `portcullis demo [--port N]` — a self-contained tour with a throwaway PostgreSQL.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod config;
+mod demo;
+mod revoke;
+mod run;
+
+use std::io::{IsTerminal as _, Read as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// An identity-aware gateway for PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (logs to stderr; SIGHUP reloads, SIGTERM/SIGINT drain and exit).
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = "portcullis.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration: exit 0, or exit 2 with every problem and its line.
+    Check {
+        /// The configuration file.
+        #[arg(long, short, default_value = "portcullis.toml")]
+        config: PathBuf,
+    },
+    /// Work with static tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// A self-contained tour: throwaway PostgreSQL with sample data, the gateway in front.
+    Demo {
+        /// The gateway's port on 127.0.0.1 (default: a free one).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Read a token on stdin and print the `sha256` value to put in the configuration.
+    Hash,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Token {
+            command: TokenCommand::Hash,
+        } => token_hash(),
+        Command::Run { config } => with_runtime(run::run(config)),
+        Command::Demo { port } => with_runtime(demo::demo(port)),
+    }
+}
+
+/// Logging to stderr, filtered by `PORTCULLIS_LOG` (else `RUST_LOG`, else `info`).
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for people: escape codes in a journal or a log file are noise.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn with_runtime(main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    init_logging();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(main),
+        Err(e) => {
+            eprintln!("portcullis: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(config) => {
+            println!("ok: {}", config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for line in problems.lines() {
+                eprintln!("{line}");
+            }
+            let n = problems.list.len();
+            eprintln!(
+                "{}: {n} problem{}",
+                problems.file,
+                if n == 1 { "" } else { "s" }
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn token_hash() -> ExitCode {
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        eprintln!("portcullis: cannot read stdin: {e}");
+        return ExitCode::from(2);
+    }
+    let Ok(mut token) = String::from_utf8(input) else {
+        eprintln!("portcullis: the token is not valid UTF-8");
+        return ExitCode::from(2);
+    };
+    // `echo token | portcullis token hash` appends one newline; anything else is the token.
+    if token.ends_with('\n') {
+        token.pop();
+        if token.ends_with('\r') {
+            token.pop();
+        }
+    }
+    if token.is_empty() {
+        eprintln!(
+            "portcullis: empty token: write the token on stdin, e.g. `printf %s \"$TOKEN\" | portcullis token hash`"
+        );
+        return ExitCode::from(2);
+    }
+    println!("{}", portcullis_identity::hash_token(&token));
+    ExitCode::SUCCESS
+}

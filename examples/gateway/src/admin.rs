@@ -1,0 +1,238 @@
+//! The admin listener (`[admin] listen`): `GET /healthz` and `GET /metrics` (Prometheus
+//! text format). The approvals API joins it in a later release.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use portcullis_postgres::PgMetrics;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// Everything `/metrics` reports, shared by the gateway and the admin server.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    /// Listener name → the counters of every protocol server built for it. A reload builds
+    /// new servers; the old ones keep counting for their sessions, so all are summed.
+    listeners: Mutex<BTreeMap<String, Vec<Arc<PgMetrics>>>>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    last_reload_failed: AtomicBool,
+    /// Set when shutdown begins: `/healthz` then answers 503 so load balancers stop
+    /// sending clients while sessions drain.
+    draining: AtomicBool,
+}
+
+/// One family of per-listener counters: name, type, help, and how to read it.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    read: fn(&PgMetrics) -> u64,
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "portcullis_sessions_active",
+        kind: "gauge",
+        help: "Client sessions open now.",
+        read: |m| m.sessions_active.load(Ordering::Relaxed) as u64,
+    },
+    Family {
+        name: "portcullis_sessions_total",
+        kind: "counter",
+        help: "Client sessions opened (authenticated and connected upstream).",
+        read: |m| load(&m.sessions_total),
+    },
+    Family {
+        name: "portcullis_logins_refused_total",
+        kind: "counter",
+        help: "Connections refused before a session began (bad token, refused startup, limits, upstream failure).",
+        read: |m| load(&m.logins_refused),
+    },
+    Family {
+        name: "portcullis_commands_total",
+        kind: "counter",
+        help: "Command units received from clients.",
+        read: |m| load(&m.commands_total),
+    },
+    Family {
+        name: "portcullis_command_errors_total",
+        kind: "counter",
+        help: "Command units refused by the gateway or failed in it.",
+        read: |m| load(&m.command_errors),
+    },
+    Family {
+        name: "portcullis_bytes_from_clients_total",
+        kind: "counter",
+        help: "Bytes of client commands forwarded to the database.",
+        read: |m| load(&m.bytes_from_clients),
+    },
+    Family {
+        name: "portcullis_bytes_to_clients_total",
+        kind: "counter",
+        help: "Bytes written to clients.",
+        read: |m| load(&m.bytes_to_clients),
+    },
+    Family {
+        name: "portcullis_cancels_forwarded_total",
+        kind: "counter",
+        help: "Cancel requests forwarded to the database.",
+        read: |m| load(&m.cancels_forwarded),
+    },
+];
+
+impl Metrics {
+    /// Count `metrics` (a new protocol server's) under listener `name`.
+    pub(crate) fn register(&self, name: &str, metrics: Arc<PgMetrics>) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .and_modify(|servers| {
+                // Reconfigured servers share their listener's counters: count them once.
+                if !servers.iter().any(|m| Arc::ptr_eq(m, &metrics)) {
+                    servers.push(metrics.clone());
+                }
+            })
+            .or_insert_with(|| vec![metrics]);
+    }
+
+    /// Record a configuration reload's outcome.
+    pub(crate) fn reloaded(&self, ok: bool) {
+        let counter = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.last_reload_failed.store(!ok, Ordering::Relaxed);
+    }
+
+    /// Shutdown has begun.
+    pub(crate) fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub(crate) fn render(&self) -> String {
+        let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        for family in FAMILIES {
+            let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
+            let _ = writeln!(out, "# TYPE {} {}", family.name, family.kind);
+            for (name, servers) in listeners.iter() {
+                let value: u64 = servers.iter().map(|m| (family.read)(m)).sum();
+                let _ = writeln!(
+                    out,
+                    "{}{{listener=\"{}\"}} {value}",
+                    family.name,
+                    escape_label(name)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP portcullis_config_reloads_total Configuration reloads (SIGHUP), by result.\n\
+             # TYPE portcullis_config_reloads_total counter\n\
+             portcullis_config_reloads_total{{result=\"success\"}} {}\n\
+             portcullis_config_reloads_total{{result=\"failure\"}} {}",
+            load(&self.reloads_ok),
+            load(&self.reloads_failed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP portcullis_config_last_reload_successful 1 unless the last reload was refused (the previous configuration stays in force).\n\
+             # TYPE portcullis_config_last_reload_successful gauge\n\
+             portcullis_config_last_reload_successful {}",
+            u8::from(!self.last_reload_failed.load(Ordering::Relaxed)),
+        );
+        out
+    }
+}
+
+/// Escape a label value as the text format requires.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The admin routes.
+pub(crate) fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(render_metrics))
+        .with_state(metrics)
+}
+
+async fn healthz(State(metrics): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
+    if metrics.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
+async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+}
+
+/// Serve the admin routes on `listener` until `stop` fires.
+pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let served = axum::serve(listener, router(metrics))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        warn!(error = %e, "the admin server failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_summed_over_servers() {
+        let metrics = Metrics::default();
+        let a = Arc::new(PgMetrics::default());
+        let b = Arc::new(PgMetrics::default());
+        a.sessions_total.store(2, Ordering::Relaxed);
+        b.sessions_total.store(3, Ordering::Relaxed);
+        b.sessions_active.store(1, Ordering::Relaxed);
+        metrics.register("main", a);
+        metrics.register("main", b);
+        metrics.register("odd\"name", Arc::new(PgMetrics::default()));
+        metrics.reloaded(true);
+        metrics.reloaded(false);
+        let text = metrics.render();
+        assert!(text.contains("# TYPE portcullis_sessions_total counter\n"));
+        assert!(text.contains("portcullis_sessions_total{listener=\"main\"} 5\n"));
+        assert!(text.contains("portcullis_sessions_active{listener=\"main\"} 1\n"));
+        assert!(text.contains("portcullis_sessions_active{listener=\"odd\\\"name\"} 0\n"));
+        assert!(text.contains("portcullis_config_reloads_total{result=\"success\"} 1\n"));
+        assert!(text.contains("portcullis_config_reloads_total{result=\"failure\"} 1\n"));
+        assert!(text.contains("portcullis_config_last_reload_successful 0\n"));
+        for family in FAMILIES {
+            assert!(text.contains(&format!("# HELP {} ", family.name)));
+        }
+    }
+}

@@ -1,0 +1,1219 @@
+//! The configuration file (`portcullis.toml`): its schema as INTERFACE.md defines it,
+//! `${NAME}` substitution, validation that reports every problem with its line, and the
+//! resolved [`Config`] the gateway runs.
+//!
+//! Reading happens in two passes. The TOML is first deserialized into a *raw* schema whose
+//! leaves keep their byte spans (`toml::Spanned`); a syntax error, an unknown key, a missing
+//! key or a wrong type stops there, because nothing after it can be read reliably. The
+//! second pass resolves the raw values (environment variables, addresses, durations,
+//! digests, TLS files, duplicates) and collects *every* problem it finds, each mapped to
+//! its line, so that one `portcullis check` shows all that needs fixing.
+//!
+//! Sections that INTERFACE.md documents but this build does not implement yet (`[policy]`,
+//! `[masking]`, ...) are accepted by the schema, so the documented example parses, and then
+//! reported as errors: a gateway that silently ignored `[masking]` would let its operator
+//! believe data is masked when it is not.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use portcullis_identity::{StaticTokens, TokenEntry};
+use portcullis_postgres::{ServePgConfig, UpstreamConfig, UpstreamTls, UpstreamTlsMode};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::revoke::TokenDigests;
+
+/// Default for `[gateway] drain_timeout`.
+const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+/// Default for `[[postgres]] handshake_timeout`.
+const DEFAULT_HANDSHAKE: Duration = Duration::from_secs(10);
+/// Default for `[postgres.upstream] connect_timeout`.
+const DEFAULT_CONNECT: Duration = Duration::from_secs(10);
+/// Default for `[[postgres]] max_message_bytes`: 64 MiB.
+const DEFAULT_MAX_MESSAGE: u64 = 64 << 20;
+/// Bounds for `max_message_bytes`: below a few KiB ordinary startup and query messages fail;
+/// PostgreSQL itself refuses messages above 1 GiB.
+const MESSAGE_BYTES: Range<u64> = 4096..(1 << 30) + 1;
+
+// ---------------------------------------------------------------------------------------
+// Problems
+// ---------------------------------------------------------------------------------------
+
+/// One thing wrong with a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    /// The 1-based line it is on, when it is at a place in the file.
+    pub(crate) line: Option<usize>,
+    /// What is wrong, and where it helps, what to do.
+    pub(crate) message: String,
+}
+
+/// Everything wrong with a configuration file, in file order. Displays one problem per line
+/// as `FILE:LINE: message`.
+#[derive(Debug, Clone)]
+pub(crate) struct Problems {
+    /// The file as the user named it.
+    pub(crate) file: String,
+    /// The problems, sorted by line (problems without a line last).
+    pub(crate) list: Vec<Problem>,
+}
+
+impl Problems {
+    fn one(file: &str, line: Option<usize>, message: impl Into<String>) -> Self {
+        Problems {
+            file: file.to_owned(),
+            list: vec![Problem {
+                line,
+                message: message.into(),
+            }],
+        }
+    }
+
+    /// Each problem as `FILE:LINE: message` (or `FILE: message`).
+    pub(crate) fn lines(&self) -> impl Iterator<Item = String> + '_ {
+        self.list.iter().map(|p| match p.line {
+            Some(line) => format!("{}:{line}: {}", self.file, p.message),
+            None => format!("{}: {}", self.file, p.message),
+        })
+    }
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, line) in self.lines().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            f.write_str(&line)?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The resolved configuration
+// ---------------------------------------------------------------------------------------
+
+/// A validated configuration: everything the gateway needs, with files already read (TLS
+/// certificates are loaded here, so what `check` accepted is exactly what `run` uses).
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// `[gateway] drain_timeout`: how long shutdown waits for sessions to end.
+    pub(crate) drain_timeout: Duration,
+    /// `[admin] listen`.
+    pub(crate) admin: Option<SocketAddr>,
+    /// `[[identity.tokens]]`, in file order.
+    pub(crate) tokens: Vec<Token>,
+    /// `[[postgres]]`, in file order.
+    pub(crate) postgres: Vec<PgListener>,
+}
+
+/// One `[[identity.tokens]]` entry.
+#[derive(Debug, Clone)]
+pub(crate) struct Token {
+    /// The identity's name.
+    pub(crate) name: String,
+    /// The token's SHA-256.
+    pub(crate) digest: [u8; 32],
+    /// The authenticator's entry.
+    pub(crate) entry: TokenEntry,
+}
+
+/// One `[[postgres]]` listener.
+#[derive(Debug, Clone)]
+pub(crate) struct PgListener {
+    /// Where clients connect.
+    pub(crate) listen: SocketAddr,
+    /// The protocol server's settings (name, TLS, limits, upstream).
+    pub(crate) serve: ServePgConfig,
+}
+
+impl Config {
+    /// The authenticator for this configuration's tokens.
+    pub(crate) fn static_tokens(&self) -> StaticTokens {
+        StaticTokens::new(self.tokens.iter().map(|t| t.entry.clone()).collect())
+    }
+
+    /// The name → digest map that session revocation compares against.
+    pub(crate) fn token_digests(&self) -> TokenDigests {
+        TokenDigests::new(self.tokens.iter().map(|t| (t.name.clone(), t.digest)))
+    }
+
+    /// `ok: N listener(s), M token(s)`.
+    pub(crate) fn summary(&self) -> String {
+        format!(
+            "{} listener(s), {} token(s)",
+            self.postgres.len(),
+            self.tokens.len()
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------
+
+/// Read and validate the file at `path`; environment variables come from the process.
+/// Relative file names in the configuration are resolved against the file's directory.
+pub(crate) fn load(path: &Path) -> Result<Config, Problems> {
+    let file = path.display().to_string();
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| Problems::one(&file, None, format!("cannot read the file: {e}")))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&source, &file, base, &|name| std::env::var(name).ok())
+}
+
+/// Validate configuration text. `file` names it in problems, relative paths are resolved
+/// against `base`, and `env` looks up `${NAME}` variables.
+pub(crate) fn parse(
+    source: &str,
+    file: &str,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Problems> {
+    let raw: RawConfig = toml::from_str(source).map_err(|e| {
+        let line = e.span().map(|s| line_of(source, s.start));
+        // toml's messages may span lines ("invalid table header\nexpected ..."): keep one
+        // problem per line of output.
+        let message = e.message().trim().replace('\n', ": ");
+        Problems::one(file, line, message)
+    })?;
+    let mut cx = Resolver {
+        source,
+        base,
+        env,
+        problems: Vec::new(),
+    };
+    let config = cx.config(&raw);
+    if cx.problems.is_empty() {
+        Ok(config)
+    } else {
+        let mut list = cx.problems;
+        // Stable: problems on one line keep the order they were found in.
+        list.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        Err(Problems {
+            file: file.to_owned(),
+            list,
+        })
+    }
+}
+
+/// The 1-based line holding byte `offset`.
+fn line_of(source: &str, offset: usize) -> usize {
+    let end = offset.min(source.len());
+    source.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+// ---------------------------------------------------------------------------------------
+// The raw schema: what the TOML may contain, with spans for every value validated later
+// ---------------------------------------------------------------------------------------
+
+/// A string value with its place in the file; `${NAME}` is expanded during resolution.
+type Text = Spanned<String>;
+
+/// A section this build accepts but does not implement: any content, reported as an error.
+type Unimplemented = Option<Spanned<toml::Value>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    gateway: Option<RawGateway>,
+    admin: Option<RawAdmin>,
+    identity: Option<RawIdentity>,
+    #[serde(default)]
+    postgres: Vec<RawPostgres>,
+    policy: Unimplemented,
+    masking: Unimplemented,
+    approvals: Unimplemented,
+    audit: Unimplemented,
+    mysql: Unimplemented,
+    http: Unimplemented,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    drain_timeout: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Text,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    #[serde(default)]
+    tokens: Vec<RawToken>,
+    oidc: Unimplemented,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: Text,
+    sha256: Text,
+    #[serde(default)]
+    groups: Vec<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    name: Text,
+    listen: Text,
+    tls: Option<Spanned<RawServerTls>>,
+    #[serde(default)]
+    allow_plaintext_tokens_on_loopback: bool,
+    databases: Option<Spanned<Vec<Text>>>,
+    max_sessions: Option<Spanned<u64>>,
+    max_sessions_per_identity: Option<Spanned<u64>>,
+    handshake_timeout: Option<Text>,
+    #[serde(default)]
+    allow_startup_options: bool,
+    max_message_bytes: Option<Spanned<u64>>,
+    upstream: RawUpstream,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTls {
+    cert: Text,
+    key: Text,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    host: Text,
+    port: Option<Spanned<u16>>,
+    user: Text,
+    password: Text,
+    database: Option<Text>,
+    tls: Option<Text>,
+    ca: Option<Text>,
+    connect_timeout: Option<Text>,
+    roles: Unimplemented,
+}
+
+// ---------------------------------------------------------------------------------------
+// Resolution: raw values to a Config, collecting every problem
+// ---------------------------------------------------------------------------------------
+
+struct Resolver<'a> {
+    source: &'a str,
+    base: &'a Path,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<Problem>,
+}
+
+impl Resolver<'_> {
+    fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let line = line_of(self.source, span.start);
+        self.problems.push(Problem {
+            line: Some(line),
+            message: message.into(),
+        });
+    }
+
+    fn general(&mut self, message: impl Into<String>) {
+        self.problems.push(Problem {
+            line: None,
+            message: message.into(),
+        });
+    }
+
+    /// A string with `${NAME}` expanded; `None` (and a problem) when a variable is missing.
+    fn text(&mut self, what: &str, value: &Text) -> Option<String> {
+        match expand(value.get_ref(), self.env) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.at(value.span(), format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A string that must not be empty.
+    fn required_text(&mut self, what: &str, value: &Text) -> Option<String> {
+        let s = self.text(what, value)?;
+        if s.trim().is_empty() {
+            self.at(value.span(), format!("{what}: must not be empty"));
+            return None;
+        }
+        Some(s)
+    }
+
+    fn socket_addr(&mut self, what: &str, value: &Text) -> Option<SocketAddr> {
+        let s = self.text(what, value)?;
+        match s.trim().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.at(
+                    value.span(),
+                    format!(
+                        "{what}: invalid socket address \"{s}\" (expected IP:PORT, e.g. \"127.0.0.1:6432\" or \"[::1]:6432\")"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A duration, `default` when absent; `positive` refuses zero.
+    fn duration(
+        &mut self,
+        what: &str,
+        value: Option<&Text>,
+        default: Duration,
+        positive: bool,
+    ) -> Duration {
+        let Some(value) = value else {
+            return default;
+        };
+        let Some(s) = self.text(what, value) else {
+            return default;
+        };
+        match parse_duration(&s) {
+            Ok(d) if positive && d.is_zero() => {
+                self.at(value.span(), format!("{what}: must be longer than zero"));
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.at(value.span(), format!("{what}: {e}"));
+                default
+            }
+        }
+    }
+
+    /// A file name, resolved against the configuration file's directory.
+    fn path(&mut self, what: &str, value: &Text) -> Option<PathBuf> {
+        let s = self.required_text(what, value)?;
+        Some(self.base.join(s))
+    }
+
+    /// A positive count.
+    fn count(&mut self, what: &str, value: Option<&Spanned<u64>>) -> Option<usize> {
+        let value = value?;
+        match usize::try_from(*value.get_ref()) {
+            Ok(0) | Err(_) => {
+                self.at(value.span(), format!("{what}: must be at least 1"));
+                None
+            }
+            Ok(n) => Some(n),
+        }
+    }
+
+    fn config(&mut self, raw: &RawConfig) -> Config {
+        self.unimplemented(raw);
+        let drain_timeout = self.duration(
+            "[gateway] drain_timeout",
+            raw.gateway.as_ref().and_then(|g| g.drain_timeout.as_ref()),
+            DEFAULT_DRAIN,
+            false,
+        );
+        let admin = raw
+            .admin
+            .as_ref()
+            .and_then(|a| self.socket_addr("[admin] listen", &a.listen));
+        let tokens = match &raw.identity {
+            Some(identity) => self.tokens(&identity.tokens),
+            None => Vec::new(),
+        };
+
+        let mut postgres = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
+        if let (Some(addr), Some(raw_admin)) = (admin, &raw.admin) {
+            addrs.insert(
+                addr,
+                format!("[admin] on line {}", self.line(&raw_admin.listen)),
+            );
+        }
+        for block in &raw.postgres {
+            let name = self.required_text("[[postgres]] name", &block.name);
+            if let Some(name) = &name {
+                let line = self.line(&block.name);
+                if let Entry::Occupied(first) = names.entry(name.clone()) {
+                    self.at(
+                        block.name.span(),
+                        format!(
+                            "[[postgres]] name: duplicate listener name \"{name}\" (also on line {})",
+                            first.get()
+                        ),
+                    );
+                } else {
+                    names.insert(name.clone(), line);
+                }
+            }
+            let listen = self.socket_addr("[[postgres]] listen", &block.listen);
+            if let Some(addr) = listen {
+                let here = format!("[[postgres]] on line {}", self.line(&block.listen));
+                match addrs.entry(addr) {
+                    Entry::Occupied(first) => self.at(
+                        block.listen.span(),
+                        format!(
+                            "[[postgres]] listen: address {addr} is already used by {}",
+                            first.get()
+                        ),
+                    ),
+                    Entry::Vacant(slot) => {
+                        slot.insert(here);
+                    }
+                }
+            }
+            let serve = self.postgres(block, name.as_deref().unwrap_or_default());
+            if let (Some(listen), Some(serve)) = (listen, serve) {
+                postgres.push(PgListener { listen, serve });
+            }
+        }
+        if raw.postgres.is_empty() {
+            self.general(
+                "no listener: add a [[postgres]] block (see examples/gateway/portcullis.toml)",
+            );
+        }
+        Config {
+            drain_timeout,
+            admin,
+            tokens,
+            postgres,
+        }
+    }
+
+    fn line<T>(&self, value: &Spanned<T>) -> usize {
+        line_of(self.source, value.span().start)
+    }
+
+    /// Sections the schema accepts but this build cannot enforce: refuse them loudly.
+    fn unimplemented(&mut self, raw: &RawConfig) {
+        let sections = [
+            ("[policy]", &raw.policy),
+            ("[masking]", &raw.masking),
+            ("[approvals]", &raw.approvals),
+            ("[audit]", &raw.audit),
+            ("[[mysql]]", &raw.mysql),
+            ("[[http]]", &raw.http),
+        ];
+        for (section, value) in sections {
+            if let Some(value) = value {
+                self.at(
+                    value.span(),
+                    format!(
+                        "{section} is not implemented yet in this build (see CHANGELOG); remove it: the gateway will not run with settings it cannot enforce"
+                    ),
+                );
+            }
+        }
+        if let Some(oidc) = raw.identity.as_ref().and_then(|i| i.oidc.as_ref()) {
+            self.at(
+                oidc.span(),
+                "[identity.oidc]: OIDC is not implemented yet in this build; use [[identity.tokens]] for now",
+            );
+        }
+        for block in &raw.postgres {
+            if let Some(roles) = &block.upstream.roles {
+                self.at(
+                    roles.span(),
+                    "[[postgres.upstream.roles]] is not implemented yet in this build (see CHANGELOG); remove it: every identity would reach the database as the upstream user",
+                );
+            }
+        }
+    }
+
+    fn tokens(&mut self, raw: &[RawToken]) -> Vec<Token> {
+        let mut tokens = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut digests: HashMap<[u8; 32], String> = HashMap::new();
+        for t in raw {
+            let name = self.required_text("[[identity.tokens]] name", &t.name);
+            if let Some(name) = &name {
+                let line = self.line(&t.name);
+                if let Entry::Occupied(first) = names.entry(name.clone()) {
+                    self.at(
+                        t.name.span(),
+                        format!(
+                            "[[identity.tokens]] name: duplicate token name \"{name}\" (also on line {})",
+                            first.get()
+                        ),
+                    );
+                } else {
+                    names.insert(name.clone(), line);
+                }
+            }
+            let digest = self.digest(&t.sha256);
+            if let (Some(digest), Some(name)) = (digest, &name) {
+                if let Entry::Occupied(first) = digests.entry(digest) {
+                    let first = first.get().clone();
+                    self.at(
+                        t.sha256.span(),
+                        format!(
+                            "[[identity.tokens]] sha256: the same token is configured for \"{first}\"; each token must map to one identity"
+                        ),
+                    );
+                } else {
+                    digests.insert(digest, name.clone());
+                }
+            }
+            let mut groups = Vec::new();
+            for g in &t.groups {
+                if let Some(g) = self.required_text("[[identity.tokens]] groups", g) {
+                    groups.push(g);
+                }
+            }
+            let (Some(name), Some(digest)) = (name, digest) else {
+                continue;
+            };
+            match TokenEntry::new(&name, &hex::encode(digest), groups) {
+                Ok(entry) => tokens.push(Token {
+                    name,
+                    digest,
+                    entry,
+                }),
+                Err(e) => self.at(t.sha256.span(), format!("[[identity.tokens]] sha256: {e}")),
+            }
+        }
+        tokens
+    }
+
+    fn digest(&mut self, value: &Text) -> Option<[u8; 32]> {
+        let what = "[[identity.tokens]] sha256";
+        let s = self.text(what, value)?;
+        let mut digest = [0u8; 32];
+        if s.len() != 64 || hex::decode_to_slice(&s, &mut digest).is_err() {
+            self.at(
+                value.span(),
+                format!(
+                    "{what}: must be 64 hexadecimal digits (the output of `portcullis token hash`), got \"{s}\""
+                ),
+            );
+            return None;
+        }
+        Some(digest)
+    }
+
+    /// The protocol server's settings for one `[[postgres]]` block, `None` if any part of
+    /// it is wrong (every problem is recorded).
+    fn postgres(&mut self, block: &RawPostgres, name: &str) -> Option<ServePgConfig> {
+        let before = self.problems.len();
+        let tls = block.tls.as_ref().and_then(|tls| {
+            let cert = self.path("[[postgres]] tls.cert", &tls.get_ref().cert);
+            let key = self.path("[[postgres]] tls.key", &tls.get_ref().key);
+            let (cert, key) = (cert?, key?);
+            match portcullis_postgres::tls::server_config(&cert, &key) {
+                Ok(config) => Some(config),
+                Err(e) => {
+                    self.at(tls.span(), format!("[[postgres]] tls: {e}"));
+                    None
+                }
+            }
+        });
+        if block.tls.is_none() && !block.allow_plaintext_tokens_on_loopback {
+            self.at(
+                block.name.span(),
+                format!(
+                    "[[postgres]] \"{name}\": without `tls`, every token would be refused; configure tls = {{ cert, key }} or set allow_plaintext_tokens_on_loopback = true for loopback clients"
+                ),
+            );
+        }
+        let databases = block.databases.as_ref().and_then(|list| {
+            if list.get_ref().is_empty() {
+                self.at(
+                    list.span(),
+                    "[[postgres]] databases: an empty list refuses every database; remove the key to allow any",
+                );
+                return None;
+            }
+            let names: Vec<String> = list
+                .get_ref()
+                .iter()
+                .filter_map(|d| self.required_text("[[postgres]] databases", d))
+                .collect();
+            Some(names)
+        });
+        let max_sessions = self.count("[[postgres]] max_sessions", block.max_sessions.as_ref());
+        let max_per_identity = self.count(
+            "[[postgres]] max_sessions_per_identity",
+            block.max_sessions_per_identity.as_ref(),
+        );
+        let handshake_timeout = self.duration(
+            "[[postgres]] handshake_timeout",
+            block.handshake_timeout.as_ref(),
+            DEFAULT_HANDSHAKE,
+            true,
+        );
+        let max_message = match &block.max_message_bytes {
+            None => DEFAULT_MAX_MESSAGE,
+            Some(v) if MESSAGE_BYTES.contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.at(
+                    v.span(),
+                    "[[postgres]] max_message_bytes: must be between 4096 and 1073741824 (1 GiB)",
+                );
+                DEFAULT_MAX_MESSAGE
+            }
+        };
+        let upstream = self.upstream(&block.upstream);
+
+        if self.problems.len() > before {
+            return None;
+        }
+        let mut serve = ServePgConfig::new(name, upstream?);
+        serve.tls = tls;
+        serve.allow_plaintext_tokens_on_loopback = block.allow_plaintext_tokens_on_loopback;
+        serve.databases = databases;
+        serve.allow_startup_options = block.allow_startup_options;
+        serve.max_sessions = max_sessions;
+        serve.max_sessions_per_identity = max_per_identity;
+        serve.handshake_timeout = handshake_timeout;
+        serve.max_message = usize::try_from(max_message).ok()?;
+        Some(serve)
+    }
+
+    fn upstream(&mut self, raw: &RawUpstream) -> Option<UpstreamConfig> {
+        let host = self.required_text("[postgres.upstream] host", &raw.host);
+        let port = match &raw.port {
+            None => 5432,
+            Some(p) if *p.get_ref() == 0 => {
+                self.at(p.span(), "[postgres.upstream] port: must not be 0");
+                5432
+            }
+            Some(p) => *p.get_ref(),
+        };
+        let user = self.required_text("[postgres.upstream] user", &raw.user);
+        // May be empty (a `trust` database), but must be written: forgetting it is likelier.
+        let password = self.text("[postgres.upstream] password", &raw.password);
+        let database = match &raw.database {
+            Some(d) => self
+                .required_text("[postgres.upstream] database", d)
+                .map(Some),
+            None => Some(None),
+        };
+        let mode = match &raw.tls {
+            None => Some(UpstreamTlsMode::default()),
+            Some(t) => {
+                let s = self.text("[postgres.upstream] tls", t)?;
+                match s.parse::<UpstreamTlsMode>() {
+                    Ok(mode) => Some(mode),
+                    Err(e) => {
+                        self.at(t.span(), format!("[postgres.upstream] tls: {e}"));
+                        None
+                    }
+                }
+            }
+        };
+        let ca = match &raw.ca {
+            Some(ca) => self.path("[postgres.upstream] ca", ca).map(Some),
+            None => Some(None),
+        };
+        let connect_timeout = self.duration(
+            "[postgres.upstream] connect_timeout",
+            raw.connect_timeout.as_ref(),
+            DEFAULT_CONNECT,
+            true,
+        );
+        let tls = match (mode, &ca) {
+            (Some(UpstreamTlsMode::VerifyFull), Some(None)) => {
+                let span = raw.tls.as_ref().map(|t| t.span()).unwrap_or_default();
+                self.at(
+                    span,
+                    "[postgres.upstream] tls = \"verify-full\" needs `ca`, a PEM file of the roots to trust",
+                );
+                None
+            }
+            (Some(mode), Some(Some(_))) if mode != UpstreamTlsMode::VerifyFull => {
+                let span = raw.ca.as_ref().map(|c| c.span()).unwrap_or_default();
+                self.at(
+                    span,
+                    "[postgres.upstream] ca: used only with tls = \"verify-full\"; with other modes the database's certificate is not verified",
+                );
+                None
+            }
+            (Some(mode), Some(ca)) => match UpstreamTls::new(mode, ca.as_deref()) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    let span = raw
+                        .ca
+                        .as_ref()
+                        .or(raw.tls.as_ref())
+                        .map(|v| v.span())
+                        .unwrap_or_default();
+                    self.at(span, format!("[postgres.upstream] ca: {e}"));
+                    None
+                }
+            },
+            _ => None,
+        };
+        let mut upstream = UpstreamConfig::new(host?, port, user?, password?).tls(tls?);
+        if let Some(database) = database? {
+            upstream = upstream.database(database);
+        }
+        upstream.connect_timeout = connect_timeout;
+        Some(upstream)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Values
+// ---------------------------------------------------------------------------------------
+
+/// Replace `${NAME}` with the environment variable NAME. `$${` stands for a literal `${`;
+/// any other `$` is kept as it is (passwords may contain one).
+pub(crate) fn expand(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${") {
+            let Some(end) = after.find('}') else {
+                return Err("unterminated \"${\" (write $${ for a literal ${)".into());
+            };
+            let name = &after[..end];
+            let valid = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!(
+                    "invalid variable name \"${{{name}}}\" (letters, digits and _ only)"
+                ));
+            }
+            match env(name) {
+                Some(v) => out.push_str(&v),
+                None => return Err(format!("environment variable {name} is not set")),
+            }
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A duration: a whole number and a unit, `ms`, `s`, `m` or `h` (`"250ms"`, `"30s"`).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("invalid duration \"{s}\" (expected e.g. \"250ms\", \"30s\", \"5m\", \"1h\")");
+    let trimmed = s.trim();
+    let digits = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(digits);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = |factor: u64| n.checked_mul(factor).map(Duration::from_secs);
+    let d = match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        _ => return Err(bad()),
+    };
+    d.ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN_SHA: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "PG_PASSWORD" => Some("s3cret".into()),
+            "LISTEN" => Some("127.0.0.1:7000".into()),
+            _ => None,
+        }
+    }
+
+    fn parse_str(source: &str) -> Result<Config, Problems> {
+        parse(source, "portcullis.toml", Path::new("/nonexistent"), &env)
+    }
+
+    /// The problems of `source`, as `(line, message)`.
+    fn problems(source: &str) -> Vec<(Option<usize>, String)> {
+        match parse_str(source) {
+            Ok(_) => panic!("expected problems in:\n{source}"),
+            Err(p) => p.list.into_iter().map(|p| (p.line, p.message)).collect(),
+        }
+    }
+
+    fn minimal() -> String {
+        format!(
+            r#"[[identity.tokens]]
+name = "ci-bot"
+sha256 = "{TOKEN_SHA}"
+groups = ["engineering"]
+
+[[postgres]]
+name = "main"
+listen = "127.0.0.1:6432"
+allow_plaintext_tokens_on_loopback = true
+[postgres.upstream]
+host = "127.0.0.1"
+user = "app"
+password = "${{PG_PASSWORD}}"
+"#
+        )
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let source = include_str!("../portcullis.toml");
+        let config = parse_str(source).unwrap();
+        assert_eq!(config.postgres.len(), 1);
+        assert_eq!(config.tokens.len(), 1);
+        let pg = &config.postgres[0];
+        assert_eq!(pg.listen, "127.0.0.1:6432".parse().unwrap());
+        assert_eq!(pg.serve.upstream.address(), "127.0.0.1:5432");
+        assert_eq!(pg.serve.upstream.password, "s3cret");
+        assert_eq!(config.admin, Some("127.0.0.1:9480".parse().unwrap()));
+    }
+
+    #[test]
+    fn defaults_and_env_substitution() {
+        let config = parse_str(&minimal()).unwrap();
+        assert_eq!(config.drain_timeout, Duration::from_secs(30));
+        let pg = &config.postgres[0].serve;
+        assert_eq!(pg.name, "main");
+        assert_eq!(pg.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(pg.max_message, 64 << 20);
+        assert!(!pg.allow_startup_options);
+        assert_eq!(pg.upstream.port, 5432);
+        assert_eq!(pg.upstream.password, "s3cret");
+        assert_eq!(pg.upstream.tls.mode, UpstreamTlsMode::Prefer);
+        assert_eq!(pg.upstream.connect_timeout, Duration::from_secs(10));
+        assert_eq!(config.tokens[0].name, "ci-bot");
+        assert_eq!(config.summary(), "1 listener(s), 1 token(s)");
+    }
+
+    #[test]
+    fn additive_keys() {
+        let source = minimal().replace(
+            "allow_plaintext_tokens_on_loopback = true\n",
+            "allow_plaintext_tokens_on_loopback = true\nallow_startup_options = true\nmax_message_bytes = 1048576\nhandshake_timeout = \"250ms\"\ndatabases = [\"app\"]\nmax_sessions = 5\nmax_sessions_per_identity = 2\n",
+        ) + "connect_timeout = \"2s\"\ndatabase = \"app\"\ntls = \"disable\"\n\n[gateway]\ndrain_timeout = \"5m\"\n";
+        let config = parse_str(&source).unwrap();
+        let pg = &config.postgres[0].serve;
+        assert!(pg.allow_startup_options);
+        assert_eq!(pg.max_message, 1 << 20);
+        assert_eq!(pg.handshake_timeout, Duration::from_millis(250));
+        assert_eq!(pg.databases, Some(vec!["app".to_string()]));
+        assert_eq!(pg.max_sessions, Some(5));
+        assert_eq!(pg.max_sessions_per_identity, Some(2));
+        assert_eq!(pg.upstream.connect_timeout, Duration::from_secs(2));
+        assert_eq!(pg.upstream.database.as_deref(), Some("app"));
+        assert_eq!(pg.upstream.tls.mode, UpstreamTlsMode::Disable);
+        assert_eq!(config.drain_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn syntax_error_has_its_line() {
+        let source = minimal() + "\n[admin\nlisten = 1\n";
+        let p = problems(&source);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].0, Some(15), "{p:?}");
+        assert!(p[0].1.contains("invalid table header"), "{p:?}");
+        assert!(!p[0].1.contains('\n'));
+    }
+
+    #[test]
+    fn unknown_key_has_its_line() {
+        let source = minimal().replace("name = \"main\"", "name = \"main\"\nlisen = \"x\"");
+        let p = problems(&source);
+        assert_eq!(p[0].0, Some(8));
+        assert!(p[0].1.contains("unknown field `lisen`"), "{p:?}");
+    }
+
+    #[test]
+    fn missing_key_points_at_its_table() {
+        let source = minimal().replace("user = \"app\"\n", "");
+        let p = problems(&source);
+        assert_eq!(p, vec![(Some(10), "missing field `user`".to_string())]);
+    }
+
+    #[test]
+    fn wrong_type_has_its_line() {
+        let source =
+            minimal().replace("host = \"127.0.0.1\"", "host = \"127.0.0.1\"\nport = 70000");
+        let p = problems(&source);
+        assert_eq!(p[0].0, Some(12));
+        assert!(p[0].1.contains("expected u16"), "{p:?}");
+    }
+
+    #[test]
+    fn invalid_address() {
+        let source = minimal().replace("listen = \"127.0.0.1:6432\"", "listen = \"x\"");
+        assert_eq!(
+            problems(&source),
+            vec![(
+                Some(8),
+                "[[postgres]] listen: invalid socket address \"x\" (expected IP:PORT, e.g. \"127.0.0.1:6432\" or \"[::1]:6432\")".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn bad_durations() {
+        let source = minimal().replace(
+            "allow_plaintext_tokens_on_loopback = true",
+            "allow_plaintext_tokens_on_loopback = true\nhandshake_timeout = \"10 parsecs\"",
+        ) + "connect_timeout = \"0s\"\n[gateway]\ndrain_timeout = \"soon\"\n";
+        let p = problems(&source);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert_eq!(p[0].0, Some(10));
+        assert!(
+            p[0].1
+                .starts_with("[[postgres]] handshake_timeout: invalid duration \"10 parsecs\"")
+        );
+        assert_eq!(
+            p[1],
+            (
+                Some(15),
+                "[postgres.upstream] connect_timeout: must be longer than zero".into()
+            )
+        );
+        assert_eq!(p[2].0, Some(17));
+        assert!(
+            p[2].1
+                .starts_with("[gateway] drain_timeout: invalid duration")
+        );
+    }
+
+    #[test]
+    fn bad_sha256() {
+        let source = minimal().replace(TOKEN_SHA, "abc");
+        let p = problems(&source);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].0, Some(3));
+        assert!(p[0].1.contains("64 hexadecimal digits"), "{p:?}");
+        let source = minimal().replace(TOKEN_SHA, &"zz".repeat(32));
+        assert_eq!(problems(&source)[0].0, Some(3));
+    }
+
+    #[test]
+    fn unknown_upstream_tls_mode() {
+        let source = minimal() + "tls = \"sometimes\"\n";
+        let p = problems(&source);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].0, Some(14));
+        assert!(
+            p[0].1.contains("unknown upstream tls mode \"sometimes\""),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn verify_full_needs_a_ca_and_ca_needs_verify_full() {
+        let p = problems(&(minimal() + "tls = \"verify-full\"\n"));
+        assert_eq!(p[0].0, Some(14));
+        assert!(p[0].1.contains("needs `ca`"));
+        let p = problems(&(minimal() + "tls = \"require\"\nca = \"ca.pem\"\n"));
+        assert_eq!(p[0].0, Some(15));
+        assert!(p[0].1.contains("used only with tls = \"verify-full\""));
+        let p = problems(&(minimal() + "tls = \"verify-full\"\nca = \"missing-ca.pem\"\n"));
+        assert_eq!(p[0].0, Some(15));
+        assert!(p[0].1.contains("missing-ca.pem"), "{p:?}");
+    }
+
+    #[test]
+    fn missing_env_var_names_it() {
+        let source = minimal().replace("${PG_PASSWORD}", "${NOPE_PASSWORD}");
+        assert_eq!(
+            problems(&source),
+            vec![(
+                Some(13),
+                "[postgres.upstream] password: environment variable NOPE_PASSWORD is not set"
+                    .to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn env_substitution_in_any_string() {
+        let source = minimal().replace("\"127.0.0.1:6432\"", "\"${LISTEN}\"");
+        let config = parse_str(&source).unwrap();
+        assert_eq!(config.postgres[0].listen, "127.0.0.1:7000".parse().unwrap());
+    }
+
+    #[test]
+    fn expand_rules() {
+        let e = |s: &str| expand(s, &env);
+        assert_eq!(e("a${PG_PASSWORD}b").unwrap(), "as3cretb");
+        assert_eq!(e("pa$$word $x").unwrap(), "pa$$word $x");
+        assert_eq!(e("$${PG_PASSWORD}").unwrap(), "${PG_PASSWORD}");
+        assert!(e("${PG_PASSWORD").unwrap_err().contains("unterminated"));
+        assert!(e("${}").unwrap_err().contains("invalid variable name"));
+        assert!(e("${A-B}").unwrap_err().contains("invalid variable name"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        for bad in ["", "s", "10", "1.5s", "-1s", "10d", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tls_files_must_exist_and_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bad.pem"), "not a certificate").unwrap();
+        let source = minimal().replace(
+            "allow_plaintext_tokens_on_loopback = true",
+            "tls = { cert = \"missing.pem\", key = \"missing.key\" }",
+        );
+        let parse_in = |s: &str| parse(s, "portcullis.toml", dir.path(), &env);
+        let p = parse_in(&source).unwrap_err().list;
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].line, Some(9));
+        assert!(p[0].message.contains("missing.pem"), "{p:?}");
+
+        let source = source.replace("missing.pem", "bad.pem");
+        let p = parse_in(&source).unwrap_err().list;
+        assert_eq!(p[0].line, Some(9));
+        assert!(p[0].message.contains("bad.pem"), "{p:?}");
+
+        let certs = portcullis_testkit::Certs::generate().unwrap();
+        let files = certs.write_to(dir.path()).unwrap();
+        let source = source
+            .replace("bad.pem", "server.crt")
+            .replace("missing.key", "server.key");
+        let config = parse_in(&source).unwrap();
+        assert!(config.postgres[0].serve.tls.is_some());
+        assert!(files.cert.exists());
+    }
+
+    #[test]
+    fn duplicates_are_reported_with_both_lines() {
+        let source = minimal()
+            + &format!(
+                r#"
+[[identity.tokens]]
+name = "ci-bot"
+sha256 = "{TOKEN_SHA}"
+
+[[postgres]]
+name = "main"
+listen = "127.0.0.1:6432"
+allow_plaintext_tokens_on_loopback = true
+[postgres.upstream]
+host = "127.0.0.1"
+user = "app"
+password = ""
+
+[admin]
+listen = "127.0.0.1:6432"
+"#
+            );
+        let p = problems(&source);
+        let msgs: Vec<String> = p
+            .iter()
+            .map(|(l, m)| format!("{}: {m}", l.unwrap_or(0)))
+            .collect();
+        assert!(
+            msgs.iter().any(|m| m.starts_with(
+                "16: [[identity.tokens]] name: duplicate token name \"ci-bot\" (also on line 2)"
+            )),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("17: [[identity.tokens]] sha256: the same token")),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.starts_with(
+                "20: [[postgres]] name: duplicate listener name \"main\" (also on line 7)"
+            )),
+            "{msgs:#?}"
+        );
+        assert!(msgs.iter().any(|m| m.starts_with("21: [[postgres]] listen: address 127.0.0.1:6432 is already used by [admin] on line 29")), "{msgs:#?}");
+        assert!(
+            msgs.iter().any(|m| m.starts_with(
+                "8: [[postgres]] listen: address 127.0.0.1:6432 is already used by [admin]"
+            )),
+            "{msgs:#?}"
+        );
+    }
+
+    #[test]
+    fn no_listener() {
+        let p = problems("[admin]\nlisten = \"127.0.0.1:9480\"\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].0, None);
+        assert!(p[0].1.starts_with("no listener"));
+    }
+
+    #[test]
+    fn unimplemented_sections_are_refused_with_their_line() {
+        let source = minimal()
+            + "[[postgres.upstream.roles]]\ngroups = [\"a\"]\nuser = \"ro\"\n\n[policy]\non_unparsed = \"deny\"\n\n[masking]\ndetectors = [\"email\"]\n\n[identity.oidc]\nissuer = \"https://idp\"\n";
+        let p = problems(&source);
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert_eq!(p[0].0, Some(14));
+        assert!(
+            p[0].1
+                .starts_with("[[postgres.upstream.roles]] is not implemented yet")
+        );
+        assert_eq!(p[1].0, Some(18));
+        assert!(
+            p[1].1
+                .starts_with("[policy] is not implemented yet in this build (see CHANGELOG)")
+        );
+        assert_eq!(p[2].0, Some(21));
+        assert!(p[2].1.starts_with("[masking] is not implemented yet"));
+        assert_eq!(p[3].0, Some(24));
+        assert!(p[3].1.contains("OIDC is not implemented yet in this build"));
+    }
+
+    #[test]
+    fn a_listener_nobody_can_use_is_an_error() {
+        let source = minimal().replace("allow_plaintext_tokens_on_loopback = true\n", "");
+        let p = problems(&source);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].0, Some(7));
+        assert!(p[0].1.contains("every token would be refused"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_file_order() {
+        let source = minimal()
+            .replace(TOKEN_SHA, "nope")
+            .replace("listen = \"127.0.0.1:6432\"", "listen = \"x\"")
+            .replace("${PG_PASSWORD}", "${MISSING}");
+        let p = problems(&source);
+        let lines: Vec<_> = p.iter().map(|p| p.0).collect();
+        assert_eq!(lines, vec![Some(3), Some(8), Some(13)]);
+        let rendered = Problems {
+            file: "portcullis.toml".into(),
+            list: parse_str(&source).unwrap_err().list,
+        }
+        .to_string();
+        assert!(rendered.starts_with("portcullis.toml:3: [[identity.tokens]] sha256"));
+        assert!(
+            rendered
+                .contains("\nportcullis.toml:8: [[postgres]] listen: invalid socket address \"x\"")
+        );
+    }
+}

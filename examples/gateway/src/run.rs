@@ -1,0 +1,488 @@
+//! `portcullis run`: bind the listeners, serve sessions, reload on `SIGHUP`, drain on
+//! `SIGTERM`/`SIGINT`.
+//!
+//! A [`Gateway`] is the set of running listeners. [`Gateway::apply`] moves it to a new
+//! configuration — at startup from nothing, on reload from the previous one — in two steps:
+//! first everything that can fail (binding new addresses), then the switch, so a reload
+//! that cannot complete changes nothing.
+//!
+//! Each configuration builds a new protocol server (`ServePg`) per listener, a *generation*:
+//! new connections go to the newest; sessions stay with the generation that authenticated
+//! them until they end. All generations of a listener share its live state (cancel keys,
+//! session caps, metrics, shutdown). Listeners whose address did not change keep their socket, so no
+//! connection attempt is refused during a reload.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use portcullis_core::{NewLayered, Session};
+use portcullis_identity::StaticTokens;
+use portcullis_postgres::ServePg;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::admin::{self, Metrics};
+use crate::config::{self, Config, PgListener};
+use crate::revoke::{LiveTokens, RevokeLayer, TokenDigests};
+
+/// Builds each session's command stack: for now only [`RevokeCheck`](crate::revoke::RevokeCheck)
+/// in front of the upstream.
+type SessionLayers = Box<dyn Fn(&Arc<Session>) -> RevokeLayer + Send + Sync>;
+
+/// The protocol server of one listener for one configuration.
+type PgServer = ServePg<StaticTokens, NewLayered<SessionLayers>>;
+
+/// One listener's server for one configuration.
+struct Generation {
+    server: PgServer,
+}
+
+/// The current generation of one listener: it takes new connections. Older generations
+/// live on in the sessions they authenticated; all generations of a listener share its live
+/// state (`ServePg::reconfigure`): cancel keys, session caps, metrics, shutdown.
+struct Generations {
+    current: RwLock<Arc<Generation>>,
+}
+
+impl Generations {
+    fn new(generation: Arc<Generation>) -> Self {
+        Generations {
+            current: RwLock::new(generation),
+        }
+    }
+
+    fn current(&self) -> Arc<Generation> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn replace(&self, generation: Arc<Generation>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = generation;
+    }
+}
+
+/// A bound PostgreSQL listener and its accept loop.
+struct Listener {
+    name: String,
+    generations: Arc<Generations>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The admin server.
+struct AdminServer {
+    configured: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// A listener bound by [`Gateway::apply`], announced on stdout.
+#[derive(Debug, Clone)]
+pub(crate) enum Bound {
+    /// A PostgreSQL listener.
+    Postgres {
+        /// `[[postgres]] name`.
+        name: String,
+        /// The bound address.
+        addr: SocketAddr,
+        /// `host:port` of the database.
+        upstream: String,
+    },
+    /// The admin listener.
+    Admin {
+        /// The bound address.
+        addr: SocketAddr,
+    },
+}
+
+impl fmt::Display for Bound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Bound::Postgres {
+                name,
+                addr,
+                upstream,
+            } => write!(f, "listening name={name} addr={addr} upstream={upstream}"),
+            Bound::Admin { addr } => {
+                write!(f, "listening admin addr={addr} (/healthz, /metrics)")
+            }
+        }
+    }
+}
+
+/// An address could not be bound; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({what}): {source}")]
+pub(crate) struct BindError {
+    what: String,
+    addr: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { what, addr, source })
+}
+
+/// The running gateway: listeners, admin server, the sessions they serve.
+pub(crate) struct Gateway {
+    live_tokens: LiveTokens,
+    metrics: Arc<Metrics>,
+    /// Keyed by the configured `listen` address.
+    listeners: HashMap<SocketAddr, Listener>,
+    admin: Option<AdminServer>,
+    /// Every connection task, so shutdown can wait for them.
+    sessions: TaskTracker,
+    drain_timeout: Duration,
+}
+
+impl Gateway {
+    /// Start serving `config`. Returns what was bound, to announce.
+    pub(crate) async fn start(config: &Config) -> Result<(Gateway, Vec<Bound>), BindError> {
+        let mut gateway = Gateway {
+            live_tokens: LiveTokens::default(),
+            metrics: Arc::default(),
+            listeners: HashMap::new(),
+            admin: None,
+            sessions: TaskTracker::new(),
+            drain_timeout: config.drain_timeout,
+        };
+        let bound = gateway.apply(config).await?;
+        Ok((gateway, bound))
+    }
+
+    /// The counters `/metrics` shows.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Move to `config`. New connections use it at once; open sessions keep the server that
+    /// authenticated them, but a token that `config` no longer holds (or holds with another
+    /// digest) ends its sessions at their next command. Returns what was newly bound.
+    pub(crate) async fn apply(&mut self, config: &Config) -> Result<Vec<Bound>, BindError> {
+        // 1. Everything that can fail, before anything changes.
+        let mut fresh = HashMap::new();
+        for l in &config.postgres {
+            if !self.listeners.contains_key(&l.listen) && !fresh.contains_key(&l.listen) {
+                let what = format!("[[postgres]] \"{}\"", l.serve.name);
+                fresh.insert(l.listen, bind(what, l.listen).await?);
+            }
+        }
+        let running_admin = self.admin.as_ref().map(|a| a.configured);
+        let fresh_admin = match config.admin {
+            Some(addr) if running_admin != Some(addr) => {
+                Some((addr, bind("[admin]".into(), addr).await?))
+            }
+            _ => None,
+        };
+
+        // 2. The switch. Tokens first: a session authenticated by an old generation from
+        // here on is still checked against the new set at its first command.
+        self.live_tokens.replace(config.token_digests());
+        self.drain_timeout = config.drain_timeout;
+        let tokens = config.static_tokens();
+        let granted = Arc::new(config.token_digests());
+        let mut bound = Vec::new();
+        for l in &config.postgres {
+            let previous = self
+                .listeners
+                .get(&l.listen)
+                .map(|l| l.generations.current());
+            let generation = Arc::new(self.generation(l, &tokens, &granted, previous.as_deref()));
+            self.metrics
+                .register(&l.serve.name, generation.server.metrics());
+            if let Some(listener) = self.listeners.get_mut(&l.listen) {
+                listener.generations.replace(generation);
+                if listener.name != l.serve.name {
+                    info!(addr = %l.listen, from = %listener.name, to = %l.serve.name, "listener renamed");
+                    listener.name = l.serve.name.clone();
+                }
+                continue;
+            }
+            let Some(socket) = fresh.remove(&l.listen) else {
+                continue;
+            };
+            let addr = socket.local_addr().unwrap_or(l.listen);
+            let generations = Arc::new(Generations::new(generation));
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(accept_loop(
+                socket,
+                generations.clone(),
+                stop.clone(),
+                self.sessions.clone(),
+            ));
+            bound.push(Bound::Postgres {
+                name: l.serve.name.clone(),
+                addr,
+                upstream: l.serve.upstream.address(),
+            });
+            self.listeners.insert(
+                l.listen,
+                Listener {
+                    name: l.serve.name.clone(),
+                    generations,
+                    stop,
+                    task,
+                },
+            );
+        }
+        let keep: HashSet<SocketAddr> = config.postgres.iter().map(|l| l.listen).collect();
+        let removed: Vec<SocketAddr> = self
+            .listeners
+            .keys()
+            .filter(|addr| !keep.contains(addr))
+            .copied()
+            .collect();
+        for addr in removed {
+            if let Some(listener) = self.listeners.remove(&addr) {
+                info!(name = %listener.name, %addr, "listener closed; its open sessions continue");
+                listener.close().await;
+            }
+        }
+
+        if running_admin != config.admin
+            && let Some(old) = self.admin.take()
+        {
+            old.stop.cancel();
+            let _ = old.task.await;
+        }
+        if let Some((configured, socket)) = fresh_admin {
+            let addr = socket.local_addr().unwrap_or(configured);
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(admin::serve(socket, self.metrics.clone(), stop.clone()));
+            self.admin = Some(AdminServer {
+                configured,
+                stop,
+                task,
+            });
+            bound.push(Bound::Admin { addr });
+        }
+        Ok(bound)
+    }
+
+    fn generation(
+        &self,
+        listener: &PgListener,
+        tokens: &StaticTokens,
+        granted: &Arc<TokenDigests>,
+        previous: Option<&Generation>,
+    ) -> Generation {
+        let granted = granted.clone();
+        let live = self.live_tokens.clone();
+        let layers: SessionLayers =
+            Box::new(move |session| RevokeLayer::new(session, &granted, live.clone()));
+        let (config, stack) = (listener.serve.clone(), NewLayered::new(layers));
+        let server = match previous {
+            Some(previous) => previous.server.reconfigure(config, tokens.clone(), stack),
+            None => ServePg::new(config, tokens.clone(), stack),
+        };
+        Generation { server }
+    }
+
+    /// Stop accepting, wait for open sessions to end — at most the drain timeout, or until
+    /// `hurry` completes (a second signal) — then stop the admin server.
+    pub(crate) async fn shutdown(mut self, hurry: impl std::future::Future<Output = ()>) {
+        self.metrics.set_draining();
+        let mut servers = Vec::new();
+        for (_, listener) in self.listeners.drain() {
+            servers.push(listener.generations.current());
+            listener.close().await;
+        }
+        self.sessions.close();
+        let open = self.sessions.len();
+        if open > 0 {
+            info!(
+                sessions = open,
+                deadline = ?self.drain_timeout,
+                "waiting for open sessions to end"
+            );
+            tokio::select! {
+                () = self.sessions.wait() => info!("all sessions ended"),
+                () = tokio::time::sleep(self.drain_timeout) => warn!(
+                    sessions = self.sessions.len(),
+                    "drain deadline passed; closing the remaining sessions"
+                ),
+                () = hurry => warn!(
+                    sessions = self.sessions.len(),
+                    "second signal; closing the remaining sessions"
+                ),
+            }
+            // Tell the remaining clients (FATAL 57P01) rather than dropping their connections.
+            for generation in &servers {
+                generation.server.shutdown();
+            }
+            if tokio::time::timeout(Duration::from_secs(5), self.sessions.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    sessions = self.sessions.len(),
+                    "sessions still open after shutdown; exiting"
+                );
+            }
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.stop.cancel();
+            // Admin requests are short; do not let a stuck client hold the exit.
+            let _ = tokio::time::timeout(Duration::from_secs(2), admin.task).await;
+        }
+    }
+}
+
+impl Listener {
+    /// Stop accepting and close the socket (when this returns, the port is free).
+    async fn close(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    generations: Arc<Generations>,
+    stop: CancellationToken,
+    sessions: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = socket.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!(%peer, error = %e, "set_nodelay failed");
+        }
+        let current = generations.current();
+        sessions.spawn(async move { current.server.serve_connection(tcp, peer).await });
+    }
+}
+
+/// `portcullis run`.
+pub(crate) async fn run(path: PathBuf) -> ExitCode {
+    let config = match load(path.clone()).await {
+        Ok(config) => config,
+        Err(problems) => {
+            for line in problems.lines() {
+                eprintln!("{line}");
+            }
+            eprintln!("portcullis: the configuration has problems; not starting");
+            return ExitCode::from(2);
+        }
+    };
+    // Install the handlers before binding, so a signal sent as soon as the ports accept is
+    // handled rather than killing the process.
+    let signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    );
+    let (mut term, mut int, mut hup) = match signals {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            eprintln!("portcullis: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (mut gateway, bound) = match Gateway::start(&config).await {
+        Ok(started) => started,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("portcullis: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    announce(&bound);
+    if config.tokens.is_empty() {
+        warn!("no [[identity.tokens]] configured: every login will be refused");
+    }
+    info!(config = %path.display(), "gateway started: {}", config.summary());
+
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: draining"); break; }
+            _ = int.recv() => { info!("SIGINT: draining"); break; }
+            _ = hup.recv() => reload(&mut gateway, &path).await,
+        }
+    }
+    gateway
+        .shutdown(async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
+        .await;
+    info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Read the configuration file off the async threads (it may read TLS files).
+async fn load(path: PathBuf) -> Result<Config, config::Problems> {
+    let file = path.display().to_string();
+    match tokio::task::spawn_blocking(move || config::load(&path)).await {
+        Ok(result) => result,
+        Err(e) => Err(config::Problems {
+            file,
+            list: vec![config::Problem {
+                line: None,
+                message: format!("loading failed: {e}"),
+            }],
+        }),
+    }
+}
+
+async fn reload(gateway: &mut Gateway, path: &std::path::Path) {
+    info!(config = %path.display(), "SIGHUP: reloading the configuration");
+    let config = match load(path.to_path_buf()).await {
+        Ok(config) => config,
+        Err(problems) => {
+            for line in problems.lines() {
+                error!("{line}");
+            }
+            error!("configuration not reloaded; the previous one stays in force");
+            gateway.metrics().reloaded(false);
+            return;
+        }
+    };
+    match gateway.apply(&config).await {
+        Ok(bound) => {
+            announce(&bound);
+            gateway.metrics().reloaded(true);
+            info!("configuration reloaded: {}", config.summary());
+        }
+        Err(e) => {
+            error!("{e}; configuration not reloaded, the previous one stays in force");
+            gateway.metrics().reloaded(false);
+        }
+    }
+}
+
+fn announce(bound: &[Bound]) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for b in bound {
+        let _ = writeln!(out, "{b}");
+    }
+    let _ = out.flush();
+}
