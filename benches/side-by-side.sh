@@ -1,0 +1,466 @@
+#!/usr/bin/env bash
+# Side-by-side load harness: the same PostgreSQL reached directly, through PgBouncer (session
+# mode) and through the Portcullis gateway with no policy, measured alternately in one run.
+#
+# Run with:   bash benches/side-by-side.sh [REPORT.md]      (default benches/last-run.md)
+#
+# It starts a throwaway PostgreSQL 15 (initdb in a temp dir, fsync off, 127.0.0.1 on a free
+# port), `pgbench -i -s $SCALE`, PgBouncer and the gateway in front of it, then for each of
+# ROUNDS rounds runs every workload once per path, rotating the order of the paths each round:
+#
+#   S-simple-c1 .. S-prepared-c8   pgbench -S -n -T $DURATION, -M simple|extended|prepared,
+#                                  at -c 1 -j 1 and -c $CLIENTS -j $THREADS
+#   select-1m                      psql: select g, md5(g::text) from generate_series(1,1000000) g
+#   copy-1m                        psql: copy (the same) to stdout
+#
+# and prints medians per workload and path: TPS (or seconds and MB/s), ratios, the single
+# client's p50 latency (from pgbench --log) and what the gateway adds to it, the proxies' CPU
+# time per transaction (or per row) from /proc/PID/stat, and their RSS (peak, and growth
+# during the 1M-row select). Everything is cleaned up on exit.
+#
+# Knobs (environment): DURATION (10 s per pgbench run), ROUNDS (3), SCALE (10), CLIENTS (8),
+# THREADS (2), PATHS ("direct pgbouncer gateway": drop one to skip it), PGBIN
+# (/usr/lib/postgresql/15/bin), GATEWAY_BIN (target/release/portcullis, built when missing),
+# GATEWAY_LOG (PORTCULLIS_LOG for the gateway, default info), KEEP_TMP=1 (keep the temp dir).
+#
+# Expected output: a progress line per run on stderr, then a markdown report on stdout, also
+# written to the report file.
+
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPORT=${1:-$ROOT/benches/last-run.md}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+SCALE=${SCALE:-10}
+CLIENTS=${CLIENTS:-8}
+THREADS=${THREADS:-2}
+PATHS=${PATHS:-direct pgbouncer gateway}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/portcullis}
+GATEWAY_LOG=${GATEWAY_LOG:-info}
+ROWS=1000000
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '[side-by-side] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+read -r -a PATH_LIST <<<"$PATHS"
+has_path() { [[ " ${PATH_LIST[*]} " == *" $1 "* ]]; }
+(( ${#PATH_LIST[@]} > 0 )) || die "PATHS is empty"
+for p in "${PATH_LIST[@]}"; do
+    case $p in direct | pgbouncer | gateway) ;; *) die "unknown path '$p' in PATHS" ;; esac
+done
+
+# ---- tools ------------------------------------------------------------------------------
+[[ -x $PGBIN/initdb ]] || die "no PostgreSQL at $PGBIN (apt-get install -y postgresql-15)"
+PGBENCH=$PGBIN/pgbench
+[[ -x $PGBENCH ]] || PGBENCH=$(command -v pgbench) || die "pgbench not found"
+PSQL=$PGBIN/psql
+[[ -x $PSQL ]] || PSQL=$(command -v psql) || die "psql not found"
+if has_path pgbouncer && ! command -v pgbouncer >/dev/null; then
+    if [[ $(id -u) == 0 ]]; then
+        log "installing pgbouncer"
+        { apt-get install -y pgbouncer || { apt-get update && apt-get install -y pgbouncer; }; } >&2 \
+            || die "could not install pgbouncer"
+    else
+        die "pgbouncer not found (apt-get install -y pgbouncer)"
+    fi
+fi
+PGBOUNCER=$(command -v pgbouncer || true)
+if has_path gateway && [[ ! -x $GATEWAY_BIN ]]; then
+    log "building the gateway (cargo build --release -p portcullis-gateway)"
+    (cd "$ROOT" && cargo build --release -p portcullis-gateway) >&2 \
+        || die "the gateway did not build; PATHS='direct pgbouncer' runs without it"
+    [[ -x $GATEWAY_BIN ]] || die "no gateway binary at $GATEWAY_BIN"
+fi
+
+# Daemons run unprivileged: PostgreSQL and PgBouncer refuse to run as root.
+if [[ $(id -u) == 0 ]]; then
+    RUN_AS=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+    id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' user"
+else
+    RUN_AS=()
+fi
+
+# ---- cleanup ----------------------------------------------------------------------------
+WORK=$(mktemp -d /tmp/portcullis-sbs.XXXXXX)
+PG_STARTED=0
+GATEWAY_PID=
+PGBOUNCER_PID=
+SAMPLER_PID=
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [[ -n $SAMPLER_PID ]] && kill "$SAMPLER_PID" 2>/dev/null
+    [[ -n $GATEWAY_PID ]] && kill "$GATEWAY_PID" 2>/dev/null && wait "$GATEWAY_PID" 2>/dev/null
+    [[ -n $PGBOUNCER_PID ]] && kill "$PGBOUNCER_PID" 2>/dev/null && wait "$PGBOUNCER_PID" 2>/dev/null
+    if (( PG_STARTED )); then
+        "${RUN_AS[@]}" "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m immediate stop >/dev/null 2>&1
+    fi
+    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---- helpers ----------------------------------------------------------------------------
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+TAKEN_PORTS=" "
+free_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$(( 20000 + RANDOM % 40000 ))
+        if [[ $TAKEN_PORTS != *" $p "* ]] && ! port_in_use "$p"; then
+            TAKEN_PORTS+="$p "
+            echo "$p"
+            return
+        fi
+    done
+    die "no free port"
+}
+wait_port() { # port pid name
+    for _ in $(seq 200); do
+        port_in_use "$1" && return 0
+        kill -0 "$2" 2>/dev/null || die "$3 exited during start (see its log in $WORK)"
+        sleep 0.05
+    done
+    die "$3 did not listen on port $1"
+}
+cpu_ticks() { # utime + stime of a whole process (all its threads)
+    local stat
+    stat=$(<"/proc/$1/stat") || { echo 0; return; }
+    stat=${stat##*")" }
+    # shellcheck disable=SC2086
+    set -- $stat
+    echo $(( ${12} + ${13} ))
+}
+status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "NA"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+fmt() { # printf format, value (NA passes through)
+    # shellcheck disable=SC2059 # the format is always a literal of this script
+    if [[ $2 == NA || -z $2 ]]; then echo "n/a"; else LC_ALL=C printf "$1" "$2"; fi
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || a == "" || b == "" || b == 0) print "NA"; else print a / b }'; }
+diff_() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || a == "" || b == "") print "NA"; else print a - b }'; }
+
+declare -A PORT PASSWORD PID_OF
+declare -A RESULTS # "$metric|$workload|$path" -> space-separated values, one per round
+record() { RESULTS["$1|$2|$3"]+="$4 "; }
+values() { tr ' ' '\n' <<<"${RESULTS["$1|$2|$3"]:-}" | grep -v '^$' | grep -v '^NA$'; }
+med() { values "$@" | median; }
+
+# ---- PostgreSQL ------------------------------------------------------------------------
+PG_USER=bench
+PG_DB=bench
+PG_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+TOKEN=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
+TOKEN_SHA=$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)
+PORT[direct]=$(free_port)
+PORT[pgbouncer]=$(free_port)
+PORT[gateway]=$(free_port)
+PASSWORD[direct]=$PG_PASSWORD
+PASSWORD[pgbouncer]=$PG_PASSWORD
+PASSWORD[gateway]=$TOKEN
+
+[[ $(id -u) == 0 ]] && chown postgres: "$WORK"
+chmod 755 "$WORK"
+printf '%s\n' "$PG_PASSWORD" >"$WORK/pwfile"
+[[ $(id -u) == 0 ]] && chown postgres: "$WORK/pwfile"
+log "initdb ($WORK/pgdata), PostgreSQL on 127.0.0.1:${PORT[direct]}"
+"${RUN_AS[@]}" "$PGBIN/initdb" -D "$WORK/pgdata" -U "$PG_USER" --pwfile="$WORK/pwfile" \
+    -A scram-sha-256 --auth-local=trust -E UTF8 --no-locale >"$WORK/initdb.log" 2>&1 \
+    || die "initdb failed: $(tail -5 "$WORK/initdb.log")"
+cat >>"$WORK/pgdata/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = ${PORT[direct]}
+unix_socket_directories = '$WORK'
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = 256MB
+max_connections = 100
+EOF
+"${RUN_AS[@]}" "$PGBIN/pg_ctl" -D "$WORK/pgdata" -l "$WORK/postgres.log" -w start >/dev/null \
+    || die "PostgreSQL did not start: $(tail -5 "$WORK/postgres.log")"
+PG_STARTED=1
+PID_OF[direct]=$(head -1 "$WORK/pgdata/postmaster.pid")
+export PGCONNECT_TIMEOUT=10
+PGPASSWORD=$PG_PASSWORD "$PSQL" -X -q -h 127.0.0.1 -p "${PORT[direct]}" -U "$PG_USER" -d postgres \
+    -c "create database $PG_DB" >/dev/null || die "create database failed"
+log "pgbench -i -s $SCALE"
+PGPASSWORD=$PG_PASSWORD "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "${PORT[direct]}" \
+    -U "$PG_USER" "$PG_DB" >"$WORK/pgbench-init.log" 2>&1 \
+    || die "pgbench -i failed: $(tail -5 "$WORK/pgbench-init.log")"
+
+# ---- PgBouncer --------------------------------------------------------------------------
+if has_path pgbouncer; then
+    printf '"%s" "%s"\n' "$PG_USER" "$PG_PASSWORD" >"$WORK/userlist.txt"
+    cat >"$WORK/pgbouncer.ini" <<EOF
+[databases]
+$PG_DB = host=127.0.0.1 port=${PORT[direct]} dbname=$PG_DB user=$PG_USER password=$PG_PASSWORD
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = ${PORT[pgbouncer]}
+unix_socket_dir = $WORK
+auth_type = plain
+auth_file = $WORK/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 50
+server_tls_sslmode = disable
+logfile = $WORK/pgbouncer.log
+log_connections = 0
+log_disconnections = 0
+EOF
+    [[ $(id -u) == 0 ]] && chown postgres: "$WORK/pgbouncer.ini" "$WORK/userlist.txt"
+    log "PgBouncer ($($PGBOUNCER --version | head -1)) on 127.0.0.1:${PORT[pgbouncer]}"
+    "${RUN_AS[@]}" "$PGBOUNCER" "$WORK/pgbouncer.ini" >"$WORK/pgbouncer.out" 2>&1 &
+    PGBOUNCER_PID=$!
+    PID_OF[pgbouncer]=$PGBOUNCER_PID
+    wait_port "${PORT[pgbouncer]}" "$PGBOUNCER_PID" pgbouncer
+fi
+
+# ---- the gateway ------------------------------------------------------------------------
+if has_path gateway; then
+    cat >"$WORK/portcullis.toml" <<EOF
+# Generated by benches/side-by-side.sh: one PostgreSQL target, one static token, no policy.
+[[identity.tokens]]
+name = "bench"
+sha256 = "$TOKEN_SHA"
+groups = ["bench"]
+
+[[postgres]]
+name = "bench"
+listen = "127.0.0.1:${PORT[gateway]}"
+allow_plaintext_tokens_on_loopback = true
+[postgres.upstream]
+host = "127.0.0.1"
+port = ${PORT[direct]}
+user = "$PG_USER"
+password = "\${SBS_PG_PASSWORD}"
+database = "$PG_DB"
+tls = "disable"
+EOF
+    log "gateway ($GATEWAY_BIN) on 127.0.0.1:${PORT[gateway]}"
+    SBS_PG_PASSWORD=$PG_PASSWORD PORTCULLIS_LOG=$GATEWAY_LOG \
+        "$GATEWAY_BIN" run --config "$WORK/portcullis.toml" >"$WORK/gateway.log" 2>&1 &
+    GATEWAY_PID=$!
+    PID_OF[gateway]=$GATEWAY_PID
+    wait_port "${PORT[gateway]}" "$GATEWAY_PID" gateway
+fi
+
+# ---- runs -------------------------------------------------------------------------------
+# Peak RSS over the whole run, kept across the per-select resets of VmHWM.
+declare -A PEAK_KB
+note_peak() {
+    local pid=${PID_OF[$1]} hwm
+    [[ $1 == direct ]] && return
+    hwm=$(status_kb "$pid" VmHWM)
+    (( ${hwm:-0} > ${PEAK_KB[$1]:-0} )) && PEAK_KB[$1]=$hwm
+}
+
+pg_env() { # path -> env for libpq clients
+    echo "PGHOST=127.0.0.1 PGPORT=${PORT[$1]} PGUSER=$PG_USER PGDATABASE=$PG_DB PGPASSWORD=${PASSWORD[$1]}"
+}
+
+run_pgbench() { # workload mode clients threads path record(0|1)
+    local wl=$1 mode=$2 c=$3 j=$4 path=$5 rec=$6 out="$WORK/pgbench.out" pid=${PID_OF[$5]}
+    local logargs=() t0=0 t1=0 tps n lat p50=NA
+    rm -f "$WORK"/pgblog.*
+    if (( c == 1 && rec )); then logargs=(--log --log-prefix="$WORK/pgblog"); fi
+    [[ $path != direct ]] && t0=$(cpu_ticks "$pid")
+    # shellcheck disable=SC2046
+    if ! env $(pg_env "$path") "$PGBENCH" -S -n -M "$mode" -c "$c" -j "$j" -T "$DURATION" \
+        "${logargs[@]}" >"$out" 2>&1; then
+        log "  $wl via $path FAILED: $(grep -v '^pgbench (' "$out" | tail -3 | tr '\n' ' ')"
+        (( rec )) && record tps "$wl" "$path" NA
+        return 1
+    fi
+    [[ $path != direct ]] && t1=$(cpu_ticks "$pid")
+    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -1)
+    n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")
+    lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$out")
+    if (( c == 1 && rec )) && compgen -G "$WORK/pgblog.*" >/dev/null; then
+        # Field 3 of pgbench's per-transaction log is the latency in microseconds.
+        p50=$(cat "$WORK"/pgblog.* | awk '{ print $3 }' | median)
+    fi
+    (( rec )) || return 0
+    record tps "$wl" "$path" "${tps:-NA}"
+    record latavg "$wl" "$path" "$(awk -v l="${lat:-NA}" 'BEGIN { print (l == "NA") ? "NA" : l * 1000 }')"
+    record p50 "$wl" "$path" "$p50"
+    if [[ $path != direct && -n $n && $n -gt 0 ]]; then
+        record cpu "$wl" "$path" "$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { print d / hz / n * 1e6 }')"
+    fi
+    note_peak "$path"
+    log "  $wl via $path: tps=${tps:-?} lat_avg=${lat:-?}ms p50=${p50}us"
+}
+
+SELECT_SQL="select g, md5(g::text) from generate_series(1, $ROWS) g"
+COPY_SQL="copy ($SELECT_SQL) to stdout"
+declare -A OUT_BYTES
+
+run_bulk() { # workload sql path
+    local wl=$1 sql=$2 path=$3 pid=${PID_OF[$3]} t0=0 t1=0 s e rss0=0 rss_peak=0 secs
+    if [[ $path != direct ]]; then
+        note_peak "$path"
+        rss0=$(status_kb "$pid" VmRSS)
+        # Reset VmHWM to the current RSS so that afterwards it is this select's peak; where
+        # that is not allowed, sample VmRSS instead.
+        if ! echo 5 >"/proc/$pid/clear_refs" 2>/dev/null; then
+            (while :; do status_kb "$pid" VmRSS; sleep 0.02; done >"$WORK/rss.samples") &
+            SAMPLER_PID=$!
+        fi
+        t0=$(cpu_ticks "$pid")
+    fi
+    s=$(date +%s%N)
+    # shellcheck disable=SC2046
+    if ! env $(pg_env "$path") "$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 -c "$sql" >/dev/null 2>"$WORK/psql.err"; then
+        log "  $wl via $path FAILED: $(tail -3 "$WORK/psql.err" | tr '\n' ' ')"
+        record secs "$wl" "$path" NA
+        [[ -n $SAMPLER_PID ]] && { kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null; SAMPLER_PID=; }
+        return 1
+    fi
+    e=$(date +%s%N)
+    secs=$(awk -v a="$s" -v b="$e" 'BEGIN { print (b - a) / 1e9 }')
+    record secs "$wl" "$path" "$secs"
+    record mbps "$wl" "$path" "$(awk -v b="${OUT_BYTES[$wl]}" -v t="$secs" 'BEGIN { print b / t / 1e6 }')"
+    if [[ $path != direct ]]; then
+        t1=$(cpu_ticks "$pid")
+        if [[ -n $SAMPLER_PID ]]; then
+            kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null; SAMPLER_PID=
+            rss_peak=$(sort -n "$WORK/rss.samples" | tail -1)
+        else
+            rss_peak=$(status_kb "$pid" VmHWM)
+        fi
+        record rssgrowth "$wl" "$path" "$(( ${rss_peak:-0} - ${rss0:-0} ))"
+        record cpurow "$wl" "$path" "$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$ROWS" 'BEGIN { print d / hz / n * 1e9 }')"
+        note_peak "$path"
+    fi
+    log "  $wl via $path: ${secs}s"
+}
+
+# Output sizes, measured once directly (what the client receives, as text).
+# shellcheck disable=SC2046
+OUT_BYTES[select-1m]=$(env $(pg_env direct) "$PSQL" -X -q -A -t -c "$SELECT_SQL" | wc -c)
+# shellcheck disable=SC2046
+OUT_BYTES[copy-1m]=$(env $(pg_env direct) "$PSQL" -X -q -c "$COPY_SQL" | wc -c)
+
+# Every path must work before anything is measured; a short unrecorded run also warms caches.
+log "warm-up and check of every path"
+for path in "${PATH_LIST[@]}"; do
+    SAVED=$DURATION
+    DURATION=$(( DURATION < 3 ? DURATION : 3 ))
+    run_pgbench warmup prepared 1 1 "$path" 0 \
+        || die "$path does not work (see $WORK and its log); PATHS=... skips a path"
+    DURATION=$SAVED
+done
+
+PGBENCH_WORKLOADS=()
+for c in 1 "$CLIENTS"; do
+    for mode in simple extended prepared; do PGBENCH_WORKLOADS+=("S-$mode-c$c"); done
+done
+WORKLOADS=("${PGBENCH_WORKLOADS[@]}" select-1m copy-1m)
+
+START=$(date +%s)
+for (( round = 1; round <= ROUNDS; round++ )); do
+    # Rotate the order of the paths each round so that no path always runs first.
+    order=()
+    for (( i = 0; i < ${#PATH_LIST[@]}; i++ )); do
+        order+=("${PATH_LIST[$(( (i + round - 1) % ${#PATH_LIST[@]} ))]}")
+    done
+    log "round $round/$ROUNDS (order: ${order[*]})"
+    for wl in "${WORKLOADS[@]}"; do
+        for path in "${order[@]}"; do
+            case $wl in
+                S-*-c*)
+                    mode=${wl#S-}; mode=${mode%-c*}; c=${wl##*-c}
+                    j=$(( c == 1 ? 1 : THREADS ))
+                    run_pgbench "$wl" "$mode" "$c" "$j" "$path" 1
+                    ;;
+                select-1m) run_bulk "$wl" "$SELECT_SQL" "$path" ;;
+                copy-1m) run_bulk "$wl" "$COPY_SQL" "$path" ;;
+            esac
+        done
+    done
+done
+ELAPSED=$(( $(date +%s) - START ))
+for path in pgbouncer gateway; do has_path "$path" && note_peak "$path"; done
+
+# ---- report -----------------------------------------------------------------------------
+report() {
+    local wl d b g
+    echo "# Side-by-side run ($(date -u +%Y-%m-%dT%H:%MZ))"
+    echo
+    echo "Machine: $(nproc) cores, $(uname -sr); $("$PGBIN/postgres" --version);" \
+        "${PGBOUNCER:+$($PGBOUNCER --version | head -1); }gateway: $(has_path gateway && echo "$GATEWAY_BIN" || echo "not run")."
+    echo "Settings: DURATION=${DURATION}s ROUNDS=$ROUNDS SCALE=$SCALE CLIENTS=$CLIENTS THREADS=$THREADS," \
+        "paths: ${PATH_LIST[*]}; gateway log level: $GATEWAY_LOG; wall time ${ELAPSED}s." \
+        "Values are medians over the rounds; paths alternate within each round."
+    echo
+    echo "## pgbench -S (TPS)"
+    echo
+    echo "| workload | direct | pgbouncer | gateway | gateway/direct | pgbouncer/direct | gateway/pgbouncer | gateway CPU/tx (µs) | pgbouncer CPU/tx (µs) |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for wl in "${PGBENCH_WORKLOADS[@]}"; do
+        d=$(med tps "$wl" direct); b=$(med tps "$wl" pgbouncer); g=$(med tps "$wl" gateway)
+        echo "| $wl | $(fmt %.0f "$d") | $(fmt %.0f "$b") | $(fmt %.0f "$g") |" \
+            "$(fmt %.3f "$(ratio "$g" "$d")") | $(fmt %.3f "$(ratio "$b" "$d")") | $(fmt %.3f "$(ratio "$g" "$b")") |" \
+            "$(fmt %.1f "$(med cpu "$wl" gateway)") | $(fmt %.1f "$(med cpu "$wl" pgbouncer)") |"
+    done
+    echo
+    echo "## Single-client latency (µs; p50 from pgbench --log, average from pgbench)"
+    echo
+    echo "| workload | p50 direct | p50 pgbouncer | p50 gateway | gateway adds (p50) | pgbouncer adds (p50) | gateway adds (avg) | pgbouncer adds (avg) |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for wl in "${PGBENCH_WORKLOADS[@]}"; do
+        [[ $wl == *-c1 ]] || continue
+        d=$(med p50 "$wl" direct); b=$(med p50 "$wl" pgbouncer); g=$(med p50 "$wl" gateway)
+        echo "| $wl | $(fmt %.1f "$d") | $(fmt %.1f "$b") | $(fmt %.1f "$g") |" \
+            "$(fmt %.1f "$(diff_ "$g" "$d")") | $(fmt %.1f "$(diff_ "$b" "$d")") |" \
+            "$(fmt %.1f "$(diff_ "$(med latavg "$wl" gateway)" "$(med latavg "$wl" direct)")") |" \
+            "$(fmt %.1f "$(diff_ "$(med latavg "$wl" pgbouncer)" "$(med latavg "$wl" direct)")") |"
+    done
+    echo
+    echo "## 1M-row select and copy (psql to /dev/null)"
+    echo
+    echo "| workload | output MB | direct s | pgbouncer s | gateway s | direct MB/s | pgbouncer MB/s | gateway MB/s | gateway/direct | pgbouncer/direct | gateway CPU/row (ns) | pgbouncer CPU/row (ns) | gateway RSS growth (KiB) | pgbouncer RSS growth (KiB) |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for wl in select-1m copy-1m; do
+        d=$(med mbps "$wl" direct); b=$(med mbps "$wl" pgbouncer); g=$(med mbps "$wl" gateway)
+        echo "| $wl | $(fmt %.1f "$(awk -v b="${OUT_BYTES[$wl]}" 'BEGIN { print b / 1e6 }')") |" \
+            "$(fmt %.2f "$(med secs "$wl" direct)") | $(fmt %.2f "$(med secs "$wl" pgbouncer)") | $(fmt %.2f "$(med secs "$wl" gateway)") |" \
+            "$(fmt %.1f "$d") | $(fmt %.1f "$b") | $(fmt %.1f "$g") |" \
+            "$(fmt %.3f "$(ratio "$g" "$d")") | $(fmt %.3f "$(ratio "$b" "$d")") |" \
+            "$(fmt %.0f "$(med cpurow "$wl" gateway)") | $(fmt %.0f "$(med cpurow "$wl" pgbouncer)") |" \
+            "$(fmt %.0f "$(values rssgrowth "$wl" gateway | sort -n | tail -1)") | $(fmt %.0f "$(values rssgrowth "$wl" pgbouncer | sort -n | tail -1)") |"
+    done
+    echo
+    echo "RSS growth: the largest over the rounds of (peak RSS during the command − RSS before it)."
+    echo "Peak RSS over the whole run: gateway $(fmt %.0f "${PEAK_KB[gateway]:-NA}") KiB," \
+        "pgbouncer $(fmt %.0f "${PEAK_KB[pgbouncer]:-NA}") KiB (VmHWM)."
+    if has_path gateway; then
+        echo "Gateway log ($GATEWAY_LOG): $(wc -l <"$WORK/gateway.log") lines, of which" \
+            "$(grep -c -E 'WARN|ERROR' "$WORK/gateway.log") WARN/ERROR."
+    fi
+    echo
+    echo "## Targets"
+    echo
+    local r lat rss
+    r=$(ratio "$(med tps "S-simple-c$CLIENTS" gateway)" "$(med tps "S-simple-c$CLIENTS" pgbouncer)")
+    lat=$(diff_ "$(med p50 S-simple-c1 gateway)" "$(med p50 S-simple-c1 direct)")
+    rss=$(values rssgrowth select-1m gateway | sort -n | tail -1)
+    verdict() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { if (v == "NA" || v == "") print "n/a"; else if ((op == ">=" && v >= t) || (op == "<=" && v <= t) || (op == "<" && v < t)) print "met"; else print "NOT met" }'; }
+    echo "| target | measured | |"
+    echo "|---|---:|---|"
+    echo "| gateway ≥ 1.05× PgBouncer TPS, -S -M simple -c $CLIENTS | $(fmt %.3f "$r")× | $(verdict "$r" '>=' 1.05) |"
+    echo "| single-client added latency ≤ 40 µs p50 (simple) | $(fmt %.1f "$lat") µs | $(verdict "$lat" '<=' 40) |"
+    r=$(ratio "$(med mbps select-1m gateway)" "$(med mbps select-1m direct)")
+    echo "| 1M-row select ≥ 0.95× direct throughput | $(fmt %.3f "$r")× | $(verdict "$r" '>=' 0.95) |"
+    echo "| 1M-row select RSS growth < 16 MB | $(fmt %.0f "${rss:-NA}") KiB | $(verdict "${rss:-NA}" '<' 16384) |"
+}
+
+report | tee "$REPORT"
+log "report written to $REPORT"

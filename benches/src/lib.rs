@@ -1,0 +1,1 @@
+//! Empty library: the benches live in `benches/`.
