@@ -639,6 +639,35 @@ where
     }
 }
 
+/// The per-connection tier as a tower service: `call((io, peer))` serves the connection to its
+/// end. The future never fails; every failure is told to the client and logged.
+impl<A, N, S, B, I> Service<(I, SocketAddr)> for ServePg<A, N>
+where
+    A: Service<Credentials, Response = Identity, Error = Error> + Clone + Send + Sync + 'static,
+    A::Future: Send,
+    N: NewService<Target<PgUpstream>, Service = S> + Send + Sync + 'static,
+    S: Service<Request<PgCommand>, Response = Response<B>, Error = Error> + Send + 'static,
+    S::Future: Send + 'static,
+    B: ReplyBody<Event = Frame> + Send + 'static,
+    I: crate::io::Io,
+{
+    type Response = ();
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<(), std::convert::Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, (io, peer): (I, SocketAddr)) -> Self::Future {
+        let serve = self.serve_connection(io, peer);
+        Box::pin(async move {
+            serve.await;
+            Ok(())
+        })
+    }
+}
+
 struct Client {
     io: BoxIo,
     rbuf: BytesMut,

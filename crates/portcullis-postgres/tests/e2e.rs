@@ -95,7 +95,12 @@ async fn gateway_for(cluster: PgCluster, opts: Options) -> Gateway {
                 return;
             };
             tcp.set_nodelay(true).unwrap();
-            tokio::spawn(server.serve_connection(tcp, peer));
+            // The per-connection tier as a tower service.
+            let mut per_connection = server.clone();
+            tokio::spawn(tower_service::Service::call(
+                &mut per_connection,
+                (tcp, peer),
+            ));
         }
     });
     Gateway {
@@ -1290,7 +1295,10 @@ async fn shutdown_ends_sessions_with_57p01() {
         .unwrap_err();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !idle.is_closed() {
-        assert!(Instant::now() < deadline, "the idle session stayed open: {err:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the idle session stayed open: {err:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

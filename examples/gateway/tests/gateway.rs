@@ -504,7 +504,10 @@ async fn run_serves_reloads_revokes_and_drains() {
     assert!(lingering.simple_query("select 1").await.is_err());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !lingering.is_closed() {
-        assert!(Instant::now() < deadline, "the lingering session stayed open");
+        assert!(
+            Instant::now() < deadline,
+            "the lingering session stayed open"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
