@@ -106,6 +106,9 @@ impl fmt::Display for Problems {
 pub(crate) struct Config {
     /// `[gateway] drain_timeout`: how long shutdown waits for sessions to end.
     pub(crate) drain_timeout: Duration,
+    /// `[gateway] session_threads`: threads that run sessions (`None` = one per core). Read
+    /// at start; a reload does not change it.
+    pub(crate) session_threads: Option<usize>,
     /// `[admin] listen`.
     pub(crate) admin: Option<SocketAddr>,
     /// `[[identity.tokens]]`, in file order.
@@ -244,6 +247,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawGateway {
     drain_timeout: Option<Text>,
+    session_threads: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -425,6 +429,12 @@ impl Resolver<'_> {
             DEFAULT_DRAIN,
             false,
         );
+        let session_threads = self.count(
+            "[gateway] session_threads",
+            raw.gateway
+                .as_ref()
+                .and_then(|g| g.session_threads.as_ref()),
+        );
         let admin = raw
             .admin
             .as_ref()
@@ -487,6 +497,7 @@ impl Resolver<'_> {
         }
         Config {
             drain_timeout,
+            session_threads,
             admin,
             tokens,
             postgres,
@@ -908,7 +919,7 @@ password = "${{PG_PASSWORD}}"
         let source = minimal().replace(
             "allow_plaintext_tokens_on_loopback = true\n",
             "allow_plaintext_tokens_on_loopback = true\nallow_startup_options = true\nmax_message_bytes = 1048576\nhandshake_timeout = \"250ms\"\ndatabases = [\"app\"]\nmax_sessions = 5\nmax_sessions_per_identity = 2\n",
-        ) + "connect_timeout = \"2s\"\ndatabase = \"app\"\ntls = \"disable\"\n\n[gateway]\ndrain_timeout = \"5m\"\n";
+        ) + "connect_timeout = \"2s\"\ndatabase = \"app\"\ntls = \"disable\"\n\n[gateway]\ndrain_timeout = \"5m\"\nsession_threads = 3\n";
         let config = parse_str(&source).unwrap();
         let pg = &config.postgres[0].serve;
         assert!(pg.allow_startup_options);
@@ -921,6 +932,7 @@ password = "${{PG_PASSWORD}}"
         assert_eq!(pg.upstream.database.as_deref(), Some("app"));
         assert_eq!(pg.upstream.tls.mode, UpstreamTlsMode::Disable);
         assert_eq!(config.drain_timeout, Duration::from_secs(300));
+        assert_eq!(config.session_threads, Some(3));
     }
 
     #[test]

@@ -33,6 +33,7 @@ mod config;
 mod demo;
 mod revoke;
 mod run;
+mod threads;
 
 use std::io::{IsTerminal as _, Read as _};
 use std::path::PathBuf;
@@ -109,7 +110,10 @@ fn init_logging() {
 
 fn with_runtime(main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     init_logging();
+    // The control plane (accept loops, admin API, reload, signals) is light: sessions run on
+    // their own threads (threads.rs).
     match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {
