@@ -369,15 +369,19 @@ impl Conn {
         Poll::Ready(Ok(()))
     }
 
+    /// What every pull does first: push queued writes, and drain the replies of abandoned
+    /// units ahead of the caller's.
+    fn poll_prelude(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        self.poll_write(cx)?;
+        self.poll_discard_abandoned(cx)
+    }
+
     fn poll_unit_event(
         &mut self,
         id: u64,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame, UpstreamError>>> {
-        if let Err(e) = self.poll_write(cx) {
-            return Poll::Ready(Some(Err(e)));
-        }
-        if let Err(e) = ready!(self.poll_discard_abandoned(cx)) {
+        if let Err(e) = ready!(self.poll_prelude(cx)) {
             return Poll::Ready(Some(Err(e)));
         }
         match self.units.front() {
@@ -408,10 +412,7 @@ impl Conn {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame, UpstreamError>>> {
-        if let Err(e) = self.poll_write(cx) {
-            return Poll::Ready(Some(Err(e)));
-        }
-        if let Err(e) = ready!(self.poll_discard_abandoned(cx)) {
+        if let Err(e) = ready!(self.poll_prelude(cx)) {
             return Poll::Ready(Some(Err(e)));
         }
         if !self.units.is_empty() {

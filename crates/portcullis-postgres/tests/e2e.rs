@@ -636,12 +636,7 @@ async fn tls_to_clients_and_plaintext_refusal() {
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
     let mut buf = BytesMut::new();
     StartupPacket::SslRequest.encode(&mut buf);
-    StartupPacket::Startup {
-        major: 3,
-        minor: 0,
-        params: vec![("user".into(), "alice".into())],
-    }
-    .encode(&mut buf);
+    buf.extend_from_slice(&startup_packet(0, &[("user", "alice")]));
     tcp.write_all(&buf).await.unwrap();
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
@@ -669,22 +664,28 @@ async fn tls_to_clients_and_plaintext_refusal() {
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .unwrap();
-    let mut buf = BytesMut::new();
-    StartupPacket::Startup {
-        major: 3,
-        minor: 0,
-        params: vec![
-            ("user".into(), "alice".into()),
-            ("database".into(), "app".into()),
-        ],
-    }
-    .encode(&mut buf);
+    let buf = startup_packet(0, &[("user", "alice"), ("database", "app")]);
     tls.write_all(&buf).await.unwrap();
     let frame = read_frame(&mut tls).await;
     assert_eq!(
         BackendMessage::decode(&frame).unwrap(),
         BackendMessage::Authentication(portcullis_postgres::codec::AuthRequest::CleartextPassword)
     );
+}
+
+/// A StartupMessage for protocol 3.`minor` with `params`.
+fn startup_packet(minor: u16, params: &[(&str, &str)]) -> BytesMut {
+    let mut buf = BytesMut::new();
+    StartupPacket::Startup {
+        major: 3,
+        minor,
+        params: params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+    .encode(&mut buf);
+    buf
 }
 
 async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Frame {
@@ -1070,16 +1071,7 @@ async fn raw_session(gw: &Gateway) -> TcpStream {
 
 async fn raw_session_buffered(gw: &Gateway) -> (TcpStream, BytesMut) {
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let mut buf = BytesMut::new();
-    StartupPacket::Startup {
-        major: 3,
-        minor: 0,
-        params: vec![
-            ("user".into(), "alice".into()),
-            ("database".into(), "app".into()),
-        ],
-    }
-    .encode(&mut buf);
+    let buf = startup_packet(0, &[("user", "alice"), ("database", "app")]);
     tcp.write_all(&buf).await.unwrap();
     let mut rbuf = BytesMut::new();
     let f = read_frame_buffered(&mut tcp, &mut rbuf).await;
@@ -1152,16 +1144,7 @@ async fn bad_client_input_gets_clear_errors() {
 
     // A newer minor version gets NegotiateProtocolVersion, then the session works.
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let mut buf = BytesMut::new();
-    StartupPacket::Startup {
-        major: 3,
-        minor: 2,
-        params: vec![
-            ("user".into(), "alice".into()),
-            ("_pq_.future_feature".into(), "on".into()),
-        ],
-    }
-    .encode(&mut buf);
+    let buf = startup_packet(2, &[("user", "alice"), ("_pq_.future_feature", "on")]);
     tcp.write_all(&buf).await.unwrap();
     let f = read_frame(&mut tcp).await;
     assert_eq!(
