@@ -758,7 +758,26 @@ async fn upstream_md5_cleartext_and_tls_modes() {
         .unwrap();
     assert_eq!(row.get::<_, &str>(0), "plainuser");
     assert!(!row.get::<_, bool>(1));
-    // SCRAM (the default user) with TLS required.
+    // SCRAM (the default user), `prefer`: TLS because the server offers it.
+    let gw = gateway_for(
+        gw.cluster,
+        Options {
+            upstream_tls: Some(UpstreamTlsMode::Prefer),
+            ..Options::default()
+        },
+    )
+    .await;
+    let row = gw
+        .client()
+        .await
+        .query_one(
+            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    // SCRAM with TLS required.
     let gw = gateway_for(
         gw.cluster,
         Options {

@@ -551,3 +551,88 @@ async fn sigterm_with_no_sessions_exits_at_once() {
         signalled.elapsed()
     );
 }
+
+/// The README's first command: `portcullis demo` starts PostgreSQL and the gateway, prints a
+/// psql command that works, and Ctrl-C stops both and removes the temporary data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_a_working_command_and_cleans_up_on_ctrl_c() {
+    use tokio::io::AsyncBufReadExt;
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["demo", "--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.contains("Press Ctrl-C") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("the demo is ready within 60 s");
+    assert!(ready, "the demo exited early:\n{printed}");
+    // The analyst's command, as printed: PGPASSWORD=<token> psql "host=... port=... ...".
+    let line = printed
+        .lines()
+        .find(|l| l.contains("PGPASSWORD=") && l.contains("user=alice"))
+        .unwrap_or_else(|| panic!("no psql command printed:\n{printed}"));
+    let token = line
+        .split("PGPASSWORD=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    let conninfo = line.split('"').nth(1).unwrap();
+    assert!(conninfo.contains(&format!("port={port}")), "{conninfo}");
+    let pg_port: u16 = printed
+        .lines()
+        .find(|l| l.contains("PostgreSQL (throwaway"))
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no PostgreSQL address printed:\n{printed}"));
+    let (client, connection) =
+        tokio_postgres::connect(&format!("{conninfo} password={token}"), NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let n: i64 = client
+        .query_one("select count(*) from customers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n > 0);
+    drop(client);
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the demo stops within 30 s")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let mut rest = String::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        rest.push_str(&line);
+    }
+    assert!(rest.contains("stopped; temporary data removed"), "{rest}");
+    // The throwaway PostgreSQL is gone.
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", pg_port))
+            .await
+            .is_err()
+    );
+}
