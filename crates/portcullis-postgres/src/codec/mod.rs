@@ -227,6 +227,28 @@ impl<'a> Reader<'a> {
             l => self.take(l as usize).map(Some),
         }
     }
+    /// A list of `i16`-counted elements of at least `elem_size` bytes each.
+    fn list<T>(
+        &mut self,
+        elem_size: usize,
+        mut read: impl FnMut(&mut Self) -> Result<T, CodecError>,
+    ) -> Result<Vec<T>, CodecError> {
+        let n = self.count(elem_size)?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push(read(self)?);
+        }
+        Ok(items)
+    }
+    fn i16s(&mut self) -> Result<Vec<i16>, CodecError> {
+        self.list(2, Self::i16)
+    }
+    fn u32s(&mut self) -> Result<Vec<u32>, CodecError> {
+        self.list(4, |r| r.i32().map(|v| v as u32))
+    }
+    fn values(&mut self) -> Result<Vec<Option<Bytes>>, CodecError> {
+        self.list(4, Self::value)
+    }
     fn rest_bytes(&mut self) -> Bytes {
         let s = self.whole.slice(self.pos..);
         self.pos = self.whole.len();
@@ -253,6 +275,27 @@ fn put_value(buf: &mut BytesMut, v: &Option<Bytes>) {
             buf.put_i32(v.len() as i32);
             buf.put_slice(v);
         }
+    }
+}
+
+fn put_i16s(buf: &mut BytesMut, items: &[i16]) {
+    buf.put_i16(items.len() as i16);
+    for i in items {
+        buf.put_i16(*i);
+    }
+}
+
+fn put_u32s(buf: &mut BytesMut, items: &[u32]) {
+    buf.put_i16(items.len() as i16);
+    for i in items {
+        buf.put_u32(*i);
+    }
+}
+
+fn put_values(buf: &mut BytesMut, values: &[Option<Bytes>]) {
+    buf.put_i16(values.len() as i16);
+    for v in values {
+        put_value(buf, v);
     }
 }
 
@@ -477,11 +520,7 @@ impl FrontendMessage {
             b'P' => {
                 let name = r.cstr()?;
                 let query = r.cstr()?;
-                let n = r.count(4)?;
-                let mut param_types = Vec::with_capacity(n);
-                for _ in 0..n {
-                    param_types.push(r.i32()? as u32);
-                }
+                let param_types = r.u32s()?;
                 FrontendMessage::Parse {
                     name,
                     query,
@@ -491,21 +530,9 @@ impl FrontendMessage {
             b'B' => {
                 let portal = r.cstr()?;
                 let statement = r.cstr()?;
-                let n = r.count(2)?;
-                let mut param_formats = Vec::with_capacity(n);
-                for _ in 0..n {
-                    param_formats.push(r.i16()?);
-                }
-                let n = r.count(4)?;
-                let mut params = Vec::with_capacity(n);
-                for _ in 0..n {
-                    params.push(r.value()?);
-                }
-                let n = r.count(2)?;
-                let mut result_formats = Vec::with_capacity(n);
-                for _ in 0..n {
-                    result_formats.push(r.i16()?);
-                }
+                let param_formats = r.i16s()?;
+                let params = r.values()?;
+                let result_formats = r.i16s()?;
                 FrontendMessage::Bind {
                     portal,
                     statement,
@@ -537,16 +564,8 @@ impl FrontendMessage {
             b'f' => FrontendMessage::CopyFail { message: r.cstr()? },
             b'F' => {
                 let oid = r.i32()? as u32;
-                let n = r.count(2)?;
-                let mut arg_formats = Vec::with_capacity(n);
-                for _ in 0..n {
-                    arg_formats.push(r.i16()?);
-                }
-                let n = r.count(4)?;
-                let mut args = Vec::with_capacity(n);
-                for _ in 0..n {
-                    args.push(r.value()?);
-                }
+                let arg_formats = r.i16s()?;
+                let args = r.values()?;
                 FrontendMessage::FunctionCall {
                     oid,
                     arg_formats,
@@ -573,10 +592,7 @@ impl FrontendMessage {
             } => message(buf, b'P', |b| {
                 put_cstr(b, name);
                 put_cstr(b, query);
-                b.put_i16(param_types.len() as i16);
-                for t in param_types {
-                    b.put_u32(*t);
-                }
+                put_u32s(b, param_types);
             }),
             FrontendMessage::Bind {
                 portal,
@@ -587,18 +603,9 @@ impl FrontendMessage {
             } => message(buf, b'B', |b| {
                 put_cstr(b, portal);
                 put_cstr(b, statement);
-                b.put_i16(param_formats.len() as i16);
-                for f in param_formats {
-                    b.put_i16(*f);
-                }
-                b.put_i16(params.len() as i16);
-                for p in params {
-                    put_value(b, p);
-                }
-                b.put_i16(result_formats.len() as i16);
-                for f in result_formats {
-                    b.put_i16(*f);
-                }
+                put_i16s(b, param_formats);
+                put_values(b, params);
+                put_i16s(b, result_formats);
             }),
             FrontendMessage::Describe { target, name } => message(buf, b'D', |b| {
                 b.put_u8(*target);
@@ -624,14 +631,8 @@ impl FrontendMessage {
                 result_format,
             } => message(buf, b'F', |b| {
                 b.put_u32(*oid);
-                b.put_i16(arg_formats.len() as i16);
-                for f in arg_formats {
-                    b.put_i16(*f);
-                }
-                b.put_i16(args.len() as i16);
-                for a in args {
-                    put_value(b, a);
-                }
+                put_i16s(b, arg_formats);
+                put_values(b, args);
                 b.put_i16(*result_format);
             }),
             FrontendMessage::Terminate => message(buf, b'X', |_| {}),
@@ -886,35 +887,17 @@ impl BackendMessage {
             },
             b'C' => BackendMessage::CommandComplete { tag: r.cstr()? },
             b'T' => BackendMessage::RowDescription(r.rest_bytes()),
-            b'D' => {
-                let n = r.count(4)?;
-                let mut values = Vec::with_capacity(n);
-                for _ in 0..n {
-                    values.push(r.value()?);
-                }
-                BackendMessage::DataRow(values)
-            }
+            b'D' => BackendMessage::DataRow(r.values()?),
             b'I' => BackendMessage::EmptyQueryResponse,
             b'1' => BackendMessage::ParseComplete,
             b'2' => BackendMessage::BindComplete,
             b'3' => BackendMessage::CloseComplete,
             b'n' => BackendMessage::NoData,
             b's' => BackendMessage::PortalSuspended,
-            b't' => {
-                let n = r.count(4)?;
-                let mut types = Vec::with_capacity(n);
-                for _ in 0..n {
-                    types.push(r.i32()? as u32);
-                }
-                BackendMessage::ParameterDescription(types)
-            }
+            b't' => BackendMessage::ParameterDescription(r.u32s()?),
             b'G' | b'H' | b'W' => {
                 let format = r.u8()?;
-                let n = r.count(2)?;
-                let mut column_formats = Vec::with_capacity(n);
-                for _ in 0..n {
-                    column_formats.push(r.i16()?);
-                }
+                let column_formats = r.i16s()?;
                 BackendMessage::CopyResponse {
                     kind: tag,
                     format,
@@ -998,34 +981,23 @@ impl BackendMessage {
             }),
             BackendMessage::CommandComplete { tag } => message(buf, b'C', |b| put_cstr(b, tag)),
             BackendMessage::RowDescription(body) => message(buf, b'T', |b| b.put_slice(body)),
-            BackendMessage::DataRow(values) => message(buf, b'D', |b| {
-                b.put_i16(values.len() as i16);
-                for v in values {
-                    put_value(b, v);
-                }
-            }),
+            BackendMessage::DataRow(values) => message(buf, b'D', |b| put_values(b, values)),
             BackendMessage::EmptyQueryResponse => message(buf, b'I', |_| {}),
             BackendMessage::ParseComplete => message(buf, b'1', |_| {}),
             BackendMessage::BindComplete => message(buf, b'2', |_| {}),
             BackendMessage::CloseComplete => message(buf, b'3', |_| {}),
             BackendMessage::NoData => message(buf, b'n', |_| {}),
             BackendMessage::PortalSuspended => message(buf, b's', |_| {}),
-            BackendMessage::ParameterDescription(types) => message(buf, b't', |b| {
-                b.put_i16(types.len() as i16);
-                for t in types {
-                    b.put_u32(*t);
-                }
-            }),
+            BackendMessage::ParameterDescription(types) => {
+                message(buf, b't', |b| put_u32s(b, types))
+            }
             BackendMessage::CopyResponse {
                 kind,
                 format,
                 column_formats,
             } => message(buf, *kind, |b| {
                 b.put_u8(*format);
-                b.put_i16(column_formats.len() as i16);
-                for f in column_formats {
-                    b.put_i16(*f);
-                }
+                put_i16s(b, column_formats);
             }),
             BackendMessage::CopyData(d) => message(buf, b'd', |b| b.put_slice(d)),
             BackendMessage::CopyDone => message(buf, b'c', |_| {}),
