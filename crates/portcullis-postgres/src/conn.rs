@@ -176,6 +176,36 @@ impl tower_service::Service<Request<PgCommand>> for PgUpstream {
     }
 }
 
+/// Whether `tag` is a message type the PostgreSQL backend sends (protocol 3.0).
+fn is_backend_tag(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'R' | b'K'
+            | b'S'
+            | b'Z'
+            | b'E'
+            | b'N'
+            | b'A'
+            | b'C'
+            | b'T'
+            | b'D'
+            | b'I'
+            | b'1'
+            | b'2'
+            | b'3'
+            | b'n'
+            | b's'
+            | b't'
+            | b'G'
+            | b'H'
+            | b'W'
+            | b'd'
+            | b'c'
+            | b'V'
+            | b'v'
+    )
+}
+
 /// What a frame means for the unit being answered.
 enum Step {
     /// Part of the reply; the unit goes on.
@@ -240,8 +270,19 @@ impl Conn {
         loop {
             match decode_frame(&mut self.rbuf, self.max_message) {
                 Ok(Some(frame)) => {
-                    if frame.tag() == b'E' && response_field(frame.body(), b'V') == Some(b"FATAL") {
-                        self.saw_fatal = true;
+                    match frame.tag() {
+                        b'E' if response_field(frame.body(), b'V') == Some(b"FATAL") => {
+                            self.saw_fatal = true;
+                        }
+                        tag if !is_backend_tag(tag) => {
+                            // Fail closed: a message the gateway cannot place is not passed on.
+                            let e = UpstreamError::Protocol(format!(
+                                "unknown message type {:?}",
+                                tag as char
+                            ));
+                            return Poll::Ready(Err(self.fail(e)));
+                        }
+                        _ => {}
                     }
                     return Poll::Ready(Ok(frame));
                 }

@@ -1358,3 +1358,106 @@ async fn python_node_and_java_drivers_work_unchanged() {
         t.await.unwrap();
     }
 }
+
+/// A scripted "database": logs the gateway in, then answers the first query with `reply`
+/// and, with `close`, closes the connection.
+async fn fake_database(reply: &'static [u8], close: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = BytesMut::new();
+                // The startup packet.
+                while StartupPacket::decode(&mut buf).unwrap().is_none() {
+                    if tcp.read_buf(&mut buf).await.unwrap() == 0 {
+                        return;
+                    }
+                }
+                let mut out = BytesMut::new();
+                BackendMessage::Authentication(portcullis_postgres::codec::AuthRequest::Ok)
+                    .encode(&mut out);
+                BackendMessage::BackendKeyData { pid: 4242, key: 7 }.encode(&mut out);
+                BackendMessage::ReadyForQuery { status: b'I' }.encode(&mut out);
+                tcp.write_all(&out).await.unwrap();
+                // The first query, then the scripted reply.
+                let _ = read_frame_buffered(&mut tcp, &mut buf).await;
+                let _ = tcp.write_all(reply).await;
+                if close {
+                    return;
+                }
+                let mut sink = [0u8; 1024];
+                while let Ok(n) = tcp.read(&mut sink).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_database_input_gets_clear_errors() {
+    for (what, reply, close) in [
+        ("a 1 GiB claimed length", &b"D\x40\0\0\0\0\x01"[..], false),
+        (
+            "an unknown message type",
+            &b"C\0\0\0\x0dSELECT 1\0Y\0\0\0\x04"[..],
+            false,
+        ),
+        ("a short length", &b"Z\0\0\0\x02"[..], false),
+        (
+            "a reply cut short by a closed connection",
+            &b"T\0\0\0\x40\0\x01"[..],
+            true,
+        ),
+    ] {
+        let db = fake_database(reply, close).await;
+        let config = ServePgConfig::new(
+            "fake",
+            UpstreamConfig::new("127.0.0.1", db.port(), "u", "p"),
+        );
+        let mut config = config;
+        config.allow_plaintext_tokens_on_loopback = true;
+        config.max_message = 1 << 20;
+        let tokens = StaticTokens::new(vec![
+            TokenEntry::new("t", &hash_token(TOKEN), vec![]).unwrap(),
+        ]);
+        let server = ServePg::new(
+            config,
+            tokens,
+            new_service_fn(|t: Target<PgUpstream>| t.upstream),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, peer)) = listener.accept().await {
+                tokio::spawn(server.serve_connection(tcp, peer));
+            }
+        });
+        let mut buf = startup_packet(0, &[("user", "alice"), ("database", "app")]);
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(&buf).await.unwrap();
+        let mut rbuf = BytesMut::new();
+        assert_eq!(read_frame_buffered(&mut tcp, &mut rbuf).await.tag(), b'R');
+        buf.clear();
+        portcullis_postgres::codec::FrontendMessage::Password(
+            format!("{TOKEN}\0").into_bytes().into(),
+        )
+        .encode(&mut buf);
+        tcp.write_all(&buf).await.unwrap();
+        while read_frame_buffered(&mut tcp, &mut rbuf).await.tag() != b'Z' {}
+        buf.clear();
+        portcullis_postgres::codec::FrontendMessage::Query {
+            sql: "select 1".into(),
+        }
+        .encode(&mut buf);
+        tcp.write_all(&buf).await.unwrap();
+        let errors = tokio::time::timeout(Duration::from_secs(10), errors_until_close(&mut tcp))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the gateway hung"));
+        assert_eq!(errors, [("FATAL".to_owned(), "08006".to_owned())], "{what}");
+    }
+}
