@@ -365,8 +365,18 @@ async fn run_serves_reloads_revokes_and_drains() {
     let err = connect(gw, "wrong-token").await.unwrap_err();
     assert_eq!(code(&err), Some(&SqlState::INVALID_PASSWORD), "{err}");
 
-    // Metrics.
-    let (status, body) = http_get(admin, "/metrics").await.unwrap();
+    // Metrics. The refusal is counted once the gateway has finished with that connection,
+    // which can be just after the client read its FATAL: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let (status, body) = http_get(admin, "/metrics").await.unwrap();
+        if body.contains("portcullis_logins_refused_total{listener=\"main\"} 1\n")
+            || Instant::now() > deadline
+        {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(status, 200);
     assert!(
         body.contains("# TYPE portcullis_sessions_active gauge\n"),
