@@ -710,92 +710,39 @@ async fn read_frame_buffered<R: tokio::io::AsyncRead + Unpin>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_md5_cleartext_and_tls_modes() {
-    let cluster = cluster().await;
-    let cluster = Arc::new(std::sync::Mutex::new(Some(cluster)));
-    let take = || cluster.lock().unwrap().take().unwrap();
-    // md5 over TLS with verification.
-    let gw = gateway_for(
-        take(),
-        Options {
-            upstream_user: Some(portcullis_testkit::MD5_USER),
-            upstream_tls: Some(UpstreamTlsMode::VerifyFull),
-            ..Options::default()
-        },
-    )
-    .await;
-    let client = gw.client().await;
-    let row = client
-        .query_one(
-            "select current_user::text, ssl from pg_stat_ssl where pid = pg_backend_pid()",
-            &[],
+    use portcullis_testkit::{MD5_USER, PLAIN_USER, SUPERUSER};
+    // (upstream role and its password, TLS mode, whether the session must be encrypted)
+    let cases = [
+        (MD5_USER, UpstreamTlsMode::VerifyFull, true),
+        (PLAIN_USER, UpstreamTlsMode::Disable, false),
+        // SCRAM; `prefer` uses TLS because the server offers it.
+        (SUPERUSER, UpstreamTlsMode::Prefer, true),
+        (SUPERUSER, UpstreamTlsMode::Require, true),
+    ];
+    let mut cluster = cluster().await;
+    for (user, mode, encrypted) in cases {
+        let gw = gateway_for(
+            cluster,
+            Options {
+                upstream_user: Some(user),
+                upstream_tls: Some(mode),
+                ..Options::default()
+            },
         )
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, &str>(0), "md5user");
-    assert!(
-        row.get::<_, bool>(1),
-        "upstream must be TLS with verify-full"
-    );
-    let cluster = gw.cluster;
-    // cleartext password, plain TCP.
-    let gw = gateway_for(
-        cluster,
-        Options {
-            upstream_user: Some(portcullis_testkit::PLAIN_USER),
-            upstream_tls: Some(UpstreamTlsMode::Disable),
-            ..Options::default()
-        },
-    )
-    .await;
-    let row = gw
-        .client()
-        .await
-        .query_one(
-            "select current_user::text, ssl from pg_stat_ssl where pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, &str>(0), "plainuser");
-    assert!(!row.get::<_, bool>(1));
-    // SCRAM (the default user), `prefer`: TLS because the server offers it.
-    let gw = gateway_for(
-        gw.cluster,
-        Options {
-            upstream_tls: Some(UpstreamTlsMode::Prefer),
-            ..Options::default()
-        },
-    )
-    .await;
-    let row = gw
-        .client()
-        .await
-        .query_one(
-            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert!(row.get::<_, bool>(0));
-    // SCRAM with TLS required.
-    let gw = gateway_for(
-        gw.cluster,
-        Options {
-            upstream_tls: Some(UpstreamTlsMode::Require),
-            ..Options::default()
-        },
-    )
-    .await;
-    let row = gw
-        .client()
-        .await
-        .query_one(
-            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert!(row.get::<_, bool>(0));
+        .await;
+        let row = gw
+            .client()
+            .await
+            .query_one(
+                "select current_user::text, ssl from pg_stat_ssl where pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, &str>(0), user.0, "{mode:?}");
+        assert_eq!(row.get::<_, bool>(1), encrypted, "{user:?} {mode:?}");
+        cluster = gw.cluster;
+    }
 }
 
 // ---- the database ending sessions, bad input ------------------------------------------

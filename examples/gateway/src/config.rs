@@ -409,6 +409,31 @@ impl Resolver<'_> {
         Some(self.base.join(s))
     }
 
+    /// Report `name` if an earlier block of `section` already used it; remember it otherwise.
+    fn unique_name(
+        &mut self,
+        section: &str,
+        kind: &str,
+        name: &str,
+        value: &Text,
+        seen: &mut HashMap<String, usize>,
+    ) {
+        match seen.entry(name.to_owned()) {
+            Entry::Occupied(first) => {
+                let first = *first.get();
+                self.at(
+                    value.span(),
+                    format!(
+                        "{section} name: duplicate {kind} name \"{name}\" (also on line {first})"
+                    ),
+                );
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(self.line(value));
+            }
+        }
+    }
+
     /// A positive count.
     fn count(&mut self, what: &str, value: Option<&Spanned<u64>>) -> Option<usize> {
         let value = value?;
@@ -456,18 +481,7 @@ impl Resolver<'_> {
         for block in &raw.postgres {
             let name = self.required_text("[[postgres]] name", &block.name);
             if let Some(name) = &name {
-                let line = self.line(&block.name);
-                if let Entry::Occupied(first) = names.entry(name.clone()) {
-                    self.at(
-                        block.name.span(),
-                        format!(
-                            "[[postgres]] name: duplicate listener name \"{name}\" (also on line {})",
-                            first.get()
-                        ),
-                    );
-                } else {
-                    names.insert(name.clone(), line);
-                }
+                self.unique_name("[[postgres]]", "listener", name, &block.name, &mut names);
             }
             let listen = self.socket_addr("[[postgres]] listen", &block.listen);
             if let Some(addr) = listen {
@@ -551,18 +565,7 @@ impl Resolver<'_> {
         for t in raw {
             let name = self.required_text("[[identity.tokens]] name", &t.name);
             if let Some(name) = &name {
-                let line = self.line(&t.name);
-                if let Entry::Occupied(first) = names.entry(name.clone()) {
-                    self.at(
-                        t.name.span(),
-                        format!(
-                            "[[identity.tokens]] name: duplicate token name \"{name}\" (also on line {})",
-                            first.get()
-                        ),
-                    );
-                } else {
-                    names.insert(name.clone(), line);
-                }
+                self.unique_name("[[identity.tokens]]", "token", name, &t.name, &mut names);
             }
             let digest = self.digest(&t.sha256);
             if let (Some(digest), Some(name)) = (digest, &name) {
