@@ -131,12 +131,7 @@ impl Gateway {
 
     /// psql through the gateway.
     fn psql(&self) -> Command {
-        let mut cmd = Command::new(PgCluster::bin("psql").unwrap());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("PG") {
-                cmd.env_remove(k);
-            }
-        }
+        let mut cmd = clean_command(PgCluster::bin("psql").unwrap());
         cmd.env("PGHOST", "127.0.0.1")
             .env("PGPORT", self.addr.port().to_string())
             .env("PGUSER", "alice")
@@ -145,6 +140,26 @@ impl Gateway {
             .env("PGSSLMODE", "disable")
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]);
         cmd
+    }
+}
+
+/// A command that does not inherit the caller's `PG*` environment.
+fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PG") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Wait until the client has noticed that its connection closed (it learns asynchronously).
+async fn wait_closed(client: &Client, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client.is_closed() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -577,26 +592,17 @@ select string_agg(id::text, ',' order by id) from items where id > 1000;";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_in_every_query_mode_has_no_failures() {
     let gw = gateway(Options::default()).await;
-    let pgbench = PgCluster::bin("pgbench").unwrap();
-    let env = |cmd: &mut Command| {
-        for (k, _) in std::env::vars() {
-            if k.starts_with("PG") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("PGPASSWORD", TOKEN).env("PGSSLMODE", "disable");
-    };
     let port = gw.addr.port().to_string();
-    let base = ["-h", "127.0.0.1", "-p", &port, "-U", "alice"];
-    let mut init = Command::new(&pgbench);
-    env(&mut init);
-    run(init.args(base).args(["-i", "-s", "1", "-q", "app"]));
+    let pgbench = || {
+        let mut cmd = clean_command(PgCluster::bin("pgbench").unwrap());
+        cmd.env("PGPASSWORD", TOKEN)
+            .env("PGSSLMODE", "disable")
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "alice"]);
+        cmd
+    };
+    run(pgbench().args(["-i", "-s", "1", "-q", "app"]));
     for mode in ["simple", "extended", "prepared"] {
-        let mut bench = Command::new(&pgbench);
-        env(&mut bench);
-        let out = run(bench
-            .args(base)
-            .args(["-M", mode, "-c", "4", "-j", "2", "-t", "200", "app"]));
+        let out = run(pgbench().args(["-M", mode, "-c", "4", "-j", "2", "-t", "200", "app"]));
         let text = stdout(&out);
         assert!(
             text.contains("number of transactions actually processed: 800/800"),
@@ -771,12 +777,8 @@ async fn terminated_backend_reaches_the_client_as_fatal() {
         err.code().map(|c| c.code()) == Some("57P01") || victim.is_closed(),
         "{text}"
     );
-    // And the gateway closes the connection (the client notices asynchronously).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !victim.is_closed() {
-        assert!(Instant::now() < deadline, "the connection stayed open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // And the gateway closes the connection.
+    wait_closed(&victim, "the connection stayed open").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -873,6 +875,27 @@ fn describe(f: &Frame) -> String {
     }
 }
 
+/// Bind the unnamed portal to `statement` with one text parameter, and execute it.
+fn bind_execute(
+    statement: &'static str,
+    param: &'static str,
+) -> Vec<portcullis_postgres::codec::FrontendMessage> {
+    use portcullis_postgres::codec::FrontendMessage as F;
+    vec![
+        F::Bind {
+            portal: "".into(),
+            statement: statement.into(),
+            param_formats: vec![],
+            params: vec![Some(param.into())],
+            result_formats: vec![],
+        },
+        F::Execute {
+            portal: "".into(),
+            max_rows: 0,
+        },
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_batches_errors_skip_to_sync_and_function_calls() {
     use portcullis_postgres::codec::FrontendMessage as F;
@@ -901,20 +924,7 @@ async fn flush_batches_errors_skip_to_sync_and_function_calls() {
     let got = exchange(
         &mut tcp,
         &mut rbuf,
-        &[
-            F::Bind {
-                portal: "".into(),
-                statement: "s1".into(),
-                param_formats: vec![],
-                params: vec![Some("41".into())],
-                result_formats: vec![],
-            },
-            F::Execute {
-                portal: "".into(),
-                max_rows: 0,
-            },
-            F::Sync,
-        ],
+        &[bind_execute("s1", "41"), vec![F::Sync]].concat(),
         1,
     )
     .await;
@@ -938,21 +948,7 @@ async fn flush_batches_errors_skip_to_sync_and_function_calls() {
     let got = exchange(
         &mut tcp,
         &mut rbuf,
-        &[
-            F::Bind {
-                portal: "".into(),
-                statement: "s1".into(),
-                param_formats: vec![],
-                params: vec![Some("1".into())],
-                result_formats: vec![],
-            },
-            F::Execute {
-                portal: "".into(),
-                max_rows: 0,
-            },
-            F::Flush,
-            F::Sync,
-        ],
+        &[bind_execute("s1", "1"), vec![F::Flush, F::Sync]].concat(),
         1,
     )
     .await;
@@ -1242,14 +1238,7 @@ async fn shutdown_ends_sessions_with_57p01() {
         .await
         .expect("no hang")
         .unwrap_err();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !idle.is_closed() {
-        assert!(
-            Instant::now() < deadline,
-            "the idle session stayed open: {err:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_closed(&idle, &format!("the idle session stayed open: {err:?}")).await;
 }
 
 // ---- other drivers ----------------------------------------------------------------------
@@ -1274,13 +1263,7 @@ async fn python_node_and_java_drivers_work_unchanged() {
     let tasks = checks.map(|(program, args, expect)| {
         let (drivers, port) = (drivers.clone(), port.clone());
         tokio::task::spawn_blocking(move || {
-            let mut cmd = Command::new(program);
-            for (k, _) in std::env::vars() {
-                if k.starts_with("PG") {
-                    cmd.env_remove(k);
-                }
-            }
-            let out = cmd
+            let out = clean_command(program)
                 .current_dir(&drivers)
                 .args(&args)
                 .env("PGHOST", "127.0.0.1")

@@ -317,6 +317,15 @@ password = "${{PG_PASSWORD}}"
     text
 }
 
+/// Wait until the client has noticed that its connection closed (it learns asynchronously).
+async fn wait_closed(client: &tokio_postgres::Client, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while !client.is_closed() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn code(e: &tokio_postgres::Error) -> Option<&SqlState> {
     e.code()
 }
@@ -444,11 +453,12 @@ async fn run_serves_reloads_revokes_and_drains() {
         db.message(),
         "authentication failed: token \"alice\" was removed from the configuration"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !alice_session.is_closed() {
-        assert!(Instant::now() < deadline, "alice's session was not closed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_closed(
+        &alice_session,
+        Duration::from_secs(5),
+        "alice's session was not closed",
+    )
+    .await;
 
     // Bob's session, opened before the reload, goes on, and can still cancel a query
     // (its cancel key belongs to the previous generation of the listener).
@@ -512,14 +522,12 @@ async fn run_serves_reloads_revokes_and_drains() {
     assert!(logs.contains("drain deadline passed"), "{logs}");
     // The session was told (FATAL 57P01) and closed, not left hanging.
     assert!(lingering.simple_query("select 1").await.is_err());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lingering.is_closed() {
-        assert!(
-            Instant::now() < deadline,
-            "the lingering session stayed open"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_closed(
+        &lingering,
+        Duration::from_secs(10),
+        "the lingering session stayed open",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
