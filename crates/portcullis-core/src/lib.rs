@@ -57,9 +57,12 @@ pub use credentials::Credentials;
 pub use error::{Error, Refusal, Rescue, RescueKind, rescue};
 pub use message::{Request, Response, Upload, UploadSender, upload_channel};
 pub use reply::{BoxReply, Empty, ReplyBody, ReplyBodyExt};
-pub use session::{AuthMethod, Identity, Protocol, Session, SessionId};
+pub use session::{
+    AuthMethod, ConnectionEvent, ConnectionEventKind, ConnectionObserver, Identity, Protocol,
+    Session, SessionId,
+};
 pub use stack::{NewLayered, NewService, NewServiceFn, Target, new_service_fn};
-pub use verdict::{Decision, Verdict};
+pub use verdict::{Decision, Decisions, Verdict};
 pub use view::{CommandKind, CommandView, EventKind, EventView, Param, Statement};
 
 /// Re-exported so layers can name the extension map of [`Request`] and [`Response`].

@@ -133,6 +133,8 @@ pub struct Session {
     pub started_at: SystemTime,
     /// Fired when the client asks to cancel the running command.
     pub cancel: CancelSignal,
+    /// Why the session ended, set once by the protocol server as it closes.
+    end_reason: std::sync::OnceLock<String>,
 }
 
 impl Session {
@@ -159,6 +161,102 @@ impl Session {
             tls: false,
             started_at: SystemTime::now(),
             cancel: CancelSignal::new(),
+            end_reason: std::sync::OnceLock::new(),
         }
     }
+
+    /// Record why the session ended (the protocol server does, before it drops the session's
+    /// command stack, so that layers observing the drop can read it). Only the first reason
+    /// is kept.
+    pub fn set_end_reason(&self, reason: impl Into<String>) {
+        let _ = self.end_reason.set(reason.into());
+    }
+
+    /// Why the session ended, once the protocol server said.
+    pub fn end_reason(&self) -> Option<&str> {
+        self.end_reason.get().map(String::as_str)
+    }
 }
+
+/// What happened to a connection that never became a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectionEventKind {
+    /// The credential was refused.
+    RefusedLogin,
+    /// The startup was refused (parameters, database, limits, TLS policy).
+    RefusedStartup,
+    /// The handshake did not finish in time.
+    HandshakeTimeout,
+    /// The TLS handshake failed.
+    TlsFailure,
+    /// The client broke the protocol before it had a session.
+    ProtocolError,
+    /// The database could not be reached or refused the gateway's login.
+    UpstreamFailure,
+}
+
+impl fmt::Display for ConnectionEventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConnectionEventKind::RefusedLogin => "refused_login",
+            ConnectionEventKind::RefusedStartup => "refused_startup",
+            ConnectionEventKind::HandshakeTimeout => "handshake_timeout",
+            ConnectionEventKind::TlsFailure => "tls_failure",
+            ConnectionEventKind::ProtocolError => "protocol_error",
+            ConnectionEventKind::UpstreamFailure => "upstream_failure",
+        })
+    }
+}
+
+/// A connection that never became a session, as the protocol server reports it to a
+/// [`ConnectionObserver`] (the audit trail records these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionEvent {
+    /// What happened.
+    pub kind: ConnectionEventKind,
+    /// Protocol spoken.
+    pub protocol: Protocol,
+    /// The listener's name.
+    pub target: String,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The user name the client claimed, when it got that far.
+    pub claimed_user: Option<String>,
+    /// The reason, as the client was told (or as logged).
+    pub reason: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+impl ConnectionEvent {
+    /// An event now.
+    pub fn new(
+        kind: ConnectionEventKind,
+        protocol: Protocol,
+        target: impl Into<String>,
+        peer: SocketAddr,
+        reason: impl Into<String>,
+    ) -> Self {
+        ConnectionEvent {
+            kind,
+            protocol,
+            target: target.into(),
+            peer,
+            claimed_user: None,
+            reason: reason.into(),
+            at: SystemTime::now(),
+        }
+    }
+
+    /// With the user name the client claimed.
+    pub fn claimed_user(mut self, user: Option<String>) -> Self {
+        self.claimed_user = user;
+        self
+    }
+}
+
+/// Receives [`ConnectionEvent`]s from protocol servers. Must not block: it is called on the
+/// connection's task.
+pub type ConnectionObserver = std::sync::Arc<dyn Fn(ConnectionEvent) + Send + Sync>;

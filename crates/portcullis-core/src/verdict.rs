@@ -70,3 +70,28 @@ impl Decision {
         self
     }
 }
+
+/// Every [`Decision`] reported for one command, in the order the layers made them. Inner
+/// layers add theirs with [`Decisions::record`]; the audit layer reads them from the
+/// response's (or the error's) extensions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decisions(pub Vec<Decision>);
+
+impl Decisions {
+    /// Add `decision` to the decisions in `extensions`.
+    pub fn record(extensions: &mut http::Extensions, decision: Decision) {
+        match extensions.get_mut::<Decisions>() {
+            Some(list) => list.0.push(decision),
+            None => {
+                extensions.insert(Decisions(vec![decision]));
+            }
+        }
+    }
+
+    /// The decisions in `extensions` (empty when no layer reported one).
+    pub fn of(extensions: &http::Extensions) -> &[Decision] {
+        extensions
+            .get::<Decisions>()
+            .map_or(&[], |d| d.0.as_slice())
+    }
+}

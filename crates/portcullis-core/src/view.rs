@@ -137,4 +137,9 @@ pub enum EventKind<'a> {
 pub trait EventView {
     /// The event's kind and the fields policy cares about.
     fn view(&self) -> EventKind<'_>;
+
+    /// The event's size on the wire in bytes, for byte counts (0 when unknown).
+    fn wire_len(&self) -> usize {
+        0
+    }
 }

@@ -577,4 +577,7 @@ impl EventView for Frame {
             _ => EventKind::Other,
         }
     }
+    fn wire_len(&self) -> usize {
+        self.as_bytes().len()
+    }
 }

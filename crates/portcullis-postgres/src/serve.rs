@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use portcullis_core::{
-    CommandKind, Credentials, Error, Identity, NewService, Protocol, Refusal, ReplyBody, Request,
-    RescueKind, Response, Session, SessionId, Target, UploadSender, rescue, upload_channel,
+    CommandKind, ConnectionEvent, ConnectionEventKind, ConnectionObserver, Credentials, Error,
+    Identity, NewService, Protocol, Refusal, ReplyBody, Request, RescueKind, Response, Session,
+    SessionId, Target, UploadSender, rescue, upload_channel,
 };
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
@@ -134,6 +135,7 @@ pub struct ServePg<A, N> {
     auth: A,
     stack: Arc<N>,
     shared: Arc<Shared>,
+    observer: Option<ConnectionObserver>,
 }
 
 impl<A: Clone, N> Clone for ServePg<A, N> {
@@ -143,6 +145,7 @@ impl<A: Clone, N> Clone for ServePg<A, N> {
             auth: self.auth.clone(),
             stack: self.stack.clone(),
             shared: self.shared.clone(),
+            observer: self.observer.clone(),
         }
     }
 }
@@ -177,6 +180,25 @@ pub enum HandshakeError {
     /// The handshake took too long.
     #[error("handshake timed out")]
     Timeout,
+    /// The TLS handshake failed.
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+}
+
+impl HandshakeError {
+    /// The kind of connection event this failure is recorded as.
+    pub fn kind(&self) -> ConnectionEventKind {
+        match self {
+            HandshakeError::Protocol(_) | HandshakeError::Io(_) => {
+                ConnectionEventKind::ProtocolError
+            }
+            HandshakeError::Refused(_) => ConnectionEventKind::RefusedStartup,
+            HandshakeError::Unauthenticated(_) => ConnectionEventKind::RefusedLogin,
+            HandshakeError::Upstream(_) => ConnectionEventKind::UpstreamFailure,
+            HandshakeError::Timeout => ConnectionEventKind::HandshakeTimeout,
+            HandshakeError::Tls(_) => ConnectionEventKind::TlsFailure,
+        }
+    }
 }
 
 impl<A, N, S, B> ServePg<A, N>
@@ -195,7 +217,15 @@ where
             auth,
             stack: Arc::new(stack),
             shared: Arc::default(),
+            observer: None,
         }
+    }
+
+    /// Report every connection that does not become a session (refused login or startup,
+    /// handshake timeout, TLS failure, ...) to `observer`, e.g. the audit trail.
+    pub fn with_connection_observer(mut self, observer: ConnectionObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// A server with another configuration, authenticator and stack that shares this one's
@@ -213,6 +243,7 @@ where
             auth,
             stack: Arc::new(stack),
             shared: self.shared.clone(),
+            observer: self.observer.clone(),
         }
     }
 
@@ -246,6 +277,7 @@ where
                 io: Box::new(io),
                 rbuf: BytesMut::with_capacity(8192),
                 tls: false,
+                claimed_user: None,
             };
             let deadline = this.config.handshake_timeout;
             let handshake = tokio::time::timeout(deadline, this.handshake(&mut client, peer)).await;
@@ -258,6 +290,13 @@ where
                         .logins_refused
                         .fetch_add(1, Ordering::Relaxed);
                     info!(target: "portcullis::postgres", %peer, listener = %this.config.name, error = %e, "connection refused");
+                    // A client that connects and leaves without a word (a health check) is
+                    // not an event worth a record.
+                    let silent = matches!(&e, HandshakeError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
+                        && client.claimed_user.is_none();
+                    if !silent {
+                        this.observe(e.kind(), peer, client.claimed_user.take(), e.to_string());
+                    }
                     return;
                 }
                 Err(_) => {
@@ -269,10 +308,31 @@ where
                         .fatal("08006", "the gateway's handshake deadline passed before authentication finished")
                         .await;
                     info!(target: "portcullis::postgres", %peer, listener = %this.config.name, "handshake timed out");
+                    this.observe(
+                        ConnectionEventKind::HandshakeTimeout,
+                        peer,
+                        client.claimed_user.take(),
+                        "the handshake deadline passed before authentication finished".into(),
+                    );
                     return;
                 }
             };
             this.run_session(client, established).await;
+        }
+    }
+
+    fn observe(
+        &self,
+        kind: ConnectionEventKind,
+        peer: SocketAddr,
+        claimed_user: Option<String>,
+        reason: String,
+    ) {
+        if let Some(observer) = &self.observer {
+            observer(
+                ConnectionEvent::new(kind, Protocol::Postgres, &self.config.name, peer, reason)
+                    .claimed_user(claimed_user),
+            );
         }
     }
 
@@ -297,7 +357,10 @@ where
                 let prefix = std::mem::take(&mut client.rbuf).freeze();
                 let io = std::mem::replace(&mut client.io, Box::new(tokio::io::empty()));
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
-                let stream = acceptor.accept(Prefixed::new(prefix, io)).await?;
+                let stream = acceptor
+                    .accept(Prefixed::new(prefix, io))
+                    .await
+                    .map_err(HandshakeError::Tls)?;
                 if stream.get_ref().1.alpn_protocol() != Some(b"postgresql") {
                     return Err(HandshakeError::Protocol(
                         "direct TLS requires ALPN \"postgresql\"".into(),
@@ -343,7 +406,8 @@ where
                             let io =
                                 std::mem::replace(&mut client.io, Box::new(tokio::io::empty()));
                             let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
-                            client.io = Box::new(acceptor.accept(io).await?);
+                            client.io =
+                                Box::new(acceptor.accept(io).await.map_err(HandshakeError::Tls)?);
                             client.tls = true;
                         }
                         _ => client.io.write_all(b"N").await?,
@@ -391,6 +455,7 @@ where
             let _ = client.fatal("28000", msg).await;
             return Err(HandshakeError::Refused(msg.into()));
         };
+        client.claimed_user = Some(user.clone());
         let database = param("database")
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| user.clone());
@@ -632,6 +697,8 @@ where
             },
         };
         let end = std::future::poll_fn(|cx| driver.poll(cx)).await;
+        // Before the stack is dropped, so layers that observe the drop can say why.
+        session.set_end_reason(end.to_string());
         let _ = driver.client.shutdown().await;
         metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
         info!(target: "portcullis::postgres", session = %session.id, reason = %end, "session ended");
@@ -672,6 +739,8 @@ struct Client {
     io: BoxIo,
     rbuf: BytesMut,
     tls: bool,
+    /// The user name from the startup packet, once read (for connection events).
+    claimed_user: Option<String>,
 }
 
 impl Client {

@@ -84,11 +84,22 @@ pub const SCRAM_USER: (&str, &str) = ("scramuser", "scramuser-secret");
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read the
 /// port, close). Someone else may take it before you bind it; be ready to retry.
+/// Never the same port twice in one process (the kernel readily hands a just-closed
+/// port out again, so two calls in a row could otherwise agree).
 pub fn free_port() -> u16 {
-    match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()) {
-        Ok(addr) => addr.port(),
-        Err(_) => fallback_port(),
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..64 {
+        let port = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()) {
+            Ok(addr) => addr.port(),
+            Err(_) => fallback_port(),
+        };
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
     }
+    fallback_port()
 }
 
 /// A pseudo-random port in 20000..60000 for when binding port 0 fails.

@@ -22,6 +22,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use portcullis_audit::{Fsync, OnFailure, PostgresOptions, SigningKey};
 use portcullis_identity::{StaticTokens, TokenEntry};
 use portcullis_postgres::{ServePgConfig, UpstreamConfig, UpstreamTls, UpstreamTlsMode};
 use serde::Deserialize;
@@ -115,6 +118,74 @@ pub(crate) struct Config {
     pub(crate) tokens: Vec<Token>,
     /// `[[postgres]]`, in file order.
     pub(crate) postgres: Vec<PgListener>,
+    /// `[audit]`, when configured.
+    pub(crate) audit: Option<AuditConfig>,
+}
+
+/// `[audit]`: read once at start; a reload that changes it is refused.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditConfig {
+    /// `on_failure`.
+    pub(crate) on_failure: OnFailure,
+    /// `record_results = "summary"` (`true`) or `"none"`.
+    pub(crate) record_results: bool,
+    /// `signing_key`, loaded.
+    pub(crate) key: Option<Arc<SigningKey>>,
+    /// `checkpoint_interval`.
+    pub(crate) checkpoint_interval: Duration,
+    /// `[[audit.sinks]]`, in file order.
+    pub(crate) sinks: Vec<AuditSink>,
+}
+
+impl PartialEq for AuditConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.on_failure == other.on_failure
+            && self.record_results == other.record_results
+            && self.key.as_ref().map(|k| k.public_hex().to_owned())
+                == other.key.as_ref().map(|k| k.public_hex().to_owned())
+            && self.checkpoint_interval == other.checkpoint_interval
+            && self.sinks == other.sinks
+    }
+}
+
+/// One `[[audit.sinks]]` block.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct AuditSink {
+    /// What it writes to.
+    pub(crate) kind: AuditSinkKind,
+    /// `required`: commands wait for it (default true, false for stdout).
+    pub(crate) required: bool,
+    /// `timeout`: the longest a command waits for it.
+    pub(crate) timeout: Duration,
+    /// `queue`: records it may hold before it counts as stalled.
+    pub(crate) queue: usize,
+}
+
+/// The kind of an audit sink.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum AuditSinkKind {
+    /// `kind = "jsonl"`.
+    Jsonl {
+        path: PathBuf,
+        fsync: Fsync,
+        rotate_bytes: Option<u64>,
+        checkpoint_copy: Option<PathBuf>,
+    },
+    /// `kind = "postgres"`.
+    Postgres { url: String, table: String },
+    /// `kind = "stdout"`.
+    Stdout,
+}
+
+impl AuditSink {
+    /// A name for logs: `jsonl:audit/portcullis.jsonl`.
+    pub(crate) fn name(&self) -> String {
+        match &self.kind {
+            AuditSinkKind::Jsonl { path, .. } => format!("jsonl:{}", path.display()),
+            AuditSinkKind::Postgres { table, .. } => format!("postgres:{table}"),
+            AuditSinkKind::Stdout => "stdout".into(),
+        }
+    }
 }
 
 /// One `[[identity.tokens]]` entry.
@@ -238,9 +309,38 @@ struct RawConfig {
     policy: Unimplemented,
     masking: Unimplemented,
     approvals: Unimplemented,
-    audit: Unimplemented,
+    audit: Option<Spanned<RawAudit>>,
     mysql: Unimplemented,
     http: Unimplemented,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    on_failure: Option<Text>,
+    record_results: Option<Text>,
+    signing_key: Option<Text>,
+    checkpoint_interval: Option<Text>,
+    #[serde(default)]
+    sinks: Vec<Spanned<RawAuditSink>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuditSink {
+    kind: Text,
+    required: Option<bool>,
+    timeout: Option<Text>,
+    queue: Option<Spanned<u64>>,
+    // jsonl
+    path: Option<Text>,
+    fsync: Option<Text>,
+    fsync_interval: Option<Text>,
+    rotate_bytes: Option<Spanned<u64>>,
+    checkpoint_copy: Option<Text>,
+    // postgres
+    url: Option<Text>,
+    table: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -509,13 +609,210 @@ impl Resolver<'_> {
                 "no listener: add a [[postgres]] block (see examples/gateway/portcullis.toml)",
             );
         }
+        let audit = raw.audit.as_ref().and_then(|a| self.audit(a));
         Config {
             drain_timeout,
             session_threads,
             admin,
             tokens,
             postgres,
+            audit,
         }
+    }
+
+    /// One of `choices`, or a problem naming them.
+    fn choice<'c>(&mut self, what: &str, value: &Text, choices: &[&'c str]) -> Option<&'c str> {
+        let s = self.text(what, value)?;
+        let found = choices.iter().find(|c| **c == s.trim()).copied();
+        if found.is_none() {
+            self.at(
+                value.span(),
+                format!("{what}: \"{s}\" is not one of {}", choices.join(", ")),
+            );
+        }
+        found
+    }
+
+    fn audit(&mut self, raw: &Spanned<RawAudit>) -> Option<AuditConfig> {
+        let before = self.problems.len();
+        let a = raw.get_ref();
+        let on_failure = match &a.on_failure {
+            Some(v) => match self.choice("[audit] on_failure", v, &["refuse", "continue"]) {
+                Some("continue") => OnFailure::Continue,
+                _ => OnFailure::Refuse,
+            },
+            None => OnFailure::Refuse,
+        };
+        let record_results = match &a.record_results {
+            Some(v) => match self.choice(
+                "[audit] record_results",
+                v,
+                &["none", "summary", "digest", "rows"],
+            ) {
+                Some("none") => false,
+                Some("digest" | "rows") => {
+                    self.at(
+                        v.span(),
+                        "[audit] record_results: \"digest\" and \"rows\" are not implemented yet in this build; use \"summary\" or \"none\"",
+                    );
+                    true
+                }
+                _ => true,
+            },
+            None => true,
+        };
+        let key = a.signing_key.as_ref().and_then(|v| {
+            let path = self.path("[audit] signing_key", v)?;
+            match SigningKey::load(&path) {
+                Ok(key) => Some(Arc::new(key)),
+                Err(e) => {
+                    self.at(
+                        v.span(),
+                        format!(
+                            "[audit] signing_key: {e} (make one with `portcullis audit keygen`)"
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let checkpoint_interval = self.duration(
+            "[audit] checkpoint_interval",
+            a.checkpoint_interval.as_ref(),
+            Duration::from_secs(10),
+            true,
+        );
+        let mut sinks = Vec::new();
+        for block in &a.sinks {
+            if let Some(sink) = self.audit_sink(block) {
+                sinks.push(sink);
+            }
+        }
+        if a.sinks.is_empty() {
+            self.at(
+                raw.span(),
+                "[audit]: no [[audit.sinks]]: add at least one (kind = \"jsonl\", \"postgres\" or \"stdout\")",
+            );
+        }
+        (self.problems.len() == before).then_some(AuditConfig {
+            on_failure,
+            record_results,
+            key,
+            checkpoint_interval,
+            sinks,
+        })
+    }
+
+    fn audit_sink(&mut self, raw: &Spanned<RawAuditSink>) -> Option<AuditSink> {
+        let b = raw.get_ref();
+        let kind = self.choice(
+            "[[audit.sinks]] kind",
+            &b.kind,
+            &["jsonl", "postgres", "stdout"],
+        )?;
+        let only = |key: &str, present: bool, this: &mut Self, span: Range<usize>| {
+            if present {
+                this.at(
+                    span,
+                    format!("[[audit.sinks]] {key}: not a setting of kind = \"{kind}\""),
+                );
+            }
+        };
+        let kind = match kind {
+            "jsonl" => {
+                only("url", b.url.is_some(), self, raw.span());
+                only("table", b.table.is_some(), self, raw.span());
+                let Some(path) = &b.path else {
+                    self.at(raw.span(), "[[audit.sinks]] kind = \"jsonl\" needs a path");
+                    return None;
+                };
+                let path = self.path("[[audit.sinks]] path", path)?;
+                let every = self.duration(
+                    "[[audit.sinks]] fsync_interval",
+                    b.fsync_interval.as_ref(),
+                    Duration::from_secs(1),
+                    true,
+                );
+                let fsync = match &b.fsync {
+                    Some(v) => {
+                        match self.choice("[[audit.sinks]] fsync", v, &["always", "interval"])? {
+                            "always" => Fsync::Always,
+                            _ => Fsync::Interval(every),
+                        }
+                    }
+                    None => Fsync::Interval(every),
+                };
+                let rotate_bytes = match &b.rotate_bytes {
+                    Some(v) if *v.get_ref() < 4096 => {
+                        self.at(
+                            v.span(),
+                            "[[audit.sinks]] rotate_bytes: must be at least 4096",
+                        );
+                        None
+                    }
+                    Some(v) => Some(*v.get_ref()),
+                    None => None,
+                };
+                let checkpoint_copy = match &b.checkpoint_copy {
+                    Some(v) => Some(self.path("[[audit.sinks]] checkpoint_copy", v)?),
+                    None => None,
+                };
+                AuditSinkKind::Jsonl {
+                    path,
+                    fsync,
+                    rotate_bytes,
+                    checkpoint_copy,
+                }
+            }
+            "postgres" => {
+                for (key, present) in [
+                    ("path", b.path.is_some()),
+                    ("fsync", b.fsync.is_some()),
+                    ("fsync_interval", b.fsync_interval.is_some()),
+                    ("rotate_bytes", b.rotate_bytes.is_some()),
+                    ("checkpoint_copy", b.checkpoint_copy.is_some()),
+                ] {
+                    only(key, present, self, raw.span());
+                }
+                let Some(url) = &b.url else {
+                    self.at(
+                        raw.span(),
+                        "[[audit.sinks]] kind = \"postgres\" needs a url",
+                    );
+                    return None;
+                };
+                let url = self.required_text("[[audit.sinks]] url", url)?;
+                let table = match &b.table {
+                    Some(t) => {
+                        let table = self.required_text("[[audit.sinks]] table", t)?;
+                        if let Err(e) = PostgresOptions::check_table(&table) {
+                            self.at(t.span(), format!("[[audit.sinks]] table: {e}"));
+                            return None;
+                        }
+                        table
+                    }
+                    None => "portcullis_audit".into(),
+                };
+                AuditSinkKind::Postgres { url, table }
+            }
+            _ => AuditSinkKind::Stdout,
+        };
+        let required = b.required.unwrap_or(!matches!(kind, AuditSinkKind::Stdout));
+        let timeout = self.duration(
+            "[[audit.sinks]] timeout",
+            b.timeout.as_ref(),
+            Duration::from_secs(2),
+            true,
+        );
+        let queue = self
+            .count("[[audit.sinks]] queue", b.queue.as_ref())
+            .unwrap_or(16384);
+        Some(AuditSink {
+            kind,
+            required,
+            timeout,
+            queue,
+        })
     }
 
     fn line<T>(&self, value: &Spanned<T>) -> usize {
@@ -528,7 +825,6 @@ impl Resolver<'_> {
             ("[policy]", &raw.policy),
             ("[masking]", &raw.masking),
             ("[approvals]", &raw.approvals),
-            ("[audit]", &raw.audit),
             ("[[mysql]]", &raw.mysql),
             ("[[http]]", &raw.http),
         ];

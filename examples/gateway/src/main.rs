@@ -26,9 +26,14 @@
 //!   with its line.
 //! - `portcullis token hash` — read a token on stdin, print the `sha256` for the config.
 //! - `portcullis demo [--port N]` — a self-contained tour with a throwaway PostgreSQL.
+//! - `portcullis audit keygen [--out FILE]` — make the key that signs audit checkpoints.
+//! - `portcullis audit verify PATH… [--key K] [--checkpoints FILE] [--live]` — check a JSONL
+//!   trail: exit 0 if intact, 1 naming the first bad record.
+//! - `portcullis audit show PATH… [--session ID] [--json]` — the trail as a timeline.
 #![forbid(unsafe_code)]
 
 mod admin;
+mod audit;
 mod config;
 mod demo;
 mod revoke;
@@ -68,11 +73,55 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Work with audit trails.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// A self-contained tour: throwaway PostgreSQL with sample data, the gateway in front.
     Demo {
         /// The gateway's port on 127.0.0.1 (default: a free one).
         #[arg(long)]
         port: Option<u16>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Make an Ed25519 key that signs checkpoints (FILE, mode 0600) and its public key (FILE.pub).
+    Keygen {
+        /// Where to write the signing key.
+        #[arg(long, short, default_value = "audit-ed25519.key")]
+        out: PathBuf,
+    },
+    /// Check a JSONL trail: exit 0 if intact, 1 naming the first altered, removed, reordered,
+    /// inserted or cut-off record.
+    Verify {
+        /// The trail's live file (its rotated segments are found next to it), or several
+        /// files in chain order.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The public key checkpoints must be signed with: hex, a `.pub` file, or the signing key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Published checkpoint copies (`checkpoint_copy`): catches a trail cut or rewritten after them.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// The gateway is still writing the trail: an unsealed tail is not a failure.
+        #[arg(long)]
+        live: bool,
+    },
+    /// Print the trail as a readable timeline.
+    Show {
+        /// The trail's live file, or several files in chain order.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Only this session (16 hex digits, or a unique prefix).
+        #[arg(long)]
+        session: Option<String>,
+        /// The matching records as JSON lines.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -91,6 +140,20 @@ fn main() -> ExitCode {
         } => token_hash(),
         Command::Run { config } => with_runtime(run::run(config)),
         Command::Demo { port } => with_runtime(demo::demo(port)),
+        Command::Audit { command } => match command {
+            AuditCommand::Keygen { out } => audit::keygen(&out),
+            AuditCommand::Verify {
+                paths,
+                key,
+                checkpoints,
+                live,
+            } => audit::verify(&paths, key.as_deref(), checkpoints, live),
+            AuditCommand::Show {
+                paths,
+                session,
+                json,
+            } => audit::show_trail(&paths, session, json),
+        },
     }
 }
 

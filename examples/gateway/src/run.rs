@@ -20,6 +20,10 @@ use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use portcullis_audit::{
+    AuditLayer, JsonlOptions, JsonlSink, PostgresOptions, PostgresSink, Recorder, SinkOptions,
+    StdoutSink,
+};
 use portcullis_core::{NewLayered, Session};
 use portcullis_identity::StaticTokens;
 use portcullis_postgres::ServePg;
@@ -31,13 +35,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::admin::{self, Metrics};
-use crate::config::{self, Config, PgListener};
+use crate::config::{self, AuditConfig, AuditSinkKind, Config, PgListener};
 use crate::revoke::{LiveTokens, RevokeLayer, TokenDigests};
 use crate::threads::SessionThreads;
 
-/// Builds each session's command stack: for now only [`RevokeCheck`](crate::revoke::RevokeCheck)
-/// in front of the upstream.
-type SessionLayers = Box<dyn Fn(&Arc<Session>) -> RevokeLayer + Send + Sync>;
+/// Builds each session's command stack: the audit layer outermost, then
+/// [`RevokeCheck`](crate::revoke::RevokeCheck), then the upstream.
+type SessionLayers =
+    Box<dyn Fn(&Arc<Session>) -> tower::layer::util::Stack<RevokeLayer, AuditLayer> + Send + Sync>;
 
 /// The protocol server of one listener for one configuration.
 type PgServer = ServePg<StaticTokens, NewLayered<SessionLayers>>;
@@ -132,6 +137,20 @@ pub(crate) struct BindError {
     source: std::io::Error,
 }
 
+/// The gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    /// An address could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The session threads could not be started.
+    #[error("cannot start the session threads: {0}")]
+    Threads(std::io::Error),
+    /// The audit trail could not be opened.
+    #[error("{0}")]
+    Audit(String),
+}
+
 async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, BindError> {
     TcpListener::bind(addr)
         .await
@@ -157,21 +176,76 @@ pub(crate) struct Gateway {
     /// Where sessions run.
     threads: Arc<SessionThreads>,
     drain_timeout: Duration,
+    /// The audit recorder and the `[audit]` it was built from (fixed for the process).
+    audit: Option<(Recorder, AuditConfig)>,
+}
+
+/// Start the audit recorder for `[audit]`: opens (and continues) the trail files now, so a
+/// damaged trail stops the start.
+pub(crate) fn start_recorder(config: &AuditConfig) -> Result<Recorder, String> {
+    let mut builder = Recorder::builder(config.on_failure).record_results(config.record_results);
+    if config.key.is_none() {
+        warn!(
+            "[audit] has no signing_key: checkpoints are not signed, so a rewrite of the whole trail would go unnoticed"
+        );
+    }
+    for sink in &config.sinks {
+        let options = SinkOptions {
+            name: sink.name(),
+            required: sink.required,
+            timeout: sink.timeout,
+            queue: sink.queue,
+        };
+        builder = match &sink.kind {
+            AuditSinkKind::Jsonl {
+                path,
+                fsync,
+                rotate_bytes,
+                checkpoint_copy,
+            } => {
+                let mut o = JsonlOptions::new(path);
+                o.fsync = *fsync;
+                o.rotate_bytes = *rotate_bytes;
+                o.checkpoint_interval = config.checkpoint_interval;
+                o.checkpoint_copy = checkpoint_copy.clone();
+                o.key = config.key.clone();
+                let sink = JsonlSink::open(o).map_err(|e| format!("[audit] {e}"))?;
+                builder.sink(options, sink)
+            }
+            AuditSinkKind::Postgres { url, table } => {
+                let mut o = PostgresOptions::new(url);
+                o.table = table.clone();
+                o.checkpoint_interval = config.checkpoint_interval;
+                o.key = config.key.clone();
+                let sink = PostgresSink::new(o).map_err(|e| format!("[audit] {e}"))?;
+                builder.sink(options, sink)
+            }
+            AuditSinkKind::Stdout => builder.sink(options, StdoutSink::default()),
+        };
+    }
+    builder
+        .start()
+        .map_err(|e| format!("[audit] cannot start the audit writers: {e}"))
 }
 
 impl Gateway {
     /// Start serving `config`. Returns what was bound, to announce.
-    pub(crate) async fn start(config: &Config) -> Result<(Gateway, Vec<Bound>), BindError> {
+    pub(crate) async fn start(config: &Config) -> Result<(Gateway, Vec<Bound>), StartError> {
         let n = config
             .session_threads
             .unwrap_or_else(default_session_threads);
-        let threads = SessionThreads::start(n).map_err(|source| BindError {
-            what: "session threads".into(),
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source,
-        })?;
+        let threads = SessionThreads::start(n).map_err(StartError::Threads)?;
         info!(threads = threads.len(), "session threads started");
+        let audit = match &config.audit {
+            Some(audit) => {
+                let recorder = start_recorder(audit).map_err(StartError::Audit)?;
+                info!(sinks = audit.sinks.len(), on_failure = ?audit.on_failure, "audit trail open");
+                Some((recorder, audit.clone()))
+            }
+            None => None,
+        };
         let mut gateway = Gateway {
+            audit,
             threads: Arc::new(threads),
             live_tokens: LiveTokens::default(),
             metrics: Arc::default(),
@@ -303,12 +377,26 @@ impl Gateway {
     ) -> Generation {
         let granted = granted.clone();
         let live = self.live_tokens.clone();
-        let layers: SessionLayers =
-            Box::new(move |session| RevokeLayer::new(session, &granted, live.clone()));
+        let recorder = self.audit.as_ref().map(|(r, _)| r.clone());
+        let layers: SessionLayers = Box::new(move |session| {
+            let audit = match &recorder {
+                Some(recorder) => AuditLayer::new(recorder, session),
+                None => AuditLayer::disabled(),
+            };
+            tower::layer::util::Stack::new(RevokeLayer::new(session, &granted, live.clone()), audit)
+        });
         let (config, stack) = (listener.serve.clone(), NewLayered::new(layers));
         let server = match previous {
             Some(previous) => previous.server.reconfigure(config, tokens.clone(), stack),
-            None => ServePg::new(config, tokens.clone(), stack),
+            None => {
+                let server = ServePg::new(config, tokens.clone(), stack);
+                match &self.audit {
+                    Some((recorder, _)) => {
+                        server.with_connection_observer(recorder.connection_observer())
+                    }
+                    None => server,
+                }
+            }
         };
         Generation { server }
     }
@@ -360,6 +448,16 @@ impl Gateway {
             // Admin requests are short; do not let a stuck client hold the exit.
             let _ = tokio::time::timeout(Duration::from_secs(2), admin.task).await;
         }
+        // Last: every session's end is recorded by now; seal the trail.
+        if let Some((recorder, _)) = self.audit.take() {
+            recorder.close(Duration::from_secs(10)).await;
+            info!("audit trail sealed");
+        }
+    }
+
+    /// Whether `config` keeps the `[audit]` this process runs with.
+    pub(crate) fn audit_unchanged(&self, config: &Config) -> bool {
+        self.audit.as_ref().map(|(_, c)| c) == config.audit.as_ref()
     }
 }
 
@@ -489,6 +587,13 @@ async fn reload(gateway: &mut Gateway, path: &std::path::Path) {
             return;
         }
     };
+    if !gateway.audit_unchanged(&config) {
+        error!(
+            "[audit] changed: audit settings take effect only at a restart; configuration not reloaded, the previous one stays in force"
+        );
+        gateway.metrics().reloaded(false);
+        return;
+    }
     match gateway.apply(&config).await {
         Ok(bound) => {
             announce(&bound);

@@ -654,3 +654,543 @@ async fn demo_prints_a_working_command_and_cleans_up_on_ctrl_c() {
             .is_err()
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// audit trail
+// ---------------------------------------------------------------------------------------
+
+/// Run `portcullis ARGS`: `(exit code, stdout, stderr)`.
+fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `portcullis audit verify` on `files` (and extra args): `(exit code, stdout)`.
+fn verify(files: &[&Path], extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec!["audit", "verify"];
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    args.extend(names.iter().map(String::as_str));
+    args.extend_from_slice(extra);
+    let (code, stdout, stderr) = cli(&args);
+    (code, format!("{stdout}{stderr}"))
+}
+
+/// A config with an `[audit]` section writing to `trail` (and `copies`), signed by `key`.
+fn audit_config(base: String, key: &Path, trail: &Path, copies: &Path, extra: &str) -> String {
+    format!(
+        "{base}\n[audit]\non_failure = \"refuse\"\nsigning_key = \"{}\"\ncheckpoint_interval = \"1s\"\n[[audit.sinks]]\nkind = \"jsonl\"\npath = \"{}\"\ncheckpoint_copy = \"{}\"\nfsync = \"interval\"\n{extra}",
+        key.display(),
+        trail.display(),
+        copies.display()
+    )
+}
+
+async fn run_until_stopped(gateway: &mut Gateway) {
+    gateway.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = gateway.exited() {
+            assert!(status.success(), "{status}\n{}", gateway.logs());
+            return;
+        }
+        assert!(Instant::now() < deadline, "no exit\n{}", gateway.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(path, text).unwrap();
+}
+
+/// Recompute a line's own hash after its body changed (what a forger with the format but
+/// without the signing key can do).
+fn rehash(body: &str) -> String {
+    let hash = portcullis_audit::chain::sha256(body.as_bytes());
+    format!("{body},\"hash\":\"{}\"}}", hex_lower(&hash))
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `body` with its `prev` field set to `prev`.
+fn with_prev(body: &str, prev: &str) -> String {
+    let at = body.rfind("\"prev\":\"").unwrap() + 8;
+    format!("{}{prev}{}", &body[..at], &body[at + 64..])
+}
+
+/// A line's `seq`.
+fn seq_of(line: &str) -> u64 {
+    line.split("\"seq\":")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `(body without the hash suffix, hash)` of a line.
+fn split_hash(line: &str) -> (&str, &str) {
+    let at = line.rfind(",\"hash\":\"").unwrap();
+    (&line[..at], &line[at + 9..at + 9 + 64])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_trail_records_sessions_and_names_every_kind_of_tampering() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .unwrap()
+        .expect("PostgreSQL is needed for this test");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("audit.key");
+    let (code, out, err) = cli(&["audit", "keygen", "--out", key.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("public key:"), "{out}");
+    let public = dir.path().join("audit.key.pub");
+    // A second keygen does not overwrite the key.
+    assert_eq!(
+        cli(&["audit", "keygen", "--out", key.to_str().unwrap()]).0,
+        Some(2)
+    );
+
+    let trail = dir.path().join("audit").join("trail.jsonl");
+    let copies = dir.path().join("audit").join("checkpoints.jsonl");
+    let path = dir.path().join("portcullis.toml");
+    let (gw, admin) = (free_port(), free_port());
+    let alice = "alice-token-audit";
+    let base = config_text(gw, admin, &cluster, &[("alice", alice)]);
+    std::fs::write(&path, audit_config(base, &key, &trail, &copies, "")).unwrap();
+    let (code, out, err) = check(&path, &[("PG_PASSWORD", cluster.password())]);
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    // First run: a session with simple and extended queries, an error, a refused login.
+    let mut gateway = Gateway::spawn(&path, dir.path(), cluster.password());
+    wait_for(&mut gateway, "/healthz", || async {
+        matches!(http_get(admin, "/healthz").await, Ok((200, _)))
+    })
+    .await;
+    let client = connect(gw, alice).await.unwrap();
+    client
+        .batch_execute("create table audited (x int4)")
+        .await
+        .unwrap();
+    client
+        .execute("insert into audited values ($1)", &[&42i32])
+        .await
+        .unwrap();
+    let rows = client.query("select x from audited", &[]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let err = client.simple_query("select 1/0").await.unwrap_err();
+    assert_eq!(code_of(&err), Some(&SqlState::DIVISION_BY_ZERO));
+    drop(client);
+    let err = connect(gw, "not-a-token").await.unwrap_err();
+    assert_eq!(code_of(&err), Some(&SqlState::INVALID_PASSWORD));
+    run_until_stopped(&mut gateway).await;
+
+    let (code, out) = verify(&[&trail], &["--key", public.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("intact:"), "{out}");
+    assert!(
+        out.contains("1 sessions, 7 commands, 1 refused connections"),
+        "{out}"
+    );
+    assert!(
+        out.contains("signed by") && out.contains("(the expected key)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sealed: ends with the gateway's shutdown checkpoint"),
+        "{out}"
+    );
+
+    let (code, shown, err) = cli(&["audit", "show", trail.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    for expected in [
+        "session start: alice [] via static_token from 127.0.0.1:",
+        "> insert into audited values ($1)",
+        // (tokio-postgres numbers its statements per process: s0, s1, ...)
+        "> insert into audited values ($1)  [prepared s",
+        "]  [not executed]",
+        "params: x'0000002a'",
+        "→ ok INSERT 0 1 · 1 rows",
+        "→ ok SELECT 1 · 1 rows",
+        "→ error · 0 rows",
+        "· 22012 division by zero",
+        "connection refused_login from 127.0.0.1:",
+        "user=alice",
+        "session end after 7 commands",
+        "checkpoint (shutdown), signed",
+    ] {
+        assert!(shown.contains(expected), "missing {expected:?} in\n{shown}");
+    }
+    let session = shown
+        .lines()
+        .find(|l| l.contains("session start: alice"))
+        .and_then(|l| l.split('[').nth(1))
+        .map(|s| s[..16].to_owned())
+        .unwrap();
+    let (code, one, _) = cli(&[
+        "audit",
+        "show",
+        trail.to_str().unwrap(),
+        "--session",
+        &session,
+        "--json",
+    ]);
+    assert_eq!(code, Some(0));
+    let records: Vec<&str> = one.lines().collect();
+    // start, 7 × (command, outcome), end — and nothing from other sessions. (tokio-postgres
+    // prepares in one unit and executes in another.)
+    assert_eq!(records.len(), 16, "{one}");
+    assert!(
+        records
+            .iter()
+            .all(|r| r.contains(&format!("\"session\":\"{session}\"")))
+    );
+    assert!(
+        records
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.contains(&format!("\"sseq\":{},", i + 1))),
+        "{one}"
+    );
+
+    // Second run on the same trail: the chain continues across the restart.
+    let first_run = lines_of(&trail).len();
+    let mut gateway = Gateway::spawn(&path, dir.path(), cluster.password());
+    wait_for(&mut gateway, "/healthz", || async {
+        matches!(http_get(admin, "/healthz").await, Ok((200, _)))
+    })
+    .await;
+    let client = connect(gw, alice).await.unwrap();
+    client
+        .simple_query("select count(*) from audited")
+        .await
+        .unwrap();
+    drop(client);
+    run_until_stopped(&mut gateway).await;
+    let (code, out) = verify(
+        &[&trail],
+        &[
+            "--key",
+            public.to_str().unwrap(),
+            "--checkpoints",
+            copies.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("2 sessions, 8 commands"), "{out}");
+    let lines = lines_of(&trail);
+    assert!(
+        lines[first_run].contains("\"type\":\"trail_start\",\"reason\":\"restart\""),
+        "{}",
+        lines[first_run]
+    );
+    assert!(lines[first_run].contains("\"previous_sealed\":true"));
+
+    // The tamper matrix: each edit is caught, and the first bad record is named by line.
+    let tampered = dir.path().join("tampered.jsonl");
+    let check = |lines: &[String], extra: &[&str], line: usize, words: &str| {
+        write_lines(&tampered, lines);
+        let mut args = vec!["--key", public.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let (code, out) = verify(&[&tampered], &args);
+        assert_eq!(code, Some(1), "{words}: {out}");
+        assert!(
+            out.contains(&format!("NOT INTACT: {}:{line}: ", tampered.display())),
+            "{words}: expected line {line}: {out}"
+        );
+        assert!(out.contains(words), "{words}: {out}");
+    };
+    let k = lines
+        .iter()
+        .position(|l| l.contains("\"type\":\"command\""))
+        .unwrap()
+        + 1; // a record in the middle, after the first command
+    // Flip one byte.
+    let mut edit = lines.clone();
+    edit[k] = edit[k].replacen("\"sseq\":", "\"sseq\" :", 1);
+    check(&edit, &[], k + 1, "does not match its hash");
+    // Delete a record.
+    let mut edit = lines.clone();
+    edit.remove(k);
+    check(&edit, &[], k + 1, "missing before this one");
+    // Swap two records.
+    let mut edit = lines.clone();
+    edit.swap(k, k + 1);
+    check(&edit, &[], k + 1, "reordered");
+    // Insert a forged record that hashes correctly and links to the one before it.
+    // (a command nobody ran, after the first command).
+    let mut edit = lines.clone();
+    let c = k - 1;
+    let (body, hash) = split_hash(&lines[c]);
+    let seq = seq_of(&lines[c]);
+    let body = body
+        .replacen(
+            &format!("\"seq\":{seq},"),
+            &format!("\"seq\":{},", seq + 1),
+            1,
+        )
+        .replacen("\"command\":1,", "\"command\":99,", 1)
+        .replace("create table audited", "drop table audited");
+    edit.insert(c + 1, rehash(&with_prev(&body, hash)));
+    check(&edit, &[], c + 3, "appears twice");
+    // Truncate the tail (whole records; then mid-record).
+    let mut edit = lines.clone();
+    edit.truncate(lines.len() - 2);
+    check(&edit, &[], lines.len() - 2, "unsealed tail");
+    write_lines(&tampered, &lines);
+    let text = std::fs::read(&tampered).unwrap();
+    std::fs::write(&tampered, &text[..text.len() - 20]).unwrap();
+    let (code, out) = verify(&[&tampered], &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(":{}: the last record is cut off", lines.len())),
+        "{out}"
+    );
+    // With the published checkpoints, a cut at a record boundary is named as truncation.
+    let mut edit = lines.clone();
+    edit.truncate(lines.len() - 1);
+    check(
+        &edit,
+        &["--checkpoints", copies.to_str().unwrap()],
+        lines.len() - 1,
+        "truncated: a checkpoint published at",
+    );
+    // Splice: the first run's records, then the second run's from another trail copy
+    // whose chain was rebuilt (as if another gateway had written it).
+    let mut other = lines.clone();
+    let mut prev = "1".repeat(64);
+    for line in other.iter_mut() {
+        *line = rehash(&with_prev(split_hash(line).0, &prev));
+        prev = split_hash(line).1.to_owned();
+    }
+    let mut edit: Vec<String> = lines[..first_run].to_vec();
+    edit.extend_from_slice(&other[first_run..]);
+    check(&edit, &[], first_run + 1, "spliced");
+    // Rewrite: edit a statement and rebuild every hash after it. Only the signing key could
+    // make the checkpoints agree.
+    let mut edit = lines.clone();
+    let target = lines
+        .iter()
+        .position(|l| l.contains("insert into audited"))
+        .unwrap();
+    let mut prev = split_hash(&lines[target - 1]).1.to_owned();
+    for line in edit.iter_mut().skip(target) {
+        let body = split_hash(line)
+            .0
+            .replace("insert into audited", "select 1 from audited");
+        *line = rehash(&with_prev(&body, &prev));
+        prev = split_hash(line).1.to_owned();
+    }
+    let first_checkpoint = edit
+        .iter()
+        .enumerate()
+        .skip(target)
+        .find(|(_, l)| l.contains("\"type\":\"checkpoint\""))
+        .map(|(i, _)| i + 1)
+        .unwrap();
+    check(&edit, &[], first_checkpoint, "signature does not verify");
+}
+
+fn code_of(e: &tokio_postgres::Error) -> Option<&SqlState> {
+    e.code()
+}
+
+/// The statements PostgreSQL logged (`log_statement = 'all'`) that mention `needle`.
+fn logged_statements(log: &Path, needle: &str) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once("statement: ").map(|(_, s)| s.to_owned()))
+        .filter(|s| s.contains(needle))
+        .collect()
+}
+
+/// The statement texts of the trail's command records that mention `needle`.
+fn recorded_statements(trail: &Path, needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in lines_of(trail) {
+        let Ok(parsed) = portcullis_audit::chain::parse_line(line.as_bytes()) else {
+            continue;
+        };
+        if let portcullis_audit::AuditEvent::Command(c) = parsed.event {
+            out.extend(
+                c.statements
+                    .into_iter()
+                    .map(|s| s.text)
+                    .filter(|t| t.contains(needle)),
+            );
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_pgbench_loses_no_statement_the_database_ran() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .unwrap()
+        .expect("PostgreSQL is needed for this test");
+    let pgbench = PgCluster::bin("pgbench").expect("pgbench is needed for this test");
+    let superuser = portcullis_testkit::SUPERUSER;
+    let init = Command::new(&pgbench)
+        .args([
+            "-i",
+            "-s",
+            "1",
+            "-q",
+            "-h",
+            cluster.host(),
+            "-p",
+            &cluster.port().to_string(),
+            "-U",
+            superuser.0,
+            "app",
+        ])
+        .env("PGPASSWORD", superuser.1)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let status = cluster
+        .psql("app")
+        .args([
+            "-c",
+            "alter system set log_statement = 'all'",
+            "-c",
+            "select pg_reload_conf()",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("audit.key");
+    assert_eq!(
+        cli(&["audit", "keygen", "--out", key.to_str().unwrap()]).0,
+        Some(0)
+    );
+    let trail = dir.path().join("trail.jsonl");
+    let copies = dir.path().join("checkpoints.jsonl");
+    let path = dir.path().join("portcullis.toml");
+    let (gw, admin) = (free_port(), free_port());
+    let token = "bench-token-audit";
+    let base = config_text(gw, admin, &cluster, &[("alice", token)]);
+    std::fs::write(&path, audit_config(base, &key, &trail, &copies, "")).unwrap();
+    let mut gateway = Gateway::spawn(&path, dir.path(), cluster.password());
+    wait_for(&mut gateway, "/healthz", || async {
+        matches!(http_get(admin, "/healthz").await, Ok((200, _)))
+    })
+    .await;
+
+    let mut bench = Command::new(&pgbench)
+        .args([
+            "-S",
+            "-n",
+            "-c",
+            "4",
+            "-T",
+            "30",
+            "-M",
+            "simple",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &gw.to_string(),
+            "-U",
+            "alice",
+            "app",
+        ])
+        .env("PGPASSWORD", token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill the gateway mid-run, once a good number of commands went through.
+    wait_for(&mut gateway, "commands in the trail", || async {
+        recorded_statements(&trail, "pgbench_accounts").len() > 2000
+    })
+    .await;
+    gateway.signal("KILL");
+    let _ = gateway.child.wait();
+    let _ = bench.wait();
+    // The database notices its clients are gone; then its log holds everything it ran.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = cluster
+            .psql("app")
+            .args(["-At", "-c", "select count(*) from pg_stat_activity where usename = current_user and pid <> pg_backend_pid() and backend_type = 'client backend'"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).trim() == "0" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway's backends linger");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let ran = logged_statements(&cluster.log_path(), "pgbench_accounts");
+    let recorded = recorded_statements(&trail, "pgbench_accounts");
+    assert!(ran.len() > 2000, "{} statements ran", ran.len());
+    let mut left: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for s in &recorded {
+        *left.entry(s.as_str()).or_default() += 1;
+    }
+    for s in &ran {
+        let n = left.get_mut(s.as_str()).filter(|n| **n > 0);
+        assert!(
+            n.is_some(),
+            "the database ran {s:?} but the trail has no command record for it"
+        );
+        if let Some(n) = n {
+            *n -= 1;
+        }
+    }
+
+    // The crash left an unsealed tail; a restart continues the chain and says so.
+    let (code, out) = verify(&[&trail], &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("unsealed tail"), "{out}");
+    let mut gateway = Gateway::spawn(&path, dir.path(), cluster.password());
+    wait_for(&mut gateway, "/healthz", || async {
+        matches!(http_get(admin, "/healthz").await, Ok((200, _)))
+    })
+    .await;
+    let client = connect(gw, token).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    drop(client);
+    run_until_stopped(&mut gateway).await;
+    let public = dir.path().join("audit.key.pub");
+    let (code, out) = verify(
+        &[&trail],
+        &[
+            "--key",
+            public.to_str().unwrap(),
+            "--checkpoints",
+            copies.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("ended without closing the trail (crash or kill)"),
+        "{out}"
+    );
+}

@@ -1,0 +1,533 @@
+//! [`AuditLayer`]: the outermost layer of a session's command stack.
+//!
+//! Per session it records the start (when the stack is built) and the end (when the stack
+//! is dropped, with the reason the protocol server gave). Per command it records the command
+//! before it goes further in — with [`OnFailure::Refuse`](crate::OnFailure::Refuse) the
+//! command waits until every required sink wrote it, and is refused if one cannot — and
+//! exactly one outcome, whether the reply ends, fails, is refused or is dropped: the
+//! outcome's place in every sink's queue is reserved when the command starts, because a drop
+//! cannot wait for room. The session's event stream (notifications, notices, parameter
+//! changes, a fatal error) is recorded as it passes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use pin_project_lite::pin_project;
+use portcullis_core::{
+    CommandKind, CommandView, Decisions, Error, EventKind, EventView, Refusal, ReplyBody, Request,
+    Response, Session, rescue,
+};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::event::{
+    AuditEvent, Command, DecisionRecord, ErrorRecord, Outcome, SessionEnd, SessionEvent,
+    SessionRef, SessionStart, Status,
+};
+use crate::recorder::{Pending, Recorder, Reserved};
+
+/// The audit state of one session, shared by its layer, service and reply bodies. Dropping
+/// the last of them records the session's end.
+#[derive(Debug)]
+struct SessionAudit {
+    recorder: Recorder,
+    session: Arc<Session>,
+    id: Arc<str>,
+    identity: Arc<str>,
+    target: Arc<str>,
+    sseq: AtomicU64,
+    commands: AtomicU64,
+    /// The start record's acknowledgement, which the first command waits for.
+    start: Mutex<Option<Pending>>,
+    /// The end record's places, reserved at the start.
+    end: Mutex<Option<Reserved>>,
+}
+
+impl SessionAudit {
+    fn next_sseq(&self) -> u64 {
+        self.sseq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn next_ref(&self) -> SessionRef {
+        self.session_ref(self.next_sseq())
+    }
+
+    fn session_ref(&self, sseq: u64) -> SessionRef {
+        SessionRef {
+            session: self.id.clone(),
+            sseq,
+            identity: self.identity.clone(),
+            peer: self.session.peer,
+            target: self.target.clone(),
+        }
+    }
+}
+
+impl Drop for SessionAudit {
+    fn drop(&mut self) {
+        let reserved = self
+            .end
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
+        let event = AuditEvent::SessionEnd(SessionEnd {
+            session: self.next_ref(),
+            reason: self
+                .session
+                .end_reason()
+                .unwrap_or("the session's command stack was dropped")
+                .to_owned(),
+            commands: self.commands.load(Ordering::Relaxed),
+        });
+        self.recorder.send(reserved, event, false);
+    }
+}
+
+/// Records a session: build one per session with [`AuditLayer::new`], outermost in the
+/// command stack.
+#[derive(Debug, Clone)]
+pub struct AuditLayer {
+    audit: Option<Arc<SessionAudit>>,
+}
+
+impl AuditLayer {
+    /// The layer for `session`; records the session's start now.
+    pub fn new(recorder: &Recorder, session: &Arc<Session>) -> Self {
+        let audit = SessionAudit {
+            recorder: recorder.clone(),
+            session: session.clone(),
+            id: Arc::from(session.id.to_string()),
+            identity: Arc::from(session.identity.subject.as_str()),
+            target: Arc::from(session.target.as_str()),
+            sseq: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
+            start: Mutex::new(None),
+            end: Mutex::new(None),
+        };
+        let start = SessionStart::of(audit.next_ref(), session);
+        let pending = recorder.send(
+            recorder.reserve_now(),
+            AuditEvent::SessionStart(start),
+            true,
+        );
+        *audit.start.lock().unwrap_or_else(|p| p.into_inner()) = Some(pending);
+        *audit.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(recorder.reserve_now());
+        AuditLayer {
+            audit: Some(Arc::new(audit)),
+        }
+    }
+
+    /// A layer that records nothing (no `[audit]` configured): commands and replies pass
+    /// through at no cost beyond a branch.
+    pub fn disabled() -> Self {
+        AuditLayer { audit: None }
+    }
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+    fn layer(&self, inner: S) -> Audit<S> {
+        Audit {
+            inner,
+            audit: self.audit.clone(),
+        }
+    }
+}
+
+/// The service [`AuditLayer`] builds.
+#[derive(Debug, Clone)]
+pub struct Audit<S> {
+    inner: S,
+    audit: Option<Arc<SessionAudit>>,
+}
+
+type Boxed<B> = Pin<Box<dyn Future<Output = Result<Response<AuditBody<B>>, Error>> + Send>>;
+
+pin_project! {
+    /// [`Audit`]'s future: the inner call's future directly, or — when the command must
+    /// first be recorded (write-ahead) — a boxed wait-then-call.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Direct {
+            #[pin]
+            fut: F,
+            watch: Option<Watch>,
+        },
+        WriteAhead {
+            fut: Boxed<B>,
+        },
+    }
+}
+
+impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, Error>>,
+{
+    type Output = Result<Response<AuditBody<B>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Direct { fut, watch } => {
+                let result = std::task::ready!(fut.poll(cx));
+                let watch = watch.take().unwrap_or(Watch::Nothing);
+                Poll::Ready(finish_call(result, watch))
+            }
+            StateProj::WriteAhead { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    fn direct(fut: F, watch: Watch) -> Self {
+        ResponseFuture {
+            state: State::Direct {
+                fut,
+                watch: Some(watch),
+            },
+        }
+    }
+}
+
+impl<S, C, B> Service<Request<C>> for Audit<S>
+where
+    S: Service<Request<C>, Response = Response<B>, Error = Error> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    C: CommandView + Send + 'static,
+    B: ReplyBody + Send + 'static,
+    B::Event: EventView,
+{
+    type Response = Response<AuditBody<B>>;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<C>) -> Self::Future {
+        let Some(audit) = self.audit.clone() else {
+            return ResponseFuture::direct(self.inner.call(req), Watch::Nothing);
+        };
+        match req.command.kind() {
+            CommandKind::SessionEvents => {
+                return ResponseFuture::direct(self.inner.call(req), Watch::Events(audit));
+            }
+            // Not a command: the session's end record covers it.
+            CommandKind::Terminate => {
+                return ResponseFuture::direct(self.inner.call(req), Watch::Nothing);
+            }
+            _ => {}
+        }
+        let number = audit.commands.fetch_add(1, Ordering::Relaxed) + 1;
+        // Numbered when sent (below), so a session's records appear in `sseq` order.
+        let mut command = Command::of(audit.session_ref(0), number, &req.command);
+        let recorder = audit.recorder.clone();
+        let mut outcome = OutcomeRecorder {
+            audit: audit.clone(),
+            number,
+            started: Instant::now(),
+            places: Some(recorder.reserve_now()),
+            sent: false,
+            rows: 0,
+            row_events: 0,
+            bytes: 0,
+            tag: None,
+            error: None,
+            cancelled: false,
+            decisions: Vec::new(),
+        };
+        if !recorder.write_ahead() {
+            outcome.sent = true;
+            command.session.sseq = audit.next_sseq();
+            recorder.send(Reserved::default(), AuditEvent::Command(command), false);
+            return ResponseFuture::direct(self.inner.call(req), Watch::Command(outcome));
+        }
+        // Write-ahead: the command goes in only once it is recorded. Take the ready inner
+        // service and leave a clone behind (tower's "be careful when cloning" rule).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let fut: Boxed<B> = Box::pin(async move {
+            let start = audit.start.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let mut written = match start {
+                Some(pending) => recorder.confirm(pending).await,
+                None => Ok(()),
+            };
+            let mut event = Some(command);
+            if written.is_ok() {
+                let mut places = Reserved::default();
+                written = recorder.fill(&mut places).await;
+                if written.is_ok() {
+                    // The outcome's places too, so that its record cannot be lost to a full
+                    // queue once the command ran.
+                    if let Some(outcome_places) = outcome.places.as_mut() {
+                        written = recorder.fill(outcome_places).await;
+                    }
+                }
+                if let (Ok(()), Some(mut command)) = (&written, event.take()) {
+                    outcome.sent = true;
+                    command.session.sseq = audit.next_sseq();
+                    let pending = recorder.send(places, AuditEvent::Command(command), true);
+                    written = recorder.confirm(pending).await;
+                }
+            }
+            if let Err(reason) = written {
+                // Nothing ran. Record the command (without waiting) so that the trail shows
+                // it was refused, if the sink recovers in time to take it.
+                if let Some(mut command) = event.take() {
+                    command.session.sseq = audit.next_sseq();
+                    recorder.send(Reserved::default(), AuditEvent::Command(command), false);
+                    outcome.sent = true;
+                }
+                let refusal = Refusal::AuditUnavailable { reason };
+                let error: Error = Box::new(refusal);
+                outcome.refused(&error);
+                return Err(error);
+            }
+            if let Err(e) = std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+                outcome.refused(&e);
+                return Err(e);
+            }
+            finish_call(inner.call(req).await, Watch::Command(outcome))
+        });
+        ResponseFuture {
+            state: State::WriteAhead { fut },
+        }
+    }
+}
+
+fn finish_call<B>(
+    result: Result<Response<B>, Error>,
+    mut watch: Watch,
+) -> Result<Response<AuditBody<B>>, Error> {
+    match result {
+        Ok(response) => {
+            if let Watch::Command(outcome) = &mut watch {
+                outcome.decisions.extend(
+                    Decisions::of(&response.extensions)
+                        .iter()
+                        .map(DecisionRecord::from),
+                );
+            }
+            Ok(response.map_body(|body| AuditBody::new(body, watch)))
+        }
+        Err(e) => {
+            if let Watch::Command(outcome) = &mut watch {
+                outcome.refused(&e);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Everything needed to record a command's outcome; records it exactly once — when told,
+/// or when dropped (as abandoned).
+#[derive(Debug)]
+struct OutcomeRecorder {
+    audit: Arc<SessionAudit>,
+    number: u64,
+    started: Instant,
+    /// `None` once the outcome was recorded.
+    places: Option<Reserved>,
+    /// Whether the command record was sent (no outcome without a command).
+    sent: bool,
+    rows: u64,
+    row_events: u64,
+    bytes: u64,
+    tag: Option<String>,
+    error: Option<ErrorRecord>,
+    cancelled: bool,
+    decisions: Vec<DecisionRecord>,
+}
+
+impl OutcomeRecorder {
+    fn observe(&mut self, kind: EventKind<'_>, len: usize) {
+        self.bytes += len as u64;
+        match kind {
+            EventKind::Row => self.row_events += 1,
+            EventKind::Complete { tag, rows } => {
+                self.rows += rows.unwrap_or(0);
+                if self.audit.recorder.record_results() {
+                    self.tag = Some(tag.to_owned());
+                }
+            }
+            EventKind::Error { code, message, .. } if self.error.is_none() => {
+                self.cancelled = code == "57014";
+                self.error = Some(ErrorRecord {
+                    code: code.to_owned(),
+                    message: message.to_owned(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn record(&mut self, status: Status) {
+        let Some(places) = self.places.take() else {
+            return;
+        };
+        if !self.sent {
+            return;
+        }
+        let results = self.audit.recorder.record_results();
+        let event = AuditEvent::Outcome(Outcome {
+            session: self.audit.next_ref(),
+            command: self.number,
+            status,
+            rows: if results {
+                self.rows.max(self.row_events)
+            } else {
+                0
+            },
+            bytes: if results { self.bytes } else { 0 },
+            duration_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            tag: self.tag.take(),
+            error: self.error.take(),
+            decisions: std::mem::take(&mut self.decisions),
+            masking: None,
+        });
+        self.audit.recorder.send(places, event, false);
+    }
+
+    /// The command never got a reply: a layer refused it or the gateway failed.
+    fn refused(&mut self, error: &Error) {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+        let mut refusal = None;
+        while let Some(err) = cause {
+            if let Some(r) = err.downcast_ref::<Refusal>() {
+                refusal = Some(r);
+                break;
+            }
+            cause = err.source();
+        }
+        let rescue = rescue(error);
+        self.error = Some(ErrorRecord {
+            code: format!("{:?}", rescue.kind),
+            message: rescue.message.into_owned(),
+        });
+        let status = match refusal {
+            Some(Refusal::Cancelled) => Status::Cancelled,
+            Some(r) => {
+                if let Some(d) = DecisionRecord::of_refusal(r) {
+                    self.decisions.push(d);
+                }
+                Status::Refused
+            }
+            None => Status::Failed,
+        };
+        self.record(status);
+    }
+
+    fn ended(&mut self) {
+        let status = match (&self.error, self.cancelled) {
+            (_, true) => Status::Cancelled,
+            (Some(_), false) => Status::Error,
+            (None, false) => Status::Ok,
+        };
+        self.record(status);
+    }
+}
+
+impl Drop for OutcomeRecorder {
+    fn drop(&mut self) {
+        self.record(Status::Abandoned);
+    }
+}
+
+/// What an [`AuditBody`] watches.
+#[derive(Debug)]
+enum Watch {
+    /// A command's reply: counts, then its outcome.
+    Command(OutcomeRecorder),
+    /// The session's event stream.
+    Events(Arc<SessionAudit>),
+    /// Nothing to record.
+    Nothing,
+}
+
+pin_project! {
+    /// The reply body of an audited command: passes every event through unchanged and
+    /// records the outcome at its end, on error, or when dropped.
+    #[derive(Debug)]
+    pub struct AuditBody<B> {
+        #[pin]
+        inner: B,
+        watch: Watch,
+    }
+}
+
+impl<B> AuditBody<B> {
+    fn new(inner: B, watch: Watch) -> Self {
+        AuditBody { inner, watch }
+    }
+}
+
+impl<B> ReplyBody for AuditBody<B>
+where
+    B: ReplyBody,
+    B::Event: EventView,
+{
+    type Event = B::Event;
+
+    fn poll_event(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<B::Event, Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_event(cx);
+        match (&polled, this.watch) {
+            (Poll::Ready(Some(Ok(event))), Watch::Command(outcome)) => {
+                outcome.observe(event.view(), event.wire_len());
+            }
+            (Poll::Ready(Some(Ok(event))), Watch::Events(audit)) => {
+                record_session_event(audit, event.view());
+            }
+            (Poll::Ready(None), Watch::Command(outcome)) => outcome.ended(),
+            (Poll::Ready(Some(Err(e))), Watch::Command(outcome)) => {
+                outcome.error.get_or_insert_with(|| ErrorRecord {
+                    code: String::new(),
+                    message: e.to_string(),
+                });
+                outcome.record(Status::Failed);
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+fn record_session_event(audit: &SessionAudit, kind: EventKind<'_>) {
+    let (event, code, message, name) = match kind {
+        EventKind::Notification { channel, payload } => {
+            ("notification", None, Some(payload), Some(channel))
+        }
+        EventKind::Notice { code, message } => ("notice", Some(code), Some(message), None),
+        EventKind::Parameter { name, value } => ("parameter", None, Some(value), Some(name)),
+        EventKind::Error { code, message, .. } => ("error", Some(code), Some(message), None),
+        _ => return,
+    };
+    audit.recorder.emit(AuditEvent::SessionEvent(SessionEvent {
+        session: audit.next_ref(),
+        event: event.to_owned(),
+        code: code.map(str::to_owned),
+        message: message.map(str::to_owned),
+        name: name.map(str::to_owned),
+    }));
+}

@@ -1,0 +1,557 @@
+//! The [`Recorder`]: one bounded queue and one writer thread per sink, write-ahead
+//! acknowledgements, and gap accounting.
+//!
+//! Every sink runs on its own thread (a current-thread tokio runtime), so a sink that does
+//! blocking file I/O or stalls never holds up a session thread: the data path only puts
+//! records in the sink's queue and, for write-ahead, waits for the acknowledgement — never
+//! longer than the sink's `timeout`.
+//!
+//! A record that cannot be queued (full queue) or written (the sink failed) is counted; the
+//! next batch the sink writes successfully starts with a [`Gap`] record saying how many were
+//! lost and since when. Nothing is lost silently.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use portcullis_core::{ConnectionEvent, ConnectionObserver, Error};
+use tokio::sync::{mpsc, oneshot};
+use tower_service::Service;
+use tracing::{error, info, warn};
+
+use crate::chain::rfc3339;
+use crate::event::{AuditEvent, Connection, Gap};
+
+/// Most records a sink gets in one batch.
+const MAX_BATCH: usize = 512;
+
+/// One event with the time it was made.
+#[derive(Debug, Clone)]
+pub struct Stamped {
+    /// When the event happened.
+    pub at: SystemTime,
+    /// The event.
+    pub event: Arc<AuditEvent>,
+}
+
+/// What a sink should do besides writing the batch's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Flush {
+    /// Nothing special.
+    None,
+    /// A periodic tick (about once a second, also when idle): time to sync to disk or write
+    /// a checkpoint if the sink's interval has passed.
+    Tick,
+    /// The recorder is closing: seal the trail (final checkpoint) and sync.
+    Shutdown,
+}
+
+/// What a sink service is called with: records in the order they were made.
+#[derive(Debug, Clone)]
+pub struct AuditBatch {
+    /// The records.
+    pub records: Vec<Stamped>,
+    /// What to do after writing them.
+    pub flush: Flush,
+}
+
+/// What the recorder does when a required sink cannot record a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFailure {
+    /// The command is not run; the client gets the audit-failure error (PostgreSQL 58000).
+    #[default]
+    Refuse,
+    /// The command runs; the gap is recorded when the sink recovers.
+    Continue,
+}
+
+/// How the recorder treats one sink.
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    /// A name for logs and gap records (`jsonl:audit/portcullis.jsonl`).
+    pub name: String,
+    /// Whether commands wait for this sink (with [`OnFailure::Refuse`]).
+    pub required: bool,
+    /// The longest a command waits for this sink to accept its record.
+    pub timeout: Duration,
+    /// Records the queue holds before the sink is considered stalled.
+    pub queue: usize,
+}
+
+impl SinkOptions {
+    /// A required sink with a 2 s bound and a queue of 16384 records.
+    pub fn new(name: impl Into<String>) -> Self {
+        SinkOptions {
+            name: name.into(),
+            required: true,
+            timeout: Duration::from_secs(2),
+            queue: 16384,
+        }
+    }
+}
+
+type Ack = oneshot::Sender<Result<(), Arc<str>>>;
+type AckWait = oneshot::Receiver<Result<(), Arc<str>>>;
+
+struct Entry {
+    record: Stamped,
+    ack: Option<Ack>,
+}
+
+/// A type-erased sink service.
+type SinkFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
+trait DynSink: Send {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>>;
+    fn call(&mut self, batch: AuditBatch) -> SinkFuture;
+}
+
+impl<S> DynSink for S
+where
+    S: Service<AuditBatch, Response = (), Error = Error> + Send,
+    S::Future: Send + 'static,
+{
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Service::poll_ready(self, cx)
+    }
+    fn call(&mut self, batch: AuditBatch) -> SinkFuture {
+        Box::pin(Service::call(self, batch))
+    }
+}
+
+/// Records a sink lost, until the next successful write reports them.
+#[derive(Debug, Default)]
+struct Lost {
+    count: u64,
+    since: Option<SystemTime>,
+    reason: String,
+}
+
+#[derive(Debug, Default)]
+struct SinkShared {
+    lost: Mutex<Lost>,
+}
+
+impl SinkShared {
+    fn lose(&self, count: u64, since: SystemTime, reason: &str) {
+        if count == 0 {
+            return;
+        }
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        lost.count += count;
+        if lost.since.is_none_or(|s| since < s) {
+            lost.since = Some(since);
+        }
+        if lost.reason.is_empty() {
+            lost.reason = reason.to_owned();
+        }
+    }
+
+    fn take(&self) -> Option<Lost> {
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        (lost.count > 0).then(|| std::mem::take(&mut *lost))
+    }
+
+    fn total(&self) -> u64 {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).count
+    }
+}
+
+struct SinkHandle {
+    options: SinkOptions,
+    tx: mpsc::Sender<Entry>,
+    shared: Arc<SinkShared>,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    done: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+struct Inner {
+    sinks: Vec<SinkHandle>,
+    on_failure: OnFailure,
+    record_results: bool,
+}
+
+/// The audit recorder: fans events out to the sinks. Cheap to clone; every clone feeds the
+/// same sinks.
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field(
+                "sinks",
+                &self
+                    .inner
+                    .sinks
+                    .iter()
+                    .map(|s| s.options.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("on_failure", &self.inner.on_failure)
+            .finish()
+    }
+}
+
+/// Builds a [`Recorder`].
+pub struct RecorderBuilder {
+    on_failure: OnFailure,
+    record_results: bool,
+    sinks: Vec<(SinkOptions, Box<dyn DynSink>)>,
+}
+
+impl std::fmt::Debug for RecorderBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecorderBuilder")
+            .field("on_failure", &self.on_failure)
+            .field("sinks", &self.sinks.len())
+            .finish()
+    }
+}
+
+impl RecorderBuilder {
+    /// Whether outcomes carry result summaries (rows, bytes, tag); `true` by default.
+    pub fn record_results(mut self, yes: bool) -> Self {
+        self.record_results = yes;
+        self
+    }
+
+    /// Add a sink.
+    pub fn sink<S>(mut self, options: SinkOptions, sink: S) -> Self
+    where
+        S: Service<AuditBatch, Response = (), Error = Error> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        self.sinks.push((options, Box::new(sink)));
+        self
+    }
+
+    /// Start one writer thread per sink.
+    pub fn start(self) -> std::io::Result<Recorder> {
+        let mut sinks = Vec::new();
+        for (options, service) in self.sinks {
+            let (tx, rx) = mpsc::channel(options.queue.max(16));
+            let shared = Arc::new(SinkShared::default());
+            let (stop_tx, stop_rx) = oneshot::channel();
+            let (done_tx, done_rx) = oneshot::channel();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let thread_shared = shared.clone();
+            let name = options.name.clone();
+            std::thread::Builder::new()
+                .name("portcullis-audit".into())
+                .spawn(move || {
+                    runtime.block_on(run_sink(name, service, rx, thread_shared, stop_rx));
+                    let _ = done_tx.send(());
+                })?;
+            sinks.push(SinkHandle {
+                options,
+                tx,
+                shared,
+                stop: Mutex::new(Some(stop_tx)),
+                done: Mutex::new(Some(done_rx)),
+            });
+        }
+        Ok(Recorder {
+            inner: Arc::new(Inner {
+                sinks,
+                on_failure: self.on_failure,
+                record_results: self.record_results,
+            }),
+        })
+    }
+}
+
+/// Queue places reserved in every sink for one record that must not be lost to a full
+/// queue (a command's outcome, a session's end): taken when the command starts, used when
+/// it ends, even from a `Drop`.
+#[derive(Debug, Default)]
+pub(crate) struct Reserved(Vec<Option<mpsc::OwnedPermit<Entry>>>);
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("type", &self.record.event.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Acknowledgements a command waits for (write-ahead).
+#[derive(Debug, Default)]
+pub(crate) struct Pending(Vec<(usize, Option<AckWait>)>);
+
+impl Recorder {
+    /// A recorder with no sinks yet.
+    pub fn builder(on_failure: OnFailure) -> RecorderBuilder {
+        RecorderBuilder {
+            on_failure,
+            record_results: true,
+            sinks: Vec::new(),
+        }
+    }
+
+    /// What happens when a required sink cannot record a command.
+    pub fn on_failure(&self) -> OnFailure {
+        self.inner.on_failure
+    }
+
+    pub(crate) fn record_results(&self) -> bool {
+        self.inner.record_results
+    }
+
+    /// Whether commands must wait for a sink before they run.
+    pub(crate) fn write_ahead(&self) -> bool {
+        self.inner.on_failure == OnFailure::Refuse
+            && self.inner.sinks.iter().any(|s| s.options.required)
+    }
+
+    /// Records lost so far and not yet reported in a gap record, over all sinks.
+    pub fn unreported_losses(&self) -> u64 {
+        self.inner.sinks.iter().map(|s| s.shared.total()).sum()
+    }
+
+    /// Record `event` without waiting; a full queue counts it as lost (reported as a gap).
+    pub fn emit(&self, event: AuditEvent) {
+        let record = Stamped {
+            at: SystemTime::now(),
+            event: Arc::new(event),
+        };
+        for sink in &self.inner.sinks {
+            try_send(sink, record.clone(), None);
+        }
+    }
+
+    /// A [`ConnectionObserver`] that records connection events.
+    pub fn connection_observer(&self) -> ConnectionObserver {
+        let recorder = self.clone();
+        Arc::new(move |event: ConnectionEvent| {
+            recorder.emit(AuditEvent::Connection(Connection::from(&event)));
+        })
+    }
+
+    /// Reserve a place in every sink's queue without waiting (places not available now are
+    /// missing; a record sent through a missing place is counted as lost if the queue is
+    /// still full then).
+    pub(crate) fn reserve_now(&self) -> Reserved {
+        Reserved(
+            self.inner
+                .sinks
+                .iter()
+                .map(|s| s.tx.clone().try_reserve_owned().ok())
+                .collect(),
+        )
+    }
+
+    /// Fill the places `reserved` misses in required sinks, waiting at most each sink's
+    /// bound. `Err` names a sink that had no room in time.
+    pub(crate) async fn fill(&self, reserved: &mut Reserved) -> Result<(), String> {
+        reserved.0.resize_with(self.inner.sinks.len(), || None);
+        for (sink, slot) in self.inner.sinks.iter().zip(reserved.0.iter_mut()) {
+            if slot.is_some() || !sink.options.required {
+                continue;
+            }
+            match tokio::time::timeout(sink.options.timeout, sink.tx.clone().reserve_owned()).await
+            {
+                Ok(Ok(permit)) => *slot = Some(permit),
+                Ok(Err(_)) => return Err(format!("audit sink {} is closed", sink.options.name)),
+                Err(_) => {
+                    return Err(format!(
+                        "audit sink {} accepted nothing for {:?} (stalled)",
+                        sink.options.name, sink.options.timeout
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Send `event` through `reserved` places (falling back to the queue where one is
+    /// missing). With `ack`, returns what to wait for before the event counts as recorded.
+    pub(crate) fn send(&self, reserved: Reserved, event: AuditEvent, ack: bool) -> Pending {
+        let record = Stamped {
+            at: SystemTime::now(),
+            event: Arc::new(event),
+        };
+        let mut pending = Pending::default();
+        let mut places = reserved.0.into_iter();
+        for (i, sink) in self.inner.sinks.iter().enumerate() {
+            let wait = ack && sink.options.required;
+            let (ack_tx, ack_rx) = if wait {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
+            let entry = Entry {
+                record: record.clone(),
+                ack: ack_tx,
+            };
+            let queued = match places.next().flatten() {
+                Some(permit) => {
+                    permit.send(entry);
+                    true
+                }
+                None => try_send(sink, entry.record, entry.ack),
+            };
+            if wait {
+                pending.0.push((i, if queued { ack_rx } else { None }));
+            }
+        }
+        pending
+    }
+
+    /// Wait until every sink in `pending` wrote its record, at most each sink's bound.
+    pub(crate) async fn confirm(&self, pending: Pending) -> Result<(), String> {
+        for (i, rx) in pending.0 {
+            let Some(sink) = self.inner.sinks.get(i) else {
+                continue;
+            };
+            let name = &sink.options.name;
+            let Some(rx) = rx else {
+                return Err(format!("audit sink {name} is full (stalled)"));
+            };
+            match tokio::time::timeout(sink.options.timeout, rx).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(reason))) => return Err(format!("audit sink {name} failed: {reason}")),
+                Ok(Err(_)) => return Err(format!("audit sink {name} is closed")),
+                Err(_) => {
+                    return Err(format!(
+                        "audit sink {name} did not confirm within {:?} (stalled)",
+                        sink.options.timeout
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush and seal every sink (final checkpoint), then stop the writer threads. Waits at
+    /// most `deadline`. Records emitted afterwards are lost (and logged).
+    pub async fn close(&self, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        for sink in &self.inner.sinks {
+            if let Some(stop) = sink.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = stop.send(());
+            }
+        }
+        for sink in &self.inner.sinks {
+            let done = sink.done.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(done) = done
+                && tokio::time::timeout_at(until.into(), done).await.is_err()
+            {
+                error!(target: "portcullis::audit", sink = %sink.options.name, "the audit sink did not finish in time; its tail may be unsealed");
+            }
+        }
+    }
+}
+
+fn try_send(sink: &SinkHandle, record: Stamped, ack: Option<Ack>) -> bool {
+    let at = record.at;
+    match sink.tx.try_send(Entry { record, ack }) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            sink.shared
+                .lose(1, at, "the sink's queue was full (stalled sink)");
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            sink.shared.lose(1, at, "the sink was closed");
+            false
+        }
+    }
+}
+
+async fn run_sink(
+    name: String,
+    mut sink: Box<dyn DynSink>,
+    mut rx: mpsc::Receiver<Entry>,
+    shared: Arc<SinkShared>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut buf = Vec::with_capacity(MAX_BATCH);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        let flush = tokio::select! {
+            n = rx.recv_many(&mut buf, MAX_BATCH) => if n == 0 { Flush::Shutdown } else { Flush::None },
+            _ = tick.tick() => Flush::Tick,
+            _ = &mut stop => {
+                rx.close();
+                while let Ok(entry) = rx.try_recv() {
+                    buf.push(entry);
+                }
+                Flush::Shutdown
+            }
+        };
+        let mut records = Vec::with_capacity(buf.len() + 1);
+        let gap = shared.take();
+        if let Some(lost) = &gap {
+            let at = SystemTime::now();
+            records.push(Stamped {
+                at,
+                event: Arc::new(AuditEvent::Gap(Gap {
+                    lost: lost.count,
+                    since: rfc3339(lost.since.unwrap_or(at)),
+                    reason: lost.reason.clone(),
+                })),
+            });
+        }
+        let mut acks = Vec::new();
+        let first = buf.first().map(|e| e.record.at);
+        let count = buf.len() as u64;
+        for entry in buf.drain(..) {
+            records.push(entry.record);
+            if let Some(ack) = entry.ack {
+                acks.push(ack);
+            }
+        }
+        let batch = AuditBatch { records, flush };
+        let result = match std::future::poll_fn(|cx| sink.poll_ready(cx)).await {
+            Ok(()) => sink.call(batch).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                if failing {
+                    info!(target: "portcullis::audit", sink = %name, "audit sink recovered");
+                    failing = false;
+                }
+                for ack in acks {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                let reason: Arc<str> = Arc::from(e.to_string());
+                if !failing {
+                    error!(target: "portcullis::audit", sink = %name, error = %e, "audit sink failed; records are being lost");
+                    failing = true;
+                }
+                if let Some(lost) = gap {
+                    shared.lose(
+                        lost.count,
+                        lost.since.unwrap_or_else(SystemTime::now),
+                        &lost.reason,
+                    );
+                }
+                shared.lose(count, first.unwrap_or_else(SystemTime::now), &reason);
+                for ack in acks {
+                    let _ = ack.send(Err(reason.clone()));
+                }
+            }
+        }
+        if flush == Flush::Shutdown {
+            let lost = shared.total();
+            if lost > 0 {
+                warn!(target: "portcullis::audit", sink = %name, lost, "audit sink closed with records it could not write");
+            }
+            return;
+        }
+    }
+}

@@ -1,0 +1,584 @@
+//! The audit layer and sinks with a real PostgreSQL, a real client (tokio-postgres) and the
+//! real protocol server: write-ahead refusal, gaps, the PostgreSQL sink, rotation, crashes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use portcullis_audit::event::Gap;
+use portcullis_audit::{
+    AuditBatch, AuditEvent, AuditLayer, JsonlOptions, JsonlSink, Location, OnFailure,
+    PostgresOptions, PostgresSink, Recorder, ShowOptions, SigningKey, SinkOptions, VerifyOptions,
+    show, trail_files, verify_files, verify_records,
+};
+use portcullis_core::{Error, NewLayered, Session};
+use portcullis_identity::{StaticTokens, TokenEntry, hash_token};
+use portcullis_postgres::{ServePg, ServePgConfig, UpstreamConfig};
+use portcullis_testkit::PgCluster;
+use tokio::net::TcpListener;
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+use tower_layer::Layer;
+use tower_service::Service;
+
+const TOKEN: &str = "audit-test-token";
+
+async fn cluster() -> PgCluster {
+    tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .unwrap()
+        .expect("PostgreSQL is needed for these tests")
+}
+
+/// A protocol server for `cluster` whose sessions are audited by `recorder`.
+async fn serve(cluster: &PgCluster, recorder: &Recorder) -> SocketAddr {
+    let upstream = UpstreamConfig::new(
+        cluster.host(),
+        cluster.port(),
+        cluster.user(),
+        cluster.password(),
+    );
+    let mut config = ServePgConfig::new("audited", upstream);
+    config.allow_plaintext_tokens_on_loopback = true;
+    let tokens = StaticTokens::new(vec![
+        TokenEntry::new("alice", &hash_token(TOKEN), vec!["analysts".into()]).unwrap(),
+    ]);
+    let layer_recorder = recorder.clone();
+    let stack =
+        NewLayered::new(move |session: &Arc<Session>| AuditLayer::new(&layer_recorder, session));
+    let server = ServePg::new(config, tokens, stack)
+        .with_connection_observer(recorder.connection_observer());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, peer)) = listener.accept().await {
+            tokio::spawn(server.serve_connection(tcp, peer));
+        }
+    });
+    addr
+}
+
+async fn connect(addr: SocketAddr) -> tokio_postgres::Client {
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=alice password={TOKEN} dbname=app",
+        addr.port()
+    );
+    let (client, connection) = tokio_postgres::connect(&conninfo, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+fn count_rows(cluster: &PgCluster, table: &str) -> String {
+    let out = cluster
+        .psql("app")
+        .args(["-At", "-c", &format!("select count(*) from {table}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Wait until the trail file holds `records` records (the writer caught up).
+async fn wait_written(path: &std::path::Path, records: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < records
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn shown(path: &std::path::Path) -> String {
+    let mut out = Vec::new();
+    show(
+        &trail_files(path).unwrap(),
+        &ShowOptions::default(),
+        &mut out,
+    )
+    .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// A sink that works, fails, or stalls, as the test says.
+#[derive(Clone)]
+struct Switch(Arc<AtomicU8>);
+
+const WORK: u8 = 0;
+const FAIL: u8 = 1;
+const STALL: u8 = 2;
+
+impl Switch {
+    fn set(&self, mode: u8) {
+        self.0.store(mode, Ordering::SeqCst);
+    }
+}
+
+struct Switched {
+    mode: Switch,
+    inner: Arc<Mutex<JsonlSink>>,
+}
+
+impl Service<AuditBatch> for Switched {
+    type Response = ();
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, batch: AuditBatch) -> Self::Future {
+        let (mode, inner) = (self.mode.0.clone(), self.inner.clone());
+        Box::pin(async move {
+            while mode.load(Ordering::SeqCst) == STALL {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if mode.load(Ordering::SeqCst) == FAIL {
+                return Err("the disk is on fire".into());
+            }
+            let fut = inner.lock().unwrap().call(batch);
+            fut.await
+        })
+    }
+}
+
+fn switched_recorder(path: &std::path::Path, on_failure: OnFailure) -> (Recorder, Switch) {
+    let switch = Switch(Arc::new(AtomicU8::new(WORK)));
+    let sink = Switched {
+        mode: switch.clone(),
+        inner: Arc::new(Mutex::new(
+            JsonlSink::open(JsonlOptions::new(path)).unwrap(),
+        )),
+    };
+    let mut options = SinkOptions::new("switched");
+    options.timeout = Duration::from_millis(300);
+    let recorder = Recorder::builder(on_failure)
+        .sink(options, sink)
+        .start()
+        .unwrap();
+    (recorder, switch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuse_stops_commands_with_58000_and_continue_records_the_gap() {
+    let cluster = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // on_failure = refuse: nothing runs unless it was recorded first.
+    let path = dir.path().join("refuse.jsonl");
+    let (recorder, switch) = switched_recorder(&path, OnFailure::Refuse);
+    let addr = serve(&cluster, &recorder).await;
+    let client = connect(addr).await;
+    client
+        .batch_execute("create table refused (x int4)")
+        .await
+        .unwrap();
+    // trail_start, session_start, command, outcome: then the failure hits only what follows.
+    wait_written(&path, 4).await;
+    switch.set(FAIL);
+    let err = client
+        .batch_execute("insert into refused values (1)")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::SYSTEM_ERROR), "{err}");
+    let message = err.as_db_error().unwrap().message().to_owned();
+    assert!(
+        message.contains("the audit trail could not record this command, so it was not run"),
+        "{message}"
+    );
+    assert!(message.contains("the disk is on fire"), "{message}");
+    switch.set(STALL);
+    let started = std::time::Instant::now();
+    let err = client
+        .batch_execute("insert into refused values (2)")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::SYSTEM_ERROR), "{err}");
+    assert!(
+        err.as_db_error().unwrap().message().contains("stalled"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        count_rows(&cluster, "refused"),
+        "0",
+        "a refused command reached the database"
+    );
+    switch.set(WORK);
+    client
+        .batch_execute("insert into refused values (3)")
+        .await
+        .unwrap();
+    assert_eq!(count_rows(&cluster, "refused"), "1");
+    drop(client);
+    recorder.close(Duration::from_secs(5)).await;
+    let report = verify_files(&trail_files(&path).unwrap(), &VerifyOptions::default()).unwrap();
+    assert!(report.intact(), "{:?}", report.problem);
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("record(s) lost since")),
+        "{:?}",
+        report.warnings
+    );
+    let text = shown(&path);
+    // The failed command's record is lost (its refused outcome too, unless it reached the
+    // writer after the failure cleared): the gap says so.
+    assert!(
+        text.contains("records lost since") && text.contains("(the disk is on fire)"),
+        "{text}"
+    );
+    // The stalled command was recorded once the sink moved again, with why it did not run.
+    assert!(text.contains("> insert into refused values (2)"), "{text}");
+    assert!(text.contains("→ REFUSED"), "{text}");
+    assert!(text.contains("decision: audit unrecorded"), "{text}");
+    assert!(text.contains("> insert into refused values (3)"), "{text}");
+    assert!(!text.contains("> insert into refused values (1)"), "{text}");
+
+    // on_failure = continue: commands run; the trail says what it missed.
+    let path = dir.path().join("continue.jsonl");
+    let (recorder, switch) = switched_recorder(&path, OnFailure::Continue);
+    let addr = serve(&cluster, &recorder).await;
+    let client = connect(addr).await;
+    client
+        .batch_execute("create table continued (x int4)")
+        .await
+        .unwrap();
+    wait_written(&path, 4).await;
+    switch.set(FAIL);
+    client
+        .batch_execute("insert into continued values (1)")
+        .await
+        .unwrap();
+    // The writer met the failure with both of the insert's records.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while recorder.unreported_losses() < 2 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    switch.set(WORK);
+    client.batch_execute("select 1").await.unwrap();
+    assert_eq!(count_rows(&cluster, "continued"), "1");
+    drop(client);
+    recorder.close(Duration::from_secs(5)).await;
+    let report = verify_files(&trail_files(&path).unwrap(), &VerifyOptions::default()).unwrap();
+    assert!(report.intact(), "{:?}", report.problem);
+    let text = shown(&path);
+    assert!(text.contains("GAP: 2 records lost"), "{text}");
+    assert!(text.contains("the disk is on fire"), "{text}");
+    assert!(text.contains("> select 1"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_round_trip_and_restart() {
+    let cluster = cluster().await;
+    let (key, _) = SigningKey::generate().unwrap();
+    let key = Arc::new(key);
+    let public = key.public_hex().to_owned();
+    let sink = || {
+        let mut o = PostgresOptions::new(cluster.config_string("postgres"));
+        o.table = "audit.trail".into();
+        o.key = Some(key.clone());
+        PostgresSink::new(o).unwrap()
+    };
+    let status = cluster
+        .psql("postgres")
+        .args(["-c", "create schema audit"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        PostgresSink::new(PostgresOptions {
+            table: "x; drop table y".into(),
+            ..PostgresOptions::new("postgres://x")
+        })
+        .is_err()
+    );
+
+    for run in 0..2 {
+        let recorder = Recorder::builder(OnFailure::Refuse)
+            .sink(SinkOptions::new("postgres"), sink())
+            .start()
+            .unwrap();
+        let addr = serve(&cluster, &recorder).await;
+        let client = connect(addr).await;
+        client
+            .query("select $1::text", &[&format!("run {run}")])
+            .await
+            .unwrap();
+        drop(client);
+        // A refused login is recorded too.
+        let bad = format!(
+            "host=127.0.0.1 port={} user=mallory password=nope dbname=app",
+            addr.port()
+        );
+        assert!(tokio_postgres::connect(&bad, NoTls).await.is_err());
+        recorder.close(Duration::from_secs(5)).await;
+    }
+
+    let (client, connection) = tokio_postgres::connect(&cluster.config_string("postgres"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let lines: Vec<(i64, String)> = client
+        .query("select seq, line from audit.trail order by seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(lines[0].0, 0);
+    assert!(
+        lines.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "seq has holes"
+    );
+    let report = verify_records(
+        lines.iter().map(|(seq, line)| {
+            (
+                Location {
+                    file: "audit.trail".into(),
+                    line: *seq as u64 + 1,
+                },
+                line.clone().into_bytes(),
+            )
+        }),
+        &VerifyOptions {
+            key: Some(public),
+            ..VerifyOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(report.intact(), "{:?}", report.problem);
+    assert!(report.sealed);
+    assert_eq!(report.sessions, 2);
+    assert_eq!(report.connections, 2);
+    // Queryable with SQL: who ran what.
+    let rows = client
+        .query(
+            "select record->>'identity', record->'statements'->0->>'text',
+                    convert_from(decode(record->'params'->0->>'binary', 'hex'), 'utf8')
+             from audit.trail where type = 'command' and record->'statements'->0->>'executes' = 'true'
+             order by seq",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("alice".into(), "select $1::text".into(), "run 0".into()),
+            ("alice".into(), "select $1::text".into(), "run 1".into()),
+        ]
+    );
+    let restarts: i64 = client
+        .query_one(
+            "select count(*) from audit.trail where type = 'trail_start' and record->>'reason' = 'restart' and record->>'previous_sealed' = 'true'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(restarts, 1);
+}
+
+fn gap(n: u64) -> AuditEvent {
+    AuditEvent::Gap(Gap {
+        lost: 0,
+        since: format!("filler {n}"),
+        reason: "x".repeat(200),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_restarts_and_crash_remnants_keep_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rot.jsonl");
+    let (key, _) = SigningKey::generate().unwrap();
+    let key = Arc::new(key);
+    let start = |path: &std::path::Path| {
+        let mut o = JsonlOptions::new(path);
+        o.rotate_bytes = Some(4096);
+        o.key = Some(key.clone());
+        Recorder::builder(OnFailure::Refuse)
+            .sink(SinkOptions::new("jsonl"), JsonlSink::open(o).unwrap())
+            .start()
+            .unwrap()
+    };
+    let recorder = start(&path);
+    for n in 0..100 {
+        recorder.emit(gap(n));
+    }
+    recorder.close(Duration::from_secs(5)).await;
+    let files = trail_files(&path).unwrap();
+    assert!(files.len() > 3, "{files:?}");
+    assert!(files[0].ends_with("rot.000001.jsonl"), "{files:?}");
+    let options = VerifyOptions {
+        key: Some(key.public_hex().to_owned()),
+        ..VerifyOptions::default()
+    };
+    let report = verify_files(&files, &options).unwrap();
+    assert!(report.intact(), "{:?}", report.problem);
+    assert_eq!(report.seq.unwrap().0, 0);
+    // A segment alone starts mid-chain: said, not failed.
+    let report = verify_files(
+        &files[1..2],
+        &VerifyOptions {
+            live: true,
+            ..options.clone()
+        },
+    )
+    .unwrap();
+    assert!(report.intact(), "{:?}", report.problem);
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("earlier records not given"))
+    );
+    // Segments out of order are not one chain.
+    let swapped = vec![files[1].clone(), files[0].clone()];
+    let report = verify_files(&swapped, &options).unwrap();
+    assert!(!report.intact());
+
+    // A crash in the middle of a record: the next writer closes the line and declares it.
+    use std::io::Write as _;
+    let mut live = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    live.write_all(b"{\"v\":1,\"seq\":99999,\"ts\":\"cut")
+        .unwrap();
+    drop(live);
+    let report = verify_files(&trail_files(&path).unwrap(), &options).unwrap();
+    assert!(report.problem.unwrap().message.contains("cut off"));
+    let recorder = start(&path);
+    recorder.emit(gap(1000));
+    recorder.close(Duration::from_secs(5)).await;
+    let report = verify_files(&trail_files(&path).unwrap(), &options).unwrap();
+    assert!(report.intact(), "{:?}", report.problem);
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("cut off by a crash")),
+        "{:?}",
+        report.warnings
+    );
+    let text = shown(&path);
+    assert!(
+        text.contains("bytes of a record cut off by a crash discarded"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_reply_still_gets_exactly_one_outcome() {
+    use portcullis_core::{
+        CommandKind, CommandView, EventKind, EventView, Identity, Protocol, ReplyBody, Request,
+        Response, SessionId, Statement,
+    };
+
+    struct Sql;
+    impl CommandView for Sql {
+        fn kind(&self) -> CommandKind {
+            CommandKind::Statements
+        }
+        fn statements(&self) -> Vec<Statement<'_>> {
+            vec![Statement::text("select * from endless")]
+        }
+    }
+    struct Row;
+    impl EventView for Row {
+        fn view(&self) -> EventKind<'_> {
+            EventKind::Row
+        }
+        fn wire_len(&self) -> usize {
+            10
+        }
+    }
+    /// A reply that never ends.
+    struct Endless;
+    impl ReplyBody for Endless {
+        type Event = Row;
+        fn poll_event(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Row, Error>>> {
+            Poll::Ready(Some(Ok(Row)))
+        }
+    }
+    #[derive(Clone)]
+    struct Upstream;
+    impl Service<Request<Sql>> for Upstream {
+        type Response = Response<Endless>;
+        type Error = Error;
+        type Future = std::future::Ready<Result<Response<Endless>, Error>>;
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _req: Request<Sql>) -> Self::Future {
+            std::future::ready(Ok(Response::new(Endless)))
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("drop.jsonl");
+    let recorder = Recorder::builder(OnFailure::Refuse)
+        .sink(
+            SinkOptions::new("jsonl"),
+            JsonlSink::open(JsonlOptions::new(&path)).unwrap(),
+        )
+        .start()
+        .unwrap();
+    let session = Arc::new(Session::new(
+        SessionId(7),
+        Protocol::Postgres,
+        "unit",
+        "127.0.0.1:1".parse().unwrap(),
+        Identity::new("alice", vec![], portcullis_core::AuthMethod::StaticToken),
+    ));
+    let mut service = AuditLayer::new(&recorder, &session).layer(Upstream);
+    std::future::poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .unwrap();
+    let response = service
+        .call(Request::new(session.clone(), Sql))
+        .await
+        .unwrap();
+    let mut body = Box::pin(response.body);
+    for _ in 0..3 {
+        std::future::poll_fn(|cx| body.as_mut().poll_event(cx))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    drop(body);
+    drop(service);
+    drop(session);
+    recorder.close(Duration::from_secs(5)).await;
+    let text = shown(&path);
+    assert_eq!(
+        text.matches("→ abandoned · 3 rows · 30 bytes").count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("session end after 1 commands"), "{text}");
+    let report = verify_files(&trail_files(&path).unwrap(), &VerifyOptions::default()).unwrap();
+    assert!(report.intact(), "{:?}", report.problem);
+}
