@@ -4,9 +4,8 @@
 //! is dropped, with the reason the protocol server gave). Per command it records the command
 //! before it goes further in — with [`OnFailure::Refuse`](crate::OnFailure::Refuse) the
 //! command waits until every required sink wrote it, and is refused if one cannot — and
-//! exactly one outcome, whether the reply ends, fails, is refused or is dropped: the
-//! outcome's place in every sink's queue is reserved when the command starts, because a drop
-//! cannot wait for room. The session's event stream (notifications, notices, parameter
+//! exactly one outcome, whether the reply ends, fails, is refused or is dropped: an outcome
+//! (like a session's end) is always queued, even from a `Drop`, which cannot wait for room. The session's event stream (notifications, notices, parameter
 //! changes, a fatal error) is recorded as it passes.
 
 use std::future::Future;
@@ -28,7 +27,7 @@ use crate::event::{
     AuditEvent, Command, DecisionRecord, ErrorRecord, Outcome, SessionEnd, SessionEvent,
     SessionRef, SessionStart, Status,
 };
-use crate::recorder::{Pending, Recorder, Reserved};
+use crate::recorder::{Bound, Pending, Recorder};
 
 /// The audit state of one session, shared by its layer, service and reply bodies. Dropping
 /// the last of them records the session's end.
@@ -43,8 +42,6 @@ struct SessionAudit {
     commands: AtomicU64,
     /// The start record's acknowledgement, which the first command waits for.
     start: Mutex<Option<Pending>>,
-    /// The end record's places, reserved at the start.
-    end: Mutex<Option<Reserved>>,
 }
 
 impl SessionAudit {
@@ -69,12 +66,6 @@ impl SessionAudit {
 
 impl Drop for SessionAudit {
     fn drop(&mut self) {
-        let reserved = self
-            .end
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .unwrap_or_default();
         let event = AuditEvent::SessionEnd(SessionEnd {
             session: self.next_ref(),
             reason: self
@@ -84,7 +75,7 @@ impl Drop for SessionAudit {
                 .to_owned(),
             commands: self.commands.load(Ordering::Relaxed),
         });
-        self.recorder.send(reserved, event, false);
+        self.recorder.send(event, Bound::Exempt, false);
     }
 }
 
@@ -107,16 +98,12 @@ impl AuditLayer {
             sseq: AtomicU64::new(0),
             commands: AtomicU64::new(0),
             start: Mutex::new(None),
-            end: Mutex::new(None),
         };
         let start = SessionStart::of(audit.next_ref(), session);
-        let pending = recorder.send(
-            recorder.reserve_now(),
-            AuditEvent::SessionStart(start),
-            true,
-        );
+        // Exempt from the queue's bound like an outcome: sessions are capped, and the first
+        // command waits for this record to be written.
+        let pending = recorder.send(AuditEvent::SessionStart(start), Bound::Exempt, true);
         *audit.start.lock().unwrap_or_else(|p| p.into_inner()) = Some(pending);
-        *audit.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(recorder.reserve_now());
         AuditLayer {
             audit: Some(Arc::new(audit)),
         }
@@ -244,7 +231,7 @@ where
             audit: audit.clone(),
             number,
             started: Instant::now(),
-            places: Some(recorder.reserve_now()),
+            done: false,
             sent: false,
             rows: 0,
             row_events: 0,
@@ -257,7 +244,7 @@ where
         if !recorder.write_ahead() {
             outcome.sent = true;
             command.session.sseq = audit.next_sseq();
-            recorder.send(Reserved::default(), AuditEvent::Command(command), false);
+            recorder.send(AuditEvent::Command(command), Bound::Queue, false);
             return ResponseFuture::direct(self.inner.call(req), Watch::Command(outcome));
         }
         // Write-ahead: the command goes in only once it is recorded. Take the ready inner
@@ -272,19 +259,11 @@ where
             };
             let mut event = Some(command);
             if written.is_ok() {
-                let mut places = Reserved::default();
-                written = recorder.fill(&mut places).await;
-                if written.is_ok() {
-                    // The outcome's places too, so that its record cannot be lost to a full
-                    // queue once the command ran.
-                    if let Some(outcome_places) = outcome.places.as_mut() {
-                        written = recorder.fill(outcome_places).await;
-                    }
-                }
+                written = recorder.room().await;
                 if let (Ok(()), Some(mut command)) = (&written, event.take()) {
                     outcome.sent = true;
                     command.session.sseq = audit.next_sseq();
-                    let pending = recorder.send(places, AuditEvent::Command(command), true);
+                    let pending = recorder.send(AuditEvent::Command(command), Bound::Exempt, true);
                     written = recorder.confirm(pending).await;
                 }
             }
@@ -293,7 +272,7 @@ where
                 // it was refused, if the sink recovers in time to take it.
                 if let Some(mut command) = event.take() {
                     command.session.sseq = audit.next_sseq();
-                    recorder.send(Reserved::default(), AuditEvent::Command(command), false);
+                    recorder.send(AuditEvent::Command(command), Bound::Queue, false);
                     outcome.sent = true;
                 }
                 let refusal = Refusal::AuditUnavailable { reason };
@@ -344,8 +323,8 @@ struct OutcomeRecorder {
     audit: Arc<SessionAudit>,
     number: u64,
     started: Instant,
-    /// `None` once the outcome was recorded.
-    places: Option<Reserved>,
+    /// Whether the outcome was recorded.
+    done: bool,
     /// Whether the command record was sent (no outcome without a command).
     sent: bool,
     rows: u64,
@@ -380,10 +359,7 @@ impl OutcomeRecorder {
     }
 
     fn record(&mut self, status: Status) {
-        let Some(places) = self.places.take() else {
-            return;
-        };
-        if !self.sent {
+        if std::mem::replace(&mut self.done, true) || !self.sent {
             return;
         }
         let results = self.audit.recorder.record_results();
@@ -403,7 +379,7 @@ impl OutcomeRecorder {
             decisions: std::mem::take(&mut self.decisions),
             masking: None,
         });
-        self.audit.recorder.send(places, event, false);
+        self.audit.recorder.send(event, Bound::Exempt, false);
     }
 
     /// The command never got a reply: a layer refused it or the gateway failed.

@@ -9,6 +9,11 @@
 //! A record that cannot be queued (full queue) or written (the sink failed) is counted; the
 //! next batch the sink writes successfully starts with a [`Gap`] record saying how many were
 //! lost and since when. Nothing is lost silently.
+//!
+//! The queue's bound applies to what *starts*: commands (which wait for room, or are refused,
+//! under write-ahead) and events. What *ends* something already recorded — a command's
+//! outcome, a session's end — always goes in, from a `Drop` if need be: those are bounded by
+//! the sessions and their in-flight commands, which are capped themselves.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,8 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use portcullis_core::{ConnectionEvent, ConnectionObserver, Error};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tower_service::Service;
 use tracing::{error, info, warn};
 
@@ -133,6 +140,10 @@ struct Lost {
 #[derive(Debug, Default)]
 struct SinkShared {
     lost: Mutex<Lost>,
+    /// Records in the queue.
+    queued: AtomicUsize,
+    /// Signalled when the writer takes records off the queue.
+    room: Notify,
 }
 
 impl SinkShared {
@@ -162,7 +173,7 @@ impl SinkShared {
 
 struct SinkHandle {
     options: SinkOptions,
-    tx: mpsc::Sender<Entry>,
+    tx: mpsc::UnboundedSender<Entry>,
     shared: Arc<SinkShared>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     done: Mutex<Option<oneshot::Receiver<()>>>,
@@ -235,7 +246,7 @@ impl RecorderBuilder {
     pub fn start(self) -> std::io::Result<Recorder> {
         let mut sinks = Vec::new();
         for (options, service) in self.sinks {
-            let (tx, rx) = mpsc::channel(options.queue.max(16));
+            let (tx, rx) = mpsc::unbounded_channel();
             let shared = Arc::new(SinkShared::default());
             let (stop_tx, stop_rx) = oneshot::channel();
             let (done_tx, done_rx) = oneshot::channel();
@@ -268,11 +279,15 @@ impl RecorderBuilder {
     }
 }
 
-/// Queue places reserved in every sink for one record that must not be lost to a full
-/// queue (a command's outcome, a session's end): taken when the command starts, used when
-/// it ends, even from a `Drop`.
-#[derive(Debug, Default)]
-pub(crate) struct Reserved(Vec<Option<mpsc::OwnedPermit<Entry>>>);
+/// Whether a record may be dropped when its sink's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bound {
+    /// Counted as lost when the queue is full (events, commands without write-ahead).
+    Queue,
+    /// Always queued: it ends something already recorded (outcome, session end), or its
+    /// room was waited for ([`Recorder::room`]).
+    Exempt,
+}
 
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -323,7 +338,7 @@ impl Recorder {
             event: Arc::new(event),
         };
         for sink in &self.inner.sinks {
-            try_send(sink, record.clone(), None);
+            push(sink, record.clone(), None, Bound::Queue);
         }
     }
 
@@ -335,51 +350,41 @@ impl Recorder {
         })
     }
 
-    /// Reserve a place in every sink's queue without waiting (places not available now are
-    /// missing; a record sent through a missing place is counted as lost if the queue is
-    /// still full then).
-    pub(crate) fn reserve_now(&self) -> Reserved {
-        Reserved(
-            self.inner
-                .sinks
-                .iter()
-                .map(|s| s.tx.clone().try_reserve_owned().ok())
-                .collect(),
-        )
-    }
-
-    /// Fill the places `reserved` misses in required sinks, waiting at most each sink's
-    /// bound. `Err` names a sink that had no room in time.
-    pub(crate) async fn fill(&self, reserved: &mut Reserved) -> Result<(), String> {
-        reserved.0.resize_with(self.inner.sinks.len(), || None);
-        for (sink, slot) in self.inner.sinks.iter().zip(reserved.0.iter_mut()) {
-            if slot.is_some() || !sink.options.required {
-                continue;
-            }
-            match tokio::time::timeout(sink.options.timeout, sink.tx.clone().reserve_owned()).await
-            {
-                Ok(Ok(permit)) => *slot = Some(permit),
-                Ok(Err(_)) => return Err(format!("audit sink {} is closed", sink.options.name)),
-                Err(_) => {
-                    return Err(format!(
-                        "audit sink {} accepted nothing for {:?} (stalled)",
-                        sink.options.name, sink.options.timeout
-                    ));
+    /// Wait until every required sink's queue has room, at most each sink's bound. `Err`
+    /// names a sink that had no room in time.
+    pub(crate) async fn room(&self) -> Result<(), String> {
+        for sink in self.inner.sinks.iter().filter(|s| s.options.required) {
+            let shared = &sink.shared;
+            let wait = async {
+                loop {
+                    let notified = shared.room.notified();
+                    if shared.queued.load(Ordering::Acquire) < sink.options.queue {
+                        return;
+                    }
+                    notified.await;
                 }
+            };
+            if tokio::time::timeout(sink.options.timeout, wait)
+                .await
+                .is_err()
+            {
+                return Err(format!(
+                    "audit sink {} accepted nothing for {:?} (stalled)",
+                    sink.options.name, sink.options.timeout
+                ));
             }
         }
         Ok(())
     }
 
-    /// Send `event` through `reserved` places (falling back to the queue where one is
-    /// missing). With `ack`, returns what to wait for before the event counts as recorded.
-    pub(crate) fn send(&self, reserved: Reserved, event: AuditEvent, ack: bool) -> Pending {
+    /// Queue `event` in every sink. With `ack`, returns what to wait for before the event
+    /// counts as recorded by the required sinks.
+    pub(crate) fn send(&self, event: AuditEvent, bound: Bound, ack: bool) -> Pending {
         let record = Stamped {
             at: SystemTime::now(),
             event: Arc::new(event),
         };
         let mut pending = Pending::default();
-        let mut places = reserved.0.into_iter();
         for (i, sink) in self.inner.sinks.iter().enumerate() {
             let wait = ack && sink.options.required;
             let (ack_tx, ack_rx) = if wait {
@@ -388,17 +393,7 @@ impl Recorder {
             } else {
                 (None, None)
             };
-            let entry = Entry {
-                record: record.clone(),
-                ack: ack_tx,
-            };
-            let queued = match places.next().flatten() {
-                Some(permit) => {
-                    permit.send(entry);
-                    true
-                }
-                None => try_send(sink, entry.record, entry.ack),
-            };
+            let queued = push(sink, record.clone(), ack_tx, bound);
             if wait {
                 pending.0.push((i, if queued { ack_rx } else { None }));
             }
@@ -451,26 +446,29 @@ impl Recorder {
     }
 }
 
-fn try_send(sink: &SinkHandle, record: Stamped, ack: Option<Ack>) -> bool {
+/// Queue a record in `sink`; `false` (and counted as lost) when it could not be.
+fn push(sink: &SinkHandle, record: Stamped, ack: Option<Ack>, bound: Bound) -> bool {
     let at = record.at;
-    match sink.tx.try_send(Entry { record, ack }) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            sink.shared
-                .lose(1, at, "the sink's queue was full (stalled sink)");
-            false
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            sink.shared.lose(1, at, "the sink was closed");
-            false
-        }
+    let shared = &sink.shared;
+    // Counted before it is sent, so the writer never takes off more than was counted.
+    let before = shared.queued.fetch_add(1, Ordering::AcqRel);
+    if bound == Bound::Queue && before >= sink.options.queue {
+        shared.queued.fetch_sub(1, Ordering::AcqRel);
+        shared.lose(1, at, "the sink's queue was full (stalled sink)");
+        return false;
     }
+    if sink.tx.send(Entry { record, ack }).is_err() {
+        shared.queued.fetch_sub(1, Ordering::AcqRel);
+        shared.lose(1, at, "the sink was closed");
+        return false;
+    }
+    true
 }
 
 async fn run_sink(
     name: String,
     mut sink: Box<dyn DynSink>,
-    mut rx: mpsc::Receiver<Entry>,
+    mut rx: mpsc::UnboundedReceiver<Entry>,
     shared: Arc<SinkShared>,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -490,6 +488,10 @@ async fn run_sink(
                 Flush::Shutdown
             }
         };
+        if !buf.is_empty() {
+            shared.queued.fetch_sub(buf.len(), Ordering::AcqRel);
+            shared.room.notify_waiters();
+        }
         let mut records = Vec::with_capacity(buf.len() + 1);
         let gap = shared.take();
         if let Some(lost) = &gap {

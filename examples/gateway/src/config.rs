@@ -221,8 +221,19 @@ impl Config {
 
     /// `ok: N listener(s), M token(s)`.
     pub(crate) fn summary(&self) -> String {
+        let audit = match &self.audit {
+            Some(a) => format!(
+                ", audit to {}",
+                a.sinks
+                    .iter()
+                    .map(AuditSink::name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => String::new(),
+        };
         format!(
-            "{} listener(s), {} token(s)",
+            "{} listener(s), {} token(s){audit}",
             self.postgres.len(),
             self.tokens.len()
         )
@@ -1526,5 +1537,80 @@ listen = "127.0.0.1:6432"
             rendered
                 .contains("\nportcullis.toml:8: [[postgres]] listen: invalid socket address \"x\"")
         );
+    }
+
+    #[test]
+    fn audit_section_resolves_with_defaults() {
+        let source = minimal()
+            + "\n[audit]\non_failure = \"continue\"\nrecord_results = \"none\"\n[[audit.sinks]]\nkind = \"jsonl\"\npath = \"audit/trail.jsonl\"\nfsync = \"always\"\nrotate_bytes = 65536\n[[audit.sinks]]\nkind = \"postgres\"\nurl = \"postgres://audit@db/audit\"\ntable = \"audit.trail\"\n[[audit.sinks]]\nkind = \"stdout\"\n";
+        let config = parse_str(&source).unwrap();
+        let audit = config.audit.unwrap();
+        assert_eq!(audit.on_failure, OnFailure::Continue);
+        assert!(!audit.record_results);
+        assert!(audit.key.is_none());
+        assert_eq!(audit.checkpoint_interval, Duration::from_secs(10));
+        assert_eq!(audit.sinks.len(), 3);
+        assert_eq!(
+            audit.sinks[0].kind,
+            AuditSinkKind::Jsonl {
+                path: PathBuf::from("/nonexistent/audit/trail.jsonl"),
+                fsync: Fsync::Always,
+                rotate_bytes: Some(65536),
+                checkpoint_copy: None,
+            }
+        );
+        assert!(audit.sinks[0].required && audit.sinks[1].required && !audit.sinks[2].required);
+        assert_eq!(audit.sinks[0].timeout, Duration::from_secs(2));
+        assert_eq!(audit.sinks[1].name(), "postgres:audit.trail");
+    }
+
+    #[test]
+    fn audit_mistakes_are_reported_with_their_line() {
+        let source = minimal()
+            + "\n[audit]\non_failure = \"maybe\"\nrecord_results = \"rows\"\nsigning_key = \"missing.key\"\n[[audit.sinks]]\nkind = \"jsonl\"\nurl = \"postgres://x\"\n[[audit.sinks]]\nkind = \"postgres\"\nurl = \"postgres://x\"\ntable = \"t; drop table x\"\n[[audit.sinks]]\nkind = \"kafka\"\n";
+        let p = problems(&source);
+        let text = format!("{p:?}");
+        assert!(
+            p.iter()
+                .any(|(_, m)| m == "[audit] on_failure: \"maybe\" is not one of refuse, continue"),
+            "{text}"
+        );
+        assert!(
+            p.iter().any(|(_, m)| m.starts_with(
+                "[audit] record_results: \"digest\" and \"rows\" are not implemented yet"
+            )),
+            "{text}"
+        );
+        assert!(
+            p.iter().any(
+                |(_, m)| m.starts_with("[audit] signing_key: /nonexistent/missing.key:")
+                    && m.ends_with("(make one with `portcullis audit keygen`)")
+            ),
+            "{text}"
+        );
+        assert!(
+            p.iter()
+                .any(|(_, m)| m == "[[audit.sinks]] url: not a setting of kind = \"jsonl\""),
+            "{text}"
+        );
+        assert!(
+            p.iter()
+                .any(|(_, m)| m == "[[audit.sinks]] kind = \"jsonl\" needs a path"),
+            "{text}"
+        );
+        assert!(
+            p.iter()
+                .any(|(_, m)| m.starts_with("[[audit.sinks]] table: invalid table name")),
+            "{text}"
+        );
+        assert!(
+            p.iter().any(|(_, m)| m
+                == "[[audit.sinks]] kind: \"kafka\" is not one of jsonl, postgres, stdout"),
+            "{text}"
+        );
+        assert!(p.iter().all(|(line, _)| line.is_some()), "{text}");
+        // An [audit] without sinks records nothing: an error, not a silent no-op.
+        let p = problems(&(minimal() + "\n[audit]\non_failure = \"refuse\"\n"));
+        assert!(p[0].1.starts_with("[audit]: no [[audit.sinks]]"), "{p:?}");
     }
 }
