@@ -2,7 +2,8 @@
 # Side-by-side load harness: the same PostgreSQL reached directly, through PgBouncer (session
 # mode) and through the Portcullis gateway with no policy, measured alternately in one run —
 # and, on request, through the same gateway recording an audit trail (JSONL sink, write-ahead
-# with on_failure = "refuse", signed checkpoints) with fsync = "interval" and "always".
+# with on_failure = "refuse", signed checkpoints): fsync = "interval" with the writer thread
+# (`audit`) or inline writes (`audit-inline`), and fsync = "always" (`audit-always`).
 #
 # Run with:   bash benches/side-by-side.sh [REPORT.md]      (default benches/last-run.md)
 #
@@ -21,8 +22,8 @@
 # during the 1M-row select). Everything is cleaned up on exit.
 #
 # Knobs (environment): DURATION (10 s per pgbench run), ROUNDS (3), SCALE (10), CLIENTS (8),
-# THREADS (2), PATHS ("direct pgbouncer gateway": drop one to skip it; add "audit" and
-# "audit-always" for the audited gateway with fsync = interval / always), PGBIN
+# THREADS (2), PATHS ("direct pgbouncer gateway": drop one to skip it; add "audit",
+# "audit-inline" and "audit-always" for the audited gateway), PGBIN
 # (/usr/lib/postgresql/15/bin), GATEWAY_BIN (target/release/portcullis, built when missing),
 # GATEWAY_LOG (PORTCULLIS_LOG for the gateway, default info), KEEP_TMP=1 (keep the temp dir).
 #
@@ -50,10 +51,12 @@ die() { log "error: $*"; exit 1; }
 
 read -r -a PATH_LIST <<<"$PATHS"
 has_path() { [[ " ${PATH_LIST[*]} " == *" $1 "* ]]; }
-any_gateway() { has_path gateway || has_path audit || has_path audit-always; }
+AUDIT_PATHS=()
+for p in audit audit-inline audit-always; do has_path "$p" && AUDIT_PATHS+=("$p"); done
+any_gateway() { has_path gateway || (( ${#AUDIT_PATHS[@]} > 0 )); }
 (( ${#PATH_LIST[@]} > 0 )) || die "PATHS is empty"
 for p in "${PATH_LIST[@]}"; do
-    case $p in direct | pgbouncer | gateway | audit | audit-always) ;; *) die "unknown path '$p' in PATHS" ;; esac
+    case $p in direct | pgbouncer | gateway | audit | audit-inline | audit-always) ;; *) die "unknown path '$p' in PATHS" ;; esac
 done
 
 # ---- tools ------------------------------------------------------------------------------
@@ -165,7 +168,7 @@ PORT[direct]=$(free_port)
 PORT[pgbouncer]=$(free_port)
 PASSWORD[direct]=$PG_PASSWORD
 PASSWORD[pgbouncer]=$PG_PASSWORD
-for g in gateway audit audit-always; do
+for g in gateway audit audit-inline audit-always; do
     PORT[$g]=$(free_port)
     PASSWORD[$g]=$TOKEN
 done
@@ -260,7 +263,7 @@ EOF
     GATEWAY_PIDS+=("$!")
     wait_port "${PORT[$name]}" "${PID_OF[$name]}" "$name"
 }
-audit_config() { # fsync policy
+audit_config() { # fsync policy, writer
     cat <<EOF
 [audit]
 on_failure = "refuse"
@@ -269,14 +272,16 @@ signing_key = "$WORK/audit.key"
 kind = "jsonl"
 path = "trail.jsonl"
 fsync = "$1"
+writer = "$2"
 EOF
 }
 has_path gateway && start_gateway gateway ""
-if has_path audit || has_path audit-always; then
+if (( ${#AUDIT_PATHS[@]} > 0 )); then
     "$GATEWAY_BIN" audit keygen --out "$WORK/audit.key" >/dev/null || die "audit keygen failed"
 fi
-has_path audit && start_gateway audit "$(audit_config interval)"
-has_path audit-always && start_gateway audit-always "$(audit_config always)"
+has_path audit && start_gateway audit "$(audit_config interval thread)"
+has_path audit-inline && start_gateway audit-inline "$(audit_config interval inline)"
+has_path audit-always && start_gateway audit-always "$(audit_config always thread)"
 
 # ---- runs -------------------------------------------------------------------------------
 # Peak RSS over the whole run, kept across the per-select resets of VmHWM.
@@ -413,12 +418,11 @@ for (( round = 1; round <= ROUNDS; round++ )); do
     done
 done
 ELAPSED=$(( $(date +%s) - START ))
-for path in pgbouncer gateway audit audit-always; do has_path "$path" && note_peak "$path"; done
+for path in pgbouncer gateway "${AUDIT_PATHS[@]}"; do has_path "$path" && note_peak "$path"; done
 
 # The audited gateways stop cleanly (sealing their trails), which are then verified.
 declare -A TRAIL
-for path in audit audit-always; do
-    has_path "$path" || continue
+for path in "${AUDIT_PATHS[@]}"; do
     kill "${PID_OF[$path]}" 2>/dev/null && wait "${PID_OF[$path]}" 2>/dev/null
     t="$WORK/$path/trail.jsonl"
     if out=$("$GATEWAY_BIN" audit verify "$t" --key "$WORK/audit.key.pub" 2>&1); then
@@ -484,24 +488,34 @@ report() {
         echo "Gateway log ($GATEWAY_LOG): $(wc -l <"$WORK/gateway/gateway.log") lines, of which" \
             "$(grep -c -E 'WARN|ERROR' "$WORK/gateway/gateway.log") WARN/ERROR."
     fi
-    if has_path audit || has_path audit-always; then
+    if (( ${#AUDIT_PATHS[@]} > 0 )); then
         echo
         echo "## Audit trail cost (pgbench -S TPS; JSONL sink, write-ahead, on_failure = refuse)"
         echo
-        echo "| workload | gateway | audit fsync=interval | audit/gateway | audit fsync=always | always/gateway | gateway CPU/tx (µs) | audit CPU/tx (µs) | always CPU/tx (µs) |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        echo "audit: fsync = interval, writer thread; audit-inline: fsync = interval, sessions append"
+        echo "inline; audit-always: fsync = always, writer thread. Ratios are against the gateway without audit."
+        echo
+        local head="| workload | gateway |" rule="|---|---:|" p
+        for p in "${AUDIT_PATHS[@]}"; do head+=" $p | $p/gateway |"; rule+="---:|---:|"; done
+        head+=" gateway CPU/tx (µs) |"; rule+="---:|"
+        for p in "${AUDIT_PATHS[@]}"; do head+=" $p CPU/tx (µs) |"; rule+="---:|"; done
+        echo "$head"; echo "$rule"
         for wl in "${PGBENCH_WORKLOADS[@]}"; do
-            g=$(med tps "$wl" gateway); a=$(med tps "$wl" audit); f=$(med tps "$wl" audit-always)
-            echo "| $wl | $(fmt %.0f "$g") | $(fmt %.0f "$a") | $(fmt %.3f "$(ratio "$a" "$g")") |" \
-                "$(fmt %.0f "$f") | $(fmt %.3f "$(ratio "$f" "$g")") |" \
-                "$(fmt %.1f "$(med cpu "$wl" gateway)") | $(fmt %.1f "$(med cpu "$wl" audit)") | $(fmt %.1f "$(med cpu "$wl" audit-always)") |"
+            g=$(med tps "$wl" gateway)
+            local row="| $wl | $(fmt %.0f "$g") |"
+            for p in "${AUDIT_PATHS[@]}"; do
+                a=$(med tps "$wl" "$p")
+                row+=" $(fmt %.0f "$a") | $(fmt %.3f "$(ratio "$a" "$g")") |"
+            done
+            row+=" $(fmt %.1f "$(med cpu "$wl" gateway)") |"
+            for p in "${AUDIT_PATHS[@]}"; do row+=" $(fmt %.1f "$(med cpu "$wl" "$p")") |"; done
+            echo "$row"
         done
         echo
-        echo "Single-client p50 (µs): gateway $(fmt %.1f "$(med p50 S-simple-c1 gateway)")," \
-            "audit $(fmt %.1f "$(med p50 S-simple-c1 audit)"), audit fsync=always $(fmt %.1f "$(med p50 S-simple-c1 audit-always)") (S-simple-c1)."
-        for path in audit audit-always; do
-            has_path "$path" && echo "Trail of $path after the run: ${TRAIL[$path]}."
-        done
+        local lat="Single-client p50 (µs, S-simple-c1): gateway $(fmt %.1f "$(med p50 S-simple-c1 gateway)")"
+        for p in "${AUDIT_PATHS[@]}"; do lat+=", $p $(fmt %.1f "$(med p50 S-simple-c1 "$p")")"; done
+        echo "$lat."
+        for p in "${AUDIT_PATHS[@]}"; do echo "Trail of $p after the run: ${TRAIL[$p]}."; done
     fi
     echo
     echo "## Targets"
@@ -518,10 +532,11 @@ report() {
     r=$(ratio "$(med mbps select-1m gateway)" "$(med mbps select-1m direct)")
     echo "| 1M-row select ≥ 0.95× direct throughput | $(fmt %.3f "$r")× | $(verdict "$r" '>=' 0.95) |"
     echo "| 1M-row select RSS growth < 16 MB | $(fmt %.0f "${rss:-NA}") KiB | $(verdict "${rss:-NA}" '<' 16384) |"
-    if has_path audit; then
-        r=$(ratio "$(med tps "S-simple-c$CLIENTS" audit)" "$(med tps "S-simple-c$CLIENTS" gateway)")
-        echo "| audit (fsync = interval) ≥ 0.95× the gateway without audit, -S -M simple -c $CLIENTS | $(fmt %.3f "$r")× | $(verdict "$r" '>=' 0.95) |"
-    fi
+    for p in audit audit-inline; do
+        has_path "$p" || continue
+        r=$(ratio "$(med tps "S-simple-c$CLIENTS" "$p")" "$(med tps "S-simple-c$CLIENTS" gateway)")
+        echo "| $p (fsync = interval) ≥ 0.95× the gateway without audit, -S -M simple -c $CLIENTS | $(fmt %.3f "$r")× | $(verdict "$r" '>=' 0.95) |"
+    done
 }
 
 report | tee "$REPORT"

@@ -13,7 +13,6 @@
 //! `checkpoint` record's `sig` is an Ed25519 signature over its own `seq` and `prev`
 //! ([`checkpoint_message`]), which only the holder of the signing key can make.
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -194,13 +193,14 @@ impl ChainState {
     pub fn append(&mut self, out: &mut Vec<u8>, at: SystemTime, event: &AuditEvent) {
         let start = out.len();
         let ts = rfc3339(at);
-        let prev = hex::encode(self.prev);
+        let mut prev = [0u8; 64];
+        let _ = hex::encode_to_slice(self.prev, &mut prev);
         let head = Head {
             v: SCHEMA_VERSION,
             seq: self.next_seq,
             ts: &ts,
             event,
-            prev: &prev,
+            prev: std::str::from_utf8(&prev).unwrap_or_default(),
         };
         if serde_json::to_writer(&mut *out, &head).is_err() {
             // Serializing our own types into memory cannot fail; keep the chain whole anyway.
@@ -210,9 +210,11 @@ impl ChainState {
         // Replace the closing brace with the hash field.
         out.pop();
         let hash = sha256(&out[start..]);
-        let mut tail = String::with_capacity(HASH_SUFFIX + 1);
-        let _ = writeln!(tail, ",\"hash\":\"{}\"}}", hex::encode(hash));
-        out.extend_from_slice(tail.as_bytes());
+        let mut hex = [0u8; 64];
+        let _ = hex::encode_to_slice(hash, &mut hex);
+        out.extend_from_slice(b",\"hash\":\"");
+        out.extend_from_slice(&hex);
+        out.extend_from_slice(b"\"}\n");
         self.prev = hash;
         self.next_seq += 1;
         self.unsealed += 1;

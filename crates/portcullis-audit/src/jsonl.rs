@@ -10,7 +10,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,7 +20,7 @@ use tracing::info;
 
 use crate::chain::{ChainState, ParsedLine, SigningKey, parse_line};
 use crate::event::{AuditEvent, TrailStart};
-use crate::recorder::{AuditBatch, Flush};
+use crate::recorder::{AuditBatch, Flush, InlineSink, Stamped};
 
 /// When the sink asks the kernel to put records on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,6 +323,41 @@ impl JsonlSink {
         result
     }
 
+    /// Append records on the caller's thread: no checkpoint, sync or rotation here (the
+    /// writer thread's next tick does those), so the caller never waits for the disk beyond
+    /// the `write` itself.
+    fn write_inline(&mut self, record: &Stamped) -> Result<(), Error> {
+        if self.live.is_none() {
+            return Err("the audit file is not open".into());
+        }
+        self.buf.clear();
+        if let Some(opening) = self.opening.take() {
+            self.chain
+                .append(&mut self.buf, SystemTime::now(), &opening);
+        }
+        self.chain.append(&mut self.buf, record.at, &record.event);
+        let written = match self.live.as_mut() {
+            Some(live) => live.file.write_all(&self.buf).map(|()| {
+                live.size += self.buf.len() as u64;
+                live.dirty = true;
+            }),
+            None => Err(std::io::Error::other("the audit file is not open")),
+        };
+        if let Err(e) = written {
+            self.live = None;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Share the sink between its writer thread and inline writers (`writer = "inline"`):
+    /// the service for [`crate::RecorderBuilder::inline_sink`] and the inline handle.
+    pub fn shared(self) -> (SharedJsonl, Arc<dyn InlineSink>) {
+        let shared = SharedJsonl(Arc::new(Mutex::new(self)));
+        let inline: Arc<dyn InlineSink> = Arc::new(shared.clone());
+        (shared, inline)
+    }
+
     fn write_batch(&mut self, batch: &AuditBatch) -> Result<(), Error> {
         if self.live.is_none() {
             self.reopen("recover")?;
@@ -338,6 +373,13 @@ impl JsonlSink {
             if self.options.rotate_bytes.is_some_and(|limit| size >= limit) {
                 self.rotate()?;
             }
+        }
+        // Inline writers grow the file too; they leave rotation to this thread.
+        let size = self.live.as_ref().map_or(0, |l| l.size) + self.buf.len() as u64;
+        if batch.flush != Flush::Shutdown
+            && self.options.rotate_bytes.is_some_and(|limit| size >= limit)
+        {
+            self.rotate()?;
         }
         let seal = if batch.flush == Flush::Shutdown {
             Some("shutdown")
@@ -444,5 +486,48 @@ impl Service<AuditBatch> for JsonlSink {
 
     fn call(&mut self, batch: AuditBatch) -> Self::Future {
         std::future::ready(self.write(&batch))
+    }
+}
+
+/// A [`JsonlSink`] shared between its writer thread (this service) and inline writers.
+#[derive(Clone)]
+pub struct SharedJsonl(Arc<Mutex<JsonlSink>>);
+
+impl std::fmt::Debug for SharedJsonl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SharedJsonl").finish_non_exhaustive()
+    }
+}
+
+impl Service<AuditBatch> for SharedJsonl {
+    type Response = ();
+    type Error = Error;
+    type Future = std::future::Ready<Result<(), Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, batch: AuditBatch) -> Self::Future {
+        let mut sink = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        std::future::ready(sink.write(&batch))
+    }
+}
+
+impl InlineSink for SharedJsonl {
+    fn try_write(
+        &self,
+        record: &Stamped,
+        nothing_queued: &dyn Fn() -> bool,
+    ) -> Option<Result<(), Error>> {
+        let mut sink = match self.0.try_lock() {
+            Ok(sink) => sink,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        if !nothing_queued() || sink.live.is_none() {
+            return None;
+        }
+        Some(sink.write_inline(record))
     }
 }

@@ -70,9 +70,11 @@ mod verify;
 
 pub use chain::{KeyError, SigningKey};
 pub use event::AuditEvent;
-pub use jsonl::{Fsync, JsonlOptions, JsonlSink, OpenError, trail_files};
+pub use jsonl::{Fsync, JsonlOptions, JsonlSink, OpenError, SharedJsonl, trail_files};
 pub use layer::{Audit, AuditBody, AuditLayer, ResponseFuture};
-pub use recorder::{AuditBatch, Flush, OnFailure, Recorder, RecorderBuilder, SinkOptions, Stamped};
+pub use recorder::{
+    AuditBatch, Flush, InlineSink, OnFailure, Recorder, RecorderBuilder, SinkOptions, Stamped,
+};
 pub use show::{ShowOptions, show};
 pub use sinks::{PostgresOptions, PostgresSink, StdoutSink, TableNameError};
 pub use verify::{Location, Problem, Report, VerifyOptions, verify_files, verify_records};

@@ -173,6 +173,8 @@ impl SinkShared {
 
 struct SinkHandle {
     options: SinkOptions,
+    /// Writes on the caller's thread when the sink is free and nothing is queued.
+    inline: Option<Arc<dyn InlineSink>>,
     tx: mpsc::UnboundedSender<Entry>,
     shared: Arc<SinkShared>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
@@ -213,7 +215,7 @@ impl std::fmt::Debug for Recorder {
 pub struct RecorderBuilder {
     on_failure: OnFailure,
     record_results: bool,
-    sinks: Vec<(SinkOptions, Box<dyn DynSink>)>,
+    sinks: Vec<(SinkOptions, Box<dyn DynSink>, Option<Arc<dyn InlineSink>>)>,
 }
 
 impl std::fmt::Debug for RecorderBuilder {
@@ -238,14 +240,30 @@ impl RecorderBuilder {
         S: Service<AuditBatch, Response = (), Error = Error> + Send + 'static,
         S::Future: Send + 'static,
     {
-        self.sinks.push((options, Box::new(sink)));
+        self.sinks.push((options, Box::new(sink), None));
+        self
+    }
+
+    /// Add a sink that can also write on the caller's thread ([`InlineSink`]): `sink` is
+    /// the writer thread's service over the same state.
+    pub fn inline_sink<S>(
+        mut self,
+        options: SinkOptions,
+        sink: S,
+        inline: Arc<dyn InlineSink>,
+    ) -> Self
+    where
+        S: Service<AuditBatch, Response = (), Error = Error> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        self.sinks.push((options, Box::new(sink), Some(inline)));
         self
     }
 
     /// Start one writer thread per sink.
     pub fn start(self) -> std::io::Result<Recorder> {
         let mut sinks = Vec::new();
-        for (options, service) in self.sinks {
+        for (options, service, inline) in self.sinks {
             let (tx, rx) = mpsc::unbounded_channel();
             let shared = Arc::new(SinkShared::default());
             let (stop_tx, stop_rx) = oneshot::channel();
@@ -263,6 +281,7 @@ impl RecorderBuilder {
                 })?;
             sinks.push(SinkHandle {
                 options,
+                inline,
                 tx,
                 shared,
                 stop: Mutex::new(Some(stop_tx)),
@@ -299,7 +318,18 @@ impl std::fmt::Debug for Entry {
 
 /// Acknowledgements a command waits for (write-ahead).
 #[derive(Debug, Default)]
-pub(crate) struct Pending(Vec<(usize, Option<AckWait>)>);
+pub(crate) struct Pending(Vec<(usize, Ack2)>);
+
+/// What a command waits for from one sink.
+#[derive(Debug)]
+enum Ack2 {
+    /// The writer thread will say.
+    Waiting(AckWait),
+    /// Written inline already, or failed.
+    Done(Result<(), Arc<str>>),
+    /// Could not even be queued.
+    Missing,
+}
 
 impl Recorder {
     /// A recorder with no sinks yet.
@@ -338,7 +368,9 @@ impl Recorder {
             event: Arc::new(event),
         };
         for sink in &self.inner.sinks {
-            push(sink, record.clone(), None, Bound::Queue);
+            if write_inline(sink, &record).is_none() {
+                push(sink, record.clone(), None, Bound::Queue);
+            }
         }
     }
 
@@ -393,9 +425,21 @@ impl Recorder {
             } else {
                 (None, None)
             };
+            if let Some(written) = write_inline(sink, &record) {
+                if wait {
+                    pending.0.push((i, Ack2::Done(written)));
+                }
+                continue;
+            }
             let queued = push(sink, record.clone(), ack_tx, bound);
             if wait {
-                pending.0.push((i, if queued { ack_rx } else { None }));
+                pending.0.push((
+                    i,
+                    match (queued, ack_rx) {
+                        (true, Some(rx)) => Ack2::Waiting(rx),
+                        _ => Ack2::Missing,
+                    },
+                ));
             }
         }
         pending
@@ -408,8 +452,13 @@ impl Recorder {
                 continue;
             };
             let name = &sink.options.name;
-            let Some(rx) = rx else {
-                return Err(format!("audit sink {name} is full (stalled)"));
+            let rx = match rx {
+                Ack2::Waiting(rx) => rx,
+                Ack2::Done(Ok(())) => continue,
+                Ack2::Done(Err(reason)) => {
+                    return Err(format!("audit sink {name} failed: {reason}"));
+                }
+                Ack2::Missing => return Err(format!("audit sink {name} is full (stalled)")),
             };
             match tokio::time::timeout(sink.options.timeout, rx).await {
                 Ok(Ok(Ok(()))) => {}
@@ -442,6 +491,37 @@ impl Recorder {
             {
                 error!(target: "portcullis::audit", sink = %sink.options.name, "the audit sink did not finish in time; its tail may be unsealed");
             }
+        }
+    }
+}
+
+/// A sink that can write a record on the caller's thread, without waiting: the JSONL sink
+/// with `writer = "inline"`.
+pub trait InlineSink: Send + Sync {
+    /// Write `record` now if the sink is free (never waits for it), after checking with
+    /// `nothing_queued` — called while the sink is held — that no queued record would be
+    /// overtaken. `None`: busy, or records are queued; the caller queues it instead.
+    fn try_write(
+        &self,
+        record: &Stamped,
+        nothing_queued: &dyn Fn() -> bool,
+    ) -> Option<Result<(), Error>>;
+}
+
+/// Write `record` inline where the sink allows it; `None` when it must be queued.
+fn write_inline(sink: &SinkHandle, record: &Stamped) -> Option<Result<(), Arc<str>>> {
+    let inline = sink.inline.as_ref()?;
+    let shared = &sink.shared;
+    // Unreported losses go first, through the writer thread's gap record.
+    if shared.queued.load(Ordering::Acquire) > 0 || shared.total() > 0 {
+        return None;
+    }
+    let nothing_queued = || shared.queued.load(Ordering::Acquire) == 0 && shared.total() == 0;
+    match inline.try_write(record, &nothing_queued)? {
+        Ok(()) => Some(Ok(())),
+        Err(e) => {
+            shared.lose(1, record.at, &e.to_string());
+            Some(Err(Arc::from(e.to_string())))
         }
     }
 }
@@ -488,10 +568,6 @@ async fn run_sink(
                 Flush::Shutdown
             }
         };
-        if !buf.is_empty() {
-            shared.queued.fetch_sub(buf.len(), Ordering::AcqRel);
-            shared.room.notify_waiters();
-        }
         let mut records = Vec::with_capacity(buf.len() + 1);
         let gap = shared.take();
         if let Some(lost) = &gap {
@@ -519,6 +595,12 @@ async fn run_sink(
             Ok(()) => sink.call(batch).await,
             Err(e) => Err(e),
         };
+        // Counted off only once written (or failed): inline writers rely on "nothing queued"
+        // meaning "nothing waiting to be written".
+        if count > 0 {
+            shared.queued.fetch_sub(count as usize, Ordering::AcqRel);
+            shared.room.notify_waiters();
+        }
         match result {
             Ok(()) => {
                 if failing {

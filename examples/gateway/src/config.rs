@@ -170,6 +170,8 @@ pub(crate) enum AuditSinkKind {
         fsync: Fsync,
         rotate_bytes: Option<u64>,
         checkpoint_copy: Option<PathBuf>,
+        /// `writer = "inline"`: sessions append on their own thread when the file is free.
+        inline: bool,
     },
     /// `kind = "postgres"`.
     Postgres { url: String, table: String },
@@ -349,6 +351,7 @@ struct RawAuditSink {
     fsync_interval: Option<Text>,
     rotate_bytes: Option<Spanned<u64>>,
     checkpoint_copy: Option<Text>,
+    writer: Option<Text>,
     // postgres
     url: Option<Text>,
     table: Option<Text>,
@@ -768,11 +771,28 @@ impl Resolver<'_> {
                     Some(v) => Some(self.path("[[audit.sinks]] checkpoint_copy", v)?),
                     None => None,
                 };
+                let inline = match &b.writer {
+                    Some(v) => {
+                        let inline =
+                            self.choice("[[audit.sinks]] writer", v, &["thread", "inline"])?
+                                == "inline";
+                        if inline && fsync == Fsync::Always {
+                            self.at(
+                                v.span(),
+                                "[[audit.sinks]] writer = \"inline\" cannot sync every write without making sessions wait for the disk: use fsync = \"interval\", or writer = \"thread\"",
+                            );
+                            return None;
+                        }
+                        inline
+                    }
+                    None => false,
+                };
                 AuditSinkKind::Jsonl {
                     path,
                     fsync,
                     rotate_bytes,
                     checkpoint_copy,
+                    inline,
                 }
             }
             "postgres" => {
@@ -782,6 +802,7 @@ impl Resolver<'_> {
                     ("fsync_interval", b.fsync_interval.is_some()),
                     ("rotate_bytes", b.rotate_bytes.is_some()),
                     ("checkpoint_copy", b.checkpoint_copy.is_some()),
+                    ("writer", b.writer.is_some()),
                 ] {
                     only(key, present, self, raw.span());
                 }
@@ -1557,6 +1578,7 @@ listen = "127.0.0.1:6432"
                 fsync: Fsync::Always,
                 rotate_bytes: Some(65536),
                 checkpoint_copy: None,
+                inline: false,
             }
         );
         assert!(audit.sinks[0].required && audit.sinks[1].required && !audit.sinks[2].required);
@@ -1609,6 +1631,16 @@ listen = "127.0.0.1:6432"
             "{text}"
         );
         assert!(p.iter().all(|(line, _)| line.is_some()), "{text}");
+        // Inline writes cannot sync every batch.
+        let p = problems(
+            &(minimal()
+                + "\n[audit]\n[[audit.sinks]]\nkind = \"jsonl\"\npath = \"a.jsonl\"\nfsync = \"always\"\nwriter = \"inline\"\n"),
+        );
+        assert!(
+            p[0].1
+                .contains("writer = \"inline\" cannot sync every write"),
+            "{p:?}"
+        );
         // An [audit] without sinks records nothing: an error, not a silent no-op.
         let p = problems(&(minimal() + "\n[audit]\non_failure = \"refuse\"\n"));
         assert!(p[0].1.starts_with("[audit]: no [[audit.sinks]]"), "{p:?}");

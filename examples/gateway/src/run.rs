@@ -202,6 +202,7 @@ pub(crate) fn start_recorder(config: &AuditConfig) -> Result<Recorder, String> {
                 fsync,
                 rotate_bytes,
                 checkpoint_copy,
+                inline,
             } => {
                 let mut o = JsonlOptions::new(path);
                 o.fsync = *fsync;
@@ -210,7 +211,12 @@ pub(crate) fn start_recorder(config: &AuditConfig) -> Result<Recorder, String> {
                 o.checkpoint_copy = checkpoint_copy.clone();
                 o.key = config.key.clone();
                 let sink = JsonlSink::open(o).map_err(|e| format!("[audit] {e}"))?;
-                builder.sink(options, sink)
+                if *inline {
+                    let (service, inline) = sink.shared();
+                    builder.inline_sink(options, service, inline)
+                } else {
+                    builder.sink(options, sink)
+                }
             }
             AuditSinkKind::Postgres { url, table } => {
                 let mut o = PostgresOptions::new(url);

@@ -1094,7 +1094,13 @@ async fn kill_9_during_pgbench_loses_no_statement_the_database_ran() {
     let (gw, admin) = (free_port(), free_port());
     let token = "bench-token-audit";
     let base = config_text(gw, admin, &cluster, &[("alice", token)]);
-    std::fs::write(&path, audit_config(base, &key, &trail, &copies, "")).unwrap();
+    // Sessions append inline here (the tamper test above uses the writer thread): the
+    // guarantee is the same.
+    std::fs::write(
+        &path,
+        audit_config(base, &key, &trail, &copies, "writer = \"inline\"\n"),
+    )
+    .unwrap();
     let mut gateway = Gateway::spawn(&path, dir.path(), cluster.password());
     wait_for(&mut gateway, "/healthz", || async {
         matches!(http_get(admin, "/healthz").await, Ok((200, _)))
