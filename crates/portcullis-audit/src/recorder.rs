@@ -215,7 +215,14 @@ impl std::fmt::Debug for Recorder {
 pub struct RecorderBuilder {
     on_failure: OnFailure,
     record_results: bool,
-    sinks: Vec<(SinkOptions, Box<dyn DynSink>, Option<Arc<dyn InlineSink>>)>,
+    sinks: Vec<SinkParts>,
+}
+
+/// A sink given to the builder, not started yet.
+struct SinkParts {
+    options: SinkOptions,
+    service: Box<dyn DynSink>,
+    inline: Option<Arc<dyn InlineSink>>,
 }
 
 impl std::fmt::Debug for RecorderBuilder {
@@ -240,7 +247,11 @@ impl RecorderBuilder {
         S: Service<AuditBatch, Response = (), Error = Error> + Send + 'static,
         S::Future: Send + 'static,
     {
-        self.sinks.push((options, Box::new(sink), None));
+        self.sinks.push(SinkParts {
+            options,
+            service: Box::new(sink),
+            inline: None,
+        });
         self
     }
 
@@ -256,14 +267,23 @@ impl RecorderBuilder {
         S: Service<AuditBatch, Response = (), Error = Error> + Send + 'static,
         S::Future: Send + 'static,
     {
-        self.sinks.push((options, Box::new(sink), Some(inline)));
+        self.sinks.push(SinkParts {
+            options,
+            service: Box::new(sink),
+            inline: Some(inline),
+        });
         self
     }
 
     /// Start one writer thread per sink.
     pub fn start(self) -> std::io::Result<Recorder> {
         let mut sinks = Vec::new();
-        for (options, service, inline) in self.sinks {
+        for SinkParts {
+            options,
+            service,
+            inline,
+        } in self.sinks
+        {
             let (tx, rx) = mpsc::unbounded_channel();
             let shared = Arc::new(SinkShared::default());
             let (stop_tx, stop_rx) = oneshot::channel();
