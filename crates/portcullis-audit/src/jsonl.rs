@@ -193,6 +193,8 @@ pub struct JsonlSink {
     opening: Option<AuditEvent>,
     last_seal: Instant,
     buf: Vec<u8>,
+    /// Sealed for shutdown: nothing more is written (not even inline).
+    closed: bool,
 }
 
 impl std::fmt::Debug for JsonlSink {
@@ -239,6 +241,7 @@ impl JsonlSink {
             opening: None,
             last_seal: Instant::now(),
             buf: Vec::with_capacity(64 * 1024),
+            closed: false,
         };
         sink.reopen("restart")?;
         Ok(sink)
@@ -315,7 +318,13 @@ impl JsonlSink {
     }
 
     fn write(&mut self, batch: &AuditBatch) -> Result<(), Error> {
+        if self.closed {
+            return Err("the audit trail was sealed for shutdown".into());
+        }
         let result = self.write_batch(batch);
+        if batch.flush == Flush::Shutdown && result.is_ok() {
+            self.closed = true;
+        }
         if result.is_err() {
             // The file may end in a partial record: reopen (and say so) at the next batch.
             self.live = None;
@@ -525,7 +534,7 @@ impl InlineSink for SharedJsonl {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        if !nothing_queued() || sink.live.is_none() {
+        if !nothing_queued() || sink.live.is_none() || sink.closed {
             return None;
         }
         Some(sink.write_inline(record))

@@ -251,20 +251,21 @@ where
         // service and leave a clone behind (tower's "be careful when cloning" rule).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let since = outcome.started;
         let fut: Boxed<B> = Box::pin(async move {
             let start = audit.start.lock().unwrap_or_else(|p| p.into_inner()).take();
             let mut written = match start {
-                Some(pending) => recorder.confirm(pending).await,
+                Some(pending) => recorder.confirm(pending, since).await,
                 None => Ok(()),
             };
             let mut event = Some(command);
             if written.is_ok() {
-                written = recorder.room().await;
+                written = recorder.room(since).await;
                 if let (Ok(()), Some(mut command)) = (&written, event.take()) {
                     outcome.sent = true;
                     command.session.sseq = audit.next_sseq();
                     let pending = recorder.send(AuditEvent::Command(command), Bound::Exempt, true);
-                    written = recorder.confirm(pending).await;
+                    written = recorder.confirm(pending, since).await;
                 }
             }
             if let Err(reason) = written {

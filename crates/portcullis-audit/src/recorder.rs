@@ -404,7 +404,9 @@ impl Recorder {
 
     /// Wait until every required sink's queue has room, at most each sink's bound. `Err`
     /// names a sink that had no room in time.
-    pub(crate) async fn room(&self) -> Result<(), String> {
+    /// `since` is when the command arrived: the whole wait for a sink, room and
+    /// confirmation together, stays within that sink's bound.
+    pub(crate) async fn room(&self, since: Instant) -> Result<(), String> {
         for sink in self.inner.sinks.iter().filter(|s| s.options.required) {
             let shared = &sink.shared;
             let wait = async {
@@ -416,10 +418,8 @@ impl Recorder {
                     notified.await;
                 }
             };
-            if tokio::time::timeout(sink.options.timeout, wait)
-                .await
-                .is_err()
-            {
+            let deadline = tokio::time::Instant::from_std(since + sink.options.timeout);
+            if tokio::time::timeout_at(deadline, wait).await.is_err() {
                 return Err(format!(
                     "audit sink {} accepted nothing for {:?} (stalled)",
                     sink.options.name, sink.options.timeout
@@ -466,7 +466,8 @@ impl Recorder {
     }
 
     /// Wait until every sink in `pending` wrote its record, at most each sink's bound.
-    pub(crate) async fn confirm(&self, pending: Pending) -> Result<(), String> {
+    /// Within each sink's bound counted from `since`.
+    pub(crate) async fn confirm(&self, pending: Pending, since: Instant) -> Result<(), String> {
         for (i, rx) in pending.0 {
             let Some(sink) = self.inner.sinks.get(i) else {
                 continue;
@@ -480,7 +481,8 @@ impl Recorder {
                 }
                 Ack2::Missing => return Err(format!("audit sink {name} is full (stalled)")),
             };
-            match tokio::time::timeout(sink.options.timeout, rx).await {
+            let deadline = tokio::time::Instant::from_std(since + sink.options.timeout);
+            match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(reason))) => return Err(format!("audit sink {name} failed: {reason}")),
                 Ok(Err(_)) => return Err(format!("audit sink {name} is closed")),
