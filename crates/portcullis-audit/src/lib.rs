@@ -73,7 +73,8 @@ pub use event::AuditEvent;
 pub use jsonl::{Fsync, JsonlOptions, JsonlSink, OpenError, SharedJsonl, trail_files};
 pub use layer::{Audit, AuditBody, AuditLayer, ResponseFuture};
 pub use recorder::{
-    AuditBatch, Flush, InlineSink, OnFailure, Recorder, RecorderBuilder, SinkOptions, Stamped,
+    AuditBatch, Flush, InlineSink, OnFailure, Recorder, RecorderBuilder, SinkOptions, SinkStats,
+    Stamped,
 };
 pub use show::{ShowOptions, show};
 pub use sinks::{PostgresOptions, PostgresSink, StdoutSink, TableNameError};

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use portcullis_core::{ConnectionEvent, ConnectionObserver, Error};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -142,6 +142,12 @@ struct SinkShared {
     lost: Mutex<Lost>,
     /// Records in the queue.
     queued: AtomicUsize,
+    /// Records written since start.
+    written: AtomicU64,
+    /// Records lost since start (reported or not yet).
+    lost_total: AtomicU64,
+    /// Whether the last write failed.
+    failing: AtomicBool,
     /// Signalled when the writer takes records off the queue.
     room: Notify,
 }
@@ -151,6 +157,7 @@ impl SinkShared {
         if count == 0 {
             return;
         }
+        self.lost_total.fetch_add(count, Ordering::Relaxed);
         let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
         lost.count += count;
         if lost.since.is_none_or(|s| since < s) {
@@ -158,6 +165,20 @@ impl SinkShared {
         }
         if lost.reason.is_empty() {
             lost.reason = reason.to_owned();
+        }
+    }
+
+    /// Put back losses taken for a gap record that could not be written.
+    fn unreport(&self, back: Lost) {
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        lost.count += back.count;
+        if let Some(since) = back.since
+            && lost.since.is_none_or(|s| since < s)
+        {
+            lost.since = Some(since);
+        }
+        if lost.reason.is_empty() {
+            lost.reason = back.reason;
         }
     }
 
@@ -318,6 +339,22 @@ impl RecorderBuilder {
     }
 }
 
+/// A sink's counters ([`Recorder::stats`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SinkStats {
+    /// The sink's name.
+    pub name: String,
+    /// Records waiting in its queue now.
+    pub queued: u64,
+    /// Records written since start.
+    pub written: u64,
+    /// Records lost since start (each reported by a gap record once the sink recovers).
+    pub lost: u64,
+    /// `false` while its last write failed.
+    pub up: bool,
+}
+
 /// Whether a record may be dropped when its sink's queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Bound {
@@ -374,6 +411,21 @@ impl Recorder {
     pub(crate) fn write_ahead(&self) -> bool {
         self.inner.on_failure == OnFailure::Refuse
             && self.inner.sinks.iter().any(|s| s.options.required)
+    }
+
+    /// Each sink's counters, for metrics.
+    pub fn stats(&self) -> Vec<SinkStats> {
+        self.inner
+            .sinks
+            .iter()
+            .map(|s| SinkStats {
+                name: s.options.name.clone(),
+                queued: s.shared.queued.load(Ordering::Relaxed) as u64,
+                written: s.shared.written.load(Ordering::Relaxed),
+                lost: s.shared.lost_total.load(Ordering::Relaxed),
+                up: !s.shared.failing.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     /// Records lost so far and not yet reported in a gap record, over all sinks.
@@ -540,7 +592,10 @@ fn write_inline(sink: &SinkHandle, record: &Stamped) -> Option<Result<(), Arc<st
     }
     let nothing_queued = || shared.queued.load(Ordering::Acquire) == 0 && shared.total() == 0;
     match inline.try_write(record, &nothing_queued)? {
-        Ok(()) => Some(Ok(())),
+        Ok(()) => {
+            shared.written.fetch_add(1, Ordering::Relaxed);
+            Some(Ok(()))
+        }
         Err(e) => {
             shared.lose(1, record.at, &e.to_string());
             Some(Err(Arc::from(e.to_string())))
@@ -623,8 +678,10 @@ async fn run_sink(
             shared.queued.fetch_sub(count as usize, Ordering::AcqRel);
             shared.room.notify_waiters();
         }
+        shared.failing.store(result.is_err(), Ordering::Relaxed);
         match result {
             Ok(()) => {
+                shared.written.fetch_add(count, Ordering::Relaxed);
                 if failing {
                     info!(target: "portcullis::audit", sink = %name, "audit sink recovered");
                     failing = false;
@@ -640,11 +697,7 @@ async fn run_sink(
                     failing = true;
                 }
                 if let Some(lost) = gap {
-                    shared.lose(
-                        lost.count,
-                        lost.since.unwrap_or_else(SystemTime::now),
-                        &lost.reason,
-                    );
+                    shared.unreport(lost);
                 }
                 shared.lose(count, first.unwrap_or_else(SystemTime::now), &reason);
                 for ack in acks {

@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use portcullis_audit::Recorder;
 use portcullis_postgres::PgMetrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,8 @@ pub(crate) struct Metrics {
     /// Set when shutdown begins: `/healthz` then answers 503 so load balancers stop
     /// sending clients while sessions drain.
     draining: AtomicBool,
+    /// The audit recorder, when `[audit]` is configured.
+    audit: Mutex<Option<Recorder>>,
 }
 
 /// One family of per-listener counters: name, type, help, and how to read it.
@@ -120,6 +123,11 @@ impl Metrics {
         self.last_reload_failed.store(!ok, Ordering::Relaxed);
     }
 
+    /// Report the audit sinks of `recorder` too.
+    pub(crate) fn set_audit(&self, recorder: Recorder) {
+        *self.audit.lock().unwrap_or_else(|p| p.into_inner()) = Some(recorder);
+    }
+
     /// Shutdown has begun.
     pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
@@ -158,7 +166,64 @@ impl Metrics {
              portcullis_config_last_reload_successful {}",
             u8::from(!self.last_reload_failed.load(Ordering::Relaxed)),
         );
+        if let Some(recorder) = self
+            .audit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            render_audit(&mut out, &recorder.stats());
+        }
         out
+    }
+}
+
+/// One family of per-sink audit counters: name, type, help, and how to read it.
+type AuditFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&portcullis_audit::SinkStats) -> u64,
+);
+
+fn render_audit(out: &mut String, sinks: &[portcullis_audit::SinkStats]) {
+    let families: [AuditFamily; 4] = [
+        (
+            "portcullis_audit_records_written_total",
+            "counter",
+            "Audit records written, by sink.",
+            |s| s.written,
+        ),
+        (
+            "portcullis_audit_records_lost_total",
+            "counter",
+            "Audit records that could not be queued or written, by sink (each reported by a gap record once the sink recovers).",
+            |s| s.lost,
+        ),
+        (
+            "portcullis_audit_queue_records",
+            "gauge",
+            "Audit records waiting in the sink's queue.",
+            |s| s.queued,
+        ),
+        (
+            "portcullis_audit_sink_up",
+            "gauge",
+            "1 unless the sink's last write failed.",
+            |s| u64::from(s.up),
+        ),
+    ];
+    for (name, kind, help, read) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for sink in sinks {
+            let _ = writeln!(
+                out,
+                "{name}{{sink=\"{}\"}} {}",
+                escape_label(&sink.name),
+                read(sink)
+            );
+        }
     }
 }
 

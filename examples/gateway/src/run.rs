@@ -260,6 +260,9 @@ impl Gateway {
             sessions: TaskTracker::new(),
             drain_timeout: config.drain_timeout,
         };
+        if let Some((recorder, _)) = &gateway.audit {
+            gateway.metrics.set_audit(recorder.clone());
+        }
         let bound = gateway.apply(config).await?;
         Ok((gateway, bound))
     }

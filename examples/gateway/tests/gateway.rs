@@ -799,6 +799,26 @@ async fn audit_trail_records_sessions_and_names_every_kind_of_tampering() {
     drop(client);
     let err = connect(gw, "not-a-token").await.unwrap_err();
     assert_eq!(code_of(&err), Some(&SqlState::INVALID_PASSWORD));
+    // The sink's counters are on /metrics.
+    let sink_label = format!("{{sink=\"jsonl:{}\"}} ", trail.display());
+    // session start, 7 commands and their outcomes, session end, the refused login
+    let written_name = format!("portcullis_audit_records_written_total{sink_label}");
+    wait_for(&mut gateway, "17 records written", || async {
+        metric(admin, &written_name).await.is_some_and(|n| n >= 17)
+    })
+    .await;
+    assert_eq!(
+        metric(
+            admin,
+            &format!("portcullis_audit_records_lost_total{sink_label}")
+        )
+        .await,
+        Some(0)
+    );
+    assert_eq!(
+        metric(admin, &format!("portcullis_audit_sink_up{sink_label}")).await,
+        Some(1)
+    );
     run_until_stopped(&mut gateway).await;
 
     let (code, out) = verify(&[&trail], &["--key", public.to_str().unwrap()]);
