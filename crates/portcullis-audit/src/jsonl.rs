@@ -195,6 +195,24 @@ pub struct JsonlSink {
     buf: Vec<u8>,
     /// Sealed for shutdown: nothing more is written (not even inline).
     closed: bool,
+    /// Records chained by inline writers but not written yet (see `write_inline`).
+    deferred: Vec<u8>,
+    deferred_records: u64,
+}
+
+/// Most bytes inline writers keep in memory before writing.
+const DEFER_BYTES: usize = 64 * 1024;
+
+/// A sink lost `records` records in all — more than the batch it was given, when records it
+/// had taken earlier (deferred) went down with it. The recorder counts them in its gap.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct LostRecords {
+    /// How many records were lost.
+    pub records: u64,
+    /// Why.
+    #[source]
+    pub source: Error,
 }
 
 impl std::fmt::Debug for JsonlSink {
@@ -242,6 +260,8 @@ impl JsonlSink {
             last_seal: Instant::now(),
             buf: Vec::with_capacity(64 * 1024),
             closed: false,
+            deferred: Vec::new(),
+            deferred_records: 0,
         };
         sink.reopen("restart")?;
         Ok(sink)
@@ -321,10 +341,18 @@ impl JsonlSink {
         if self.closed {
             return Err("the audit trail was sealed for shutdown".into());
         }
+        let deferred = std::mem::take(&mut self.deferred_records);
         let result = self.write_batch(batch);
         if batch.flush == Flush::Shutdown && result.is_ok() {
             self.closed = true;
         }
+        let result = match result {
+            Err(e) if deferred > 0 => Err(Box::new(LostRecords {
+                records: deferred + batch.records.len() as u64,
+                source: e,
+            }) as Error),
+            other => other,
+        };
         if result.is_err() {
             // The file may end in a partial record: reopen (and say so) at the next batch.
             self.live = None;
@@ -335,26 +363,42 @@ impl JsonlSink {
     /// Append records on the caller's thread: no checkpoint, sync or rotation here (the
     /// writer thread's next tick does those), so the caller never waits for the disk beyond
     /// the `write` itself.
-    fn write_inline(&mut self, record: &Stamped) -> Result<(), Error> {
+    ///
+    /// With `defer`, the record (one nobody waits for: an outcome, an event) is only chained
+    /// into memory and goes to the file with the next write — the next command's record or
+    /// the writer thread's next batch or tick (within about a second) — so a transaction's
+    /// two records cost one `write`. A crash loses what was deferred (at most a second's
+    /// outcomes and events; the next run records the crash); a failed write reports them
+    /// lost ([`LostRecords`]).
+    fn write_inline(&mut self, record: &Stamped, defer: bool) -> Result<(), Error> {
         if self.live.is_none() {
             return Err("the audit file is not open".into());
         }
-        self.buf.clear();
         if let Some(opening) = self.opening.take() {
             self.chain
-                .append(&mut self.buf, SystemTime::now(), &opening);
+                .append(&mut self.deferred, SystemTime::now(), &opening);
         }
-        self.chain.append(&mut self.buf, record.at, &record.event);
+        self.chain
+            .append(&mut self.deferred, record.at, &record.event);
+        self.deferred_records += 1;
+        if defer && self.deferred.len() < DEFER_BYTES {
+            return Ok(());
+        }
         let written = match self.live.as_mut() {
-            Some(live) => live.file.write_all(&self.buf).map(|()| {
-                live.size += self.buf.len() as u64;
+            Some(live) => live.file.write_all(&self.deferred).map(|()| {
+                live.size += self.deferred.len() as u64;
                 live.dirty = true;
             }),
             None => Err(std::io::Error::other("the audit file is not open")),
         };
+        self.deferred.clear();
+        let records = std::mem::take(&mut self.deferred_records);
         if let Err(e) = written {
             self.live = None;
-            return Err(e.into());
+            return Err(Box::new(LostRecords {
+                records,
+                source: e.into(),
+            }));
         }
         Ok(())
     }
@@ -372,6 +416,8 @@ impl JsonlSink {
             self.reopen("recover")?;
         }
         self.buf.clear();
+        // What inline writers chained before this batch goes first.
+        self.buf.append(&mut self.deferred);
         let now = SystemTime::now();
         if let Some(opening) = self.opening.take() {
             self.chain.append(&mut self.buf, now, &opening);
@@ -527,6 +573,7 @@ impl InlineSink for SharedJsonl {
     fn try_write(
         &self,
         record: &Stamped,
+        defer: bool,
         nothing_queued: &dyn Fn() -> bool,
     ) -> Option<Result<(), Error>> {
         let mut sink = match self.0.try_lock() {
@@ -537,6 +584,6 @@ impl InlineSink for SharedJsonl {
         if !nothing_queued() || sink.live.is_none() || sink.closed {
             return None;
         }
-        Some(sink.write_inline(record))
+        Some(sink.write_inline(record, defer))
     }
 }

@@ -70,7 +70,7 @@ mod verify;
 
 pub use chain::{KeyError, SigningKey};
 pub use event::AuditEvent;
-pub use jsonl::{Fsync, JsonlOptions, JsonlSink, OpenError, SharedJsonl, trail_files};
+pub use jsonl::{Fsync, JsonlOptions, JsonlSink, LostRecords, OpenError, SharedJsonl, trail_files};
 pub use layer::{Audit, AuditBody, AuditLayer, ResponseFuture};
 pub use recorder::{
     AuditBatch, Flush, InlineSink, OnFailure, Recorder, RecorderBuilder, SinkOptions, SinkStats,

@@ -440,7 +440,7 @@ impl Recorder {
             event: Arc::new(event),
         };
         for sink in &self.inner.sinks {
-            if write_inline(sink, &record).is_none() {
+            if write_inline(sink, &record, true).is_none() {
                 push(sink, record.clone(), None, Bound::Queue);
             }
         }
@@ -497,7 +497,7 @@ impl Recorder {
             } else {
                 (None, None)
             };
-            if let Some(written) = write_inline(sink, &record) {
+            if let Some(written) = write_inline(sink, &record, !ack) {
                 if wait {
                     pending.0.push((i, Ack2::Done(written)));
                 }
@@ -575,15 +575,19 @@ pub trait InlineSink: Send + Sync {
     /// Write `record` now if the sink is free (never waits for it), after checking with
     /// `nothing_queued` — called while the sink is held — that no queued record would be
     /// overtaken. `None`: busy, or records are queued; the caller queues it instead.
+    ///
+    /// With `defer` nobody waits for the record: the sink may keep it in memory and write it
+    /// with the next one (reporting it in [`crate::LostRecords`] if that write fails).
     fn try_write(
         &self,
         record: &Stamped,
+        defer: bool,
         nothing_queued: &dyn Fn() -> bool,
     ) -> Option<Result<(), Error>>;
 }
 
 /// Write `record` inline where the sink allows it; `None` when it must be queued.
-fn write_inline(sink: &SinkHandle, record: &Stamped) -> Option<Result<(), Arc<str>>> {
+fn write_inline(sink: &SinkHandle, record: &Stamped, defer: bool) -> Option<Result<(), Arc<str>>> {
     let inline = sink.inline.as_ref()?;
     let shared = &sink.shared;
     // Unreported losses go first, through the writer thread's gap record.
@@ -591,15 +595,28 @@ fn write_inline(sink: &SinkHandle, record: &Stamped) -> Option<Result<(), Arc<st
         return None;
     }
     let nothing_queued = || shared.queued.load(Ordering::Acquire) == 0 && shared.total() == 0;
-    match inline.try_write(record, &nothing_queued)? {
+    match inline.try_write(record, defer, &nothing_queued)? {
         Ok(()) => {
             shared.written.fetch_add(1, Ordering::Relaxed);
             Some(Ok(()))
         }
         Err(e) => {
-            shared.lose(1, record.at, &e.to_string());
+            let lost = lost_count(&e, 1);
+            // Deferred records were counted as written when they were taken.
+            shared
+                .written
+                .fetch_sub(lost.saturating_sub(1), Ordering::Relaxed);
+            shared.lose(lost, record.at, &e.to_string());
             Some(Err(Arc::from(e.to_string())))
         }
+    }
+}
+
+/// How many records a sink error stands for: [`crate::LostRecords`] says, else `given`.
+fn lost_count(error: &Error, given: u64) -> u64 {
+    match error.downcast_ref::<crate::jsonl::LostRecords>() {
+        Some(lost) => lost.records.max(given),
+        None => given,
     }
 }
 
@@ -699,7 +716,11 @@ async fn run_sink(
                 if let Some(lost) = gap {
                     shared.unreport(lost);
                 }
-                shared.lose(count, first.unwrap_or_else(SystemTime::now), &reason);
+                let lost = lost_count(&e, count);
+                shared
+                    .written
+                    .fetch_sub(lost.saturating_sub(count), Ordering::Relaxed);
+                shared.lose(lost, first.unwrap_or_else(SystemTime::now), &reason);
                 for ack in acks {
                     let _ = ack.send(Err(reason.clone()));
                 }

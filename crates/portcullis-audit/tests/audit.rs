@@ -762,3 +762,37 @@ async fn inline_writes_and_the_writer_thread_keep_one_chain() {
     assert!(report.commands >= 4 * 150 * 2, "{}", report.commands);
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn records_deferred_by_inline_writers_are_counted_when_their_write_fails() {
+    use portcullis_core::{AuthMethod, Identity, Protocol, SessionId};
+    // Every write to /dev/full fails (ENOSPC), after the open succeeded.
+    let (service, inline) = JsonlSink::open(JsonlOptions::new("/dev/full"))
+        .unwrap()
+        .shared();
+    let recorder = Recorder::builder(OnFailure::Refuse)
+        .inline_sink(SinkOptions::new("full"), service, inline)
+        .start()
+        .unwrap();
+    // Three records nobody waits for: kept in memory, counted as written for now.
+    for n in 0..3 {
+        recorder.emit(gap(n));
+    }
+    let stats = recorder.stats();
+    assert_eq!((stats[0].written, stats[0].lost), (3, 0), "{stats:?}");
+    // A session's start is waited for: its write carries the three and fails with them.
+    let session = Arc::new(Session::new(
+        SessionId(9),
+        Protocol::Postgres,
+        "unit",
+        "127.0.0.1:3".parse().unwrap(),
+        Identity::new("carol", vec![], AuthMethod::StaticToken),
+    ));
+    let layer = AuditLayer::new(&recorder, &session);
+    let stats = recorder.stats();
+    assert_eq!((stats[0].written, stats[0].lost), (0, 4), "{stats:?}");
+    drop(layer);
+    drop(session);
+    recorder.close(Duration::from_secs(5)).await;
+    assert!(recorder.stats()[0].lost >= 5, "{:?}", recorder.stats());
+}
