@@ -330,6 +330,12 @@ async fn postgres_sink_round_trip_and_restart() {
             addr.port()
         );
         assert!(tokio_postgres::connect(&bad, NoTls).await.is_err());
+        // So is a refused startup (the listener does not allow the `options` parameter).
+        let options = format!(
+            "host=127.0.0.1 port={} user=alice password={TOKEN} dbname=app options='-c work_mem=1GB'",
+            addr.port()
+        );
+        assert!(tokio_postgres::connect(&options, NoTls).await.is_err());
         recorder.close(Duration::from_secs(5)).await;
     }
 
@@ -368,7 +374,31 @@ async fn postgres_sink_round_trip_and_restart() {
     assert!(report.intact(), "{:?}", report.problem);
     assert!(report.sealed);
     assert_eq!(report.sessions, 2);
-    assert_eq!(report.connections, 2);
+    assert_eq!(report.connections, 4);
+    let refused: Vec<(String, String, String)> = client
+        .query(
+            "select record->>'event', record->>'claimed_user', record->>'reason'
+             from audit.trail where type = 'connection' order by seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    assert_eq!(
+        (refused[0].0.as_str(), refused[0].1.as_str()),
+        ("refused_login", "mallory")
+    );
+    assert_eq!(
+        (refused[1].0.as_str(), refused[1].1.as_str()),
+        ("refused_startup", "alice")
+    );
+    assert!(
+        refused[1].2.contains("\"options\" is not allowed"),
+        "{refused:?}"
+    );
     // Queryable with SQL: who ran what.
     let rows = client
         .query(
@@ -402,7 +432,7 @@ async fn postgres_sink_round_trip_and_restart() {
     assert_eq!(restarts, 1);
     let report = verify_files(&trail_files(&file).unwrap(), &VerifyOptions::default()).unwrap();
     assert!(report.intact(), "{:?}", report.problem);
-    assert_eq!((report.sessions, report.connections), (2, 2));
+    assert_eq!((report.sessions, report.connections), (2, 4));
     // The same commands in both sinks.
     let in_table: i64 = client
         .query_one(
