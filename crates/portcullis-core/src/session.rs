@@ -135,6 +135,8 @@ pub struct Session {
     pub cancel: CancelSignal,
     /// Why the session ended, set once by the protocol server as it closes.
     end_reason: std::sync::OnceLock<String>,
+    /// Run-time parameters as the database last reported them.
+    server_params: std::sync::RwLock<Vec<(String, String)>>,
 }
 
 impl Session {
@@ -162,6 +164,35 @@ impl Session {
             started_at: SystemTime::now(),
             cancel: CancelSignal::new(),
             end_reason: std::sync::OnceLock::new(),
+            server_params: std::sync::RwLock::new(Vec::new()),
+        }
+    }
+
+    /// A run-time parameter as the database last reported it (PostgreSQL `ParameterStatus`
+    /// at login and whenever it changes: `standard_conforming_strings`, `client_encoding`,
+    /// ...), so that policy reads SQL the way the database will.
+    pub fn server_param(&self, name: &str) -> Option<String> {
+        self.server_params
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Record a parameter the database reported (the protocol server does, as the report
+    /// passes to the client).
+    pub fn set_server_param(&self, name: &str, value: &str) {
+        let mut params = self
+            .server_params
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        match params.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => {
+                v.clear();
+                v.push_str(value);
+            }
+            None => params.push((name.to_owned(), value.to_owned())),
         }
     }
 

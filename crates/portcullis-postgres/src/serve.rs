@@ -609,6 +609,9 @@ where
         session.startup_params = params;
         session.tls = client.tls;
         let session = Arc::new(session);
+        for p in &connected.parameters {
+            note_parameter(&session, p);
+        }
 
         let (secret, cancel_guard) = self.shared.cancel.register(CancelTarget {
             host: up.host.clone(),
@@ -703,6 +706,17 @@ where
         metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
         info!(target: "portcullis::postgres", session = %session.id, reason = %end, "session ended");
         drop(est._guards);
+    }
+}
+
+/// Remember a ParameterStatus the database sent, as policy must read SQL the way the
+/// database will (`standard_conforming_strings`, `client_encoding`).
+fn note_parameter(session: &Session, frame: &Frame) {
+    if let portcullis_core::EventKind::Parameter { name, value } =
+        portcullis_core::EventView::view(frame)
+        && !name.is_empty()
+    {
+        session.set_server_param(name, value);
     }
 }
 
@@ -887,10 +901,14 @@ where
     B: ReplyBody<Event = Frame>,
 {
     fn push_frame(&mut self, frame: &Frame) {
-        if frame.tag() == b'Z'
-            && let Some(&s) = frame.body().first()
-        {
-            self.tx_status = s;
+        match frame.tag() {
+            b'Z' => {
+                if let Some(&s) = frame.body().first() {
+                    self.tx_status = s;
+                }
+            }
+            b'S' => note_parameter(&self.session, frame),
+            _ => {}
         }
         self.wbuf.extend_from_slice(frame.as_bytes());
     }

@@ -1391,3 +1391,72 @@ async fn bad_database_input_gets_clear_errors() {
         assert_eq!(errors, [("FATAL".to_owned(), "08006".to_owned())], "{what}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_follows_the_parameters_the_database_reports() {
+    let cluster = cluster().await;
+    let mut config = ServePgConfig::new(
+        "params",
+        UpstreamConfig::new(
+            cluster.host(),
+            cluster.port(),
+            cluster.user(),
+            cluster.password(),
+        ),
+    );
+    config.allow_plaintext_tokens_on_loopback = true;
+    let tokens = StaticTokens::new(vec![
+        TokenEntry::new("alice-token", &hash_token(TOKEN), vec![]).unwrap(),
+    ]);
+    let seen: Arc<std::sync::Mutex<Option<Arc<portcullis_core::Session>>>> = Arc::default();
+    let slot = seen.clone();
+    let server = ServePg::new(
+        config,
+        tokens,
+        new_service_fn(move |t: Target<PgUpstream>| {
+            *slot.lock().unwrap() = Some(t.session.clone());
+            t.upstream
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, peer)) = listener.accept().await {
+            tokio::spawn(server.serve_connection(tcp, peer));
+        }
+    });
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=alice password={TOKEN} dbname=app",
+        addr.port()
+    );
+    let (client, connection) = tokio_postgres::connect(&conninfo, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let session = seen.lock().unwrap().clone().unwrap();
+    // Reported at login.
+    assert_eq!(
+        session
+            .server_param("standard_conforming_strings")
+            .as_deref(),
+        Some("on")
+    );
+    assert_eq!(
+        session.server_param("client_encoding").as_deref(),
+        Some("UTF8")
+    );
+    // And followed when a command changes them.
+    client
+        .batch_execute("set standard_conforming_strings = off; set application_name = 'changed'")
+        .await
+        .unwrap();
+    assert_eq!(
+        session
+            .server_param("standard_conforming_strings")
+            .as_deref(),
+        Some("off")
+    );
+    assert_eq!(
+        session.server_param("application_name").as_deref(),
+        Some("changed")
+    );
+    assert_eq!(session.server_param("no_such_parameter"), None);
+}
