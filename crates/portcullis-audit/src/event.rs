@@ -32,6 +32,9 @@ pub enum AuditEvent {
     SessionStart(SessionStart),
     /// A command unit arrived; written before the command reaches the database.
     Command(Command),
+    /// A decision a layer made about a command while it was in flight (e.g. an approval
+    /// requested, before the person answers); the outcome repeats the final decisions.
+    Decision(DecisionEvent),
     /// How a command ended: exactly one per command.
     Outcome(Outcome),
     /// Something the database sent outside any command (notification, notice, parameter
@@ -54,6 +57,7 @@ impl AuditEvent {
         match self {
             AuditEvent::SessionStart(e) => Some(&e.session),
             AuditEvent::Command(e) => Some(&e.session),
+            AuditEvent::Decision(e) => Some(&e.session),
             AuditEvent::Outcome(e) => Some(&e.session),
             AuditEvent::SessionEvent(e) => Some(&e.session),
             AuditEvent::SessionEnd(e) => Some(&e.session),
@@ -70,6 +74,7 @@ impl AuditEvent {
             AuditEvent::TrailStart(_) => "trail_start",
             AuditEvent::SessionStart(_) => "session_start",
             AuditEvent::Command(_) => "command",
+            AuditEvent::Decision(_) => "decision",
             AuditEvent::Outcome(_) => "outcome",
             AuditEvent::SessionEvent(_) => "session_event",
             AuditEvent::SessionEnd(_) => "session_end",
@@ -402,6 +407,19 @@ impl DecisionRecord {
             _ => return None,
         })
     }
+}
+
+/// A decision about a command, recorded as it was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionEvent {
+    /// Whose.
+    #[serde(flatten)]
+    pub session: SessionRef,
+    /// The command's number within the session.
+    pub command: u64,
+    /// The decision.
+    #[serde(flatten)]
+    pub decision: DecisionRecord,
 }
 
 /// What the masking layer did to a reply (filled by the masking layer).

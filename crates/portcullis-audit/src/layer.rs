@@ -17,15 +17,15 @@ use std::time::Instant;
 
 use pin_project_lite::pin_project;
 use portcullis_core::{
-    CommandKind, CommandView, Decisions, Error, EventKind, EventView, Refusal, ReplyBody, Request,
-    Response, Session, rescue,
+    CommandKind, CommandView, DecisionLog, Decisions, Error, EventKind, EventView, Refusal,
+    ReplyBody, Request, Response, Session, rescue,
 };
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::event::{
-    AuditEvent, Command, DecisionRecord, ErrorRecord, Outcome, SessionEnd, SessionEvent,
-    SessionRef, SessionStart, Status,
+    AuditEvent, Command, DecisionEvent, DecisionRecord, ErrorRecord, Outcome, SessionEnd,
+    SessionEvent, SessionRef, SessionStart, Status,
 };
 use crate::recorder::{Bound, Pending, Recorder};
 
@@ -224,6 +224,8 @@ where
             _ => {}
         }
         let number = audit.commands.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut req = req;
+        req.extensions.insert(decision_log(&audit, number));
         // Numbered when sent (below), so a session's records appear in `sseq` order.
         let mut command = Command::of(audit.session_ref(0), number, &req.command);
         let recorder = audit.recorder.clone();
@@ -291,6 +293,23 @@ where
             state: State::WriteAhead { fut },
         }
     }
+}
+
+/// The [`DecisionLog`] inner layers find in the request: decisions become `decision`
+/// records at once.
+fn decision_log(audit: &Arc<SessionAudit>, command: u64) -> DecisionLog {
+    let audit = Arc::downgrade(audit);
+    DecisionLog::new(move |decision| {
+        if let Some(audit) = audit.upgrade() {
+            let event = AuditEvent::Decision(DecisionEvent {
+                session: audit.next_ref(),
+                command,
+                decision: DecisionRecord::from(decision),
+            });
+            // Bounded by the commands in flight, like outcomes.
+            audit.recorder.send(event, Bound::Exempt, false);
+        }
+    })
 }
 
 fn finish_call<B>(

@@ -171,6 +171,19 @@ fn render(ts: &str, event: &AuditEvent) -> String {
                 );
             }
         }
+        AuditEvent::Decision(d) => {
+            let r = &d.decision;
+            let _ = write!(s, "#{} decision: {} {}", d.command, r.layer, r.verdict);
+            if let Some(rule) = &r.rule {
+                let _ = write!(s, " rule \"{rule}\"");
+            }
+            if let Some(by) = &r.by {
+                let _ = write!(s, " by {by}");
+            }
+            if let Some(detail) = &r.detail {
+                let _ = write!(s, " ({detail})");
+            }
+        }
         AuditEvent::SessionEvent(e) => {
             let _ = write!(s, "{}", e.event);
             for part in [&e.code, &e.name, &e.message].into_iter().flatten() {

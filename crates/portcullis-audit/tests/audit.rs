@@ -826,3 +826,101 @@ async fn records_deferred_by_inline_writers_are_counted_when_their_write_fails()
     recorder.close(Duration::from_secs(5)).await;
     assert!(recorder.stats()[0].lost >= 5, "{:?}", recorder.stats());
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn inner_layers_record_decisions_as_they_make_them() {
+    use portcullis_core::{
+        AuthMethod, CommandKind, CommandView, Decision, DecisionLog, Decisions, Empty, EventKind,
+        EventView, Identity, Protocol, ReplyBody, Request, Response, SessionId, Statement, Verdict,
+    };
+
+    struct Sql;
+    impl CommandView for Sql {
+        fn kind(&self) -> CommandKind {
+            CommandKind::Statements
+        }
+        fn statements(&self) -> Vec<Statement<'_>> {
+            vec![Statement::text("delete from orders")]
+        }
+    }
+    struct NoEvent;
+    impl EventView for NoEvent {
+        fn view(&self) -> EventKind<'_> {
+            EventKind::Other
+        }
+    }
+    /// Asks for an approval (recorded at once), "gets" it, then answers with an empty reply
+    /// that reports the final decision with the response.
+    #[derive(Clone)]
+    struct Approving;
+    impl Service<Request<Sql>> for Approving {
+        type Response = Response<Empty<NoEvent>>;
+        type Error = Error;
+        type Future = std::future::Ready<Result<Response<Empty<NoEvent>>, Error>>;
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: Request<Sql>) -> Self::Future {
+            let asked = Decision::new(
+                "approval",
+                Verdict::Approve {
+                    rule: "dba-approval".into(),
+                    approvers: vec!["dba".into()],
+                },
+            )
+            .with_detail("request 7 filed");
+            DecisionLog::record_in(&req.extensions, &asked);
+            let mut response = Response::new(Empty::default());
+            Decisions::record(
+                &mut response.extensions,
+                Decision::new("approval", Verdict::Allow).with_detail("approved by dana"),
+            );
+            std::future::ready(Ok(response))
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.jsonl");
+    let recorder = Recorder::builder(OnFailure::Refuse)
+        .sink(
+            SinkOptions::new("jsonl"),
+            JsonlSink::open(JsonlOptions::new(&path)).unwrap(),
+        )
+        .start()
+        .unwrap();
+    let session = Arc::new(Session::new(
+        SessionId(10),
+        Protocol::Postgres,
+        "unit",
+        "127.0.0.1:4".parse().unwrap(),
+        Identity::new("erin", vec![], AuthMethod::StaticToken),
+    ));
+    let mut service = AuditLayer::new(&recorder, &session).layer(Approving);
+    std::future::poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .unwrap();
+    let response = service
+        .call(Request::new(session.clone(), Sql))
+        .await
+        .unwrap();
+    let mut body = Box::pin(response.body);
+    assert!(
+        std::future::poll_fn(|cx| body.as_mut().poll_event(cx))
+            .await
+            .is_none()
+    );
+    drop((body, service, session));
+    recorder.close(Duration::from_secs(5)).await;
+    let text = shown(&path);
+    let asked = text
+        .find("#1 decision: approval approval_requested rule \"dba-approval\" (request 7 filed)")
+        .unwrap_or_else(|| panic!("{text}"));
+    let outcome = text.find("#1 → ok").unwrap_or_else(|| panic!("{text}"));
+    assert!(asked < outcome, "{text}");
+    assert!(
+        text.contains("decision: approval allow (approved by dana)"),
+        "{text}"
+    );
+    let report = verify_files(&trail_files(&path).unwrap(), &VerifyOptions::default()).unwrap();
+    assert!(report.intact(), "{:?}", report.problem);
+}

@@ -62,7 +62,7 @@ pub use session::{
     Session, SessionId,
 };
 pub use stack::{NewLayered, NewService, NewServiceFn, Target, new_service_fn};
-pub use verdict::{Decision, Decisions, Verdict};
+pub use verdict::{Decision, DecisionLog, Decisions, Verdict};
 pub use view::{CommandKind, CommandView, EventKind, EventView, Param, Statement};
 
 /// Re-exported so layers can name the extension map of [`Request`] and [`Response`].

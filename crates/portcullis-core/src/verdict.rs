@@ -95,3 +95,34 @@ impl Decisions {
             .map_or(&[], |d| d.0.as_slice())
     }
 }
+
+/// Where a layer reports a decision *as it is made* — e.g. "approval requested" while the
+/// command waits for a person — rather than only with the command's outcome. The audit layer
+/// puts one in each request's extensions; a layer that finds it calls [`DecisionLog::record`].
+#[derive(Clone)]
+pub struct DecisionLog(std::sync::Arc<dyn Fn(&Decision) + Send + Sync>);
+
+impl DecisionLog {
+    /// A log that hands each decision to `record` (which must not block).
+    pub fn new(record: impl Fn(&Decision) + Send + Sync + 'static) -> Self {
+        DecisionLog(std::sync::Arc::new(record))
+    }
+
+    /// Record `decision` now.
+    pub fn record(&self, decision: &Decision) {
+        (self.0)(decision)
+    }
+
+    /// Record `decision` through the log in `extensions`, if there is one.
+    pub fn record_in(extensions: &http::Extensions, decision: &Decision) {
+        if let Some(log) = extensions.get::<DecisionLog>() {
+            log.record(decision);
+        }
+    }
+}
+
+impl std::fmt::Debug for DecisionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DecisionLog").finish_non_exhaustive()
+    }
+}
