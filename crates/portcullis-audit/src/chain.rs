@@ -190,7 +190,8 @@ impl ChainState {
     }
 
     /// Append `event` made at `at` to `out` as one line (with its newline) and advance.
-    pub fn append(&mut self, out: &mut Vec<u8>, at: SystemTime, event: &AuditEvent) {
+    /// Returns the record's `ts`, as written.
+    pub fn append(&mut self, out: &mut Vec<u8>, at: SystemTime, event: &AuditEvent) -> String {
         let start = out.len();
         let ts = rfc3339(at);
         let mut prev = [0u8; 64];
@@ -218,16 +219,18 @@ impl ChainState {
         self.prev = hash;
         self.next_seq += 1;
         self.unsealed += 1;
+        ts
     }
 
     /// Append a checkpoint sealing everything so far, signed with `key` when there is one.
+    /// Returns the checkpoint's `ts`.
     pub fn seal(
         &mut self,
         out: &mut Vec<u8>,
         at: SystemTime,
         reason: &str,
         key: Option<&SigningKey>,
-    ) {
+    ) -> String {
         let prev = hex::encode(self.prev);
         let message = checkpoint_message(self.next_seq, &prev);
         let event = AuditEvent::Checkpoint(Checkpoint {
@@ -235,8 +238,9 @@ impl ChainState {
             key: key.map(|k| k.public_hex().to_owned()),
             sig: key.map(|k| k.sign_hex(&message)),
         });
-        self.append(out, at, &event);
+        let ts = self.append(out, at, &event);
         self.unsealed = 0;
+        ts
     }
 }
 

@@ -120,6 +120,30 @@ pub struct TrailStart {
     pub discarded_bytes: Option<u64>,
 }
 
+impl TrailStart {
+    /// This process opening a trail for `reason`.
+    pub fn opened(
+        reason: &str,
+        previous_sealed: Option<bool>,
+        discarded_bytes: Option<u64>,
+    ) -> Self {
+        TrailStart {
+            reason: reason.to_owned(),
+            writer: format!("portcullis {}", env!("CARGO_PKG_VERSION")),
+            pid: std::process::id(),
+            previous_sealed,
+            discarded_bytes,
+        }
+    }
+}
+
+impl AuditEvent {
+    /// Whether this record closes a trail cleanly: a `shutdown` or `rotate` checkpoint.
+    pub fn closes_trail(&self) -> bool {
+        matches!(self, AuditEvent::Checkpoint(c) if c.reason == "shutdown" || c.reason == "rotate")
+    }
+}
+
 /// The identity on a session's start record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityRecord {

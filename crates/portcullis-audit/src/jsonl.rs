@@ -18,7 +18,7 @@ use portcullis_core::Error;
 use tower_service::Service;
 use tracing::info;
 
-use crate::chain::{ChainState, ParsedLine, SigningKey, parse_line};
+use crate::chain::{ChainState, SigningKey, parse_line};
 use crate::event::{AuditEvent, TrailStart};
 use crate::recorder::{AuditBatch, Flush, InlineSink, Stamped};
 
@@ -183,6 +183,18 @@ struct Live {
     dirty: bool,
 }
 
+impl Live {
+    /// Append `bytes` (whole records) to the file.
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if !bytes.is_empty() {
+            self.file.write_all(bytes)?;
+            self.size += bytes.len() as u64;
+            self.dirty = true;
+        }
+        Ok(())
+    }
+}
+
 /// The JSONL sink, a `Service<AuditBatch>`. Its calls do blocking file I/O: run it on its
 /// own thread, as [`crate::Recorder`] does.
 pub struct JsonlSink {
@@ -298,7 +310,7 @@ impl JsonlSink {
                         })?;
                         (
                             ChainState::after(&parsed),
-                            Some(is_closing(&parsed)),
+                            Some(parsed.event.closes_trail()),
                             discarded,
                         )
                     }
@@ -320,13 +332,11 @@ impl JsonlSink {
         } else {
             reason
         };
-        self.opening = Some(AuditEvent::TrailStart(TrailStart {
-            reason: reason.to_owned(),
-            writer: format!("portcullis {}", env!("CARGO_PKG_VERSION")),
-            pid: std::process::id(),
+        self.opening = Some(AuditEvent::TrailStart(TrailStart::opened(
+            reason,
             previous_sealed,
-            discarded_bytes: discarded,
-        }));
+            discarded,
+        )));
         self.chain = chain;
         self.live = Some(Live {
             file,
@@ -385,10 +395,7 @@ impl JsonlSink {
             return Ok(());
         }
         let written = match self.live.as_mut() {
-            Some(live) => live.file.write_all(&self.deferred).map(|()| {
-                live.size += self.deferred.len() as u64;
-                live.dirty = true;
-            }),
+            Some(live) => live.append(&self.deferred),
             None => Err(std::io::Error::other("the audit file is not open")),
         };
         self.deferred.clear();
@@ -472,11 +479,7 @@ impl JsonlSink {
         let Some(live) = self.live.as_mut() else {
             return Err("the audit file is not open".into());
         };
-        if !self.buf.is_empty() {
-            live.file.write_all(&self.buf)?;
-            live.size += self.buf.len() as u64;
-            live.dirty = true;
-        }
+        live.append(&self.buf)?;
         let due = match self.options.fsync {
             Fsync::Always => true,
             Fsync::Interval(every) => force || live.last_sync.elapsed() >= every,
@@ -516,11 +519,6 @@ impl JsonlSink {
         }
         Ok(())
     }
-}
-
-/// Whether the writer before closed the file cleanly (shutdown or rotation checkpoint).
-fn is_closing(line: &ParsedLine) -> bool {
-    matches!(&line.event, AuditEvent::Checkpoint(c) if c.reason == "shutdown" || c.reason == "rotate")
 }
 
 /// Append a checkpoint line to the copy file and sync it.

@@ -404,15 +404,7 @@ impl OutcomeRecorder {
 
     /// The command never got a reply: a layer refused it or the gateway failed.
     fn refused(&mut self, error: &Error) {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
-        let mut refusal = None;
-        while let Some(err) = cause {
-            if let Some(r) = err.downcast_ref::<Refusal>() {
-                refusal = Some(r);
-                break;
-            }
-            cause = err.source();
-        }
+        let refusal = Refusal::find(error);
         let rescue = rescue(error);
         self.error = Some(ErrorRecord {
             code: format!("{:?}", rescue.kind),

@@ -6,7 +6,7 @@ use std::io::{BufRead as _, BufReader, Write};
 use std::path::PathBuf;
 
 use crate::chain::parse_line;
-use crate::event::{AuditEvent, ParamRecord, Status};
+use crate::event::{AuditEvent, DecisionRecord, ParamRecord, Status};
 
 /// What to show.
 #[derive(Debug, Clone, Default)]
@@ -151,16 +151,8 @@ fn render(ts: &str, event: &AuditEvent) -> String {
                 let _ = write!(s, " · {} {}", e.code, e.message);
             }
             for d in &o.decisions {
-                let _ = write!(s, "\n      decision: {} {}", d.layer, d.verdict);
-                if let Some(rule) = &d.rule {
-                    let _ = write!(s, " rule \"{rule}\"");
-                }
-                if let Some(by) = &d.by {
-                    let _ = write!(s, " by {by}");
-                }
-                if let Some(detail) = &d.detail {
-                    let _ = write!(s, " ({detail})");
-                }
+                s.push_str("\n      ");
+                render_decision(&mut s, d);
             }
             if let Some(m) = &o.masking {
                 let _ = write!(
@@ -172,17 +164,8 @@ fn render(ts: &str, event: &AuditEvent) -> String {
             }
         }
         AuditEvent::Decision(d) => {
-            let r = &d.decision;
-            let _ = write!(s, "#{} decision: {} {}", d.command, r.layer, r.verdict);
-            if let Some(rule) = &r.rule {
-                let _ = write!(s, " rule \"{rule}\"");
-            }
-            if let Some(by) = &r.by {
-                let _ = write!(s, " by {by}");
-            }
-            if let Some(detail) = &r.detail {
-                let _ = write!(s, " ({detail})");
-            }
+            let _ = write!(s, "#{} ", d.command);
+            render_decision(&mut s, &d.decision);
         }
         AuditEvent::SessionEvent(e) => {
             let _ = write!(s, "{}", e.event);
@@ -221,4 +204,18 @@ fn render(ts: &str, event: &AuditEvent) -> String {
         }
     }
     s
+}
+
+/// `decision: LAYER VERDICT [rule "R"] [by P] [(detail)]`.
+fn render_decision(s: &mut String, d: &DecisionRecord) {
+    let _ = write!(s, "decision: {} {}", d.layer, d.verdict);
+    if let Some(rule) = &d.rule {
+        let _ = write!(s, " rule \"{rule}\"");
+    }
+    if let Some(by) = &d.by {
+        let _ = write!(s, " by {by}");
+    }
+    if let Some(detail) = &d.detail {
+        let _ = write!(s, " ({detail})");
+    }
 }

@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use tower_service::Service;
 use tracing::{info, warn};
 
-use crate::chain::{ChainState, SigningKey, parse_line, rfc3339};
+use crate::chain::{ChainState, SigningKey, parse_line};
 use crate::event::{AuditEvent, TrailStart};
 use crate::recorder::{AuditBatch, Flush};
 
@@ -140,23 +140,22 @@ impl PgState {
                 let line: String = row.try_get(0)?;
                 let parsed = parse_line(line.as_bytes())
                     .map_err(|e| format!("the last record in {table} cannot be continued: {e}"))?;
-                let sealed =
-                    matches!(&parsed.event, AuditEvent::Checkpoint(c) if c.reason == "shutdown");
-                (ChainState::after(&parsed), Some(sealed))
+                (
+                    ChainState::after(&parsed),
+                    Some(parsed.event.closes_trail()),
+                )
             }
         };
-        self.opening = Some(AuditEvent::TrailStart(TrailStart {
-            reason: if chain.next_seq == 0 {
-                "new"
-            } else {
-                "restart"
-            }
-            .into(),
-            writer: format!("portcullis {}", env!("CARGO_PKG_VERSION")),
-            pid: std::process::id(),
+        let reason = if chain.next_seq == 0 {
+            "new"
+        } else {
+            "restart"
+        };
+        self.opening = Some(AuditEvent::TrailStart(TrailStart::opened(
+            reason,
             previous_sealed,
-            discarded_bytes: None,
-        }));
+            None,
+        )));
         self.chain = chain;
         self.client = Some(client);
         info!(target: "portcullis::audit", table = %table, next_seq = self.chain.next_seq, "audit table ready");
@@ -200,9 +199,10 @@ impl PgState {
         if let Some(reason) = seal {
             let mut line = Vec::new();
             let seq = self.chain.next_seq;
-            self.chain
+            let ts = self
+                .chain
                 .seal(&mut line, now, reason, self.options.key.as_deref());
-            rows.push_line(seq, now, "checkpoint", None, line)?;
+            rows.push_line(seq, ts, "checkpoint", None, line)?;
         }
         if rows.seq.is_empty() {
             return Ok(());
@@ -248,15 +248,15 @@ impl Rows {
     ) -> Result<(), Error> {
         let seq = chain.next_seq;
         let mut line = Vec::new();
-        chain.append(&mut line, at, event);
+        let ts = chain.append(&mut line, at, event);
         let session = event.session().map(|s| (s.session.to_string(), s.sseq));
-        self.push_line(seq, at, event.kind(), session, line)
+        self.push_line(seq, ts, event.kind(), session, line)
     }
 
     fn push_line(
         &mut self,
         seq: u64,
-        at: SystemTime,
+        ts: String,
         kind: &str,
         session: Option<(String, u64)>,
         mut line: Vec<u8>,
@@ -265,7 +265,7 @@ impl Rows {
             line.pop();
         }
         self.seq.push(i64::try_from(seq)?);
-        self.ts.push(rfc3339(at));
+        self.ts.push(ts);
         self.kind.push(kind.to_owned());
         self.sseq.push(
             session

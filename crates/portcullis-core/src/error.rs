@@ -102,34 +102,44 @@ pub struct Rescue {
     pub close: bool,
 }
 
+impl Refusal {
+    /// The refusal anywhere in `error`'s source chain, if there is one.
+    pub fn find(error: &Error) -> Option<&Refusal> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+        while let Some(err) = cause {
+            if let Some(refusal) = err.downcast_ref::<Refusal>() {
+                return Some(refusal);
+            }
+            cause = err.source();
+        }
+        None
+    }
+}
+
 /// The rescue step: turn any layer error into what the client should see.
 ///
 /// A [`Refusal`] anywhere in the error's source chain decides the kind; anything else is an
 /// internal error that ends the session (the gateway cannot know the session's state after
 /// an unexpected failure).
 pub fn rescue(error: &Error) -> Rescue {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
-    while let Some(err) = cause {
-        if let Some(refusal) = err.downcast_ref::<Refusal>() {
-            let (kind, close) = match refusal {
-                Refusal::Unauthenticated { .. } => (RescueKind::AuthenticationFailed, true),
-                Refusal::Blocked { .. } | Refusal::ApprovalDenied { .. } => {
-                    (RescueKind::Forbidden, false)
-                }
-                Refusal::ApprovalTimeout { .. } => (RescueKind::TimedOut, false),
-                Refusal::Cancelled => (RescueKind::Cancelled, false),
-                Refusal::AuditUnavailable { .. } => (RescueKind::AuditFailure, false),
-                Refusal::Protocol { .. } => (RescueKind::ProtocolViolation, true),
-                Refusal::UpstreamUnavailable { .. } => (RescueKind::UpstreamUnavailable, true),
-                Refusal::Limit { .. } => (RescueKind::Limit, false),
-            };
-            return Rescue {
-                kind,
-                message: Cow::Owned(refusal.to_string()),
-                close,
-            };
-        }
-        cause = err.source();
+    if let Some(refusal) = Refusal::find(error) {
+        let (kind, close) = match refusal {
+            Refusal::Unauthenticated { .. } => (RescueKind::AuthenticationFailed, true),
+            Refusal::Blocked { .. } | Refusal::ApprovalDenied { .. } => {
+                (RescueKind::Forbidden, false)
+            }
+            Refusal::ApprovalTimeout { .. } => (RescueKind::TimedOut, false),
+            Refusal::Cancelled => (RescueKind::Cancelled, false),
+            Refusal::AuditUnavailable { .. } => (RescueKind::AuditFailure, false),
+            Refusal::Protocol { .. } => (RescueKind::ProtocolViolation, true),
+            Refusal::UpstreamUnavailable { .. } => (RescueKind::UpstreamUnavailable, true),
+            Refusal::Limit { .. } => (RescueKind::Limit, false),
+        };
+        return Rescue {
+            kind,
+            message: Cow::Owned(refusal.to_string()),
+            close,
+        };
     }
     Rescue {
         kind: RescueKind::Internal,

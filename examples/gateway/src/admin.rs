@@ -138,8 +138,7 @@ impl Metrics {
         let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         for family in FAMILIES {
-            let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
-            let _ = writeln!(out, "# TYPE {} {}", family.name, family.kind);
+            header(&mut out, family.name, family.kind, family.help);
             for (name, servers) in listeners.iter() {
                 let value: u64 = servers.iter().map(|m| (family.read)(m)).sum();
                 let _ = writeln!(
@@ -214,8 +213,7 @@ fn render_audit(out: &mut String, sinks: &[portcullis_audit::SinkStats]) {
         ),
     ];
     for (name, kind, help, read) in families {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
+        header(out, name, kind, help);
         for sink in sinks {
             let _ = writeln!(
                 out,
@@ -225,6 +223,12 @@ fn render_audit(out: &mut String, sinks: &[portcullis_audit::SinkStats]) {
             );
         }
     }
+}
+
+/// A metric family's `# HELP` and `# TYPE` lines.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// Escape a label value as the text format requires.
