@@ -16,7 +16,7 @@ use portcullis_audit::{
     PostgresOptions, PostgresSink, Recorder, ShowOptions, SigningKey, SinkOptions, VerifyOptions,
     show, trail_files, verify_files, verify_records,
 };
-use portcullis_core::{Error, NewLayered, Session};
+use portcullis_core::{Error, NewLayered, ReplyBody, Request, Response, Session};
 use portcullis_identity::{StaticTokens, TokenEntry, hash_token};
 use portcullis_postgres::{ServePg, ServePgConfig, UpstreamConfig};
 use portcullis_testkit::PgCluster;
@@ -538,29 +538,8 @@ async fn rotation_restarts_and_crash_remnants_keep_one_chain() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_dropped_reply_still_gets_exactly_one_outcome() {
-    use portcullis_core::{
-        CommandKind, CommandView, EventKind, EventView, Identity, Protocol, ReplyBody, Request,
-        Response, SessionId, Statement,
-    };
+    use unit::{Row, Sql, reply, session};
 
-    struct Sql;
-    impl CommandView for Sql {
-        fn kind(&self) -> CommandKind {
-            CommandKind::Statements
-        }
-        fn statements(&self) -> Vec<Statement<'_>> {
-            vec![Statement::text("select * from endless")]
-        }
-    }
-    struct Row;
-    impl EventView for Row {
-        fn view(&self) -> EventKind<'_> {
-            EventKind::Row
-        }
-        fn wire_len(&self) -> usize {
-            10
-        }
-    }
     /// A reply that fails after one row.
     struct Broken(bool);
     impl ReplyBody for Broken {
@@ -587,93 +566,30 @@ async fn a_dropped_reply_still_gets_exactly_one_outcome() {
             Poll::Ready(Some(Ok(Row)))
         }
     }
-    #[derive(Clone)]
-    struct Upstream;
-    impl Service<Request<Sql>> for Upstream {
-        type Response = Response<Endless>;
-        type Error = Error;
-        type Future = std::future::Ready<Result<Response<Endless>, Error>>;
-        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-            Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _req: Request<Sql>) -> Self::Future {
-            std::future::ready(Ok(Response::new(Endless)))
-        }
-    }
-    #[derive(Clone)]
-    struct BrokenUpstream;
-    impl Service<Request<Sql>> for BrokenUpstream {
-        type Response = Response<Broken>;
-        type Error = Error;
-        type Future = std::future::Ready<Result<Response<Broken>, Error>>;
-        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-            Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _req: Request<Sql>) -> Self::Future {
-            std::future::ready(Ok(Response::new(Broken(false))))
-        }
-    }
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("drop.jsonl");
-    let recorder = Recorder::builder(OnFailure::Refuse)
-        .sink(
-            SinkOptions::new("jsonl"),
-            JsonlSink::open(JsonlOptions::new(&path)).unwrap(),
-        )
-        .start()
-        .unwrap();
-    let session = Arc::new(Session::new(
-        SessionId(7),
-        Protocol::Postgres,
-        "unit",
-        "127.0.0.1:1".parse().unwrap(),
-        Identity::new("alice", vec![], portcullis_core::AuthMethod::StaticToken),
-    ));
-    let mut service = AuditLayer::new(&recorder, &session).layer(Upstream);
-    std::future::poll_fn(|cx| service.poll_ready(cx))
-        .await
-        .unwrap();
-    let response = service
-        .call(Request::new(session.clone(), Sql))
-        .await
-        .unwrap();
-    let mut body = Box::pin(response.body);
+    let recorder = unit::jsonl_recorder(&path);
+    let alice = session(7, "alice");
+    let upstream =
+        tower::service_fn(|_: Request<Sql>| async { Ok::<_, Error>(Response::new(Endless)) });
+    let mut service = AuditLayer::new(&recorder, &alice).layer(upstream);
+    let mut body = reply(&mut service, &alice, Sql("select * from endless")).await;
     for _ in 0..3 {
-        std::future::poll_fn(|cx| body.as_mut().poll_event(cx))
-            .await
-            .unwrap()
-            .unwrap();
+        unit::next(&mut body).await.unwrap().unwrap();
     }
-    drop(body);
-    drop(service);
-    drop(session);
+    drop((body, service, alice));
 
     // A reply that fails: one outcome, `failed`, with the error; polling on after the end
     // records nothing more.
-    let session = Arc::new(Session::new(
-        SessionId(8),
-        Protocol::Postgres,
-        "unit",
-        "127.0.0.1:2".parse().unwrap(),
-        Identity::new("bob", vec![], portcullis_core::AuthMethod::StaticToken),
-    ));
-    let mut service = AuditLayer::new(&recorder, &session).layer(BrokenUpstream);
-    std::future::poll_fn(|cx| service.poll_ready(cx))
-        .await
-        .unwrap();
-    let response = service
-        .call(Request::new(session.clone(), Sql))
-        .await
-        .unwrap();
-    let mut body = Box::pin(response.body);
-    let first = std::future::poll_fn(|cx| body.as_mut().poll_event(cx)).await;
-    assert!(matches!(first, Some(Ok(_))));
-    let second = std::future::poll_fn(|cx| body.as_mut().poll_event(cx)).await;
-    assert!(matches!(second, Some(Err(_))));
-    drop(body);
-    drop(service);
-    drop(session);
+    let bob = session(8, "bob");
+    let upstream =
+        tower::service_fn(|_: Request<Sql>| async { Ok::<_, Error>(Response::new(Broken(false))) });
+    let mut service = AuditLayer::new(&recorder, &bob).layer(upstream);
+    let mut body = reply(&mut service, &bob, Sql("select * from endless")).await;
+    assert!(matches!(unit::next(&mut body).await, Some(Ok(_))));
+    assert!(matches!(unit::next(&mut body).await, Some(Err(_))));
+    drop((body, service, bob));
 
     recorder.close(Duration::from_secs(5)).await;
     let text = shown(&path);
@@ -699,13 +615,7 @@ async fn the_session_event_stream_is_recorded() {
     let cluster = cluster().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.jsonl");
-    let recorder = Recorder::builder(OnFailure::Refuse)
-        .sink(
-            SinkOptions::new("jsonl"),
-            JsonlSink::open(JsonlOptions::new(&path)).unwrap(),
-        )
-        .start()
-        .unwrap();
+    let recorder = unit::jsonl_recorder(&path);
     let addr = serve(&cluster, &recorder).await;
     let listener = connect(addr).await;
     listener
@@ -795,7 +705,6 @@ async fn inline_writes_and_the_writer_thread_keep_one_chain() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn records_deferred_by_inline_writers_are_counted_when_their_write_fails() {
-    use portcullis_core::{AuthMethod, Identity, Protocol, SessionId};
     // Every write to /dev/full fails (ENOSPC), after the open succeeded.
     let (service, inline) = JsonlSink::open(JsonlOptions::new("/dev/full"))
         .unwrap()
@@ -811,13 +720,7 @@ async fn records_deferred_by_inline_writers_are_counted_when_their_write_fails()
     let stats = recorder.stats();
     assert_eq!((stats[0].written, stats[0].lost), (3, 0), "{stats:?}");
     // A session's start is waited for: its write carries the three and fails with them.
-    let session = Arc::new(Session::new(
-        SessionId(9),
-        Protocol::Postgres,
-        "unit",
-        "127.0.0.1:3".parse().unwrap(),
-        Identity::new("carol", vec![], AuthMethod::StaticToken),
-    ));
+    let session = unit::session(9, "carol");
     let layer = AuditLayer::new(&recorder, &session);
     let stats = recorder.stats();
     assert_eq!((stats[0].written, stats[0].lost), (0, 4), "{stats:?}");
@@ -829,86 +732,36 @@ async fn records_deferred_by_inline_writers_are_counted_when_their_write_fails()
 
 #[tokio::test(flavor = "current_thread")]
 async fn inner_layers_record_decisions_as_they_make_them() {
-    use portcullis_core::{
-        AuthMethod, CommandKind, CommandView, Decision, DecisionLog, Decisions, Empty, EventKind,
-        EventView, Identity, Protocol, ReplyBody, Request, Response, SessionId, Statement, Verdict,
-    };
+    use portcullis_core::{Decision, DecisionLog, Decisions, Empty, Verdict};
+    use unit::{Row, Sql, reply};
 
-    struct Sql;
-    impl CommandView for Sql {
-        fn kind(&self) -> CommandKind {
-            CommandKind::Statements
-        }
-        fn statements(&self) -> Vec<Statement<'_>> {
-            vec![Statement::text("delete from orders")]
-        }
-    }
-    struct NoEvent;
-    impl EventView for NoEvent {
-        fn view(&self) -> EventKind<'_> {
-            EventKind::Other
-        }
-    }
-    /// Asks for an approval (recorded at once), "gets" it, then answers with an empty reply
-    /// that reports the final decision with the response.
-    #[derive(Clone)]
-    struct Approving;
-    impl Service<Request<Sql>> for Approving {
-        type Response = Response<Empty<NoEvent>>;
-        type Error = Error;
-        type Future = std::future::Ready<Result<Response<Empty<NoEvent>>, Error>>;
-        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-            Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, req: Request<Sql>) -> Self::Future {
-            let asked = Decision::new(
-                "approval",
-                Verdict::Approve {
-                    rule: "dba-approval".into(),
-                    approvers: vec!["dba".into()],
-                },
-            )
-            .with_detail("request 7 filed");
-            DecisionLog::record_in(&req.extensions, &asked);
-            let mut response = Response::new(Empty::default());
-            Decisions::record(
-                &mut response.extensions,
-                Decision::new("approval", Verdict::Allow).with_detail("approved by dana"),
-            );
-            std::future::ready(Ok(response))
-        }
-    }
+    // Asks for an approval (recorded at once), "gets" it, then answers with an empty reply
+    // that reports the final decision with the response.
+    let approving = tower::service_fn(|req: Request<Sql>| async move {
+        let asked = Decision::new(
+            "approval",
+            Verdict::Approve {
+                rule: "dba-approval".into(),
+                approvers: vec!["dba".into()],
+            },
+        )
+        .with_detail("request 7 filed");
+        DecisionLog::record_in(&req.extensions, &asked);
+        let mut response = Response::new(Empty::<Row>::default());
+        Decisions::record(
+            &mut response.extensions,
+            Decision::new("approval", Verdict::Allow).with_detail("approved by dana"),
+        );
+        Ok::<_, Error>(response)
+    });
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("decisions.jsonl");
-    let recorder = Recorder::builder(OnFailure::Refuse)
-        .sink(
-            SinkOptions::new("jsonl"),
-            JsonlSink::open(JsonlOptions::new(&path)).unwrap(),
-        )
-        .start()
-        .unwrap();
-    let session = Arc::new(Session::new(
-        SessionId(10),
-        Protocol::Postgres,
-        "unit",
-        "127.0.0.1:4".parse().unwrap(),
-        Identity::new("erin", vec![], AuthMethod::StaticToken),
-    ));
-    let mut service = AuditLayer::new(&recorder, &session).layer(Approving);
-    std::future::poll_fn(|cx| service.poll_ready(cx))
-        .await
-        .unwrap();
-    let response = service
-        .call(Request::new(session.clone(), Sql))
-        .await
-        .unwrap();
-    let mut body = Box::pin(response.body);
-    assert!(
-        std::future::poll_fn(|cx| body.as_mut().poll_event(cx))
-            .await
-            .is_none()
-    );
+    let recorder = unit::jsonl_recorder(&path);
+    let session = unit::session(10, "erin");
+    let mut service = AuditLayer::new(&recorder, &session).layer(approving);
+    let mut body = reply(&mut service, &session, Sql("delete from orders")).await;
+    assert!(unit::next(&mut body).await.is_none());
     drop((body, service, session));
     recorder.close(Duration::from_secs(5)).await;
     let text = shown(&path);
@@ -923,4 +776,81 @@ async fn inner_layers_record_decisions_as_they_make_them() {
     );
     let report = verify_files(&trail_files(&path).unwrap(), &VerifyOptions::default()).unwrap();
     assert!(report.intact(), "{:?}", report.problem);
+}
+
+/// Fixtures for the layer tests that need no database: a command, a row, sessions, a
+/// recorder writing one JSONL file, and calling a service once.
+mod unit {
+    use super::*;
+    use portcullis_core::{
+        AuthMethod, CommandKind, CommandView, EventKind, EventView, Identity, Protocol, SessionId,
+        Statement,
+    };
+
+    /// One SQL statement.
+    pub(super) struct Sql(pub(super) &'static str);
+    impl CommandView for Sql {
+        fn kind(&self) -> CommandKind {
+            CommandKind::Statements
+        }
+        fn statements(&self) -> Vec<Statement<'_>> {
+            vec![Statement::text(self.0)]
+        }
+    }
+
+    /// A row of 10 bytes.
+    pub(super) struct Row;
+    impl EventView for Row {
+        fn view(&self) -> EventKind<'_> {
+            EventKind::Row
+        }
+        fn wire_len(&self) -> usize {
+            10
+        }
+    }
+
+    pub(super) fn session(id: u64, subject: &str) -> Arc<Session> {
+        Arc::new(Session::new(
+            SessionId(id),
+            Protocol::Postgres,
+            "unit",
+            format!("127.0.0.1:{id}").parse().unwrap(),
+            Identity::new(subject, vec![], AuthMethod::StaticToken),
+        ))
+    }
+
+    pub(super) fn jsonl_recorder(path: &std::path::Path) -> Recorder {
+        Recorder::builder(OnFailure::Refuse)
+            .sink(
+                SinkOptions::new("jsonl"),
+                JsonlSink::open(JsonlOptions::new(path)).unwrap(),
+            )
+            .start()
+            .unwrap()
+    }
+
+    /// Call `service` once with `command`; the reply's body.
+    pub(super) async fn reply<S, B>(
+        service: &mut S,
+        session: &Arc<Session>,
+        command: Sql,
+    ) -> Pin<Box<B>>
+    where
+        S: Service<Request<Sql>, Response = Response<B>, Error = Error>,
+    {
+        std::future::poll_fn(|cx| service.poll_ready(cx))
+            .await
+            .unwrap();
+        let response = service
+            .call(Request::new(session.clone(), command))
+            .await
+            .unwrap();
+        Box::pin(response.body)
+    }
+
+    pub(super) async fn next<B: ReplyBody>(
+        body: &mut Pin<Box<B>>,
+    ) -> Option<Result<B::Event, Error>> {
+        std::future::poll_fn(|cx| body.as_mut().poll_event(cx)).await
+    }
 }

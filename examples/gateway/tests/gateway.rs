@@ -218,6 +218,28 @@ impl Gateway {
     fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().unwrap()
     }
+
+    /// Spawn the gateway and wait until its admin server answers `/healthz` with 200.
+    async fn started(config: &Path, dir: &Path, upstream_password: &str, admin: u16) -> Gateway {
+        let mut gateway = Gateway::spawn(config, dir, upstream_password);
+        wait_for(&mut gateway, "/healthz", || async {
+            matches!(http_get(admin, "/healthz").await, Ok((200, _)))
+        })
+        .await;
+        gateway
+    }
+
+    /// Wait until the process exits, at most `within` (else fail with `what` and the logs).
+    async fn wait_exit(&mut self, within: Duration, what: &str) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{what}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Gateway {
@@ -500,17 +522,12 @@ async fn run_serves_reloads_revokes_and_drains() {
 
     gateway.signal("TERM");
     let signalled = Instant::now();
-    let status = loop {
-        if let Some(status) = gateway.exited() {
-            break status;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(3 + 5),
-            "the gateway did not exit within the drain deadline\n{}",
-            gateway.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = gateway
+        .wait_exit(
+            Duration::from_secs(3 + 5),
+            "the gateway did not exit within the drain deadline",
+        )
+        .await;
     assert!(status.success(), "{status}\n{}", gateway.logs());
     // It waited for the open session, up to the deadline.
     assert!(
@@ -540,28 +557,16 @@ async fn sigterm_with_no_sessions_exits_at_once() {
     let path = dir.path().join("portcullis.toml");
     let (gw, admin) = (free_port(), free_port());
     std::fs::write(&path, config_text(gw, admin, &cluster, &[("bob", "t")])).unwrap();
-    let mut gateway = Gateway::spawn(&path, dir.path(), cluster.password());
-    wait_for(&mut gateway, "/healthz", || async {
-        matches!(http_get(admin, "/healthz").await, Ok((200, _)))
-    })
-    .await;
+    let mut gateway = Gateway::started(&path, dir.path(), cluster.password(), admin).await;
     let session = connect(gw, "t").await.unwrap();
     session.simple_query("select 1").await.unwrap();
     drop(session);
 
     gateway.signal("INT");
     let signalled = Instant::now();
-    let status = loop {
-        if let Some(status) = gateway.exited() {
-            break status;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(5),
-            "{}",
-            gateway.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = gateway
+        .wait_exit(Duration::from_secs(5), "no exit after SIGINT")
+        .await;
     assert!(status.success(), "{}", gateway.logs());
     assert!(
         signalled.elapsed() < Duration::from_secs(2),
@@ -691,15 +696,8 @@ fn audit_config(base: String, key: &Path, trail: &Path, copies: &Path, extra: &s
 
 async fn run_until_stopped(gateway: &mut Gateway) {
     gateway.signal("TERM");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = gateway.exited() {
-            assert!(status.success(), "{status}\n{}", gateway.logs());
-            return;
-        }
-        assert!(Instant::now() < deadline, "no exit\n{}", gateway.logs());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let status = gateway.wait_exit(Duration::from_secs(20), "no exit").await;
+    assert!(status.success(), "{status}\n{}", gateway.logs());
 }
 
 fn lines_of(path: &Path) -> Vec<String> {
@@ -778,11 +776,7 @@ async fn audit_trail_records_sessions_and_names_every_kind_of_tampering() {
     assert_eq!(code, Some(0), "{out}{err}");
 
     // First run: a session with simple and extended queries, an error, a refused login.
-    let mut gateway = Gateway::spawn(&path, dir.path(), cluster.password());
-    wait_for(&mut gateway, "/healthz", || async {
-        matches!(http_get(admin, "/healthz").await, Ok((200, _)))
-    })
-    .await;
+    let mut gateway = Gateway::started(&path, dir.path(), cluster.password(), admin).await;
     let client = connect(gw, alice).await.unwrap();
     client
         .batch_execute("create table audited (x int4)")
@@ -891,11 +885,7 @@ async fn audit_trail_records_sessions_and_names_every_kind_of_tampering() {
 
     // Second run on the same trail: the chain continues across the restart.
     let first_run = lines_of(&trail).len();
-    let mut gateway = Gateway::spawn(&path, dir.path(), cluster.password());
-    wait_for(&mut gateway, "/healthz", || async {
-        matches!(http_get(admin, "/healthz").await, Ok((200, _)))
-    })
-    .await;
+    let mut gateway = Gateway::started(&path, dir.path(), cluster.password(), admin).await;
     let client = connect(gw, alice).await.unwrap();
     client
         .simple_query("select count(*) from audited")
@@ -1121,11 +1111,7 @@ async fn kill_9_during_pgbench_loses_no_statement_the_database_ran() {
         audit_config(base, &key, &trail, &copies, "writer = \"inline\"\n"),
     )
     .unwrap();
-    let mut gateway = Gateway::spawn(&path, dir.path(), cluster.password());
-    wait_for(&mut gateway, "/healthz", || async {
-        matches!(http_get(admin, "/healthz").await, Ok((200, _)))
-    })
-    .await;
+    let mut gateway = Gateway::started(&path, dir.path(), cluster.password(), admin).await;
 
     let mut bench = Command::new(&pgbench)
         .args([
@@ -1195,11 +1181,7 @@ async fn kill_9_during_pgbench_loses_no_statement_the_database_ran() {
     let (code, out) = verify(&[&trail], &[]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("unsealed tail"), "{out}");
-    let mut gateway = Gateway::spawn(&path, dir.path(), cluster.password());
-    wait_for(&mut gateway, "/healthz", || async {
-        matches!(http_get(admin, "/healthz").await, Ok((200, _)))
-    })
-    .await;
+    let mut gateway = Gateway::started(&path, dir.path(), cluster.password(), admin).await;
     let client = connect(gw, token).await.unwrap();
     client.simple_query("select 1").await.unwrap();
     drop(client);
