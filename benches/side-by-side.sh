@@ -3,7 +3,9 @@
 # mode) and through the Portcullis gateway with no policy, measured alternately in one run —
 # and, on request, through the same gateway recording an audit trail (JSONL sink, write-ahead
 # with on_failure = "refuse", signed checkpoints): fsync = "interval" with the writer thread
-# (`audit`) or inline writes (`audit-inline`), and fsync = "always" (`audit-always`).
+# (`audit`) or inline writes (`audit-inline`), and fsync = "always" (`audit-always`) — and
+# through the same gateway with the guard on (`guard`: [policy] with the rules of
+# INTERFACE.md's example, none of which blocks pgbench's statements).
 #
 # Run with:   bash benches/side-by-side.sh [REPORT.md]      (default benches/last-run.md)
 #
@@ -23,9 +25,10 @@
 #
 # Knobs (environment): DURATION (10 s per pgbench run), ROUNDS (3), SCALE (10), CLIENTS (8),
 # THREADS (2), PATHS ("direct pgbouncer gateway": drop one to skip it; add "audit",
-# "audit-inline" and "audit-always" for the audited gateway), PGBIN
+# "audit-inline" and "audit-always" for the audited gateway, "guard" for the guarded one), PGBIN
 # (/usr/lib/postgresql/15/bin), GATEWAY_BIN (target/release/portcullis, built when missing),
-# GATEWAY_LOG (PORTCULLIS_LOG for the gateway, default info), KEEP_TMP=1 (keep the temp dir).
+# GATEWAY_LOG (PORTCULLIS_LOG for the gateway, default info), KEEP_TMP=1 (keep the temp dir),
+# MODES ("simple extended prepared": pgbench modes to run), BULK=0 (skip the 1M-row runs).
 #
 # Expected output: a progress line per run on stderr, then a markdown report on stdout, also
 # written to the report file.
@@ -53,10 +56,10 @@ read -r -a PATH_LIST <<<"$PATHS"
 has_path() { [[ " ${PATH_LIST[*]} " == *" $1 "* ]]; }
 AUDIT_PATHS=()
 for p in audit audit-inline audit-always; do has_path "$p" && AUDIT_PATHS+=("$p"); done
-any_gateway() { has_path gateway || (( ${#AUDIT_PATHS[@]} > 0 )); }
+any_gateway() { has_path gateway || has_path guard || (( ${#AUDIT_PATHS[@]} > 0 )); }
 (( ${#PATH_LIST[@]} > 0 )) || die "PATHS is empty"
 for p in "${PATH_LIST[@]}"; do
-    case $p in direct | pgbouncer | gateway | audit | audit-inline | audit-always) ;; *) die "unknown path '$p' in PATHS" ;; esac
+    case $p in direct | pgbouncer | gateway | audit | audit-inline | audit-always | guard) ;; *) die "unknown path '$p' in PATHS" ;; esac
 done
 
 # ---- tools ------------------------------------------------------------------------------
@@ -168,7 +171,8 @@ PORT[direct]=$(free_port)
 PORT[pgbouncer]=$(free_port)
 PASSWORD[direct]=$PG_PASSWORD
 PASSWORD[pgbouncer]=$PG_PASSWORD
-for g in gateway audit audit-inline audit-always; do
+PORT[guard_admin]=$(free_port)
+for g in gateway audit audit-inline audit-always guard; do
     PORT[$g]=$(free_port)
     PASSWORD[$g]=$TOKEN
 done
@@ -275,7 +279,47 @@ fsync = "$1"
 writer = "$2"
 EOF
 }
+guard_config() {
+    cat <<EOF
+[admin]
+listen = "127.0.0.1:${PORT[guard_admin]}"
+[policy]
+on_unparsed = "deny"
+[[policy.rules]]
+name = "no-drop"
+statements = ["drop", "truncate"]
+action = "deny"
+[[policy.rules]]
+name = "unbounded-writes"
+statements = ["delete", "update"]
+without_where = true
+action = "approve"
+approvers = ["dba"]
+[[policy.rules]]
+name = "analysts-read-only"
+groups = ["analysts"]
+statements = ["write", "ddl", "admin"]
+action = "deny"
+[[policy.rules]]
+name = "dba-may-read-files"
+groups = ["dba"]
+functions = ["pg_read_file"]
+action = "allow"
+[[policy.rules]]
+name = "no-file-access"
+functions = ["pg_read_file", "pg_read_binary_file", "pg_ls_dir", "lo_import", "lo_export"]
+action = "deny"
+[[policy.rules]]
+name = "payments-approval"
+tables = ["billing.*"]
+statements = ["write"]
+action = "approve"
+approvers = ["finance-leads"]
+mode = "detect"
+EOF
+}
 has_path gateway && start_gateway gateway ""
+has_path guard && start_gateway guard "$(guard_config)"
 if (( ${#AUDIT_PATHS[@]} > 0 )); then
     "$GATEWAY_BIN" audit keygen --out "$WORK/audit.key" >/dev/null || die "audit keygen failed"
 fi
@@ -391,9 +435,10 @@ done
 
 PGBENCH_WORKLOADS=()
 for c in 1 "$CLIENTS"; do
-    for mode in simple extended prepared; do PGBENCH_WORKLOADS+=("S-$mode-c$c"); done
+    for mode in ${MODES:-simple extended prepared}; do PGBENCH_WORKLOADS+=("S-$mode-c$c"); done
 done
-WORKLOADS=("${PGBENCH_WORKLOADS[@]}" select-1m copy-1m)
+WORKLOADS=("${PGBENCH_WORKLOADS[@]}")
+[[ ${BULK:-1} == 1 ]] && WORKLOADS+=(select-1m copy-1m)
 
 START=$(date +%s)
 for (( round = 1; round <= ROUNDS; round++ )); do
@@ -411,14 +456,14 @@ for (( round = 1; round <= ROUNDS; round++ )); do
                     j=$(( c == 1 ? 1 : THREADS ))
                     run_pgbench "$wl" "$mode" "$c" "$j" "$path" 1
                     ;;
-                select-1m) [[ $path == audit* ]] || run_bulk "$wl" "$SELECT_SQL" "$path" ;;
-                copy-1m) [[ $path == audit* ]] || run_bulk "$wl" "$COPY_SQL" "$path" ;;
+                select-1m) [[ $path == audit* || $path == guard ]] || run_bulk "$wl" "$SELECT_SQL" "$path" ;;
+                copy-1m) [[ $path == audit* || $path == guard ]] || run_bulk "$wl" "$COPY_SQL" "$path" ;;
             esac
         done
     done
 done
 ELAPSED=$(( $(date +%s) - START ))
-for path in pgbouncer gateway "${AUDIT_PATHS[@]}"; do has_path "$path" && note_peak "$path"; done
+for path in pgbouncer gateway guard "${AUDIT_PATHS[@]}"; do has_path "$path" && note_peak "$path"; done
 
 # The audited gateways stop cleanly (sealing their trails), which are then verified.
 declare -A TRAIL
@@ -517,6 +562,20 @@ report() {
         echo "$lat."
         for p in "${AUDIT_PATHS[@]}"; do echo "Trail of $p after the run: ${TRAIL[$p]}."; done
     fi
+    if has_path guard; then
+        echo
+        echo "## Guard cost (pgbench -S TPS; [policy] with six rules, verdicts cached)"
+        echo
+        echo "| workload | gateway | guard | guard/gateway | gateway CPU/tx (µs) | guard CPU/tx (µs) |"
+        echo "|---|---:|---:|---:|---:|---:|"
+        for wl in "${PGBENCH_WORKLOADS[@]}"; do
+            g=$(med tps "$wl" gateway); a=$(med tps "$wl" guard)
+            echo "| $wl | $(fmt %.0f "$g") | $(fmt %.0f "$a") | $(fmt %.3f "$(ratio "$a" "$g")") |" \
+                "$(fmt %.1f "$(med cpu "$wl" gateway)") | $(fmt %.1f "$(med cpu "$wl" guard)") |"
+        done
+        echo
+        echo "Single-client p50 (µs, S-simple-c1): gateway $(fmt %.1f "$(med p50 S-simple-c1 gateway)"), guard $(fmt %.1f "$(med p50 S-simple-c1 guard)")."
+    fi
     echo
     echo "## Targets"
     echo
@@ -537,6 +596,12 @@ report() {
         r=$(ratio "$(med tps "S-simple-c$CLIENTS" "$p")" "$(med tps "S-simple-c$CLIENTS" gateway)")
         echo "| $p (fsync = interval) ≥ 0.95× the gateway without audit, -S -M simple -c $CLIENTS | $(fmt %.3f "$r")× | $(verdict "$r" '>=' 0.95) |"
     done
+    if has_path guard; then
+        for m in simple prepared; do
+            r=$(ratio "$(med tps "S-$m-c$CLIENTS" guard)" "$(med tps "S-$m-c$CLIENTS" gateway)")
+            echo "| guard ≥ 0.95× the gateway without guard, -S -M $m -c $CLIENTS | $(fmt %.3f "$r")× | $(verdict "$r" '>=' 0.95) |"
+        done
+    fi
 }
 
 report | tee "$REPORT"

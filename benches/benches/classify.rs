@@ -1,12 +1,14 @@
-//! SQL classification with PostgreSQL's parser (`portcullis-policy`), uncached: parse, walk
-//! the whole tree, classify. The guard will cache verdicts by normalised statement; this is
-//! the cost of a miss.
+//! SQL classification with PostgreSQL's parser (`portcullis-policy`): uncached (parse, walk
+//! the whole tree, classify — the cost of a cache miss), cached (the guard's path for a
+//! statement seen before with other literals: normalise, look up), and a whole judgement
+//! (cached classification + the six rules of INTERFACE.md's example).
 //!
 //! Run with: `cd benches && cargo bench --bench classify` (add `-- --warm-up-time 1
 //! --measurement-time 2` for a quick look).
 
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
-use portcullis_policy::Classifier;
+use portcullis_core::{AuthMethod, Identity};
+use portcullis_policy::{Action, Classifier, Mode, Policy, Rule};
 
 fn classify(c: &mut Criterion) {
     let classifier = Classifier::default();
@@ -33,5 +35,62 @@ fn classify(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, classify);
+fn interface_rules() -> Policy {
+    Policy::new(vec![
+        Rule::new("no-drop", Action::Deny).statements(["drop", "truncate"]),
+        Rule::new("unbounded-writes", Action::Approve)
+            .statements(["delete", "update"])
+            .without_where(true)
+            .approvers(["dba"], 1),
+        Rule::new("analysts-read-only", Action::Deny)
+            .groups(["analysts"])
+            .statements(["write", "ddl", "admin"]),
+        Rule::new("dba-may-read-files", Action::Allow)
+            .groups(["dba"])
+            .functions(["pg_read_file"]),
+        Rule::new("no-file-access", Action::Deny).functions([
+            "pg_read_file",
+            "pg_read_binary_file",
+            "pg_ls_dir",
+            "lo_import",
+            "lo_export",
+        ]),
+        Rule::new("payments-approval", Action::Approve)
+            .tables(["billing.*"])
+            .statements(["write"])
+            .approvers(["finance-leads"], 1)
+            .mode(Mode::Detect),
+    ])
+    .expect("valid rules")
+}
+
+fn cached(c: &mut Criterion) {
+    let policy = interface_rules();
+    let who = Identity::new("bench", vec!["analysts".into()], AuthMethod::StaticToken);
+    // pgbench -S sends a new literal every time: 1000 different texts, one cache entry.
+    let texts: Vec<String> = (0..1000)
+        .map(|i| format!("SELECT abalance FROM pgbench_accounts WHERE aid = {};", i * 7919 + 1))
+        .collect();
+    let prepared = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;";
+    let mut group = c.benchmark_group("policy");
+    let mut i = 0;
+    group.bench_function("classify_cached_pgbench_select", |b| {
+        b.iter(|| {
+            i = (i + 1) % texts.len();
+            black_box(policy.classify(black_box(&texts[i])))
+        })
+    });
+    group.bench_function("judge_cached_pgbench_select", |b| {
+        b.iter(|| {
+            i = (i + 1) % texts.len();
+            black_box(policy.judge(&who, [black_box(texts[i].as_str())]))
+        })
+    });
+    group.bench_function("judge_cached_prepared", |b| {
+        b.iter(|| black_box(policy.judge(&who, [black_box(prepared)])))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, classify, cached);
 criterion_main!(benches);

@@ -381,7 +381,9 @@ impl From<&Decision> for DecisionRecord {
         let (verdict, rule, detail) = match &d.verdict {
             Verdict::Allow => ("allow", None, None),
             Verdict::Deny { rule, message } => ("deny", Some(rule.clone()), Some(message.clone())),
-            Verdict::Approve { rule, approvers } => (
+            Verdict::Approve {
+                rule, approvers, ..
+            } => (
                 "approval_requested",
                 Some(rule.clone()),
                 Some(format!("approvers: {}", approvers.join(", "))),

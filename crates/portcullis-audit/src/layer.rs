@@ -18,7 +18,7 @@ use std::time::Instant;
 use pin_project_lite::pin_project;
 use portcullis_core::{
     CommandKind, CommandView, DecisionLog, Decisions, Error, EventKind, EventView, Refusal,
-    ReplyBody, Request, Response, Session, rescue,
+    RefusedInPlace, ReplyBody, Request, Response, Session, rescue,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -242,6 +242,7 @@ where
             error: None,
             cancelled: false,
             decisions: Vec::new(),
+            refusal: None,
         };
         if !recorder.write_ahead() {
             outcome.sent = true;
@@ -324,6 +325,9 @@ fn finish_call<B>(
                         .iter()
                         .map(DecisionRecord::from),
                 );
+                if let Some(RefusedInPlace(refusal)) = response.extensions.get::<RefusedInPlace>() {
+                    outcome.refused_in_place(refusal);
+                }
             }
             Ok(response.map_body(|body| AuditBody::new(body, watch)))
         }
@@ -354,6 +358,8 @@ struct OutcomeRecorder {
     error: Option<ErrorRecord>,
     cancelled: bool,
     decisions: Vec<DecisionRecord>,
+    /// Set when a layer refused the command in place.
+    refusal: Option<Status>,
 }
 
 impl OutcomeRecorder {
@@ -423,11 +429,24 @@ impl OutcomeRecorder {
         self.record(status);
     }
 
+    /// A layer refused the command in place: the reply's error is the refusal.
+    fn refused_in_place(&mut self, refusal: &Refusal) {
+        self.refusal = Some(if matches!(refusal, Refusal::Cancelled) {
+            Status::Cancelled
+        } else {
+            Status::Refused
+        });
+        if let Some(d) = DecisionRecord::of_refusal(refusal) {
+            self.decisions.push(d);
+        }
+    }
+
     fn ended(&mut self) {
-        let status = match (&self.error, self.cancelled) {
-            (_, true) => Status::Cancelled,
-            (Some(_), false) => Status::Error,
-            (None, false) => Status::Ok,
+        let status = match (self.refusal, &self.error, self.cancelled) {
+            (Some(status), _, _) => status,
+            (None, _, true) => Status::Cancelled,
+            (None, Some(_), false) => Status::Error,
+            (None, None, false) => Status::Ok,
         };
         self.record(status);
     }

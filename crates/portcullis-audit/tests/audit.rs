@@ -740,10 +740,7 @@ async fn inner_layers_record_decisions_as_they_make_them() {
     let approving = tower::service_fn(|req: Request<Sql>| async move {
         let asked = Decision::new(
             "approval",
-            Verdict::Approve {
-                rule: "dba-approval".into(),
-                approvers: vec!["dba".into()],
-            },
+            Verdict::approve("dba-approval", vec!["dba".into()], 1),
         )
         .with_detail("request 7 filed");
         DecisionLog::record_in(&req.extensions, &asked);

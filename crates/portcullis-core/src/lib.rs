@@ -46,6 +46,8 @@ mod cancel;
 mod credentials;
 mod error;
 mod message;
+mod notice;
+mod refuse;
 mod reply;
 mod session;
 mod stack;
@@ -56,6 +58,8 @@ pub use cancel::{CancelSignal, Cancelled};
 pub use credentials::Credentials;
 pub use error::{Error, Refusal, Rescue, RescueKind, rescue};
 pub use message::{Request, Response, Upload, UploadSender, upload_channel};
+pub use notice::{ClientNotice, Notices};
+pub use refuse::{RefuseInPlace, RefusedInPlace};
 pub use reply::{BoxReply, Empty, ReplyBody, ReplyBodyExt};
 pub use session::{
     AuthMethod, ConnectionEvent, ConnectionEventKind, ConnectionObserver, Identity, Protocol,

@@ -133,6 +133,8 @@ pub struct Session {
     pub started_at: SystemTime,
     /// Fired when the client asks to cancel the running command.
     pub cancel: CancelSignal,
+    /// Messages for the client that are not replies (an approval wait's notice).
+    pub notices: crate::Notices,
     /// Why the session ended, set once by the protocol server as it closes.
     end_reason: std::sync::OnceLock<String>,
     /// Run-time parameters as the database last reported them.
@@ -163,6 +165,7 @@ impl Session {
             tls: false,
             started_at: SystemTime::now(),
             cancel: CancelSignal::new(),
+            notices: crate::Notices::default(),
             end_reason: std::sync::OnceLock::new(),
             server_params: std::sync::RwLock::new(Vec::new()),
         }

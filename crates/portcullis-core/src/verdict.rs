@@ -18,6 +18,8 @@ pub enum Verdict {
         rule: String,
         /// Groups whose members may approve.
         approvers: Vec<String>,
+        /// How many different approvers must approve (at least 1).
+        min_approvals: u32,
     },
 }
 
@@ -27,6 +29,15 @@ impl Verdict {
         Verdict::Deny {
             rule: rule.into(),
             message: message.into(),
+        }
+    }
+
+    /// A [`Verdict::Approve`].
+    pub fn approve(rule: impl Into<String>, approvers: Vec<String>, min_approvals: u32) -> Self {
+        Verdict::Approve {
+            rule: rule.into(),
+            approvers,
+            min_approvals: min_approvals.max(1),
         }
     }
 

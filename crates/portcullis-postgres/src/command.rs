@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 
 use bytes::{Buf, Bytes, BytesMut};
-use portcullis_core::{CommandKind, CommandView, Param, Statement};
+use portcullis_core::{CommandKind, CommandView, Param, Refusal, RefuseInPlace, Statement, rescue};
 
-use crate::codec::{CodecError, Frame, first_cstr, frame_len};
+use crate::codec::{
+    CodecError, Frame, FrontendMessage, Severity, error_message, first_cstr, frame_len,
+};
 
 /// A response the server owes for one frontend message of a unit, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,9 @@ pub struct PgCommand {
     statements: Vec<StatementRef>,
     ends_with_sync: bool,
     may_copy_in: bool,
+    /// A refusal carried out in place: the database's error in the reply is replaced by this
+    /// one (see [`RefuseInPlace`]).
+    pub(crate) error_override: Option<Frame>,
 }
 
 impl PgCommand {
@@ -53,6 +58,7 @@ impl PgCommand {
             statements: Vec::new(),
             ends_with_sync: false,
             may_copy_in: false,
+            error_override: None,
         }
     }
 
@@ -83,6 +89,89 @@ impl PgCommand {
             Frame::from_bytes(rest.split_to(len))
         })
     }
+}
+
+impl RefuseInPlace for PgCommand {
+    /// A unit that fails in the database the way the refused one would have — an error,
+    /// then (with `Sync`) `ReadyForQuery` with the database's real transaction status, or
+    /// (without) the database skipping to the client's next `Sync` — and runs nothing. The
+    /// database's error is replaced by the gateway's in the reply.
+    fn refuse_in_place(&self, refusal: &Refusal) -> Option<Self> {
+        if !matches!(
+            self.kind,
+            CommandKind::Statements | CommandKind::FunctionCall | CommandKind::Control
+        ) {
+            return None;
+        }
+        let error: portcullis_core::Error = Box::new(refusal.clone());
+        let rescued = rescue(&error);
+        if rescued.close {
+            return None;
+        }
+        let code = crate::serve::sqlstate(rescued.kind);
+        let sql = failing_statement(code, &rescued.message);
+        let mut bytes = BytesMut::new();
+        let slots = if self.ends_with_sync {
+            FrontendMessage::Query {
+                sql: sql.clone().into(),
+            }
+            .encode(&mut bytes);
+            vec![Slot::UntilReady]
+        } else {
+            for m in [
+                FrontendMessage::Parse {
+                    name: Bytes::new(),
+                    query: sql.clone().into(),
+                    param_types: Vec::new(),
+                },
+                FrontendMessage::Bind {
+                    portal: Bytes::new(),
+                    statement: Bytes::new(),
+                    param_formats: Vec::new(),
+                    params: Vec::new(),
+                    result_formats: Vec::new(),
+                },
+                FrontendMessage::Execute {
+                    portal: Bytes::new(),
+                    max_rows: 0,
+                },
+                FrontendMessage::Flush,
+            ] {
+                m.encode(&mut bytes);
+            }
+            vec![Slot::Parse, Slot::Bind, Slot::Execute]
+        };
+        Some(PgCommand {
+            kind: CommandKind::Control,
+            bytes: bytes.freeze(),
+            slots,
+            statements: Vec::new(),
+            ends_with_sync: self.ends_with_sync,
+            may_copy_in: false,
+            error_override: Some(error_message(Severity::Error, code, &rescued.message).to_frame()),
+        })
+    }
+}
+
+/// A statement that fails at once with SQLSTATE `code` and (for the server's log) `message`,
+/// and does nothing else. Without PL/pgSQL it still fails (the language is missing), which is
+/// all the session state needs.
+fn failing_statement(code: &str, message: &str) -> String {
+    let message: String = message
+        .chars()
+        .take(200)
+        .map(|c| {
+            if c.is_alphanumeric() || " -_.,:;()\"/=<>*@".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    let code: String = code.chars().filter(char::is_ascii_alphanumeric).collect();
+    format!(
+        "DO $portcullis$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = 'portcullis: {message}'; END$portcullis$"
+    )
 }
 
 fn text_of(b: &Bytes) -> &str {
@@ -190,6 +279,11 @@ pub(crate) struct UnitBuilder {
     statements: Vec<StatementRef>,
     executes: bool,
     prepared: HashMap<Bytes, Bytes>,
+    /// Portal name → its statement's text, so an `Execute` in a later unit than its `Bind`
+    /// still names the statement it runs.
+    portals: HashMap<Bytes, Bytes>,
+    /// Portals bound in the unit being built → index in `statements`.
+    bound_here: Vec<(Bytes, usize)>,
 }
 
 /// Most prepared statements remembered per session (a client that prepares more without
@@ -206,6 +300,8 @@ impl UnitBuilder {
             statements: Vec::new(),
             executes: false,
             prepared: HashMap::new(),
+            portals: HashMap::new(),
+            bound_here: Vec::new(),
         }
     }
 
@@ -271,8 +367,8 @@ impl UnitBuilder {
                 }
                 b'B' => {
                     let f = &buf[body_at..end];
-                    let portal_len = first_cstr(f).map(|s| s.len()).unwrap_or(0);
-                    let rest = f.get(portal_len + 1..).unwrap_or_default();
+                    let portal = first_cstr(f).unwrap_or_default();
+                    let rest = f.get(portal.len() + 1..).unwrap_or_default();
                     let stmt = first_cstr(rest).unwrap_or_default();
                     let parsed_here = self
                         .statements
@@ -290,6 +386,17 @@ impl UnitBuilder {
                             executes: false,
                         });
                     }
+                    let portal = Bytes::copy_from_slice(portal);
+                    if let Some(last) = self.statements.last() {
+                        if self.portals.len() >= MAX_PREPARED && !self.portals.contains_key(&portal)
+                        {
+                            self.portals.clear();
+                        }
+                        self.portals.insert(portal.clone(), last.text.clone());
+                    }
+                    self.bound_here.retain(|(p, _)| *p != portal);
+                    self.bound_here
+                        .push((portal, self.statements.len().saturating_sub(1)));
                     self.slots.push(Slot::Bind);
                     false
                 }
@@ -312,8 +419,27 @@ impl UnitBuilder {
                 }
                 b'E' => {
                     self.executes = true;
-                    if let Some(last) = self.statements.last_mut() {
-                        last.executes = true;
+                    let portal = first_cstr(&buf[body_at..end]).unwrap_or_default();
+                    let here = self
+                        .bound_here
+                        .iter()
+                        .find(|(p, _)| p.as_ref() == portal)
+                        .map(|&(_, i)| i);
+                    match here.and_then(|i| self.statements.get_mut(i)) {
+                        Some(statement) => statement.executes = true,
+                        // Bound in an earlier unit: the statement it runs, as bound.
+                        None => {
+                            let text = self
+                                .portals
+                                .get(portal)
+                                .cloned()
+                                .unwrap_or_else(|| Bytes::from_static(b""));
+                            self.statements.push(StatementRef {
+                                text,
+                                name: None,
+                                executes: true,
+                            });
+                        }
                     }
                     self.slots.push(Slot::Execute);
                     false
@@ -352,6 +478,7 @@ impl UnitBuilder {
         let bytes = buf.split_to(self.scanned).freeze();
         self.scanned = 0;
         let statements = std::mem::take(&mut self.statements);
+        self.bound_here.clear();
         let executes = std::mem::replace(&mut self.executes, false);
         let may_copy_in = executes
             && statements
@@ -370,6 +497,7 @@ impl UnitBuilder {
             statements,
             ends_with_sync: matches!(last, b'S' | b'Q' | b'F'),
             may_copy_in,
+            error_override: None,
         }
     }
 }

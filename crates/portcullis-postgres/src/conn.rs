@@ -149,6 +149,7 @@ impl tower_service::Service<Request<PgCommand>> for PgUpstream {
                 conn: self.conn.clone(),
                 unit: None,
                 done: false,
+                error_override: None,
             })));
         }
         let id = conn.next_id;
@@ -172,6 +173,7 @@ impl tower_service::Service<Request<PgCommand>> for PgUpstream {
             conn: self.conn.clone(),
             unit: Some(id),
             done: false,
+            error_override: req.command.error_override,
         })))
     }
 }
@@ -474,6 +476,8 @@ pub struct PgReply {
     conn: Arc<Mutex<Conn>>,
     unit: Option<u64>,
     done: bool,
+    /// A refusal carried out in place: replaces the database's (non-fatal) error.
+    error_override: Option<Frame>,
 }
 
 impl std::fmt::Debug for PgReply {
@@ -503,7 +507,15 @@ impl ReplyBody for PgReply {
             }
         };
         match ready!(polled) {
-            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(Ok(frame)) => {
+                if frame.tag() == b'E'
+                    && response_field(frame.body(), b'V') != Some(b"FATAL")
+                    && let Some(ours) = self.error_override.take()
+                {
+                    return Poll::Ready(Some(Ok(ours)));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             Some(Err(e)) => {
                 self.done = true;
                 Poll::Ready(Some(Err(e.into_error())))

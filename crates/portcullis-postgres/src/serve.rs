@@ -692,6 +692,7 @@ where
             max_pipeline: self.config.max_pipeline.max(1),
             metrics: metrics.clone(),
             end: None,
+            notices: session.notices.take_receiver(),
             shutdown: {
                 let mut rx = self.shared.shutdown.subscribe();
                 Box::pin(async move {
@@ -839,6 +840,27 @@ impl Drop for IdentitySlot {
     }
 }
 
+/// A layer's notice as a `NoticeResponse`.
+fn notice_message(notice: &portcullis_core::ClientNotice) -> BackendMessage {
+    let severity = bytes::Bytes::from_static(b"NOTICE");
+    let mut fields = vec![
+        (b'S', severity.clone()),
+        (b'V', severity),
+        (b'C', bytes::Bytes::copy_from_slice(notice.code.as_bytes())),
+        (
+            b'M',
+            bytes::Bytes::copy_from_slice(notice.message.as_bytes()),
+        ),
+    ];
+    if let Some(detail) = &notice.detail {
+        fields.push((b'D', bytes::Bytes::copy_from_slice(detail.as_bytes())));
+    }
+    if let Some(hint) = &notice.hint {
+        fields.push((b'H', bytes::Bytes::copy_from_slice(hint.as_bytes())));
+    }
+    BackendMessage::NoticeResponse { fields }
+}
+
 /// The SQLSTATE of a rescued error.
 pub fn sqlstate(kind: RescueKind) -> &'static str {
     match kind {
@@ -893,6 +915,8 @@ struct Driver<S: Service<Request<PgCommand>>, B> {
     end: Option<String>,
     /// Completes when the listener shuts its sessions down.
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Notices layers send the client outside any reply (an approval wait).
+    notices: Option<tokio::sync::mpsc::Receiver<portcullis_core::ClientNotice>>,
 }
 
 impl<S, B> Driver<S, B>
@@ -1028,6 +1052,14 @@ where
                         progress = true;
                     }
                     Poll::Pending => {}
+                }
+            }
+
+            // Notices from layers (asynchronous messages may come between any two frames).
+            if let Some(rx) = self.notices.as_mut() {
+                while let Poll::Ready(Some(notice)) = rx.poll_recv(cx) {
+                    notice_message(&notice).encode(&mut self.wbuf);
+                    progress = true;
                 }
             }
 

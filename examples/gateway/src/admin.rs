@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use portcullis_approval::WebhookStats;
 use portcullis_audit::Recorder;
 use portcullis_postgres::PgMetrics;
 use tokio::net::TcpListener;
@@ -31,6 +32,8 @@ pub(crate) struct Metrics {
     draining: AtomicBool,
     /// The audit recorder, when `[audit]` is configured.
     audit: Mutex<Option<Recorder>>,
+    /// Webhook URL → its delivery counters.
+    webhooks: Mutex<Vec<(String, Arc<WebhookStats>)>>,
 }
 
 /// One family of per-listener counters: name, type, help, and how to read it.
@@ -173,9 +176,51 @@ impl Metrics {
         {
             render_audit(&mut out, &recorder.stats());
         }
+        let webhooks = self.webhooks.lock().unwrap_or_else(|p| p.into_inner());
+        if !webhooks.is_empty() {
+            let families: [WebhookFamily; 3] = [
+                (
+                    "portcullis_approval_webhooks_delivered_total",
+                    "Approval webhook messages delivered, by URL.",
+                    |s| load(&s.delivered),
+                ),
+                (
+                    "portcullis_approval_webhook_failed_attempts_total",
+                    "Approval webhook delivery attempts that failed (each retry counts), by URL.",
+                    |s| load(&s.failed_attempts),
+                ),
+                (
+                    "portcullis_approval_webhooks_dropped_total",
+                    "Approval webhook messages given up after every retry, by URL.",
+                    |s| load(&s.dropped),
+                ),
+            ];
+            for (name, help, read) in families {
+                header(&mut out, name, "counter", help);
+                for (url, stats) in webhooks.iter() {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{url=\"{}\"}} {}",
+                        escape_label(url),
+                        read(stats)
+                    );
+                }
+            }
+        }
         out
     }
+
+    /// Count deliveries of the webhook at `url`.
+    pub(crate) fn add_webhook(&self, url: &str, stats: Arc<WebhookStats>) {
+        self.webhooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((url.to_owned(), stats));
+    }
 }
+
+/// One family of webhook counters: name, help, and how to read it.
+type WebhookFamily = (&'static str, &'static str, fn(&WebhookStats) -> u64);
 
 /// One family of per-sink audit counters: name, type, help, and how to read it.
 type AuditFamily = (
@@ -266,8 +311,13 @@ async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoRespons
 }
 
 /// Serve the admin routes on `listener` until `stop` fires.
-pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
-    let served = axum::serve(listener, router(metrics))
+pub(crate) async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    approvals: Router,
+    stop: CancellationToken,
+) {
+    let served = axum::serve(listener, router(metrics).merge(approvals))
         .with_graceful_shutdown(stop.cancelled_owned())
         .await;
     if let Err(e) = served {

@@ -26,11 +26,17 @@ use std::sync::Arc;
 
 use portcullis_audit::{Fsync, OnFailure, PostgresOptions, SigningKey};
 use portcullis_identity::{StaticTokens, TokenEntry};
+use portcullis_policy::{Action, Classifier, Mode, OnUnparsed, Policy, Rule};
 use portcullis_postgres::{ServePgConfig, UpstreamConfig, UpstreamTls, UpstreamTlsMode};
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::revoke::TokenDigests;
+
+/// Default for `[approvals] timeout`.
+const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default for `[approvals] table`.
+const DEFAULT_APPROVAL_TABLE: &str = "portcullis_approvals";
 
 /// Default for `[gateway] drain_timeout`.
 const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
@@ -120,6 +126,40 @@ pub(crate) struct Config {
     pub(crate) postgres: Vec<PgListener>,
     /// `[audit]`, when configured.
     pub(crate) audit: Option<AuditConfig>,
+    /// `[policy]`, when configured.
+    pub(crate) policy: Option<Policy>,
+    /// `[approvals]` (defaults when absent).
+    pub(crate) approvals: ApprovalsConfig,
+}
+
+/// `[approvals]`: read once at start; a reload that changes it is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ApprovalsConfig {
+    /// How long a waiting client waits.
+    pub(crate) timeout: Duration,
+    /// Where requests live.
+    pub(crate) store: ApprovalStoreConfig,
+    /// `[[approvals.notify]] webhook` URLs.
+    pub(crate) webhooks: Vec<String>,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            timeout: DEFAULT_APPROVAL_TIMEOUT,
+            store: ApprovalStoreConfig::Memory,
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+/// `[approvals] store`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ApprovalStoreConfig {
+    /// `"memory"`.
+    Memory,
+    /// A `postgres://` URL, and the table.
+    Postgres { url: String, table: String },
 }
 
 /// `[audit]`: read once at start; a reload that changes it is refused.
@@ -234,8 +274,19 @@ impl Config {
             ),
             None => String::new(),
         };
+        let policy = match &self.policy {
+            // The built-in own-backend rule is not the user's.
+            Some(p) => format!(
+                ", {} policy rule(s)",
+                p.rules()
+                    .iter()
+                    .filter(|r| r.name != portcullis_policy::OWN_BACKEND_RULE)
+                    .count()
+            ),
+            None => String::new(),
+        };
         format!(
-            "{} listener(s), {} token(s){audit}",
+            "{} listener(s), {} token(s){policy}{audit}",
             self.postgres.len(),
             self.tokens.len()
         )
@@ -319,9 +370,9 @@ struct RawConfig {
     identity: Option<RawIdentity>,
     #[serde(default)]
     postgres: Vec<RawPostgres>,
-    policy: Unimplemented,
+    policy: Option<Spanned<RawPolicy>>,
     masking: Unimplemented,
-    approvals: Unimplemented,
+    approvals: Option<Spanned<RawApprovals>>,
     audit: Option<Spanned<RawAudit>>,
     mysql: Unimplemented,
     http: Unimplemented,
@@ -355,6 +406,53 @@ struct RawAuditSink {
     // postgres
     url: Option<Text>,
     table: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    on_unparsed: Option<Text>,
+    default_rules: Option<bool>,
+    #[serde(default)]
+    rules: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Text,
+    #[serde(default)]
+    statements: Vec<Text>,
+    #[serde(default)]
+    tables: Vec<Text>,
+    #[serde(default)]
+    functions: Vec<Text>,
+    #[serde(default)]
+    groups: Vec<Text>,
+    #[serde(default)]
+    without_where: bool,
+    action: Text,
+    #[serde(default)]
+    approvers: Vec<Text>,
+    min_approvals: Option<Spanned<u64>>,
+    mode: Option<Text>,
+    message: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprovals {
+    timeout: Option<Text>,
+    store: Option<Text>,
+    table: Option<Text>,
+    #[serde(default)]
+    notify: Vec<RawNotify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    webhook: Text,
 }
 
 #[derive(Debug, Deserialize)]
@@ -624,6 +722,24 @@ impl Resolver<'_> {
             );
         }
         let audit = raw.audit.as_ref().and_then(|a| self.audit(a));
+        let policy = raw.policy.as_ref().and_then(|p| self.policy(p));
+        let approvals = match &raw.approvals {
+            Some(a) => self.approvals(a),
+            None => ApprovalsConfig::default(),
+        };
+        if let Some(p) = &raw.policy
+            && admin.is_none()
+            && let Some(rule) = p
+                .get_ref()
+                .rules
+                .iter()
+                .find(|r| r.get_ref().action.get_ref().trim() == "approve")
+        {
+            self.at(
+                rule.span(),
+                "[[policy.rules]] action = \"approve\" needs [admin] listen: approvers decide through the admin API",
+            );
+        }
         Config {
             drain_timeout,
             session_threads,
@@ -631,6 +747,8 @@ impl Resolver<'_> {
             tokens,
             postgres,
             audit,
+            policy,
+            approvals,
         }
     }
 
@@ -645,6 +763,147 @@ impl Resolver<'_> {
             );
         }
         found
+    }
+
+    fn policy(&mut self, raw: &Spanned<RawPolicy>) -> Option<Policy> {
+        let before = self.problems.len();
+        let p = raw.get_ref();
+        let on_unparsed = match &p.on_unparsed {
+            Some(v) => match self.choice("[policy] on_unparsed", v, &["deny", "allow"]) {
+                Some("allow") => OnUnparsed::Allow,
+                _ => OnUnparsed::Deny,
+            },
+            None => OnUnparsed::Deny,
+        };
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut rules = Vec::new();
+        for spanned in &p.rules {
+            let r = spanned.get_ref();
+            let Some(name) = self.required_text("[[policy.rules]] name", &r.name) else {
+                continue;
+            };
+            self.unique_name("[[policy.rules]]", "rule", &name, &r.name, &mut names);
+            let action = match self.choice(
+                "[[policy.rules]] action",
+                &r.action,
+                &["deny", "approve", "allow"],
+            ) {
+                Some("approve") => Action::Approve,
+                Some("allow") => Action::Allow,
+                Some(_) => Action::Deny,
+                None => continue,
+            };
+            let list = |this: &mut Self, what: &str, values: &[Text]| -> Vec<String> {
+                values
+                    .iter()
+                    .filter_map(|v| this.text(what, v))
+                    .map(|v| v.trim().to_owned())
+                    .collect()
+            };
+            let mut rule = Rule::new(name.clone(), action)
+                .statements(list(self, "[[policy.rules]] statements", &r.statements))
+                .tables(list(self, "[[policy.rules]] tables", &r.tables))
+                .functions(list(self, "[[policy.rules]] functions", &r.functions))
+                .groups(list(self, "[[policy.rules]] groups", &r.groups))
+                .without_where(r.without_where);
+            let min = match &r.min_approvals {
+                Some(m) => u32::try_from(*m.get_ref()).unwrap_or(u32::MAX),
+                None => 1,
+            };
+            let approvers = list(self, "[[policy.rules]] approvers", &r.approvers);
+            if !approvers.is_empty() || action == Action::Approve {
+                rule = rule.approvers(approvers, min);
+            }
+            if let Some(mode) = &r.mode {
+                match self.choice("[[policy.rules]] mode", mode, &["enforce", "detect"]) {
+                    Some("detect") => rule = rule.mode(Mode::Detect),
+                    Some(_) => {}
+                    None => continue,
+                }
+            }
+            if let Some(message) = r
+                .message
+                .as_ref()
+                .and_then(|m| self.text("[[policy.rules]] message", m))
+            {
+                rule = rule.message(message);
+            }
+            for problem in rule.problems() {
+                self.at(
+                    spanned.span(),
+                    format!("[[policy.rules]] \"{name}\": {problem}"),
+                );
+            }
+            rules.push(rule);
+        }
+        if self.problems.len() != before {
+            return None;
+        }
+        match Policy::with_options(
+            rules,
+            on_unparsed,
+            Classifier::default(),
+            p.default_rules.unwrap_or(true),
+        ) {
+            Ok(policy) => Some(policy),
+            Err(e) => {
+                self.at(raw.span(), format!("[policy]: {e}"));
+                None
+            }
+        }
+    }
+
+    fn approvals(&mut self, raw: &Spanned<RawApprovals>) -> ApprovalsConfig {
+        let a = raw.get_ref();
+        let timeout = self.duration(
+            "[approvals] timeout",
+            a.timeout.as_ref(),
+            DEFAULT_APPROVAL_TIMEOUT,
+            true,
+        );
+        let table = match &a.table {
+            Some(t) => self
+                .text("[approvals] table", t)
+                .unwrap_or_else(|| DEFAULT_APPROVAL_TABLE.to_owned()),
+            None => DEFAULT_APPROVAL_TABLE.to_owned(),
+        };
+        let store = match &a.store {
+            None => ApprovalStoreConfig::Memory,
+            Some(v) => {
+                match self.text("[approvals] store", v) {
+                    Some(s) if s.trim() == "memory" => ApprovalStoreConfig::Memory,
+                    Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+                        ApprovalStoreConfig::Postgres { url: s, table }
+                    }
+                    Some(s) => {
+                        self.at(
+                        v.span(),
+                        format!("[approvals] store: \"{s}\" is neither \"memory\" nor a postgres:// URL"),
+                    );
+                        ApprovalStoreConfig::Memory
+                    }
+                    None => ApprovalStoreConfig::Memory,
+                }
+            }
+        };
+        let mut webhooks = Vec::new();
+        for n in &a.notify {
+            if let Some(url) = self.text("[[approvals.notify]] webhook", &n.webhook) {
+                if url.starts_with("http://") || url.starts_with("https://") {
+                    webhooks.push(url);
+                } else {
+                    self.at(
+                        n.webhook.span(),
+                        format!("[[approvals.notify]] webhook: \"{url}\" is not an http:// or https:// URL"),
+                    );
+                }
+            }
+        }
+        ApprovalsConfig {
+            timeout,
+            store,
+            webhooks,
+        }
     }
 
     fn audit(&mut self, raw: &Spanned<RawAudit>) -> Option<AuditConfig> {
@@ -854,9 +1113,7 @@ impl Resolver<'_> {
     /// Sections the schema accepts but this build cannot enforce: refuse them loudly.
     fn unimplemented(&mut self, raw: &RawConfig) {
         let sections = [
-            ("[policy]", &raw.policy),
             ("[masking]", &raw.masking),
-            ("[approvals]", &raw.approvals),
             ("[[mysql]]", &raw.mysql),
             ("[[http]]", &raw.http),
         ];
@@ -1511,23 +1768,62 @@ listen = "127.0.0.1:6432"
     #[test]
     fn unimplemented_sections_are_refused_with_their_line() {
         let source = minimal()
-            + "[[postgres.upstream.roles]]\ngroups = [\"a\"]\nuser = \"ro\"\n\n[policy]\non_unparsed = \"deny\"\n\n[masking]\ndetectors = [\"email\"]\n\n[identity.oidc]\nissuer = \"https://idp\"\n";
+            + "[[postgres.upstream.roles]]\ngroups = [\"a\"]\nuser = \"ro\"\n\n[masking]\ndetectors = [\"email\"]\n\n[identity.oidc]\nissuer = \"https://idp\"\n";
         let p = problems(&source);
-        assert_eq!(p.len(), 4, "{p:?}");
+        assert_eq!(p.len(), 3, "{p:?}");
         assert_eq!(p[0].0, Some(14));
         assert!(
             p[0].1
                 .starts_with("[[postgres.upstream.roles]] is not implemented yet")
         );
         assert_eq!(p[1].0, Some(18));
-        assert!(
-            p[1].1
-                .starts_with("[policy] is not implemented yet in this build (see CHANGELOG)")
-        );
+        assert!(p[1].1.starts_with("[masking] is not implemented yet"));
         assert_eq!(p[2].0, Some(21));
-        assert!(p[2].1.starts_with("[masking] is not implemented yet"));
-        assert_eq!(p[3].0, Some(24));
-        assert!(p[3].1.contains("OIDC is not implemented yet in this build"));
+        assert!(p[2].1.contains("OIDC is not implemented yet in this build"));
+    }
+
+    #[test]
+    fn policy_rules_resolve_and_their_mistakes_have_lines() {
+        let source = minimal()
+            + "[admin]\nlisten = \"127.0.0.1:9480\"\n\n[policy]\n[[policy.rules]]\nname = \"no-drop\"\nstatements = [\"drop\"]\naction = \"deny\"\n[[policy.rules]]\nname = \"ok\"\nstatements = [\"delete\"]\nwithout_where = true\naction = \"approve\"\napprovers = [\"dba\"]\nmin_approvals = 2\nmode = \"detect\"\n\n[approvals]\ntimeout = \"30s\"\nstore = \"postgres://a@b/c\"\n[[approvals.notify]]\nwebhook = \"https://hooks.example.com/x\"\n";
+        let config = parse_str(&source).unwrap();
+        let policy = config.policy.unwrap();
+        assert_eq!(policy.rules().len(), 3, "the built-in rule and two");
+        assert_eq!(policy.rules()[2].min_approvals, 2);
+        assert_eq!(policy.rules()[2].mode, Mode::Detect);
+        assert_eq!(config.approvals.timeout, Duration::from_secs(30));
+        assert_eq!(
+            config.approvals.store,
+            ApprovalStoreConfig::Postgres {
+                url: "postgres://a@b/c".into(),
+                table: "portcullis_approvals".into()
+            }
+        );
+        assert_eq!(config.approvals.webhooks, ["https://hooks.example.com/x"]);
+
+        let bad = minimal()
+            + "[policy]\non_unparsed = \"maybe\"\n[[policy.rules]]\nname = \"a\"\nstatements = [\"delet\"]\naction = \"deny\"\n[[policy.rules]]\nname = \"a\"\naction = \"approve\"\n[[policy.rules]]\nname = \"c\"\naction = \"block\"\n\n[approvals]\nstore = \"redis://x\"\n[[approvals.notify]]\nwebhook = \"ftp://x\"\n";
+        let p = problems(&bad);
+        let text: Vec<String> = p.iter().map(|(l, m)| format!("{l:?} {m}")).collect();
+        let has = |needle: &str| text.iter().any(|t| t.contains(needle));
+        assert!(
+            has("[policy] on_unparsed: \"maybe\" is not one of deny, allow"),
+            "{text:#?}"
+        );
+        assert!(
+            has("unknown statement class or kind \"delet\""),
+            "{text:#?}"
+        );
+        assert!(has("duplicate rule name \"a\""), "{text:#?}");
+        assert!(has("needs `approvers`"), "{text:#?}");
+        assert!(
+            has("action: \"block\" is not one of deny, approve, allow"),
+            "{text:#?}"
+        );
+        assert!(has("needs [admin] listen"), "{text:#?}");
+        assert!(has("[approvals] store: \"redis://x\""), "{text:#?}");
+        assert!(has("webhook: \"ftp://x\""), "{text:#?}");
+        assert!(p.iter().all(|(line, _)| line.is_some()), "{text:#?}");
     }
 
     #[test]

@@ -26,6 +26,8 @@
 //!   with its line.
 //! - `portcullis token hash` — read a token on stdin, print the `sha256` for the config.
 //! - `portcullis demo [--port N]` — a self-contained tour with a throwaway PostgreSQL.
+//! - `portcullis approvals list|approve ID|deny ID [--admin URL] [--token T] [--json]` — work
+//!   the approval queue through the admin API.
 //! - `portcullis audit keygen [--out FILE]` — make the key that signs audit checkpoints.
 //! - `portcullis audit verify PATH… [--key K] [--checkpoints FILE] [--live]` — check a JSONL
 //!   trail: exit 0 if intact, 1 naming the first bad record.
@@ -33,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod approvals;
 mod audit;
 mod config;
 mod demo;
@@ -77,6 +80,26 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Work the approval queue through the admin API.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+        /// The admin API (default: the config's `[admin] listen`).
+        #[arg(long, global = true)]
+        admin: Option<String>,
+        /// Your token (default: `$PORTCULLIS_TOKEN`).
+        #[arg(long, global = true)]
+        token: Option<String>,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        /// The config file to read `[admin] listen` from.
+        #[arg(long, short, global = true, default_value = "portcullis.toml")]
+        config: PathBuf,
+        /// PEM CA certificate(s) to trust for an https:// admin API.
+        #[arg(long, global = true)]
+        ca: Option<PathBuf>,
     },
     /// A self-contained tour: throwaway PostgreSQL with sample data, the gateway in front.
     Demo {
@@ -126,6 +149,23 @@ enum AuditCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum ApprovalsCommand {
+    /// Requests you may decide (or filed): pending ones, or `--all`.
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Approve request ID.
+    Approve { id: String },
+    /// Deny request ID.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Read a token on stdin and print the `sha256` value to put in the configuration.
     Hash,
@@ -140,6 +180,28 @@ fn main() -> ExitCode {
         } => token_hash(),
         Command::Run { config } => with_runtime(run::run(config)),
         Command::Demo { port } => with_runtime(demo::demo(port)),
+        Command::Approvals {
+            command,
+            admin,
+            token,
+            json,
+            config,
+            ca,
+        } => {
+            let action = match command {
+                ApprovalsCommand::List { all } => approvals::Action::List { all },
+                ApprovalsCommand::Approve { id } => approvals::Action::Approve { id },
+                ApprovalsCommand::Deny { id, reason } => approvals::Action::Deny { id, reason },
+            };
+            let target = approvals::Target {
+                admin,
+                token,
+                config: &config,
+                ca: ca.as_deref(),
+                json,
+            };
+            with_current_thread(approvals::run(action, target))
+        }
         Command::Audit { command } => match command {
             AuditCommand::Keygen { out } => audit::keygen(&out),
             AuditCommand::Verify {
@@ -177,6 +239,19 @@ fn with_runtime(main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     // their own threads (threads.rs).
     match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(main),
+        Err(e) => {
+            eprintln!("portcullis: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn with_current_thread(main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -20,29 +20,40 @@ use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use portcullis_approval::admin::{Authenticator, routes as approval_routes};
+use portcullis_approval::{
+    ApprovalLayer, ApprovalStore, MemoryStore, PostgresStore, WebhookNotifier,
+};
 use portcullis_audit::{
     AuditLayer, JsonlOptions, JsonlSink, PostgresOptions, PostgresSink, Recorder, SinkOptions,
     StdoutSink,
 };
 use portcullis_core::{NewLayered, Session};
 use portcullis_identity::StaticTokens;
+use portcullis_policy::{GuardLayer, Policy};
 use portcullis_postgres::ServePg;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::layer::util::Stack;
 use tracing::{debug, error, info, warn};
 
 use crate::admin::{self, Metrics};
-use crate::config::{self, AuditConfig, AuditSinkKind, Config, PgListener};
+use crate::config::{
+    self, ApprovalStoreConfig, ApprovalsConfig, AuditConfig, AuditSinkKind, Config, PgListener,
+};
 use crate::revoke::{LiveTokens, RevokeLayer, TokenDigests};
 use crate::threads::SessionThreads;
 
+/// Each session's layers, outermost last: audit, revoke check, guard, approval.
+type Layers = Stack<ApprovalLayer, Stack<GuardLayer, Stack<RevokeLayer, AuditLayer>>>;
+
 /// Builds each session's command stack: the audit layer outermost, then
-/// [`RevokeCheck`](crate::revoke::RevokeCheck), then the upstream.
-type SessionLayers =
-    Box<dyn Fn(&Arc<Session>) -> tower::layer::util::Stack<RevokeLayer, AuditLayer> + Send + Sync>;
+/// [`RevokeCheck`](crate::revoke::RevokeCheck), the guard, the approval layer, then the
+/// upstream.
+type SessionLayers = Box<dyn Fn(&Arc<Session>) -> Layers + Send + Sync>;
 
 /// The protocol server of one listener for one configuration.
 type PgServer = ServePg<StaticTokens, NewLayered<SessionLayers>>;
@@ -121,7 +132,10 @@ impl fmt::Display for Bound {
                 upstream,
             } => write!(f, "listening name={name} addr={addr} upstream={upstream}"),
             Bound::Admin { addr } => {
-                write!(f, "listening admin addr={addr} (/healthz, /metrics)")
+                write!(
+                    f,
+                    "listening admin addr={addr} (/healthz, /metrics, /approvals)"
+                )
             }
         }
     }
@@ -149,6 +163,9 @@ pub(crate) enum StartError {
     /// The audit trail could not be opened.
     #[error("{0}")]
     Audit(String),
+    /// The approval store could not be opened.
+    #[error("{0}")]
+    Approvals(String),
 }
 
 async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, BindError> {
@@ -178,6 +195,32 @@ pub(crate) struct Gateway {
     drain_timeout: Duration,
     /// The audit recorder and the `[audit]` it was built from (fixed for the process).
     audit: Option<(Recorder, AuditConfig)>,
+    /// The approval layer and the `[approvals]` it was built from (fixed for the process).
+    approvals: (ApprovalLayer, Arc<dyn ApprovalStore>, ApprovalsConfig),
+    /// The tokens the admin API accepts (the current configuration's).
+    admin_tokens: Arc<RwLock<StaticTokens>>,
+}
+
+/// Open the approval store and build the approval layer for `[approvals]`.
+async fn start_approvals(
+    config: &ApprovalsConfig,
+    metrics: &Metrics,
+) -> Result<(ApprovalLayer, Arc<dyn ApprovalStore>), String> {
+    let store: Arc<dyn ApprovalStore> = match &config.store {
+        ApprovalStoreConfig::Memory => Arc::new(MemoryStore::new()),
+        ApprovalStoreConfig::Postgres { url, table } => Arc::new(
+            PostgresStore::connect(url, table)
+                .await
+                .map_err(|e| format!("[approvals] store: {e}"))?,
+        ),
+    };
+    let mut layer = ApprovalLayer::new(store.clone(), config.timeout);
+    for url in &config.webhooks {
+        let webhook = WebhookNotifier::new(url.clone());
+        metrics.add_webhook(url, webhook.stats());
+        layer = layer.with_notifier(Arc::new(webhook));
+    }
+    Ok((layer, store))
 }
 
 /// Start the audit recorder for `[audit]`: opens (and continues) the trail files now, so a
@@ -250,11 +293,17 @@ impl Gateway {
             }
             None => None,
         };
+        let metrics: Arc<Metrics> = Arc::default();
+        let (layer, store) = start_approvals(&config.approvals, &metrics)
+            .await
+            .map_err(StartError::Approvals)?;
         let mut gateway = Gateway {
+            approvals: (layer, store, config.approvals.clone()),
+            admin_tokens: Arc::new(RwLock::new(config.static_tokens())),
             audit,
             threads: Arc::new(threads),
             live_tokens: LiveTokens::default(),
-            metrics: Arc::default(),
+            metrics,
             listeners: HashMap::new(),
             admin: None,
             sessions: TaskTracker::new(),
@@ -297,6 +346,7 @@ impl Gateway {
         self.live_tokens.replace(config.token_digests());
         self.drain_timeout = config.drain_timeout;
         let tokens = config.static_tokens();
+        *self.admin_tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens.clone();
         let granted = Arc::new(config.token_digests());
         let mut bound = Vec::new();
         for l in &config.postgres {
@@ -304,7 +354,13 @@ impl Gateway {
                 .listeners
                 .get(&l.listen)
                 .map(|l| l.generations.current());
-            let generation = Arc::new(self.generation(l, &tokens, &granted, previous.as_deref()));
+            let generation = Arc::new(self.generation(
+                l,
+                &tokens,
+                &granted,
+                config.policy.as_ref(),
+                previous.as_deref(),
+            ));
             self.metrics
                 .register(&l.serve.name, generation.server.metrics());
             if let Some(listener) = self.listeners.get_mut(&l.listen) {
@@ -366,7 +422,21 @@ impl Gateway {
         if let Some((configured, socket)) = fresh_admin {
             let addr = socket.local_addr().unwrap_or(configured);
             let stop = CancellationToken::new();
-            let task = tokio::spawn(admin::serve(socket, self.metrics.clone(), stop.clone()));
+            let admin_tokens = self.admin_tokens.clone();
+            let authenticate: Authenticator = Arc::new(move |token: &str| {
+                admin_tokens
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .verify(token)
+                    .map_err(|e| e.to_string())
+            });
+            let approvals = approval_routes(self.approvals.1.clone(), authenticate);
+            let task = tokio::spawn(admin::serve(
+                socket,
+                self.metrics.clone(),
+                approvals,
+                stop.clone(),
+            ));
             self.admin = Some(AdminServer {
                 configured,
                 stop,
@@ -382,9 +452,15 @@ impl Gateway {
         listener: &PgListener,
         tokens: &StaticTokens,
         granted: &Arc<TokenDigests>,
+        policy: Option<&Policy>,
         previous: Option<&Generation>,
     ) -> Generation {
         let granted = granted.clone();
+        let guard = match policy {
+            Some(policy) => GuardLayer::new(policy.clone()).with_approvals(true),
+            None => GuardLayer::disabled(),
+        };
+        let approval = self.approvals.0.clone();
         let live = self.live_tokens.clone();
         let recorder = self.audit.as_ref().map(|(r, _)| r.clone());
         let layers: SessionLayers = Box::new(move |session| {
@@ -392,7 +468,8 @@ impl Gateway {
                 Some(recorder) => AuditLayer::new(recorder, session),
                 None => AuditLayer::disabled(),
             };
-            tower::layer::util::Stack::new(RevokeLayer::new(session, &granted, live.clone()), audit)
+            let outer = Stack::new(RevokeLayer::new(session, &granted, live.clone()), audit);
+            Stack::new(approval.clone(), Stack::new(guard.clone(), outer))
         });
         let (config, stack) = (listener.serve.clone(), NewLayered::new(layers));
         let server = match previous {
@@ -467,6 +544,11 @@ impl Gateway {
     /// Whether `config` keeps the `[audit]` this process runs with.
     pub(crate) fn audit_unchanged(&self, config: &Config) -> bool {
         self.audit.as_ref().map(|(_, c)| c) == config.audit.as_ref()
+    }
+
+    /// Whether `config` keeps the `[approvals]` this process started with.
+    pub(crate) fn approvals_unchanged(&self, config: &Config) -> bool {
+        self.approvals.2 == config.approvals
     }
 }
 
@@ -596,6 +678,13 @@ async fn reload(gateway: &mut Gateway, path: &std::path::Path) {
             return;
         }
     };
+    if !gateway.approvals_unchanged(&config) {
+        error!(
+            "[approvals] changed: approval settings take effect only at a restart; configuration not reloaded, the previous one stays in force"
+        );
+        gateway.metrics().reloaded(false);
+        return;
+    }
     if !gateway.audit_unchanged(&config) {
         error!(
             "[audit] changed: audit settings take effect only at a restart; configuration not reloaded, the previous one stays in force"

@@ -15,6 +15,12 @@ use tokio_postgres::error::SqlState;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
+#[path = "../../../crates/portcullis-policy/src/corpus.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod corpus;
+#[path = "gateway/policy.rs"]
+mod policy;
+
 // ---------------------------------------------------------------------------------------
 // token hash
 // ---------------------------------------------------------------------------------------
@@ -76,7 +82,7 @@ fn check_accepts_the_example_file() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("portcullis.toml");
     let (code, stdout, stderr) = check(&example, &[("PG_PASSWORD", "x")]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(stdout, "ok: 1 listener(s), 1 token(s)\n");
+    assert_eq!(stdout, "ok: 1 listener(s), 1 token(s), 3 policy rule(s)\n");
 
     // The variable it references is required.
     let out = Command::new(BIN)

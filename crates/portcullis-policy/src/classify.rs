@@ -1,0 +1,617 @@
+//! The classifier: PostgreSQL's parser, and a walk over the whole parse tree.
+
+use std::collections::{BTreeSet, HashSet};
+
+use serde_json::Value;
+
+/// How much a statement can do, from least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    /// Reads data or session state only.
+    Read,
+    /// Changes rows.
+    Write,
+    /// Changes the schema.
+    Ddl,
+    /// Anything else: runs code the text does not show, touches files or other backends,
+    /// changes roles or settings, or is not understood.
+    Admin,
+}
+
+impl Class {
+    /// The class's name in rules: `read`, `write`, `ddl`, `admin`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Read => "read",
+            Class::Write => "write",
+            Class::Ddl => "ddl",
+            Class::Admin => "admin",
+        }
+    }
+}
+
+/// What one statement of a query string does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    /// The strictest class of anything in the statement.
+    pub class: Class,
+    /// Every class of anything in the statement (a statement belongs to each class of each
+    /// statement nested in it).
+    pub classes: BTreeSet<Class>,
+    /// The kinds of operation in it (`select`, `insert`, `update`, `delete`, `merge`,
+    /// `truncate`, `drop`, `create`, `alter`, `copy_from`, `copy_to`, `copy_program`,
+    /// `copy_file`, `explain`, `prepare`, `execute`, `do`, `call`, `set`, `grant`, ...).
+    pub kinds: BTreeSet<String>,
+    /// Relations named (`schema.table` when qualified), as the parser resolved the
+    /// identifiers (folded to lower case unless quoted).
+    pub tables: BTreeSet<String>,
+    /// Functions called (`schema.name` when qualified).
+    pub functions: BTreeSet<String>,
+    /// An `UPDATE` or `DELETE` anywhere in the statement has no `WHERE`.
+    pub without_where: bool,
+    /// Why the class is what it is, for the strictest part (`function pg_read_file`,
+    /// `DO block`, ...).
+    pub reason: String,
+    /// For `PREPARE name AS …`: the name (the statement's kinds and classes are those of
+    /// what it prepares, plus `prepare`).
+    pub prepares: Option<String>,
+    /// For `EXECUTE name`: the name (classified `admin`, since the text does not show what
+    /// runs; a caller that saw the `PREPARE` can judge that instead).
+    pub executes_prepared: Option<String>,
+    /// The statement's text, as sliced from the query string.
+    pub text: String,
+}
+
+impl Classified {
+    /// Whether the statement contains an operation of `kind`.
+    pub fn has_kind(&self, kind: &str) -> bool {
+        self.kinds.contains(kind)
+    }
+}
+
+/// A query string the parser could not read: never classified by guessing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the statement could not be parsed: {message}")]
+pub struct Unparsed {
+    /// The parser's message.
+    pub message: String,
+}
+
+/// Functions classified `admin` by [`Classifier::default`]: server file access, large
+/// objects that read or write server files, other backends, settings and configuration,
+/// remote databases, and functions that run SQL held in a string.
+pub const DANGEROUS_FUNCTIONS: &[&str] = &[
+    // server files
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "pg_stat_file",
+    "pg_ls_logdir",
+    "pg_ls_waldir",
+    "pg_ls_tmpdir",
+    "pg_ls_archive_statusdir",
+    "pg_file_write",
+    "pg_file_rename",
+    "pg_file_unlink",
+    "lo_import",
+    "lo_export",
+    // other backends, the server
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_promote",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "pg_log_backend_memory_contexts",
+    // settings (e.g. standard_conforming_strings, which changes how SQL is read)
+    "set_config",
+    // remote databases and SQL in strings
+    "dblink",
+    "dblink_exec",
+    "dblink_open",
+    "dblink_fetch",
+    "dblink_send_query",
+    "dblink_connect",
+    "dblink_connect_u",
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "ts_stat",
+    "ts_rewrite",
+];
+
+/// Classifies SQL with PostgreSQL's own parser.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    dangerous: HashSet<String>,
+}
+
+impl Default for Classifier {
+    /// With [`DANGEROUS_FUNCTIONS`].
+    fn default() -> Self {
+        Classifier::with_dangerous_functions(DANGEROUS_FUNCTIONS.iter().copied())
+    }
+}
+
+impl Classifier {
+    /// A classifier that treats calls of `functions` (bare names; matched whatever the
+    /// schema, so a same-named wrapper in another schema counts too) as `admin`.
+    pub fn with_dangerous_functions<'a>(functions: impl IntoIterator<Item = &'a str>) -> Self {
+        Classifier {
+            dangerous: functions.into_iter().map(str::to_owned).collect(),
+        }
+    }
+
+    /// Classify every statement of `sql` (a query string may hold several, separated by
+    /// `;`). An empty string gives no statements.
+    pub fn classify(&self, sql: &str) -> Result<Vec<Classified>, Unparsed> {
+        let parsed = pg_query::parse(sql).map_err(|e| Unparsed {
+            message: e.to_string(),
+        })?;
+        let mut out = Vec::with_capacity(parsed.protobuf.stmts.len());
+        for raw in &parsed.protobuf.stmts {
+            let text = slice(sql, raw.stmt_location, raw.stmt_len);
+            let tree = serde_json::to_value(&raw.stmt).map_err(|e| Unparsed {
+                message: format!("parse tree not readable: {e}"),
+            })?;
+            let mut walk = Walk::new(self);
+            walk.top(&tree);
+            walk.classes.insert(walk.class);
+            out.push(Classified {
+                class: walk.class,
+                classes: walk.classes,
+                kinds: walk.kinds,
+                tables: walk.tables,
+                functions: walk.functions,
+                without_where: walk.without_where,
+                reason: walk.reason,
+                prepares: walk.prepares,
+                executes_prepared: walk.executes_prepared,
+                text: text.trim().to_owned(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The statement's text: `stmt_len` 0 means "to the end".
+fn slice(sql: &str, location: i32, len: i32) -> &str {
+    let start = usize::try_from(location).unwrap_or(0).min(sql.len());
+    let end = match usize::try_from(len) {
+        Ok(0) | Err(_) => sql.len(),
+        Ok(n) => start.saturating_add(n).min(sql.len()),
+    };
+    sql.get(start..end).unwrap_or(sql)
+}
+
+struct Walk<'a> {
+    classifier: &'a Classifier,
+    class: Class,
+    classes: BTreeSet<Class>,
+    reason: String,
+    kinds: BTreeSet<String>,
+    tables: BTreeSet<String>,
+    functions: BTreeSet<String>,
+    without_where: bool,
+    prepares: Option<String>,
+    executes_prepared: Option<String>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(classifier: &'a Classifier) -> Self {
+        Walk {
+            classifier,
+            class: Class::Read,
+            classes: BTreeSet::new(),
+            reason: "reads only".into(),
+            kinds: BTreeSet::new(),
+            tables: BTreeSet::new(),
+            functions: BTreeSet::new(),
+            without_where: false,
+            prepares: None,
+            executes_prepared: None,
+        }
+    }
+
+    fn raise(&mut self, class: Class, reason: impl Into<String>) {
+        self.classes.insert(class);
+        if class > self.class {
+            self.class = class;
+            self.reason = reason.into();
+        }
+    }
+
+    fn kind(&mut self, kind: &str, class: Class, reason: &str) {
+        self.kinds.insert(kind.to_owned());
+        self.raise(class, reason);
+    }
+
+    /// The statement's own node (`{"node": {"SelectStmt": {...}}}`).
+    fn top(&mut self, tree: &Value) {
+        let node = tree.get("node").and_then(Value::as_object);
+        let Some((name, inner)) = node.and_then(|n| n.iter().next()) else {
+            return;
+        };
+        let named = || inner.get("name").and_then(Value::as_str).map(str::to_owned);
+        match name.as_str() {
+            "PrepareStmt" => self.prepares = named(),
+            "ExecuteStmt" => self.executes_prepared = named(),
+            _ => {}
+        }
+        if !known_statement(name) {
+            self.kind(
+                &snake(name),
+                Class::Admin,
+                &format!("{name} is not a statement the classifier knows"),
+            );
+        }
+        self.value(tree);
+    }
+
+    fn value(&mut self, v: &Value) {
+        match v {
+            Value::Object(map) => {
+                // Typed fields hold some nodes without their type's name (an UPDATE's
+                // `relation`, a CALL's `funccall`): recognise them by their shape.
+                if map.contains_key("relname") {
+                    self.node("RangeVar", v);
+                } else if map.contains_key("funcname") && map.contains_key("funcformat") {
+                    self.node("FuncCall", v);
+                }
+                for (key, inner) in map {
+                    if key.chars().next().is_some_and(|c| c.is_ascii_uppercase()) {
+                        self.node(key, inner);
+                    }
+                    self.value(inner);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| self.value(i)),
+            _ => {}
+        }
+    }
+
+    /// One parse node, by its type name; its children are walked by the caller.
+    fn node(&mut self, name: &str, n: &Value) {
+        let flag = |key: &str| n.get(key).and_then(Value::as_bool).unwrap_or(false);
+        let has = |key: &str| n.get(key).is_some_and(|v| !v.is_null());
+        match name {
+            "SelectStmt" => {
+                self.kind("select", Class::Read, "reads only");
+                if has("into_clause") {
+                    self.kind("create", Class::Ddl, "SELECT INTO creates a table");
+                }
+                if n.get("locking_clause")
+                    .and_then(Value::as_array)
+                    .is_some_and(|l| !l.is_empty())
+                {
+                    self.kind(
+                        "lock",
+                        Class::Write,
+                        "SELECT ... FOR UPDATE/SHARE locks rows",
+                    );
+                }
+            }
+            "InsertStmt" => self.kind("insert", Class::Write, "INSERT"),
+            "UpdateStmt" => {
+                self.kind("update", Class::Write, "UPDATE");
+                if !has("where_clause") {
+                    self.without_where = true;
+                }
+            }
+            "DeleteStmt" => {
+                self.kind("delete", Class::Write, "DELETE");
+                if !has("where_clause") {
+                    self.without_where = true;
+                }
+            }
+            "MergeStmt" => self.kind("merge", Class::Write, "MERGE"),
+            "MergeWhenClause" => {
+                let command = n.get("command_type").and_then(Value::as_i64);
+                if command == Some(pg_query::protobuf::CmdType::CmdDelete as i64) {
+                    self.kind("delete", Class::Write, "MERGE ... THEN DELETE");
+                } else if command == Some(pg_query::protobuf::CmdType::CmdUpdate as i64) {
+                    self.kind("update", Class::Write, "MERGE ... THEN UPDATE");
+                } else if command == Some(pg_query::protobuf::CmdType::CmdInsert as i64) {
+                    self.kind("insert", Class::Write, "MERGE ... THEN INSERT");
+                }
+            }
+            "CopyStmt" => {
+                if flag("is_program") {
+                    self.kind(
+                        "copy_program",
+                        Class::Admin,
+                        "COPY ... PROGRAM runs a shell command",
+                    );
+                } else if n
+                    .get("filename")
+                    .and_then(Value::as_str)
+                    .is_some_and(|f| !f.is_empty())
+                {
+                    self.kind("copy_file", Class::Admin, "COPY with a server file");
+                }
+                if flag("is_from") {
+                    self.kind("copy_from", Class::Write, "COPY FROM");
+                } else {
+                    self.kind("copy_to", Class::Read, "COPY TO");
+                }
+            }
+            "TruncateStmt" => self.kind("truncate", Class::Write, "TRUNCATE"),
+            "DropStmt"
+            | "DropdbStmt"
+            | "DropTableSpaceStmt"
+            | "DropOwnedStmt"
+            | "DropSubscriptionStmt" => self.kind("drop", Class::Ddl, "DROP"),
+            "ExplainStmt" => {
+                // Plain EXPLAIN does not run its statement; the statement is classified
+                // anyway (fail closed: EXPLAIN ANALYZE runs it).
+                let analyze = n
+                    .get("options")
+                    .and_then(Value::as_array)
+                    .is_some_and(|opts| {
+                        opts.iter().any(|o| {
+                            o.pointer("/node/DefElem/defname").and_then(Value::as_str)
+                                == Some("analyze")
+                        })
+                    });
+                self.kind(
+                    if analyze {
+                        "explain_analyze"
+                    } else {
+                        "explain"
+                    },
+                    Class::Read,
+                    "EXPLAIN",
+                );
+            }
+            "PrepareStmt" => self.kind("prepare", Class::Read, "PREPARE"),
+            "ExecuteStmt" => self.kind(
+                "execute",
+                Class::Admin,
+                "EXECUTE of a prepared statement the classifier cannot see",
+            ),
+            "DoStmt" => self.kind("do", Class::Admin, "a DO block runs code"),
+            "CallStmt" => self.kind("call", Class::Admin, "CALL runs a procedure"),
+            "CreateFunctionStmt"
+            | "CreateTrigStmt"
+            | "RuleStmt"
+            | "CreateEventTrigStmt"
+            | "CreatePLangStmt"
+            | "CreateTransformStmt" => {
+                self.kind(&snake(name), Class::Admin, "defines code that runs later")
+            }
+            "GrantStmt" => self.kind("grant", Class::Ddl, "GRANT / REVOKE"),
+            "GrantRoleStmt" => self.kind("grant", Class::Admin, "GRANT / REVOKE of a role"),
+            "SecLabelStmt" => self.kind("alter", Class::Ddl, "SECURITY LABEL"),
+            "CreateRoleStmt"
+            | "AlterRoleStmt"
+            | "AlterRoleSetStmt"
+            | "DropRoleStmt"
+            | "ReassignOwnedStmt"
+            | "AlterSystemStmt"
+            | "LoadStmt"
+            | "CreateExtensionStmt"
+            | "AlterExtensionStmt"
+            | "AlterExtensionContentsStmt"
+            | "CreateFdwStmt"
+            | "CreateForeignServerStmt"
+            | "CreateUserMappingStmt"
+            | "ImportForeignSchemaStmt"
+            | "CheckPointStmt"
+            | "VacuumStmt"
+            | "ClusterStmt"
+            | "ReindexStmt"
+            | "CreateSubscriptionStmt"
+            | "AlterSubscriptionStmt"
+            | "CreatePublicationStmt"
+            | "AlterDatabaseStmt"
+            | "AlterDatabaseSetStmt"
+            | "CreatedbStmt"
+            | "CreateTableSpaceStmt"
+            | "AlterOwnerStmt"
+            | "AlterDefaultPrivilegesStmt"
+            | "CreateCastStmt"
+            | "CreateConversionStmt" => self.kind(
+                &snake(name),
+                Class::Admin,
+                &format!("{name} is administration"),
+            ),
+            "VariableSetStmt" => {
+                let setting = n.get("name").and_then(Value::as_str).unwrap_or_default();
+                self.kinds.insert("set".into());
+                // Settings that change how later SQL is read or who runs it.
+                if matches!(
+                    setting,
+                    "standard_conforming_strings"
+                        | "client_encoding"
+                        | "role"
+                        | "session_authorization"
+                        | "backslash_quote"
+                ) || setting.is_empty()
+                {
+                    let what = if setting.is_empty() {
+                        "RESET ALL"
+                    } else {
+                        setting
+                    };
+                    self.raise(
+                        Class::Admin,
+                        format!("SET {what} changes how SQL is read or who runs it"),
+                    );
+                }
+            }
+            "LockStmt" => self.kind("lock", Class::Write, "LOCK"),
+            "DeclareCursorStmt" => self.kind("cursor", Class::Read, "DECLARE CURSOR"),
+            "CreateTableAsStmt" => self.kind("create", Class::Ddl, "CREATE TABLE AS"),
+            "RefreshMatViewStmt" => self.kind("refresh", Class::Write, "REFRESH MATERIALIZED VIEW"),
+            "NotifyStmt" => self.kind("notify", Class::Write, "NOTIFY"),
+            "RangeVar" => {
+                let rel = n.get("relname").and_then(Value::as_str).unwrap_or_default();
+                let schema = n
+                    .get("schemaname")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if !rel.is_empty() {
+                    self.tables.insert(if schema.is_empty() {
+                        rel.to_owned()
+                    } else {
+                        format!("{schema}.{rel}")
+                    });
+                }
+            }
+            "FuncCall" => {
+                let parts: Vec<&str> = n
+                    .get("funcname")
+                    .and_then(Value::as_array)
+                    .map(|names| {
+                        names
+                            .iter()
+                            .filter_map(|p| p.pointer("/node/String/sval").and_then(Value::as_str))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let full = parts.join(".");
+                if let Some(bare) = parts.last()
+                    && self.classifier.dangerous.contains(*bare)
+                {
+                    self.kinds.insert(format!("function:{bare}"));
+                    self.raise(Class::Admin, format!("function {bare}"));
+                }
+                if matches!(
+                    parts.last().copied(),
+                    Some("pg_terminate_backend" | "pg_cancel_backend")
+                ) && !signals_own_backend(n)
+                {
+                    self.kinds.insert("signal_other_backend".into());
+                }
+                if !full.is_empty() {
+                    self.functions.insert(full);
+                }
+            }
+            n if n.starts_with("Create") || n.starts_with("Define") || n == "CompositeTypeStmt" => {
+                self.kind("create", Class::Ddl, &format!("{n} changes the schema"))
+            }
+            n if n.starts_with("Alter") || n == "RenameStmt" || n == "CommentStmt" => {
+                self.kind("alter", Class::Ddl, &format!("{n} changes the schema"))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether a `pg_terminate_backend` / `pg_cancel_backend` call's only argument is
+/// `pg_backend_pid()`: the caller's own backend.
+fn signals_own_backend(call: &Value) -> bool {
+    let Some(args) = call.get("args").and_then(Value::as_array) else {
+        return false;
+    };
+    let [arg] = args.as_slice() else {
+        return false;
+    };
+    let Some(inner) = arg.pointer("/node/FuncCall") else {
+        return false;
+    };
+    let names: Vec<&str> = inner
+        .get("funcname")
+        .and_then(Value::as_array)
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|p| p.pointer("/node/String/sval").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    let no_args = inner
+        .get("args")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    no_args
+        && matches!(
+            names.as_slice(),
+            ["pg_backend_pid"] | ["pg_catalog", "pg_backend_pid"]
+        )
+}
+
+/// Statement node types classified by their parts (everything else at the top is `admin`).
+fn known_statement(name: &str) -> bool {
+    matches!(
+        name,
+        "SelectStmt"
+            | "InsertStmt"
+            | "UpdateStmt"
+            | "DeleteStmt"
+            | "MergeStmt"
+            | "CopyStmt"
+            | "ExplainStmt"
+            | "PrepareStmt"
+            | "DeallocateStmt"
+            | "TransactionStmt"
+            | "VariableSetStmt"
+            | "VariableShowStmt"
+            | "DiscardStmt"
+            | "ListenStmt"
+            | "UnlistenStmt"
+            | "NotifyStmt"
+            | "LockStmt"
+            | "DeclareCursorStmt"
+            | "FetchStmt"
+            | "ClosePortalStmt"
+            | "TruncateStmt"
+            | "DropStmt"
+            | "CreateStmt"
+            | "CreateTableAsStmt"
+            | "IndexStmt"
+            | "ViewStmt"
+            | "CreateSeqStmt"
+            | "AlterSeqStmt"
+            | "AlterTableStmt"
+            | "RenameStmt"
+            | "CommentStmt"
+            | "CreateSchemaStmt"
+            | "CreateEnumStmt"
+            | "CompositeTypeStmt"
+            | "CreateDomainStmt"
+            | "RefreshMatViewStmt"
+            | "ConstraintsSetStmt"
+            | "CheckPointStmt"
+    ) || name.starts_with("Create")
+        || name.starts_with("Alter")
+        || name.starts_with("Drop")
+        || name.starts_with("Grant")
+        || name.ends_with("RoleStmt")
+        || matches!(
+            name,
+            "ExecuteStmt"
+                | "DoStmt"
+                | "CallStmt"
+                | "RuleStmt"
+                | "LoadStmt"
+                | "VacuumStmt"
+                | "ClusterStmt"
+                | "ReindexStmt"
+                | "ReassignOwnedStmt"
+                | "SecLabelStmt"
+                | "DefineStmt"
+                | "ImportForeignSchemaStmt"
+                | "CreatedbStmt"
+                | "DropdbStmt"
+        )
+}
+
+/// `DeleteStmt` → `delete_stmt`.
+fn snake(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

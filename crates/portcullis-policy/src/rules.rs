@@ -1,0 +1,739 @@
+//! Rules, and the policy that judges a command's statements with them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use portcullis_core::{Identity, Verdict};
+
+use crate::classify::{Class, Classified, Classifier, Unparsed};
+use crate::normalize::cache_key;
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Refuse the command (`ERROR 42501 blocked by rule "…"`).
+    Deny,
+    /// Hold the command until a person approves it.
+    Approve,
+    /// Let it through and stop matching: an exception to the rules below.
+    Allow,
+}
+
+impl Action {
+    /// The action's name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Deny => "deny",
+            Action::Approve => "approve",
+            Action::Allow => "allow",
+        }
+    }
+}
+
+/// Whether a rule acts or only reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// The rule acts, and matching stops.
+    #[default]
+    Enforce,
+    /// The would-be verdict is recorded (audit trail), nothing is enforced, and matching goes
+    /// on — to trial a rule.
+    Detect,
+}
+
+/// What to do with a statement the parser cannot read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnUnparsed {
+    /// Refuse it (the default: fail closed).
+    #[default]
+    Deny,
+    /// Let it through; the database will most likely reject it too.
+    Allow,
+}
+
+/// One `[[policy.rules]]` entry. Every criterion given must match (an empty list matches
+/// anything); a statement matches when one of its classes or kinds is in `statements`, one of
+/// its tables matches a glob in `tables`, one of its functions is in `functions`, the
+/// identity is in one of `groups`, and (with `without_where`) it updates or deletes without
+/// `WHERE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rule {
+    /// The rule's name, shown to the client and in the audit trail.
+    pub name: String,
+    /// Classes (`read`, `write`, `ddl`, `admin`) and kinds (`select`, `delete`, `drop`, …).
+    pub statements: Vec<String>,
+    /// Table globs (`billing.*`, `*.cards`, `customers`). An unqualified table in a statement
+    /// matches a qualified glob by its name alone (its schema depends on the `search_path`).
+    pub tables: Vec<String>,
+    /// Function names; a bare name matches any schema, spelled any way the parser accepts.
+    pub functions: Vec<String>,
+    /// The identity's groups the rule applies to (empty: everyone).
+    pub groups: Vec<String>,
+    /// Only `UPDATE`/`DELETE` without `WHERE`.
+    pub without_where: bool,
+    /// What a match does.
+    pub action: Action,
+    /// For `approve`: groups whose members may approve.
+    pub approvers: Vec<String>,
+    /// For `approve`: how many different approvers must approve.
+    pub min_approvals: u32,
+    /// Enforce or only detect.
+    pub mode: Mode,
+    /// The message for the client (a default says what the rule matched).
+    pub message: Option<String>,
+}
+
+/// Kinds a rule's `statements` may name, besides the four classes and parse-node kinds
+/// (`alter_system_stmt`, …).
+pub const KINDS: &[&str] = &[
+    "select",
+    "insert",
+    "update",
+    "delete",
+    "merge",
+    "truncate",
+    "copy",
+    "copy_from",
+    "copy_to",
+    "copy_program",
+    "copy_file",
+    "create",
+    "alter",
+    "drop",
+    "grant",
+    "explain",
+    "explain_analyze",
+    "prepare",
+    "execute",
+    "do",
+    "call",
+    "set",
+    "lock",
+    "cursor",
+    "refresh",
+    "notify",
+    "function_call",
+    "signal_other_backend",
+];
+
+impl Rule {
+    /// A rule named `name` doing `action`, matching everything until criteria are added.
+    pub fn new(name: impl Into<String>, action: Action) -> Self {
+        Rule {
+            name: name.into(),
+            statements: Vec::new(),
+            tables: Vec::new(),
+            functions: Vec::new(),
+            groups: Vec::new(),
+            without_where: false,
+            action,
+            approvers: Vec::new(),
+            min_approvals: 1,
+            mode: Mode::Enforce,
+            message: None,
+        }
+    }
+
+    /// Matching these classes and kinds.
+    pub fn statements<S: Into<String>>(mut self, s: impl IntoIterator<Item = S>) -> Self {
+        self.statements = s.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Matching these table globs.
+    pub fn tables<S: Into<String>>(mut self, s: impl IntoIterator<Item = S>) -> Self {
+        self.tables = s.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Matching calls of these functions.
+    pub fn functions<S: Into<String>>(mut self, s: impl IntoIterator<Item = S>) -> Self {
+        self.functions = s.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Applying to these groups only.
+    pub fn groups<S: Into<String>>(mut self, s: impl IntoIterator<Item = S>) -> Self {
+        self.groups = s.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Only statements that update or delete without `WHERE`.
+    pub fn without_where(mut self, yes: bool) -> Self {
+        self.without_where = yes;
+        self
+    }
+
+    /// Approvers and quorum, for [`Action::Approve`].
+    pub fn approvers<S: Into<String>>(
+        mut self,
+        groups: impl IntoIterator<Item = S>,
+        min_approvals: u32,
+    ) -> Self {
+        self.approvers = groups.into_iter().map(Into::into).collect();
+        self.min_approvals = min_approvals;
+        self
+    }
+
+    /// Detect only.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The client's message.
+    pub fn message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+
+    /// What is wrong with the rule, in words for `portcullis check` (empty when nothing).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.name.trim().is_empty() {
+            out.push("a rule needs a name".to_owned());
+        }
+        for s in &self.statements {
+            let known = matches!(s.as_str(), "read" | "write" | "ddl" | "admin")
+                || KINDS.contains(&s.as_str())
+                || s.ends_with("_stmt");
+            if !known {
+                out.push(format!(
+                    "unknown statement class or kind \"{s}\" (classes: read, write, ddl, admin; kinds: {})",
+                    KINDS.join(", ")
+                ));
+            }
+        }
+        for list in [&self.tables, &self.functions, &self.groups, &self.approvers] {
+            if list.iter().any(|s| s.trim().is_empty()) {
+                out.push("an empty name in a list".to_owned());
+            }
+        }
+        match self.action {
+            Action::Approve => {
+                if self.approvers.is_empty() {
+                    out.push("action = \"approve\" needs `approvers` (groups)".to_owned());
+                }
+                if self.min_approvals == 0 {
+                    out.push("min_approvals must be at least 1".to_owned());
+                }
+            }
+            _ => {
+                if !self.approvers.is_empty() {
+                    out.push(format!(
+                        "`approvers` only applies to action = \"approve\", not \"{}\"",
+                        self.action.as_str()
+                    ));
+                }
+            }
+        }
+        if self.action == Action::Allow && self.mode == Mode::Detect {
+            out.push("mode = \"detect\" with action = \"allow\" would record nothing".to_owned());
+        }
+        out
+    }
+
+    fn matches(&self, identity: &Identity, s: &Classified) -> bool {
+        if !self.groups.is_empty() && !identity.in_any_group(&self.groups) {
+            return false;
+        }
+        if self.without_where && !s.without_where {
+            return false;
+        }
+        if !self.statements.is_empty()
+            && !self
+                .statements
+                .iter()
+                .any(|want| statement_matches(want, s))
+        {
+            return false;
+        }
+        if !self.tables.is_empty()
+            && !s
+                .tables
+                .iter()
+                .any(|t| self.tables.iter().any(|g| table_matches(g, t)))
+        {
+            return false;
+        }
+        if !self.functions.is_empty()
+            && !s
+                .functions
+                .iter()
+                .any(|f| self.functions.iter().any(|want| function_matches(want, f)))
+        {
+            return false;
+        }
+        true
+    }
+
+    fn verdict(&self, s: &Classified) -> Verdict {
+        match self.action {
+            Action::Allow => Verdict::Allow,
+            Action::Deny => Verdict::deny(
+                self.name.clone(),
+                self.message
+                    .clone()
+                    .unwrap_or_else(|| format!("{} is not allowed here", describe(s))),
+            ),
+            Action::Approve => Verdict::approve(
+                self.name.clone(),
+                self.approvers.clone(),
+                self.min_approvals,
+            ),
+        }
+    }
+}
+
+fn describe(s: &Classified) -> String {
+    let what = s
+        .kinds
+        .iter()
+        .find(|k| !matches!(k.as_str(), "select" | "explain"))
+        .or_else(|| s.kinds.iter().next())
+        .map(|k| k.to_uppercase().replace('_', " "))
+        .unwrap_or_else(|| "this statement".to_owned());
+    format!("{what} ({})", s.reason)
+}
+
+fn statement_matches(want: &str, s: &Classified) -> bool {
+    let class = match want {
+        "read" => Some(Class::Read),
+        "write" => Some(Class::Write),
+        "ddl" => Some(Class::Ddl),
+        "admin" => Some(Class::Admin),
+        _ => None,
+    };
+    match class {
+        Some(c) => s.classes.contains(&c),
+        None if want == "copy" => s.kinds.iter().any(|k| k.starts_with("copy")),
+        None => s.kinds.contains(want),
+    }
+}
+
+/// `glob` (`*` any run, `?` one character) against a table name; an unqualified `table`
+/// matches a qualified glob by the part after the dot.
+fn table_matches(glob: &str, table: &str) -> bool {
+    if wildcard(glob, table) {
+        return true;
+    }
+    if !table.contains('.')
+        && let Some((_, name_glob)) = glob.split_once('.')
+    {
+        return wildcard(name_glob, table);
+    }
+    false
+}
+
+fn function_matches(want: &str, called: &str) -> bool {
+    if want.contains('.') {
+        return want == called;
+    }
+    called.rsplit('.').next() == Some(want)
+}
+
+/// Shell-style wildcard match (`*`, `?`), iterative with one backtrack point.
+fn wildcard(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// A rule's configuration is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rule \"{rule}\": {problem}")]
+pub struct PolicyError {
+    /// The rule's name.
+    pub rule: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// What the policy decided for one command.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Judgement {
+    /// The enforced verdict: the strictest over the command's statements.
+    pub verdict: Verdict,
+    /// Verdicts of `detect` rules that matched, not enforced.
+    pub detected: Vec<Verdict>,
+}
+
+/// Most classifications kept; the cache starts over when full.
+const CACHE_ENTRIES: usize = 8192;
+
+type Classification = Arc<Result<Vec<Classified>, Unparsed>>;
+
+/// Rules plus the classifier and its cache: judges the statements of a command for an
+/// identity. Cheap to share (`Arc` inside); one per configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    rules: Vec<Rule>,
+    on_unparsed: OnUnparsed,
+    classifier: Classifier,
+    cache: Mutex<HashMap<String, Classification>>,
+}
+
+/// The built-in rule ahead of the configured ones: `pg_terminate_backend` and
+/// `pg_cancel_backend` only for the caller's own backend, since identities sharing an
+/// upstream role could otherwise end each other's sessions.
+pub const OWN_BACKEND_RULE: &str = "own-backend-only";
+
+impl Policy {
+    /// A policy with `rules` in order, the built-in [`OWN_BACKEND_RULE`] first, the default
+    /// classifier, and `on_unparsed = deny`.
+    pub fn new(rules: Vec<Rule>) -> Result<Self, PolicyError> {
+        Policy::with_options(rules, OnUnparsed::Deny, Classifier::default(), true)
+    }
+
+    /// A policy with every option: `default_rules = false` leaves out the built-in rule.
+    pub fn with_options(
+        rules: Vec<Rule>,
+        on_unparsed: OnUnparsed,
+        classifier: Classifier,
+        default_rules: bool,
+    ) -> Result<Self, PolicyError> {
+        for rule in &rules {
+            if let Some(problem) = rule.problems().into_iter().next() {
+                return Err(PolicyError {
+                    rule: rule.name.clone(),
+                    problem,
+                });
+            }
+        }
+        let mut all = Vec::with_capacity(rules.len() + 1);
+        if default_rules {
+            all.push(
+                Rule::new(OWN_BACKEND_RULE, Action::Deny)
+                    .statements(["signal_other_backend"])
+                    .message(
+                        "pg_terminate_backend / pg_cancel_backend may only signal this session's own backend (pg_backend_pid())",
+                    ),
+            );
+        }
+        all.extend(rules);
+        Ok(Policy {
+            inner: Arc::new(Inner {
+                rules: all,
+                on_unparsed,
+                classifier,
+                cache: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The rules, the built-in one included.
+    pub fn rules(&self) -> &[Rule] {
+        &self.inner.rules
+    }
+
+    /// Classify `sql`, through the cache when the text has a [`cache_key`].
+    pub fn classify(&self, sql: &str) -> Classification {
+        let Some(key) = cache_key(sql) else {
+            return Arc::new(self.inner.classifier.classify(sql));
+        };
+        if let Some(hit) = self.lock_cache().get(&key) {
+            return hit.clone();
+        }
+        let classified = Arc::new(self.inner.classifier.classify(sql));
+        let mut cache = self.lock_cache();
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, classified.clone());
+        classified
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Classification>> {
+        self.inner.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Judge statements (SQL texts) run by `identity`: each is classified, the rules are
+    /// matched in order, the strictest verdict over all statements wins.
+    pub fn judge<'a>(
+        &self,
+        identity: &Identity,
+        statements: impl IntoIterator<Item = &'a str>,
+    ) -> Judgement {
+        let mut judgement = Judgement::default();
+        for sql in statements {
+            match &*self.classify(sql) {
+                Ok(classified) => {
+                    for s in classified {
+                        self.judge_one(identity, s, &mut judgement);
+                    }
+                }
+                Err(e) => {
+                    if self.inner.on_unparsed == OnUnparsed::Deny {
+                        let verdict = Verdict::deny("on_unparsed", e.to_string());
+                        raise(&mut judgement.verdict, verdict);
+                    }
+                }
+            }
+        }
+        judgement
+    }
+
+    /// The judgement for text the parser could not read (`on_unparsed`).
+    pub fn judge_unparsed(&self, error: &Unparsed) -> Judgement {
+        let mut judgement = Judgement::default();
+        if self.inner.on_unparsed == OnUnparsed::Deny {
+            judgement.verdict = Verdict::deny("on_unparsed", error.to_string());
+        }
+        judgement
+    }
+
+    /// Judge an already classified statement.
+    pub fn judge_classified(&self, identity: &Identity, s: &Classified) -> Judgement {
+        let mut judgement = Judgement::default();
+        self.judge_one(identity, s, &mut judgement);
+        judgement
+    }
+
+    fn judge_one(&self, identity: &Identity, s: &Classified, judgement: &mut Judgement) {
+        for rule in &self.inner.rules {
+            if !rule.matches(identity, s) {
+                continue;
+            }
+            let verdict = rule.verdict(s);
+            match rule.mode {
+                Mode::Detect => judgement.detected.push(verdict),
+                Mode::Enforce => {
+                    raise(&mut judgement.verdict, verdict);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Keep the stricter of two verdicts (the first of equals).
+fn raise(current: &mut Verdict, new: Verdict) {
+    if new.strictness() > current.strictness() {
+        *current = new;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_core::AuthMethod;
+
+    fn who(groups: &[&str]) -> Identity {
+        Identity::new(
+            "alice",
+            groups.iter().map(|g| (*g).to_owned()).collect(),
+            AuthMethod::StaticToken,
+        )
+    }
+
+    fn interface_rules() -> Policy {
+        Policy::new(vec![
+            Rule::new("no-drop", Action::Deny).statements(["drop", "truncate"]),
+            Rule::new("unbounded-writes", Action::Approve)
+                .statements(["delete", "update"])
+                .without_where(true)
+                .approvers(["dba"], 1),
+            Rule::new("analysts-read-only", Action::Deny)
+                .groups(["analysts"])
+                .statements(["write", "ddl", "admin"]),
+            Rule::new("dba-may-read-files", Action::Allow)
+                .groups(["dba"])
+                .functions(["pg_read_file"]),
+            Rule::new("no-file-access", Action::Deny).functions([
+                "pg_read_file",
+                "pg_read_binary_file",
+                "pg_ls_dir",
+                "lo_import",
+                "lo_export",
+            ]),
+            Rule::new("payments-approval", Action::Approve)
+                .tables(["billing.*"])
+                .statements(["write"])
+                .approvers(["finance-leads"], 1)
+                .mode(Mode::Detect),
+        ])
+        .unwrap()
+    }
+
+    fn rule_of(v: &Verdict) -> Option<&str> {
+        match v {
+            Verdict::Deny { rule, .. } | Verdict::Approve { rule, .. } => Some(rule),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_interface_example_rules() {
+        let p = interface_rules();
+        let anyone = who(&[]);
+        let j = p.judge(&anyone, ["drop table t"]);
+        assert_eq!(rule_of(&j.verdict), Some("no-drop"));
+        let j = p.judge(&anyone, ["TRUNCATE t"]);
+        assert_eq!(rule_of(&j.verdict), Some("no-drop"));
+        let j = p.judge(&anyone, ["delete from t"]);
+        assert!(
+            matches!(&j.verdict, Verdict::Approve { rule, approvers, min_approvals: 1 }
+            if rule == "unbounded-writes" && approvers == &["dba".to_owned()])
+        );
+        assert_eq!(
+            p.judge(&anyone, ["delete from t where id = 1"]).verdict,
+            Verdict::Allow
+        );
+        // Analysts are read-only.
+        let analyst = who(&["analysts"]);
+        assert_eq!(
+            p.judge(&analyst, ["select * from t"]).verdict,
+            Verdict::Allow
+        );
+        let j = p.judge(&analyst, ["insert into t values (1)"]);
+        assert_eq!(rule_of(&j.verdict), Some("analysts-read-only"));
+        let j = p.judge(
+            &analyst,
+            ["with x as (delete from t where a = 1 returning *) select 1"],
+        );
+        assert_eq!(rule_of(&j.verdict), Some("analysts-read-only"));
+        // The dba exception ends matching before the deny below it.
+        let dba = who(&["dba"]);
+        assert_eq!(
+            p.judge(&dba, ["select pg_read_file('/etc/hostname')"])
+                .verdict,
+            Verdict::Allow
+        );
+        let j = p.judge(
+            &anyone,
+            ["select \"pg_catalog\".\"pg_read_file\"('/etc/hostname')"],
+        );
+        assert_eq!(rule_of(&j.verdict), Some("no-file-access"));
+        let j = p.judge(&anyone, [r#"select U&"\0070g_read_file"('x')"#]);
+        assert_eq!(rule_of(&j.verdict), Some("no-file-access"));
+        // Detect: recorded, not enforced, matching goes on.
+        let j = p.judge(
+            &anyone,
+            ["update billing.invoices set paid = true where id = 3"],
+        );
+        assert_eq!(j.verdict, Verdict::Allow);
+        assert_eq!(j.detected.len(), 1);
+        assert_eq!(rule_of(&j.detected[0]), Some("payments-approval"));
+        // Unqualified tables match a qualified glob by name: the schema depends on the
+        // search_path, which the gateway does not know (fail closed).
+        let j = p.judge(&anyone, ["update invoices set paid = true where id = 3"]);
+        assert_eq!(j.detected.len(), 1);
+        let j = p.judge(
+            &anyone,
+            ["update sales.invoices set paid = true where id = 3"],
+        );
+        assert_eq!(j.detected.len(), 0);
+        // The strictest statement of several wins.
+        let j = p.judge(&anyone, ["select 1; delete from t; drop table u"]);
+        assert_eq!(rule_of(&j.verdict), Some("no-drop"));
+        // Unparsable: denied by default.
+        let j = p.judge(&anyone, ["selec 1"]);
+        assert_eq!(rule_of(&j.verdict), Some("on_unparsed"));
+    }
+
+    #[test]
+    fn own_backend_only_by_default() {
+        let p = Policy::new(Vec::new()).unwrap();
+        let anyone = who(&[]);
+        assert_eq!(
+            p.judge(&anyone, ["select pg_cancel_backend(pg_backend_pid())"])
+                .verdict,
+            Verdict::Allow
+        );
+        for sql in [
+            "select pg_terminate_backend(4242)",
+            "select pg_catalog.pg_cancel_backend(pid) from pg_stat_activity",
+            "select pg_terminate_backend(pg_backend_pid() + 1)",
+        ] {
+            let j = p.judge(&anyone, [sql]);
+            assert_eq!(rule_of(&j.verdict), Some(OWN_BACKEND_RULE), "{sql}");
+        }
+        let p = Policy::with_options(Vec::new(), OnUnparsed::Allow, Classifier::default(), false)
+            .unwrap();
+        assert_eq!(
+            p.judge(&anyone, ["select pg_terminate_backend(1)"]).verdict,
+            Verdict::Allow
+        );
+        assert_eq!(p.judge(&anyone, ["selec 1"]).verdict, Verdict::Allow);
+    }
+
+    #[test]
+    fn rule_problems_are_reported() {
+        let bad = Rule::new("x", Action::Approve).statements(["delet"]);
+        let problems = bad.problems();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("unknown statement class or kind \"delet\""))
+        );
+        assert!(problems.iter().any(|p| p.contains("needs `approvers`")));
+        let err = Policy::new(vec![bad]).unwrap_err();
+        assert_eq!(err.rule, "x");
+        assert!(
+            Rule::new("y", Action::Deny)
+                .approvers(["dba"], 1)
+                .problems()[0]
+                .contains("only applies")
+        );
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard("billing.*", "billing.invoices"));
+        assert!(wildcard("*.cards", "pay.cards"));
+        assert!(wildcard("a?c*", "abcdef"));
+        assert!(!wildcard("billing.*", "billingx"));
+        assert!(wildcard("*", ""));
+        assert!(!wildcard("a*b", "acbx"));
+        assert!(wildcard("a*b*c", "axxbyyc"));
+    }
+
+    #[test]
+    fn cached_and_uncached_classifications_agree() {
+        let p = Policy::new(Vec::new()).unwrap();
+        for sql in ["select * from t where a = 1", "select * from t where a = 2"] {
+            let cached = p.classify(sql);
+            let fresh = Classifier::default().classify(sql);
+            let classes = |r: &Result<Vec<Classified>, Unparsed>| {
+                r.as_ref()
+                    .map(|v| {
+                        v.iter()
+                            .map(|s| (s.class, s.kinds.clone()))
+                            .collect::<Vec<_>>()
+                    })
+                    .ok()
+            };
+            assert_eq!(classes(&cached), classes(&fresh));
+        }
+        assert_eq!(p.lock_cache().len(), 1);
+    }
+}
