@@ -17,7 +17,9 @@ fn session() -> SessionRef {
         session: Arc::from("1db41b1641b00000"),
         sseq: 12,
         identity: Arc::from("alice"),
-        peer: "127.0.0.1:51234".parse().unwrap_or_else(|_| std::process::abort()),
+        peer: "127.0.0.1:51234"
+            .parse()
+            .unwrap_or_else(|_| std::process::abort()),
         target: Arc::from("main"),
     }
 }

@@ -14,7 +14,10 @@ fn classify(c: &mut Criterion) {
     let classifier = Classifier::default();
     let mut group = c.benchmark_group("classify");
     for (name, sql) in [
-        ("pgbench_select", "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"),
+        (
+            "pgbench_select",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;",
+        ),
         (
             "pgbench_tpcb_update",
             "UPDATE pgbench_accounts SET abalance = abalance + -1234 WHERE aid = 56789;",
@@ -69,7 +72,12 @@ fn cached(c: &mut Criterion) {
     let who = Identity::new("bench", vec!["analysts".into()], AuthMethod::StaticToken);
     // pgbench -S sends a new literal every time: 1000 different texts, one cache entry.
     let texts: Vec<String> = (0..1000)
-        .map(|i| format!("SELECT abalance FROM pgbench_accounts WHERE aid = {};", i * 7919 + 1))
+        .map(|i| {
+            format!(
+                "SELECT abalance FROM pgbench_accounts WHERE aid = {};",
+                i * 7919 + 1
+            )
+        })
         .collect();
     let prepared = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;";
     let mut group = c.benchmark_group("policy");

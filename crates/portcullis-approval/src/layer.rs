@@ -241,6 +241,11 @@ where
         }
     };
     let id = filed.id.clone();
+    // If the client goes away (or the session ends) while waiting, the request is withdrawn.
+    let mut withdraw = WithdrawOnDrop {
+        store: Some(store.clone()),
+        id: id.clone(),
+    };
     DecisionLog::record_in(
         &req.extensions,
         &Decision::new("approval", verdict).with_detail(format!(
@@ -279,6 +284,7 @@ where
         () = tokio::time::sleep(config.timeout) => store.close(&id, State::Expired).await,
         () = cancelled => store.close(&id, State::Withdrawn).await,
     };
+    withdraw.store = None;
     let decided = match outcome {
         Ok(r) => r,
         Err(e) => {
@@ -302,6 +308,28 @@ where
         }
         State::Expired => refuse(inner, req, Refusal::ApprovalTimeout { request: id }).await,
         State::Withdrawn | State::Pending => refuse(inner, req, Refusal::Cancelled).await,
+    }
+}
+
+/// Withdraws a pending request when the wait is dropped before it ends.
+struct WithdrawOnDrop {
+    store: Option<Arc<dyn ApprovalStore>>,
+    id: String,
+}
+
+impl Drop for WithdrawOnDrop {
+    fn drop(&mut self) {
+        let Some(store) = self.store.take() else {
+            return;
+        };
+        let id = std::mem::take(&mut self.id);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = store.close(&id, State::Withdrawn).await {
+                    warn!(target: "portcullis::approval", request = %id, error = %e, "could not withdraw an abandoned request");
+                }
+            });
+        }
     }
 }
 

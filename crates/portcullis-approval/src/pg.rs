@@ -215,7 +215,7 @@ impl ApprovalStore for PostgresStore {
     fn list(&self, pending_only: bool) -> BoxFuture<'_, Result<Vec<ApprovalRequest>, StoreError>> {
         Box::pin(async move {
             let sql = format!(
-                "select body from {} where $1 = false or state = 'pending' order by created_at, id",
+                "select body from {} where $1 = false or (state = 'pending' and (body->>'expires_at')::timestamptz >= now()) order by created_at, id",
                 self.inner.table
             );
             let rows = self

@@ -209,6 +209,13 @@ pub fn apply(
             state: request.state.name(),
         });
     }
+    // A request nobody closed in time (its gateway stopped while it waited) is expired.
+    if request.expires_at < time::OffsetDateTime::now_utc() {
+        return Err(DecideError::NotPending {
+            id: request.id.clone(),
+            state: State::Expired.name(),
+        });
+    }
     may_decide(request, who)?;
     match answer {
         Answer::Deny(reason) => {

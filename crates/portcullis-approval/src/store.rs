@@ -117,10 +117,11 @@ impl ApprovalStore for MemoryStore {
     }
 
     fn list(&self, pending_only: bool) -> BoxFuture<'_, Result<Vec<ApprovalRequest>, StoreError>> {
+        let now = time::OffsetDateTime::now_utc();
         let mut out: Vec<ApprovalRequest> = self
             .lock()
             .values()
-            .filter(|r| !pending_only || r.state == State::Pending)
+            .filter(|r| !pending_only || (r.state == State::Pending && r.expires_at >= now))
             .cloned()
             .collect();
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));

@@ -183,6 +183,17 @@ impl Session {
             .map(|(_, v)| v.clone())
     }
 
+    /// Whether the parameter `name`, as last reported, satisfies `test` (`false` when never
+    /// reported) — without copying it.
+    pub fn server_param_is(&self, name: &str, test: impl FnOnce(&str) -> bool) -> bool {
+        self.server_params
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(n, _)| n == name)
+            .is_some_and(|(_, v)| test(v))
+    }
+
     /// Record a parameter the database reported (the protocol server does, as the report
     /// passes to the client).
     pub fn set_server_param(&self, name: &str, value: &str) {

@@ -194,23 +194,22 @@ fn raise(judgement: &mut Judgement, mut one: Judgement, executes: bool) {
 /// Session settings under which the database would read a statement differently from the
 /// classifier: refuse rather than guess.
 fn unreadable(session: &Session, statements: &[portcullis_core::Statement<'_>]) -> Option<Verdict> {
-    let scs_off = session
-        .server_param("standard_conforming_strings")
-        .is_some_and(|v| v.eq_ignore_ascii_case("off"));
+    let scs_off = session.server_param_is("standard_conforming_strings", |v| {
+        v.eq_ignore_ascii_case("off")
+    });
     if scs_off && statements.iter().any(|s| s.text.contains('\\')) {
         return Some(Verdict::deny(
             "standard_conforming_strings",
             "with standard_conforming_strings = off a backslash in a string changes how the statement is read; run SET standard_conforming_strings = on",
         ));
     }
-    let encoding = session.server_param("client_encoding");
-    if let Some(enc) = encoding
-        && !matches!(
-            enc.to_ascii_uppercase().as_str(),
-            "UTF8" | "UNICODE" | "UTF-8"
-        )
-        && statements.iter().any(|s| !s.text.is_ascii())
-    {
+    let not_utf8 = session.server_param_is("client_encoding", |enc| {
+        !["UTF8", "UNICODE", "UTF-8"]
+            .iter()
+            .any(|u| enc.eq_ignore_ascii_case(u))
+    });
+    if not_utf8 && statements.iter().any(|s| !s.text.is_ascii()) {
+        let enc = session.server_param("client_encoding").unwrap_or_default();
         return Some(Verdict::deny(
             "client_encoding",
             format!(
