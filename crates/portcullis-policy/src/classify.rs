@@ -63,6 +63,43 @@ pub struct Classified {
 }
 
 impl Classified {
+    /// A statement that only reads, so far: the start of a walk over `text`'s tree.
+    pub(crate) fn reading(text: String) -> Self {
+        Classified {
+            class: Class::Read,
+            classes: BTreeSet::new(),
+            kinds: BTreeSet::new(),
+            tables: BTreeSet::new(),
+            functions: BTreeSet::new(),
+            without_where: false,
+            reason: "reads only".into(),
+            prepares: None,
+            executes_prepared: None,
+            text,
+        }
+    }
+
+    /// At least `class`, for `reason` (kept when it is the strictest so far).
+    pub(crate) fn raise(&mut self, class: Class, reason: impl Into<String>) {
+        self.classes.insert(class);
+        if class > self.class {
+            self.class = class;
+            self.reason = reason.into();
+        }
+    }
+
+    /// An operation of `kind`, of `class`.
+    pub(crate) fn kind(&mut self, kind: &str, class: Class, reason: &str) {
+        self.kinds.insert(kind.to_owned());
+        self.raise(class, reason);
+    }
+
+    /// The walk is over: the strictest class is among the classes.
+    pub(crate) fn finish(mut self) -> Self {
+        self.classes.insert(self.class);
+        self
+    }
+
     /// Whether the statement contains an operation of `kind`.
     pub fn has_kind(&self, kind: &str) -> bool {
         self.kinds.contains(kind)
@@ -157,21 +194,12 @@ impl Classifier {
             let tree = serde_json::to_value(&raw.stmt).map_err(|e| Unparsed {
                 message: format!("parse tree not readable: {e}"),
             })?;
-            let mut walk = Walk::new(self);
+            let mut walk = Walk {
+                classifier: self,
+                found: Classified::reading(text.trim().to_owned()),
+            };
             walk.top(&tree);
-            walk.classes.insert(walk.class);
-            out.push(Classified {
-                class: walk.class,
-                classes: walk.classes,
-                kinds: walk.kinds,
-                tables: walk.tables,
-                functions: walk.functions,
-                without_where: walk.without_where,
-                reason: walk.reason,
-                prepares: walk.prepares,
-                executes_prepared: walk.executes_prepared,
-                text: text.trim().to_owned(),
-            });
+            out.push(walk.found.finish());
         }
         Ok(out)
     }
@@ -189,46 +217,23 @@ fn slice(sql: &str, location: i32, len: i32) -> &str {
 
 struct Walk<'a> {
     classifier: &'a Classifier,
-    class: Class,
-    classes: BTreeSet<Class>,
-    reason: String,
-    kinds: BTreeSet<String>,
-    tables: BTreeSet<String>,
-    functions: BTreeSet<String>,
-    without_where: bool,
-    prepares: Option<String>,
-    executes_prepared: Option<String>,
+    found: Classified,
 }
 
-impl<'a> Walk<'a> {
-    fn new(classifier: &'a Classifier) -> Self {
-        Walk {
-            classifier,
-            class: Class::Read,
-            classes: BTreeSet::new(),
-            reason: "reads only".into(),
-            kinds: BTreeSet::new(),
-            tables: BTreeSet::new(),
-            functions: BTreeSet::new(),
-            without_where: false,
-            prepares: None,
-            executes_prepared: None,
-        }
+impl std::ops::Deref for Walk<'_> {
+    type Target = Classified;
+    fn deref(&self) -> &Classified {
+        &self.found
     }
+}
 
-    fn raise(&mut self, class: Class, reason: impl Into<String>) {
-        self.classes.insert(class);
-        if class > self.class {
-            self.class = class;
-            self.reason = reason.into();
-        }
+impl std::ops::DerefMut for Walk<'_> {
+    fn deref_mut(&mut self) -> &mut Classified {
+        &mut self.found
     }
+}
 
-    fn kind(&mut self, kind: &str, class: Class, reason: &str) {
-        self.kinds.insert(kind.to_owned());
-        self.raise(class, reason);
-    }
-
+impl Walk<'_> {
     /// The statement's own node (`{"node": {"SelectStmt": {...}}}`).
     fn top(&mut self, tree: &Value) {
         let node = tree.get("node").and_then(Value::as_object);

@@ -6,14 +6,15 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use portcullis_core::{
-    CommandKind, CommandView, Decision, DecisionLog, Error, Refusal, RefuseInPlace, RefusedInPlace,
-    Request, Response, Session, Verdict,
+    CommandKind, CommandView, Decision, DecisionLog, Error, Protocol, Refusal, RefuseInPlace,
+    RefusedInPlace, Request, Response, Session, Verdict,
 };
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::classify::{Class, Classified};
-use crate::rules::{Judgement, Policy};
+use crate::mysql::MySqlMode;
+use crate::rules::{Dialect, Judgement, Policy};
 
 /// Applies a [`Policy`] to every command: `Deny` refuses it (in place when the protocol can,
 /// so that the client and the database end in the same transaction state), `Approve` puts the
@@ -128,18 +129,13 @@ fn judge(
         CommandKind::Statements => {}
         CommandKind::FunctionCall => {
             // The function is named by OID only: not known to be read-only, so `admin`.
-            let call = Classified {
-                class: Class::Admin,
-                classes: [Class::Admin].into_iter().collect(),
-                kinds: ["function_call".to_owned()].into_iter().collect(),
-                tables: Default::default(),
-                functions: Default::default(),
-                without_where: false,
-                reason: "a FunctionCall message names its function by OID only".into(),
-                prepares: None,
-                executes_prepared: None,
-                text: String::new(),
-            };
+            let mut call = Classified::reading(String::new());
+            call.kind(
+                "function_call",
+                Class::Admin,
+                "a FunctionCall message names its function by OID only",
+            );
+            let call = call.finish();
             return policy.judge_classified(&session.identity, &call);
         }
         _ => return Judgement::default(),
@@ -153,8 +149,17 @@ fn judge(
     }
     let mut judgement = Judgement::default();
     let mut prepares = Vec::new();
+    let dialect = match session.protocol {
+        Protocol::MySql => Dialect::MySql(MySqlMode::from_sql_mode(
+            &session.server_param("sql_mode").unwrap_or_default(),
+        )),
+        _ => Dialect::Postgres,
+    };
+    let own_kill = session
+        .server_param("connection_id")
+        .map(|id| format!("kill:{id}"));
     for statement in &statements {
-        let classified = policy.classify(statement.text);
+        let classified = policy.classify_in(dialect, statement.text);
         let list = match &*classified {
             Ok(list) => list,
             Err(e) => {
@@ -165,7 +170,15 @@ fn judge(
         };
         for s in list {
             // EXECUTE of a statement prepared in this session: judge what it runs.
-            let seen = s.executes_prepared.as_deref().and_then(|n| prepared.get(n));
+            let mut seen = s.executes_prepared.as_deref().and_then(|n| prepared.get(n));
+            // MySQL `KILL <id>` of the session's own connection is not another backend.
+            if let Some(own) = &own_kill
+                && s.has_kind(own)
+            {
+                let mut mine = s.clone();
+                mine.kinds.remove("signal_other_backend");
+                seen = Some(mine);
+            }
             let one = policy.judge_classified(&session.identity, seen.as_ref().unwrap_or(s));
             raise(&mut judgement, one, statement.executes);
             if s.prepares.is_some() {
@@ -203,18 +216,21 @@ fn unreadable(session: &Session, statements: &[portcullis_core::Statement<'_>]) 
             "with standard_conforming_strings = off a backslash in a string changes how the statement is read; run SET standard_conforming_strings = on",
         ));
     }
-    let not_utf8 = session.server_param_is("client_encoding", |enc| {
-        !["UTF8", "UNICODE", "UTF-8"]
+    // PostgreSQL reports `client_encoding`; a MySQL session reports `character_set_client`.
+    let charset = match session.protocol {
+        Protocol::MySql => "character_set_client",
+        _ => "client_encoding",
+    };
+    let not_utf8 = session.server_param_is(charset, |enc| {
+        !["UTF8", "UNICODE", "UTF-8", "utf8mb4", "utf8mb3"]
             .iter()
             .any(|u| enc.eq_ignore_ascii_case(u))
     });
     if not_utf8 && statements.iter().any(|s| !s.text.is_ascii()) {
-        let enc = session.server_param("client_encoding").unwrap_or_default();
+        let enc = session.server_param(charset).unwrap_or_default();
         return Some(Verdict::deny(
-            "client_encoding",
-            format!(
-                "client_encoding {enc}: only ASCII statements are read safely; set client_encoding to UTF8"
-            ),
+            charset,
+            format!("{charset} {enc}: only ASCII statements are read safely; use UTF-8"),
         ));
     }
     None
@@ -324,5 +340,103 @@ where
             response.extensions.insert(RefusedInPlace(refusal));
         }
         Poll::Ready(Ok(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use portcullis_core::{AuthMethod, Identity, SessionId, Statement};
+
+    use super::*;
+    use crate::rules::{Action, Rule};
+
+    struct Sql(&'static str);
+
+    impl CommandView for Sql {
+        fn kind(&self) -> CommandKind {
+            CommandKind::Statements
+        }
+        fn statements(&self) -> Vec<Statement<'_>> {
+            vec![Statement::text(self.0)]
+        }
+    }
+
+    fn guard() -> Guard<()> {
+        let policy = Policy::new(vec![
+            Rule::new("no-deletes", Action::Deny).statements(["delete"]),
+        ])
+        .unwrap();
+        GuardLayer::new(policy).layer(())
+    }
+
+    fn session(protocol: Protocol, params: &[(&str, &str)]) -> Session {
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let who = Identity::new("alice", vec![], AuthMethod::StaticToken);
+        let s = Session::new(SessionId(1), protocol, "t", peer, who);
+        for (name, value) in params {
+            s.set_server_param(name, value);
+        }
+        s
+    }
+
+    fn rule(j: &Judgement) -> Option<&str> {
+        match &j.verdict {
+            Verdict::Deny { rule, .. } => Some(rule),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn mysql_sessions_are_read_in_their_sql_mode() {
+        let g = guard();
+        let hidden = Sql("select 'a\\' ; delete from victims; -- '");
+        let plain = session(Protocol::MySql, &[("sql_mode", "STRICT_TRANS_TABLES")]);
+        assert_eq!(g.judge(&plain, &hidden).verdict, Verdict::Allow);
+        let nbe = session(Protocol::MySql, &[("sql_mode", "NO_BACKSLASH_ESCAPES")]);
+        assert_eq!(rule(&g.judge(&nbe, &hidden)), Some("no-deletes"));
+        // MariaDB executable comments are read.
+        assert_eq!(
+            rule(&g.judge(&plain, &Sql("/*M!100100 delete from victims */"))),
+            Some("no-deletes")
+        );
+        // KILL: only the session's own connection.
+        let own = session(Protocol::MySql, &[("connection_id", "42")]);
+        assert_eq!(g.judge(&own, &Sql("kill 42")).verdict, Verdict::Allow);
+        assert_eq!(
+            rule(&g.judge(&own, &Sql("kill 43"))),
+            Some(crate::rules::OWN_BACKEND_RULE)
+        );
+        // A non-UTF-8 character set: only ASCII statements.
+        let sjis = session(Protocol::MySql, &[("character_set_client", "sjis")]);
+        assert_eq!(g.judge(&sjis, &Sql("select 1")).verdict, Verdict::Allow);
+        assert_eq!(
+            rule(&g.judge(&sjis, &Sql("select '\u{8868}'"))),
+            Some("character_set_client")
+        );
+    }
+
+    #[test]
+    fn postgres_sessions_follow_standard_conforming_strings() {
+        let g = guard();
+        let hidden = Sql("select '\\''; delete from victims; --'");
+        let off = session(
+            Protocol::Postgres,
+            &[("standard_conforming_strings", "off")],
+        );
+        assert_eq!(
+            rule(&g.judge(&off, &hidden)),
+            Some("standard_conforming_strings")
+        );
+        let on = session(Protocol::Postgres, &[("standard_conforming_strings", "on")]);
+        // With the setting on, the whole text after SELECT is one string.
+        assert_eq!(g.judge(&on, &hidden).verdict, Verdict::Allow);
+        let latin = session(Protocol::Postgres, &[("client_encoding", "LATIN1")]);
+        assert_eq!(
+            rule(&g.judge(&latin, &Sql("select 'é'"))),
+            Some("client_encoding")
+        );
+        assert_eq!(g.judge(&latin, &Sql("select 'e'")).verdict, Verdict::Allow);
     }
 }

@@ -1,8 +1,13 @@
-//! SQL classification for the Portcullis gateway, with PostgreSQL's own parser.
+//! SQL classification, rules and the guard layer for the Portcullis gateway.
 //!
-//! **Status: the classifier only.** Rules, the guard layer and approvals (issue #4) build on
-//! it and are not written yet; the gateway does not use this crate yet, and `[policy]` in its
-//! configuration is still refused.
+//! [`Policy`] holds the rules (`[[policy.rules]]`: classes and kinds, tables, functions,
+//! groups, `without_where`; `deny`, `approve`, `allow`; `detect` mode) and judges statements
+//! with a bounded cache of classifications keyed by the statement with its literals
+//! normalised ([`cache_key`]). [`GuardLayer`] applies it to every command unit, refusing in
+//! place (`RefuseInPlace`) so that a transaction block fails on both sides, and passing
+//! approvals on to the approval layer. MySQL text is classified with `sqlparser`'s MySQL
+//! dialect ([`classify_mysql`]) in the session's `sql_mode` ([`MySqlMode`]), executable
+//! comments included.
 //!
 //! [`Classifier::classify`] parses a query string with `libpg_query` (the PostgreSQL 17
 //! parser, through the `pg_query` crate) and walks the *whole* parse tree of every statement
@@ -45,14 +50,17 @@
 
 mod classify;
 mod guard;
+mod mysql;
 mod normalize;
 mod rules;
 
 pub use classify::{Class, Classified, Classifier, DANGEROUS_FUNCTIONS, Unparsed};
 pub use guard::{Guard, GuardLayer};
+pub use mysql::{MYSQL_DANGEROUS_FUNCTIONS, MySqlMode, classify_mysql};
 pub use normalize::cache_key;
 pub use rules::{
-    Action, Judgement, KINDS, Mode, OWN_BACKEND_RULE, OnUnparsed, Policy, PolicyError, Rule,
+    Action, Dialect, Judgement, KINDS, Mode, OWN_BACKEND_RULE, OnUnparsed, Policy, PolicyError,
+    Rule,
 };
 
 #[cfg(test)]

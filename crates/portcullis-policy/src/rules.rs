@@ -382,6 +382,17 @@ pub struct Judgement {
     pub detected: Vec<Verdict>,
 }
 
+/// Which SQL a statement is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Dialect {
+    /// PostgreSQL (PostgreSQL's own parser).
+    #[default]
+    Postgres,
+    /// MySQL / MariaDB, read in this `sql_mode` (`sqlparser`'s MySQL dialect).
+    MySql(crate::mysql::MySqlMode),
+}
+
 /// Most classifications kept; the cache starts over when full.
 const CACHE_ENTRIES: usize = 8192;
 
@@ -455,15 +466,49 @@ impl Policy {
         &self.inner.rules
     }
 
-    /// Classify `sql`, through the cache when the text has a [`cache_key`].
+    /// Classify PostgreSQL `sql`, through the cache when the text has a [`cache_key`].
     pub fn classify(&self, sql: &str) -> Classification {
-        let Some(key) = cache_key(sql) else {
-            return Arc::new(self.inner.classifier.classify(sql));
+        self.classify_in(Dialect::Postgres, sql)
+    }
+
+    /// Classify `sql` written in `dialect`, through the cache when possible.
+    pub fn classify_in(&self, dialect: Dialect, sql: &str) -> Classification {
+        let fresh = || match dialect {
+            Dialect::Postgres => self.inner.classifier.classify(sql),
+            Dialect::MySql(mode) => crate::mysql::classify_mysql(sql, mode),
+        };
+        let key = match dialect {
+            Dialect::Postgres => cache_key(sql),
+            // MySQL reads `#`, backticks, `"`, `--` and comments its own way: only plain texts
+            // share the PostgreSQL normaliser's key, prefixed by the mode.
+            Dialect::MySql(mode) => {
+                let plain = !sql.contains(['#', '`', '"', '\\'])
+                    && !sql.contains("/*")
+                    && !sql.contains("--");
+                plain.then(|| cache_key(sql)).flatten().map(|k| {
+                    format!(
+                        "\u{1}mysql{}{}:{k}",
+                        u8::from(mode.ansi_quotes),
+                        u8::from(mode.no_backslash_escapes)
+                    )
+                })
+            }
+        };
+        let Some(key) = key else {
+            return Arc::new(fresh());
         };
         if let Some(hit) = self.lock_cache().get(&key) {
             return hit.clone();
         }
-        let classified = Arc::new(self.inner.classifier.classify(sql));
+        let classified = Arc::new(fresh());
+        // A classification that names a literal (MySQL `KILL 42`) is not shared.
+        let literal = classified.as_ref().as_ref().is_ok_and(|list| {
+            list.iter()
+                .any(|s| s.kinds.iter().any(|k| k.starts_with("kill:")))
+        });
+        if literal {
+            return classified;
+        }
         let mut cache = self.lock_cache();
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();

@@ -1,0 +1,556 @@
+//! MySQL / MariaDB classification with `sqlparser`'s MySQL dialect, producing the same
+//! [`Classified`] the PostgreSQL classifier does, so rules apply unchanged.
+//!
+//! The parser reads the text as the server would under the session's `sql_mode`
+//! ([`MySqlMode`]): with `ANSI_QUOTES`, `"…"` is an identifier; with `NO_BACKSLASH_ESCAPES`,
+//! a backslash in a string is a plain character. Executable comments run on the server, so
+//! they are read as SQL: `/*! … */` and `/*!50000 … */` (the parser does this itself) and
+//! MariaDB's `/*M! … */` (rewritten to `/*! … */` first — the parser alone would hide it).
+//! What the parser cannot read is an error (then `on_unparsed` decides), never a guess.
+
+use std::borrow::Cow;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{Expr, ObjectName, Statement, Visit, Visitor};
+use sqlparser::dialect::MySqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::classify::{Class, Classified, Unparsed};
+
+/// The parts of a MySQL session's `sql_mode` that change how SQL is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct MySqlMode {
+    /// `ANSI_QUOTES`: `"…"` quotes identifiers, not strings.
+    pub ansi_quotes: bool,
+    /// `NO_BACKSLASH_ESCAPES`: `\` in a string is an ordinary character.
+    pub no_backslash_escapes: bool,
+}
+
+impl MySqlMode {
+    /// The mode a `sql_mode` value (`'STRICT_TRANS_TABLES,ANSI_QUOTES'`, or `ANSI`, which
+    /// includes `ANSI_QUOTES`) gives.
+    pub fn from_sql_mode(sql_mode: &str) -> Self {
+        let mut mode = MySqlMode::default();
+        for flag in sql_mode.split(',').map(str::trim) {
+            if flag.eq_ignore_ascii_case("ANSI_QUOTES") || flag.eq_ignore_ascii_case("ANSI") {
+                mode.ansi_quotes = true;
+            }
+            if flag.eq_ignore_ascii_case("NO_BACKSLASH_ESCAPES") {
+                mode.no_backslash_escapes = true;
+            }
+        }
+        mode
+    }
+}
+
+/// Functions classified `admin` in MySQL: server files and user-defined functions that run
+/// commands.
+pub const MYSQL_DANGEROUS_FUNCTIONS: &[&str] = &["load_file", "sys_exec", "sys_eval"];
+
+/// Classify every statement of `sql` as a MySQL server in `mode` would read it.
+pub fn classify_mysql(sql: &str, mode: MySqlMode) -> Result<Vec<Classified>, Unparsed> {
+    let text = rewrite(sql, mode)?;
+    let statements = Parser::parse_sql(&MySqlDialect {}, &text).map_err(|e| Unparsed {
+        message: e.to_string(),
+    })?;
+    let mut out = Vec::with_capacity(statements.len());
+    for statement in &statements {
+        let mut walk = MyWalk(Classified::reading(statement.to_string()));
+        let _ = statement.visit(&mut walk);
+        out.push(walk.0.finish());
+    }
+    Ok(out)
+}
+
+/// Make the text say, in the parser's default MySQL reading, what the server reads in
+/// `mode`: MariaDB's `/*M!` becomes `/*!`; with `NO_BACKSLASH_ESCAPES` a backslash in a
+/// string is doubled; with `ANSI_QUOTES` `"…"` becomes `` `…` ``.
+fn rewrite(sql: &str, mode: MySqlMode) -> Result<Cow<'_, str>, Unparsed> {
+    let needs = sql.contains("/*M!")
+        || (mode.no_backslash_escapes && sql.contains('\\'))
+        || (mode.ansi_quotes && sql.contains('"'));
+    if !needs {
+        return Ok(Cow::Borrowed(sql));
+    }
+    let unterminated = |what: &str| Unparsed {
+        message: format!("unterminated {what}"),
+    };
+    let chars: Vec<char> = sql.chars().collect();
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        match c {
+            '\'' | '"' if !(c == '"' && mode.ansi_quotes) => {
+                // A string literal.
+                out.push(c);
+                i += 1;
+                loop {
+                    let Some(&d) = chars.get(i) else {
+                        return Err(unterminated("string"));
+                    };
+                    if d == '\\' {
+                        if mode.no_backslash_escapes {
+                            out.push_str("\\\\");
+                            i += 1;
+                        } else {
+                            out.push(d);
+                            if let Some(&e) = chars.get(i + 1) {
+                                out.push(e);
+                            }
+                            i += 2;
+                        }
+                        continue;
+                    }
+                    out.push(d);
+                    i += 1;
+                    if d == c {
+                        if chars.get(i) == Some(&c) {
+                            out.push(c);
+                            i += 1;
+                            continue;
+                        }
+                        break;
+                    }
+                }
+            }
+            '"' => {
+                // ANSI_QUOTES: an identifier.
+                out.push('`');
+                i += 1;
+                loop {
+                    let Some(&d) = chars.get(i) else {
+                        return Err(unterminated("identifier"));
+                    };
+                    i += 1;
+                    if d == '"' {
+                        if chars.get(i) == Some(&'"') {
+                            out.push('"');
+                            i += 1;
+                            continue;
+                        }
+                        break;
+                    }
+                    if d == '`' {
+                        out.push('`');
+                    }
+                    out.push(d);
+                }
+                out.push('`');
+            }
+            '`' => {
+                out.push(c);
+                i += 1;
+                loop {
+                    let Some(&d) = chars.get(i) else {
+                        return Err(unterminated("identifier"));
+                    };
+                    out.push(d);
+                    i += 1;
+                    if d == '`' {
+                        if chars.get(i) == Some(&'`') {
+                            out.push('`');
+                            i += 1;
+                            continue;
+                        }
+                        break;
+                    }
+                }
+            }
+            '#' => {
+                while i < chars.len() && chars[i] != '\n' {
+                    out.push(chars[i]);
+                    i += 1;
+                }
+            }
+            '-' if next == Some('-')
+                && chars
+                    .get(i + 2)
+                    .is_none_or(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                while i < chars.len() && chars[i] != '\n' {
+                    out.push(chars[i]);
+                    i += 1;
+                }
+            }
+            '/' if next == Some('*') => {
+                let executable = chars.get(i + 2) == Some(&'!')
+                    || (chars.get(i + 2) == Some(&'M') && chars.get(i + 3) == Some(&'!'));
+                if executable {
+                    // Its content is SQL: keep the marker (as `/*!`) and go on reading.
+                    out.push_str("/*!");
+                    i += if chars[i + 2] == 'M' { 4 } else { 3 };
+                } else {
+                    let Some(end) = (i + 2..chars.len().saturating_sub(1))
+                        .find(|&j| chars[j] == '*' && chars[j + 1] == '/')
+                    else {
+                        return Err(unterminated("comment"));
+                    };
+                    out.extend(&chars[i..end + 2]);
+                    i = end + 2;
+                }
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// The walk over one statement: what it found so far.
+#[derive(Debug)]
+struct MyWalk(Classified);
+
+impl std::ops::Deref for MyWalk {
+    type Target = Classified;
+    fn deref(&self) -> &Classified {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for MyWalk {
+    fn deref_mut(&mut self) -> &mut Classified {
+        &mut self.0
+    }
+}
+
+fn name_of(name: &ObjectName) -> String {
+    name.0
+        .iter()
+        .map(|part| match part.as_ident() {
+            Some(ident) => ident.value.clone(),
+            None => part.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+impl MyWalk {
+    fn statement(&mut self, s: &Statement) {
+        use Statement as S;
+        match s {
+            S::Query(q) => {
+                self.kind("select", Class::Read, "reads only");
+                if let sqlparser::ast::SetExpr::Select(select) = q.body.as_ref()
+                    && select.into.is_some()
+                {
+                    // MySQL's SELECT … INTO @variable: still a read.
+                    self.kinds.insert("select_into".into());
+                }
+                if !q.locks.is_empty() {
+                    self.kind(
+                        "lock",
+                        Class::Write,
+                        "SELECT ... FOR UPDATE/SHARE locks rows",
+                    );
+                }
+            }
+            S::Insert(_) => self.kind("insert", Class::Write, "INSERT"),
+            S::Update(u) => {
+                self.kind("update", Class::Write, "UPDATE");
+                if u.selection.is_none() {
+                    self.without_where = true;
+                }
+            }
+            S::Delete(d) => {
+                self.kind("delete", Class::Write, "DELETE");
+                if d.selection.is_none() {
+                    self.without_where = true;
+                }
+            }
+            S::Merge(_) => self.kind("merge", Class::Write, "MERGE"),
+            S::Truncate(_) => self.kind("truncate", Class::Write, "TRUNCATE"),
+            S::Drop { .. }
+            | S::DropFunction(_)
+            | S::DropProcedure { .. }
+            | S::DropTrigger(_)
+            | S::DropDomain(_)
+            | S::DropExtension(_)
+            | S::DropPolicy(_) => self.kind("drop", Class::Ddl, "DROP"),
+            S::CreateView(_)
+            | S::CreateTable(_)
+            | S::CreateIndex(_)
+            | S::CreateSchema { .. }
+            | S::CreateDatabase { .. }
+            | S::CreateSequence { .. }
+            | S::CreateType { .. } => self.kind("create", Class::Ddl, "CREATE"),
+            S::AlterTable(_)
+            | S::AlterView(_)
+            | S::AlterIndex { .. }
+            | S::RenameTable(_)
+            | S::Comment { .. } => self.kind("alter", Class::Ddl, "ALTER"),
+            S::Grant(_) | S::Revoke(_) => self.kind("grant", Class::Ddl, "GRANT / REVOKE"),
+            S::Set(set) => {
+                self.kinds.insert("set".into());
+                // Settings that change how later SQL is read, or the server for everyone.
+                let text = set.to_string().to_ascii_lowercase();
+                if [
+                    "sql_mode",
+                    "names",
+                    "character set",
+                    "charset",
+                    "character_set",
+                    "global",
+                    "persist",
+                ]
+                .iter()
+                .any(|w| text.contains(w))
+                {
+                    self.kind(
+                        "set",
+                        Class::Admin,
+                        "SET of sql_mode, the character set or a global changes how SQL is read",
+                    );
+                }
+            }
+            S::ShowFunctions { .. }
+            | S::ShowVariable { .. }
+            | S::ShowStatus { .. }
+            | S::ShowVariables { .. }
+            | S::ShowCreate { .. }
+            | S::ShowColumns { .. }
+            | S::ShowDatabases { .. }
+            | S::ShowProcessList { .. }
+            | S::ShowSchemas { .. }
+            | S::ShowCharset(_)
+            | S::ShowTables { .. }
+            | S::ShowViews { .. }
+            | S::ShowCollation { .. }
+            | S::ExplainTable { .. } => self.kind("show", Class::Read, "SHOW"),
+            S::Explain { analyze, .. } => self.kind(
+                if *analyze {
+                    "explain_analyze"
+                } else {
+                    "explain"
+                },
+                Class::Read,
+                "EXPLAIN",
+            ),
+            S::Use(_)
+            | S::StartTransaction { .. }
+            | S::Commit { .. }
+            | S::Rollback { .. }
+            | S::Savepoint { .. }
+            | S::ReleaseSavepoint { .. }
+            | S::UnlockTables
+            | S::Deallocate { .. } => self.kind("transaction", Class::Read, "session control"),
+            S::LockTables { .. } | S::Lock(_) => self.kind("lock", Class::Write, "LOCK TABLES"),
+            S::Prepare { .. } => self.kind("prepare", Class::Read, "PREPARE"),
+            S::Execute { name, .. } => {
+                self.executes_prepared = name.as_ref().map(name_of);
+                self.kind(
+                    "execute",
+                    Class::Admin,
+                    "EXECUTE of a prepared statement the classifier cannot see",
+                );
+            }
+            S::Kill { id, .. } => {
+                self.kinds.insert(format!("kill:{id}"));
+                self.kinds.insert("signal_other_backend".into());
+                self.kind(
+                    "kill",
+                    Class::Admin,
+                    "KILL ends another connection or query",
+                );
+            }
+            S::Call(_) => self.kind("call", Class::Admin, "CALL runs a procedure"),
+            S::CreateFunction(_) | S::CreateProcedure { .. } | S::CreateTrigger(_) => {
+                self.kind("create", Class::Admin, "defines code that runs later")
+            }
+            S::CreateUser(_) | S::AlterUser(_) | S::CreateRole(_) | S::AlterRole { .. } => {
+                self.kind("role", Class::Admin, "users and roles are administration")
+            }
+            S::GrantRole(_) | S::RevokeRole(_) => {
+                self.kind("grant", Class::Admin, "GRANT / REVOKE of a role")
+            }
+            other => {
+                let name = format!("{other}")
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("statement")
+                    .to_ascii_lowercase();
+                self.kind(
+                    &name,
+                    Class::Admin,
+                    &format!(
+                        "{} is administration or not a statement the classifier knows",
+                        name.to_uppercase()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+impl Visitor for MyWalk {
+    type Break = ();
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        self.statement(statement);
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
+        self.tables.insert(name_of(relation));
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if let Expr::Function(f) = expr {
+            let full = name_of(&f.name).to_ascii_lowercase();
+            let bare = full.rsplit('.').next().unwrap_or_default().to_owned();
+            if MYSQL_DANGEROUS_FUNCTIONS.contains(&bare.as_str()) {
+                self.kinds.insert(format!("function:{bare}"));
+                self.kind(
+                    &format!("function:{bare}"),
+                    Class::Admin,
+                    &format!("function {bare}"),
+                );
+            }
+            self.functions.insert(full);
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocked(sql: &str, mode: MySqlMode) -> bool {
+        match classify_mysql(sql, mode) {
+            // Unparsable text is denied by default (`on_unparsed`).
+            Err(_) => true,
+            Ok(list) => list.iter().any(|s| {
+                s.has_kind("delete")
+                    || s.has_kind("truncate")
+                    || s.has_kind("drop")
+                    || s.has_kind("grant")
+                    || s.class == Class::Admin
+            }),
+        }
+    }
+
+    const MUST_BLOCK: &[&str] = &[
+        "delete from victims",
+        "DeLeTe FrOm victims",
+        "delete/**/from victims",
+        "delete from `victims`",
+        "delete from app.victims where id = 1",
+        "delete v from victims v join other o on v.id = o.id",
+        "select 1; delete from victims",
+        "select 1 # comment\n; delete from victims",
+        "select 1 -- comment\n; delete from victims",
+        "/*!50000 drop table victims */",
+        "/*!drop table victims*/",
+        "select /*! 1; delete from victims */",
+        "/*M!100100 drop table victims */",
+        "/*M! delete from victims */",
+        "drop table victims",
+        "drop database app",
+        "truncate victims",
+        "truncate table victims",
+        "select load_file('/etc/passwd')",
+        "select LOAD_FILE('/etc/passwd')",
+        "select * from t into outfile '/tmp/x'",
+        "load data infile '/etc/passwd' into table t",
+        "kill 12",
+        "kill query 12",
+        "call cleanup()",
+        "execute stmt",
+        "prepare s from 'delete from victims'",
+        "set sql_mode = 'ANSI_QUOTES'",
+        "set @@session.sql_mode = 'NO_BACKSLASH_ESCAPES'",
+        "set names sjis",
+        "set global general_log = 0",
+        "create user eve identified by 'x'",
+        "grant all on *.* to eve",
+        "flush privileges",
+        "install plugin x soname 'y.so'",
+        "create procedure p() begin delete from victims; end",
+        "handler victims open",
+    ];
+
+    const MUST_PASS: &[&str] = &[
+        "select 1",
+        "select * from victims where id = 1",
+        "select 'delete from victims'",
+        "select \"drop table victims\"",
+        "select 1 # delete from victims",
+        "select 1 -- drop table victims",
+        "select /* delete from victims */ 1",
+        "select `delete` from odd",
+        "insert into victims values (1, 'a')",
+        "replace into victims values (1, 'a')",
+        "update victims set name = 'b' where id = 1",
+        "select * from victims for update",
+        "select 1 into @x",
+        "show tables",
+        "explain select * from victims",
+        "begin",
+        "commit",
+        "set @x = 1",
+        "set autocommit = 0",
+        "with x as (select 1) select * from x",
+        "select 1--1",
+    ];
+
+    #[test]
+    fn the_mysql_corpus() {
+        let mode = MySqlMode::default();
+        let missed: Vec<_> = MUST_BLOCK.iter().filter(|s| !blocked(s, mode)).collect();
+        assert!(missed.is_empty(), "not blocked: {missed:#?}");
+        let wrong: Vec<_> = MUST_PASS
+            .iter()
+            .filter(|s| blocked(s, mode))
+            .map(|s| (s, classify_mysql(s, mode)))
+            .collect();
+        assert!(wrong.is_empty(), "blocked: {wrong:#?}");
+    }
+
+    #[test]
+    fn sql_mode_changes_how_text_is_read() {
+        // Default mode: the backslash escapes the quote, so the DELETE is inside the string.
+        let default = MySqlMode::default();
+        let sql = "select 'a\\' ; delete from victims; -- '";
+        assert!(
+            !classify_mysql(sql, default)
+                .unwrap()
+                .iter()
+                .any(|s| s.has_kind("delete"))
+        );
+        // NO_BACKSLASH_ESCAPES: the string ends at the second quote: a DELETE follows.
+        let nbe = MySqlMode::from_sql_mode("STRICT_TRANS_TABLES,NO_BACKSLASH_ESCAPES");
+        assert!(nbe.no_backslash_escapes);
+        assert!(
+            classify_mysql(sql, nbe)
+                .unwrap()
+                .iter()
+                .any(|s| s.has_kind("delete"))
+        );
+        // ANSI_QUOTES: "victims" is a table, not a string.
+        let ansi = MySqlMode::from_sql_mode("ANSI");
+        let s = classify_mysql("delete from \"victims\" where id = 1", ansi).unwrap();
+        assert!(s[0].tables.contains("victims"), "{s:?}");
+        let s = classify_mysql("select \"a\"\"b\" from t", ansi).unwrap();
+        assert!(s[0].text.contains("`a\"b`"), "{s:?}");
+    }
+
+    #[test]
+    fn described_like_postgres() {
+        let s = classify_mysql(
+            "update t set a = 1; delete from u where id = 2",
+            MySqlMode::default(),
+        )
+        .unwrap();
+        assert_eq!(s.len(), 2);
+        assert!(s[0].has_kind("update") && s[0].without_where);
+        assert_eq!(s[0].tables.iter().collect::<Vec<_>>(), ["t"]);
+        assert!(s[1].has_kind("delete") && !s[1].without_where);
+        let k = classify_mysql("kill 42", MySqlMode::default()).unwrap();
+        assert!(k[0].has_kind("kill:42") && k[0].has_kind("signal_other_backend"));
+    }
+}
