@@ -374,8 +374,7 @@ pub(crate) fn iban_at(v: &[u8], start: usize) -> Option<usize> {
         && head[1].is_ascii_uppercase()
         && head[2].is_ascii_digit()
         && head[3].is_ascii_digit();
-    if !shape || !boundary_before(v, start)
-    {
+    if !shape || !boundary_before(v, start) {
         return None;
     }
     let mut chars = Digits::new();
