@@ -5,7 +5,10 @@
 # with on_failure = "refuse", signed checkpoints): fsync = "interval" with the writer thread
 # (`audit`) or inline writes (`audit-inline`), and fsync = "always" (`audit-always`) — and
 # through the same gateway with the guard on (`guard`: [policy] with the rules of
-# INTERFACE.md's example, none of which blocks pgbench's statements).
+# INTERFACE.md's example, none of which blocks pgbench's statements), and with masking on
+# (`mask`: every detector, column rules on the `token` and `ssn` labels; it also runs
+# `pii-1m`, a 1M-row select with three columns to mask, side by side with direct and the
+# gateway without masking).
 #
 # Run with:   bash benches/side-by-side.sh [REPORT.md]      (default benches/last-run.md)
 #
@@ -56,10 +59,10 @@ read -r -a PATH_LIST <<<"$PATHS"
 has_path() { [[ " ${PATH_LIST[*]} " == *" $1 "* ]]; }
 AUDIT_PATHS=()
 for p in audit audit-inline audit-always; do has_path "$p" && AUDIT_PATHS+=("$p"); done
-any_gateway() { has_path gateway || has_path guard || (( ${#AUDIT_PATHS[@]} > 0 )); }
+any_gateway() { has_path gateway || has_path guard || has_path mask || (( ${#AUDIT_PATHS[@]} > 0 )); }
 (( ${#PATH_LIST[@]} > 0 )) || die "PATHS is empty"
 for p in "${PATH_LIST[@]}"; do
-    case $p in direct | pgbouncer | gateway | audit | audit-inline | audit-always | guard) ;; *) die "unknown path '$p' in PATHS" ;; esac
+    case $p in direct | pgbouncer | gateway | audit | audit-inline | audit-always | guard | mask) ;; *) die "unknown path '$p' in PATHS" ;; esac
 done
 
 # ---- tools ------------------------------------------------------------------------------
@@ -172,7 +175,7 @@ PORT[pgbouncer]=$(free_port)
 PASSWORD[direct]=$PG_PASSWORD
 PASSWORD[pgbouncer]=$PG_PASSWORD
 PORT[guard_admin]=$(free_port)
-for g in gateway audit audit-inline audit-always guard; do
+for g in gateway audit audit-inline audit-always guard mask; do
     PORT[$g]=$(free_port)
     PASSWORD[$g]=$TOKEN
 done
@@ -320,6 +323,19 @@ EOF
 }
 has_path gateway && start_gateway gateway ""
 has_path guard && start_gateway guard "$(guard_config)"
+mask_config() {
+    cat <<EOF
+[masking]
+strategy = "partial"
+[[masking.columns]]
+match = "token"
+strategy = "redact"
+[[masking.columns]]
+match = "ssn"
+strategy = "partial"
+EOF
+}
+has_path mask && start_gateway mask "$(mask_config)"
 if (( ${#AUDIT_PATHS[@]} > 0 )); then
     "$GATEWAY_BIN" audit keygen --out "$WORK/audit.key" >/dev/null || die "audit keygen failed"
 fi
@@ -375,6 +391,7 @@ run_pgbench() { # workload mode clients threads path record(0|1)
 
 SELECT_SQL="select g, md5(g::text) from generate_series(1, $ROWS) g"
 COPY_SQL="copy ($SELECT_SQL) to stdout"
+PII_SQL="select g, 'user' || g || '@example.com' as email, md5(g::text) as token, lpad(g::text, 9, '0') as ssn from generate_series(1, $ROWS) g"
 declare -A OUT_BYTES
 
 run_bulk() { # workload sql path
@@ -422,6 +439,8 @@ run_bulk() { # workload sql path
 OUT_BYTES[select-1m]=$(env $(pg_env direct) "$PSQL" -X -q -A -t -c "$SELECT_SQL" | wc -c)
 # shellcheck disable=SC2046
 OUT_BYTES[copy-1m]=$(env $(pg_env direct) "$PSQL" -X -q -c "$COPY_SQL" | wc -c)
+# shellcheck disable=SC2046
+has_path mask && OUT_BYTES[pii-1m]=$(env $(pg_env direct) "$PSQL" -X -q -A -t -c "$PII_SQL" | wc -c)
 
 # Every path must work before anything is measured; a short unrecorded run also warms caches.
 log "warm-up and check of every path"
@@ -439,6 +458,7 @@ for c in 1 "$CLIENTS"; do
 done
 WORKLOADS=("${PGBENCH_WORKLOADS[@]}")
 [[ ${BULK:-1} == 1 ]] && WORKLOADS+=(select-1m copy-1m)
+[[ ${BULK:-1} == 1 ]] && has_path mask && WORKLOADS+=(pii-1m)
 
 START=$(date +%s)
 for (( round = 1; round <= ROUNDS; round++ )); do
@@ -457,13 +477,14 @@ for (( round = 1; round <= ROUNDS; round++ )); do
                     run_pgbench "$wl" "$mode" "$c" "$j" "$path" 1
                     ;;
                 select-1m) [[ $path == audit* || $path == guard ]] || run_bulk "$wl" "$SELECT_SQL" "$path" ;;
-                copy-1m) [[ $path == audit* || $path == guard ]] || run_bulk "$wl" "$COPY_SQL" "$path" ;;
+                copy-1m) [[ $path == audit* || $path == guard || $path == mask ]] || run_bulk "$wl" "$COPY_SQL" "$path" ;;
+                pii-1m) [[ $path == direct || $path == gateway || $path == mask ]] && run_bulk "$wl" "$PII_SQL" "$path" ;;
             esac
         done
     done
 done
 ELAPSED=$(( $(date +%s) - START ))
-for path in pgbouncer gateway guard "${AUDIT_PATHS[@]}"; do has_path "$path" && note_peak "$path"; done
+for path in pgbouncer gateway guard mask "${AUDIT_PATHS[@]}"; do has_path "$path" && note_peak "$path"; done
 
 # The audited gateways stop cleanly (sealing their trails), which are then verified.
 declare -A TRAIL
@@ -478,6 +499,17 @@ for path in "${AUDIT_PATHS[@]}"; do
 done
 
 # ---- report -----------------------------------------------------------------------------
+against_gateway() { # path: pgbench TPS and CPU per transaction next to the plain gateway
+    local p=$1 wl g a
+    echo "| workload | gateway | $p | $p/gateway | gateway CPU/tx (µs) | $p CPU/tx (µs) |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for wl in "${PGBENCH_WORKLOADS[@]}"; do
+        g=$(med tps "$wl" gateway); a=$(med tps "$wl" "$p")
+        echo "| $wl | $(fmt %.0f "$g") | $(fmt %.0f "$a") | $(fmt %.3f "$(ratio "$a" "$g")") |" \
+            "$(fmt %.1f "$(med cpu "$wl" gateway)") | $(fmt %.1f "$(med cpu "$wl" "$p")") |"
+    done
+}
+
 report() {
     local wl d b g
     echo "# Side-by-side run ($(date -u +%Y-%m-%dT%H:%MZ))"
@@ -566,15 +598,29 @@ report() {
         echo
         echo "## Guard cost (pgbench -S TPS; [policy] with six rules, verdicts cached)"
         echo
-        echo "| workload | gateway | guard | guard/gateway | gateway CPU/tx (µs) | guard CPU/tx (µs) |"
-        echo "|---|---:|---:|---:|---:|---:|"
-        for wl in "${PGBENCH_WORKLOADS[@]}"; do
-            g=$(med tps "$wl" gateway); a=$(med tps "$wl" guard)
-            echo "| $wl | $(fmt %.0f "$g") | $(fmt %.0f "$a") | $(fmt %.3f "$(ratio "$a" "$g")") |" \
-                "$(fmt %.1f "$(med cpu "$wl" gateway)") | $(fmt %.1f "$(med cpu "$wl" guard)") |"
-        done
+        against_gateway guard
         echo
         echo "Single-client p50 (µs, S-simple-c1): gateway $(fmt %.1f "$(med p50 S-simple-c1 gateway)"), guard $(fmt %.1f "$(med p50 S-simple-c1 guard)")."
+    fi
+    if has_path mask; then
+        echo
+        echo "## Masking cost"
+        echo
+        echo "pgbench -S (no value to mask; every detector scans the result):"
+        echo
+        against_gateway mask
+        if [[ " ${WORKLOADS[*]} " == *" pii-1m "* ]]; then
+            echo
+            echo "1M-row selects (psql to /dev/null; pii-1m masks an e-mail by content, a token and an SSN by column rule in every row):"
+            echo
+            echo "| workload | direct MB/s | gateway MB/s | mask MB/s | mask/direct | mask/gateway | mask CPU/row (ns) | mask RSS growth (KiB) |"
+            echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+            for wl in select-1m pii-1m; do
+                d=$(med mbps "$wl" direct); g=$(med mbps "$wl" gateway); a=$(med mbps "$wl" mask)
+                echo "| $wl | $(fmt %.1f "$d") | $(fmt %.1f "$g") | $(fmt %.1f "$a") | $(fmt %.3f "$(ratio "$a" "$d")") | $(fmt %.3f "$(ratio "$a" "$g")") |" \
+                    "$(fmt %.0f "$(med cpurow "$wl" mask)") | $(fmt %.0f "$(values rssgrowth "$wl" mask | sort -n | tail -1)") |"
+            done
+        fi
     fi
     echo
     echo "## Targets"
@@ -596,6 +642,16 @@ report() {
         r=$(ratio "$(med tps "S-simple-c$CLIENTS" "$p")" "$(med tps "S-simple-c$CLIENTS" gateway)")
         echo "| $p (fsync = interval) ≥ 0.95× the gateway without audit, -S -M simple -c $CLIENTS | $(fmt %.3f "$r")× | $(verdict "$r" '>=' 0.95) |"
     done
+    if has_path mask; then
+        r=$(ratio "$(med tps "S-simple-c$CLIENTS" mask)" "$(med tps "S-simple-c$CLIENTS" gateway)")
+        echo "| mask ≥ 0.97× the gateway without masking, -S -M simple -c $CLIENTS | $(fmt %.3f "$r")× | $(verdict "$r" '>=' 0.97) |"
+        if [[ " ${WORKLOADS[*]} " == *" pii-1m "* ]]; then
+            r=$(ratio "$(med mbps pii-1m mask)" "$(med mbps pii-1m direct)")
+            rss=$(values rssgrowth pii-1m mask | sort -n | tail -1)
+            echo "| pii-1m (3 masked columns) ≥ 0.9× direct throughput | $(fmt %.3f "$r")× | $(verdict "$r" '>=' 0.9) |"
+            echo "| pii-1m RSS growth < 16 MB | $(fmt %.0f "${rss:-NA}") KiB | $(verdict "${rss:-NA}" '<' 16384) |"
+        fi
+    fi
     if has_path guard; then
         for m in simple prepared; do
             r=$(ratio "$(med tps "S-$m-c$CLIENTS" guard)" "$(med tps "S-$m-c$CLIENTS" gateway)")

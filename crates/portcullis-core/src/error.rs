@@ -59,6 +59,13 @@ pub enum Refusal {
         /// What happened.
         message: String,
     },
+    /// A result could not be masked (its shape is unknown, or its format cannot be read), so
+    /// it is not sent; the session goes on.
+    #[error("masking: {message}")]
+    Masking {
+        /// Why.
+        message: String,
+    },
     /// The gateway refuses for a resource limit (too many sessions, too large a message).
     #[error("{message}")]
     Limit {
@@ -125,7 +132,7 @@ pub fn rescue(error: &Error) -> Rescue {
     if let Some(refusal) = Refusal::find(error) {
         let (kind, close) = match refusal {
             Refusal::Unauthenticated { .. } => (RescueKind::AuthenticationFailed, true),
-            Refusal::Blocked { .. } | Refusal::ApprovalDenied { .. } => {
+            Refusal::Blocked { .. } | Refusal::ApprovalDenied { .. } | Refusal::Masking { .. } => {
                 (RescueKind::Forbidden, false)
             }
             Refusal::ApprovalTimeout { .. } => (RescueKind::TimedOut, false),

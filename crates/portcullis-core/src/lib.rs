@@ -45,10 +45,12 @@
 mod cancel;
 mod credentials;
 mod error;
+mod glob;
 mod message;
 mod notice;
 mod refuse;
 mod reply;
+mod rows;
 mod session;
 mod stack;
 mod verdict;
@@ -57,10 +59,12 @@ mod view;
 pub use cancel::{CancelSignal, Cancelled};
 pub use credentials::Credentials;
 pub use error::{Error, Refusal, Rescue, RescueKind, rescue};
+pub use glob::wildcard;
 pub use message::{Request, Response, Upload, UploadSender, upload_channel};
 pub use notice::{ClientNotice, Notices};
 pub use refuse::{RefuseInPlace, RefusedInPlace};
 pub use reply::{BoxReply, Empty, ReplyBody, ReplyBodyExt};
+pub use rows::{Column, RewriteEvent, ValueKind};
 pub use session::{
     AuthMethod, ConnectionEvent, ConnectionEventKind, ConnectionObserver, Identity, Protocol,
     Session, SessionId,

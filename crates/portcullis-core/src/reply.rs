@@ -19,6 +19,13 @@ pub trait ReplyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Self::Event, Error>>>;
+
+    /// The columns of rows that arrive without a result-shape event of their own (a prepared
+    /// statement executed again: PostgreSQL sends no RowDescription, the protocol crate
+    /// remembers it), for a layer that must read them. `None` when unknown.
+    fn implied_columns(&self) -> Option<Vec<crate::Column>> {
+        None
+    }
 }
 
 impl<B: ReplyBody + Unpin + ?Sized> ReplyBody for Box<B> {

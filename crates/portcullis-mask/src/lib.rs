@@ -1,9 +1,11 @@
 //! Personal-data detection and masking for the Portcullis gateway.
 //!
-//! **Status (issue #5, first part):** the detectors, validators, strategies and the
-//! [`Masker`] are done and measured; the `MaskLayer` that applies them to result rows, COPY
-//! data, errors and notifications in the gateway is not written yet, so `[masking]` in the
-//! gateway's configuration is still refused.
+//! [`MaskLayer`] applies a [`MaskPolicy`] to reply bodies, protocol-agnostically through the
+//! core's `RewriteEvent` view: a plan per result shape (column rules by label or source, and
+//! content detection), rows rewritten (or passed through as the original bytes when nothing
+//! is found), free text of errors, notices, notifications and COPY data scanned, unreadable
+//! output refused rather than passed. Not done yet (docs/masking.md): resolving PostgreSQL
+//! table OIDs to source columns, and masking statement text in the audit trail.
 //!
 //! [`Detectors`] scan a value in one pass: a vectorisable check for the bytes that can start
 //! a character-triggered detection (digits, `@`, `:`, `+`) and one Aho-Corasick pass for
@@ -32,10 +34,12 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod detect;
+mod layer;
 mod mask;
 mod scan;
 
 pub use detect::{Finding, Kind};
+pub use layer::{ColumnRule, Mask, MaskBody, MaskLayer, MaskPolicy, ResponseFuture};
 pub use mask::{Masked, Masker, MaskerError, Strategy};
 pub use scan::{BuildError, Custom, Detectors};
 

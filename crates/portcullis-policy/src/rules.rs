@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use portcullis_core::{Identity, Verdict};
+use portcullis_core::{Identity, Verdict, wildcard};
 
 use crate::classify::{Class, Classified, Classifier, Unparsed};
 use crate::normalize::cache_key;
@@ -331,35 +331,6 @@ fn function_matches(want: &str, called: &str) -> bool {
         return want == called;
     }
     called.rsplit('.').next() == Some(want)
-}
-
-/// Shell-style wildcard match (`*`, `?`), iterative with one backtrack point.
-fn wildcard(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || c == t[ti] => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// A rule's configuration is invalid.

@@ -6,12 +6,12 @@
 //! message crosses a channel or another task. Writes of pipelined units queue in order
 //! behind any COPY upload still streaming.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker, ready};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use portcullis_core::{
     CommandKind, CommandView, Error, EventKind, EventView, Refusal, ReplyBody, Request, Response,
     Upload,
@@ -19,9 +19,10 @@ use portcullis_core::{
 use tokio::io::AsyncWrite;
 use tokio_util::io::poll_read_buf;
 
-use crate::codec::{Frame, decode_frame, first_cstr, response_field};
+use crate::codec::{Frame, FrontendMessage, decode_frame, first_cstr, response_field};
 use crate::command::{PgCommand, Slot};
 use crate::io::BoxIo;
+use crate::rows::{Field, columns, fields};
 use crate::upstream::Connected;
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -57,9 +58,24 @@ enum Segment {
     Upload(Upload),
 }
 
+/// What a slot of a unit refers to, for the descriptions kept for masking.
+#[derive(Debug, Clone)]
+enum Detail {
+    /// `Describe` of a prepared statement: its RowDescription is remembered.
+    DescribeStatement(Bytes),
+    /// `Describe` of a portal: its RowDescription (with formats) is remembered.
+    DescribePortal(Bytes),
+    /// `Execute` of a portal.
+    Execute(Bytes),
+    /// Anything else.
+    Other,
+}
+
 struct Unit {
     id: u64,
     slots: VecDeque<Slot>,
+    /// One per slot, in the same order.
+    details: VecDeque<Detail>,
     /// Progress inside the current `DescribeStatement` slot (ParameterDescription seen).
     described: bool,
     /// The reply body was dropped before the end: discard the rest of its reply.
@@ -80,6 +96,86 @@ struct Conn {
     idle_waker: Option<Waker>,
     /// Ids of units whose reply has fully arrived (the newest few).
     finished_below: u64,
+    /// What the database described, so rows of a prepared statement executed again (which
+    /// come with no RowDescription) can still be read by a masking layer.
+    described: Described,
+}
+
+/// Most statements and portals whose descriptions are kept per session.
+const MAX_DESCRIBED: usize = 10_000;
+
+#[derive(Default)]
+struct Described {
+    /// Statement name → its fields (formats as described: text).
+    statements: HashMap<Bytes, Vec<Field>>,
+    /// Portal name → (statement name, result formats from Bind).
+    portals: HashMap<Bytes, (Bytes, Vec<i16>)>,
+    /// Portal name → its fields as described with their formats.
+    portal_fields: HashMap<Bytes, Vec<Field>>,
+}
+
+impl Described {
+    fn bound(&mut self, portal: Bytes, statement: Bytes, formats: Vec<i16>) {
+        if self.portals.len() >= MAX_DESCRIBED {
+            self.portals.clear();
+            self.portal_fields.clear();
+        }
+        self.portal_fields.remove(&portal);
+        self.portals.insert(portal, (statement, formats));
+    }
+
+    fn columns(&self, portal: &[u8]) -> Option<Vec<portcullis_core::Column>> {
+        if let Some(fields) = self.portal_fields.get(portal) {
+            return Some(columns(fields, None));
+        }
+        let (statement, formats) = self.portals.get(portal)?;
+        let fields = self.statements.get(statement)?;
+        Some(columns(fields, Some(formats)))
+    }
+}
+
+/// The slot details of a unit's frames, and what its Binds bind.
+fn details(command: &PgCommand, described: &mut Described) -> VecDeque<Detail> {
+    let mut out = VecDeque::new();
+    for frame in command.frames() {
+        let body = frame.body();
+        let name = || {
+            Bytes::copy_from_slice(
+                first_cstr(body.get(1..).unwrap_or_default()).unwrap_or_default(),
+            )
+        };
+        match frame.tag() {
+            b'D' => out.push_back(if body.first() == Some(&b'S') {
+                Detail::DescribeStatement(name())
+            } else {
+                Detail::DescribePortal(name())
+            }),
+            b'E' => out.push_back(Detail::Execute(Bytes::copy_from_slice(
+                first_cstr(body).unwrap_or_default(),
+            ))),
+            b'B' => {
+                if let Ok(FrontendMessage::Bind {
+                    portal,
+                    statement,
+                    result_formats,
+                    ..
+                }) = FrontendMessage::decode(&frame)
+                {
+                    described.bound(portal, statement, result_formats);
+                }
+                out.push_back(Detail::Other);
+            }
+            b'C' => {
+                if body.first() == Some(&b'S') {
+                    described.statements.remove(&name()[..]);
+                }
+                out.push_back(Detail::Other);
+            }
+            b'P' | b'S' | b'Q' | b'F' => out.push_back(Detail::Other),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The innermost service of a PostgreSQL session: sends each command unit to the database
@@ -121,6 +217,7 @@ impl PgUpstream {
                 max_message,
                 idle_waker: None,
                 finished_below: 1,
+                described: Described::default(),
             })),
         }
     }
@@ -163,9 +260,11 @@ impl tower_service::Service<Request<PgCommand>> for PgUpstream {
         if let Some(upload) = req.upload {
             conn.writes.push_back(Segment::Upload(upload));
         }
+        let details = details(&req.command, &mut conn.described);
         conn.units.push_back(Unit {
             id,
             slots: req.command.slots.iter().copied().collect(),
+            details,
             described: false,
             abandoned: false,
         });
@@ -344,6 +443,24 @@ impl Conn {
         let Some(slot) = unit.slots.front().copied() else {
             return Step::Last;
         };
+        if tag == b'T' {
+            match unit.details.front() {
+                Some(Detail::DescribeStatement(name)) => {
+                    if let Some(f) = fields(frame.body()) {
+                        if self.described.statements.len() >= MAX_DESCRIBED {
+                            self.described.statements.clear();
+                        }
+                        self.described.statements.insert(name.clone(), f);
+                    }
+                }
+                Some(Detail::DescribePortal(name)) => {
+                    if let Some(f) = fields(frame.body()) {
+                        self.described.portal_fields.insert(name.clone(), f);
+                    }
+                }
+                _ => {}
+            }
+        }
         let slot_done = match (slot, tag) {
             (Slot::UntilReady, b'Z') => true,
             (Slot::UntilReady, _) => false,
@@ -371,12 +488,14 @@ impl Conn {
                 // messages it reads during COPY, so the rest of this batch gets no answers;
                 // the client sends another Sync after CopyDone.
                 unit.slots.truncate(1);
+                unit.details.truncate(1);
                 false
             }
             _ => false,
         };
         if slot_done {
             unit.slots.pop_front();
+            unit.details.pop_front();
             unit.described = false;
         }
         if self.settle_front() {
@@ -492,6 +611,10 @@ impl std::fmt::Debug for PgReply {
 impl ReplyBody for PgReply {
     type Event = Frame;
 
+    fn implied_columns(&self) -> Option<Vec<portcullis_core::Column>> {
+        self.implied()
+    }
+
     fn poll_event(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -524,6 +647,20 @@ impl ReplyBody for PgReply {
                 self.done = true;
                 Poll::Ready(None)
             }
+        }
+    }
+}
+
+impl PgReply {
+    /// The columns of the rows now arriving for this unit, from the descriptions the
+    /// database gave earlier (a prepared statement executed again).
+    fn implied(&self) -> Option<Vec<portcullis_core::Column>> {
+        let id = self.unit?;
+        let conn = lock(&self.conn);
+        let unit = conn.units.front().filter(|u| u.id == id)?;
+        match unit.details.front()? {
+            Detail::Execute(portal) => conn.described.columns(portal),
+            _ => None,
         }
     }
 }

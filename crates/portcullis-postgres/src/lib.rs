@@ -58,6 +58,7 @@ pub mod codec;
 mod command;
 mod conn;
 mod io;
+mod rows;
 mod serve;
 pub mod tls;
 mod upstream;

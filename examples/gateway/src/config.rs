@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use portcullis_audit::{Fsync, OnFailure, PostgresOptions, SigningKey};
 use portcullis_identity::{StaticTokens, TokenEntry};
+use portcullis_mask::{ColumnRule, Custom, Detectors, Kind, MaskPolicy, Masker, Strategy};
 use portcullis_policy::{Action, Classifier, Mode, OnUnparsed, Policy, Rule};
 use portcullis_postgres::{ServePgConfig, UpstreamConfig, UpstreamTls, UpstreamTlsMode};
 use serde::Deserialize;
@@ -128,6 +129,8 @@ pub(crate) struct Config {
     pub(crate) audit: Option<AuditConfig>,
     /// `[policy]`, when configured.
     pub(crate) policy: Option<Policy>,
+    /// `[masking]`, when configured.
+    pub(crate) masking: Option<MaskPolicy>,
     /// `[approvals]` (defaults when absent).
     pub(crate) approvals: ApprovalsConfig,
 }
@@ -371,7 +374,7 @@ struct RawConfig {
     #[serde(default)]
     postgres: Vec<RawPostgres>,
     policy: Option<Spanned<RawPolicy>>,
-    masking: Unimplemented,
+    masking: Option<Spanned<RawMasking>>,
     approvals: Option<Spanned<RawApprovals>>,
     audit: Option<Spanned<RawAudit>>,
     mysql: Unimplemented,
@@ -437,6 +440,40 @@ struct RawRule {
     min_approvals: Option<Spanned<u64>>,
     mode: Option<Text>,
     message: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMasking {
+    detectors: Option<Vec<Text>>,
+    #[serde(default)]
+    exempt_groups: Vec<Text>,
+    hash_key: Option<Text>,
+    strategy: Option<Text>,
+    mode: Option<Text>,
+    #[serde(default)]
+    custom: Vec<Spanned<RawCustomDetector>>,
+    #[serde(default)]
+    columns: Vec<Spanned<RawColumnRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCustomDetector {
+    name: Text,
+    terms: Option<Vec<Text>>,
+    regex: Option<Text>,
+    strategy: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColumnRule {
+    #[serde(rename = "match")]
+    pattern: Text,
+    strategy: Option<Text>,
+    #[serde(default)]
+    groups: Vec<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -723,6 +760,7 @@ impl Resolver<'_> {
         }
         let audit = raw.audit.as_ref().and_then(|a| self.audit(a));
         let policy = raw.policy.as_ref().and_then(|p| self.policy(p));
+        let masking = raw.masking.as_ref().and_then(|m| self.masking(m));
         let approvals = match &raw.approvals {
             Some(a) => self.approvals(a),
             None => ApprovalsConfig::default(),
@@ -748,6 +786,7 @@ impl Resolver<'_> {
             postgres,
             audit,
             policy,
+            masking,
             approvals,
         }
     }
@@ -851,6 +890,150 @@ impl Resolver<'_> {
                 None
             }
         }
+    }
+
+    fn strategy(&mut self, what: &str, value: Option<&Text>) -> Strategy {
+        match value {
+            None => Strategy::Partial,
+            Some(v) => match self.choice(what, v, &["redact", "partial", "hash", "null"]) {
+                Some(name) => Strategy::from_name(name).unwrap_or_default(),
+                None => Strategy::Partial,
+            },
+        }
+    }
+
+    fn masking(&mut self, raw: &Spanned<RawMasking>) -> Option<MaskPolicy> {
+        let before = self.problems.len();
+        let m = raw.get_ref();
+        let mut kinds = Vec::new();
+        match &m.detectors {
+            None => kinds.extend(Kind::ALL),
+            Some(list) => {
+                for d in list {
+                    let Some(name) = self.text("[masking] detectors", d) else {
+                        continue;
+                    };
+                    match Kind::builtin(name.trim()) {
+                        Some(kind) => kinds.push(kind),
+                        None => self.at(
+                            d.span(),
+                            format!(
+                                "[masking] detectors: unknown detector \"{name}\" (known: {}; add your own with [[masking.custom]])",
+                                Kind::ALL.map(Kind::name).join(", ")
+                            ),
+                        ),
+                    }
+                }
+            }
+        }
+        let default = self.strategy("[masking] strategy", m.strategy.as_ref());
+        let mut custom = Vec::new();
+        let mut custom_strategies = Vec::new();
+        for (n, c) in m.custom.iter().enumerate() {
+            let c = c.get_ref();
+            let _ = self.required_text("[[masking.custom]] name", &c.name);
+            let detector = match (&c.terms, &c.regex) {
+                (Some(terms), None) => {
+                    let terms: Vec<String> = terms
+                        .iter()
+                        .filter_map(|t| self.text("[[masking.custom]] terms", t))
+                        .filter(|t| !t.is_empty())
+                        .collect();
+                    Some(Custom::Terms(terms))
+                }
+                (None, Some(re)) => match self.text("[[masking.custom]] regex", re) {
+                    Some(text) => match regex::bytes::Regex::new(&text) {
+                        Ok(r) => Some(Custom::Regex(r)),
+                        Err(e) => {
+                            self.at(re.span(), format!("[[masking.custom]] regex: {e}"));
+                            None
+                        }
+                    },
+                    None => None,
+                },
+                _ => {
+                    self.at(
+                        c.name.span(),
+                        "[[masking.custom]]: give either `terms` or `regex`",
+                    );
+                    None
+                }
+            };
+            if let Some(d) = detector {
+                custom.push(d);
+                if let Some(s) = &c.strategy {
+                    let strategy = self.strategy("[[masking.custom]] strategy", Some(s));
+                    custom_strategies.push((n, strategy));
+                }
+            }
+        }
+        let mut columns = Vec::new();
+        for c in &m.columns {
+            let c = c.get_ref();
+            let Some(pattern) = self.required_text("[[masking.columns]] match", &c.pattern) else {
+                continue;
+            };
+            columns.push(ColumnRule {
+                pattern: pattern.trim().to_owned(),
+                strategy: self.strategy("[[masking.columns]] strategy", c.strategy.as_ref()),
+                groups: c
+                    .groups
+                    .iter()
+                    .filter_map(|g| self.text("[[masking.columns]] groups", g))
+                    .collect(),
+            });
+        }
+        let detect_only = match &m.mode {
+            Some(v) => self.choice("[masking] mode", v, &["enforce", "detect"]) == Some("detect"),
+            None => false,
+        };
+        let exempt: Vec<String> = m
+            .exempt_groups
+            .iter()
+            .filter_map(|g| self.text("[masking] exempt_groups", g))
+            .collect();
+        if self.problems.len() != before {
+            return None;
+        }
+        let detectors = match Detectors::new(&kinds, custom) {
+            Ok(d) => d,
+            Err(e) => {
+                self.at(raw.span(), format!("[masking]: {e}"));
+                return None;
+            }
+        };
+        let mut masker = Masker::new(detectors, default);
+        for (n, strategy) in custom_strategies {
+            masker =
+                masker.with_strategy(Kind::Custom(u16::try_from(n).unwrap_or(u16::MAX)), strategy);
+        }
+        let uses_hash =
+            masker.missing_key() || columns.iter().any(|c| c.strategy == Strategy::Hash);
+        match &m.hash_key {
+            Some(key) => {
+                let text = self.text("[masking] hash_key", key)?;
+                match masker.with_hash_key(text.as_bytes()) {
+                    Ok(keyed) => masker = keyed,
+                    Err(e) => {
+                        self.at(key.span(), format!("[masking] hash_key: {e}"));
+                        return None;
+                    }
+                }
+            }
+            None if uses_hash => {
+                self.at(
+                    raw.span(),
+                    "[masking]: strategy \"hash\" needs hash_key (at least 16 bytes; e.g. \"${MASK_HASH_KEY}\")",
+                );
+                return None;
+            }
+            None => {}
+        }
+        Some(
+            MaskPolicy::new(masker, columns)
+                .exempt(exempt)
+                .detect_only(detect_only),
+        )
     }
 
     fn approvals(&mut self, raw: &Spanned<RawApprovals>) -> ApprovalsConfig {
@@ -1112,11 +1295,7 @@ impl Resolver<'_> {
 
     /// Sections the schema accepts but this build cannot enforce: refuse them loudly.
     fn unimplemented(&mut self, raw: &RawConfig) {
-        let sections = [
-            ("[masking]", &raw.masking),
-            ("[[mysql]]", &raw.mysql),
-            ("[[http]]", &raw.http),
-        ];
+        let sections = [("[[mysql]]", &raw.mysql), ("[[http]]", &raw.http)];
         for (section, value) in sections {
             if let Some(value) = value {
                 self.at(
@@ -1768,18 +1947,42 @@ listen = "127.0.0.1:6432"
     #[test]
     fn unimplemented_sections_are_refused_with_their_line() {
         let source = minimal()
-            + "[[postgres.upstream.roles]]\ngroups = [\"a\"]\nuser = \"ro\"\n\n[masking]\ndetectors = [\"email\"]\n\n[identity.oidc]\nissuer = \"https://idp\"\n";
+            + "[[postgres.upstream.roles]]\ngroups = [\"a\"]\nuser = \"ro\"\n\n[identity.oidc]\nissuer = \"https://idp\"\n";
         let p = problems(&source);
-        assert_eq!(p.len(), 3, "{p:?}");
+        assert_eq!(p.len(), 2, "{p:?}");
         assert_eq!(p[0].0, Some(14));
         assert!(
             p[0].1
                 .starts_with("[[postgres.upstream.roles]] is not implemented yet")
         );
         assert_eq!(p[1].0, Some(18));
-        assert!(p[1].1.starts_with("[masking] is not implemented yet"));
-        assert_eq!(p[2].0, Some(21));
-        assert!(p[2].1.contains("OIDC is not implemented yet in this build"));
+        assert!(p[1].1.contains("OIDC is not implemented yet in this build"));
+    }
+
+    #[test]
+    fn masking_resolves_and_its_mistakes_have_lines() {
+        let source = minimal()
+            + "[masking]\ndetectors = [\"email\", \"credit_card\"]\nexempt_groups = [\"compliance\"]\nhash_key = \"0123456789abcdef0123\"\n[[masking.custom]]\nname = \"codename\"\nterms = [\"bluebird\"]\n[[masking.custom]]\nname = \"emp\"\nregex = 'EMP-\\d{6}'\nstrategy = \"hash\"\n[[masking.columns]]\nmatch = \"*.email\"\nstrategy = \"redact\"\n";
+        let config = parse_str(&source).unwrap();
+        assert!(config.masking.is_some());
+
+        let bad = minimal()
+            + "[masking]\ndetectors = [\"emial\"]\nstrategy = \"blur\"\n[[masking.custom]]\nname = \"x\"\nregex = \"(\"\n[[masking.custom]]\nname = \"y\"\n[[masking.columns]]\nmatch = \"ssn\"\nstrategy = \"hash\"\n";
+        let p = problems(&bad);
+        let text: Vec<String> = p.iter().map(|(l, m)| format!("{l:?} {m}")).collect();
+        let has = |needle: &str| text.iter().any(|t| t.contains(needle));
+        assert!(has("unknown detector \"emial\""), "{text:#?}");
+        assert!(
+            has("[masking] strategy: \"blur\" is not one of"),
+            "{text:#?}"
+        );
+        assert!(has("[[masking.custom]] regex:"), "{text:#?}");
+        assert!(has("give either `terms` or `regex`"), "{text:#?}");
+        assert!(p.iter().all(|(line, _)| line.is_some()), "{text:#?}");
+        let no_key =
+            minimal() + "[masking]\n[[masking.columns]]\nmatch = \"ssn\"\nstrategy = \"hash\"\n";
+        let p = problems(&no_key);
+        assert!(p.iter().any(|(_, m)| m.contains("needs hash_key")), "{p:?}");
     }
 
     #[test]

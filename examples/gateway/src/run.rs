@@ -30,6 +30,7 @@ use portcullis_audit::{
 };
 use portcullis_core::{NewLayered, Session};
 use portcullis_identity::StaticTokens;
+use portcullis_mask::{MaskLayer, MaskPolicy};
 use portcullis_policy::{GuardLayer, Policy};
 use portcullis_postgres::ServePg;
 use tokio::net::TcpListener;
@@ -47,8 +48,9 @@ use crate::config::{
 use crate::revoke::{LiveTokens, RevokeLayer, TokenDigests};
 use crate::threads::SessionThreads;
 
-/// Each session's layers, outermost last: audit, revoke check, guard, approval.
-type Layers = Stack<ApprovalLayer, Stack<GuardLayer, Stack<RevokeLayer, AuditLayer>>>;
+/// Each session's layers, outermost last: audit, revoke check, guard, approval, mask.
+type Layers =
+    Stack<MaskLayer, Stack<ApprovalLayer, Stack<GuardLayer, Stack<RevokeLayer, AuditLayer>>>>;
 
 /// Builds each session's command stack: the audit layer outermost, then
 /// [`RevokeCheck`](crate::revoke::RevokeCheck), the guard, the approval layer, then the
@@ -359,6 +361,7 @@ impl Gateway {
                 &tokens,
                 &granted,
                 config.policy.as_ref(),
+                config.masking.as_ref(),
                 previous.as_deref(),
             ));
             self.metrics
@@ -453,8 +456,13 @@ impl Gateway {
         tokens: &StaticTokens,
         granted: &Arc<TokenDigests>,
         policy: Option<&Policy>,
+        masking: Option<&MaskPolicy>,
         previous: Option<&Generation>,
     ) -> Generation {
+        let mask = match masking {
+            Some(m) => MaskLayer::new(m.clone()),
+            None => MaskLayer::disabled(),
+        };
         let granted = granted.clone();
         let guard = match policy {
             Some(policy) => GuardLayer::new(policy.clone()).with_approvals(true),
@@ -469,7 +477,10 @@ impl Gateway {
                 None => AuditLayer::disabled(),
             };
             let outer = Stack::new(RevokeLayer::new(session, &granted, live.clone()), audit);
-            Stack::new(approval.clone(), Stack::new(guard.clone(), outer))
+            Stack::new(
+                mask.clone(),
+                Stack::new(approval.clone(), Stack::new(guard.clone(), outer)),
+            )
         });
         let (config, stack) = (listener.serve.clone(), NewLayered::new(layers));
         let server = match previous {

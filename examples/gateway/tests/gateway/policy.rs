@@ -14,11 +14,11 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use super::corpus::{MUST_BLOCK, MUST_PASS};
 use super::{Gateway, cli, code_of};
 
-const ALICE: &str = "alice-token-0123456789";
-const DANA: &str = "dana-token-0123456789";
+pub(super) const ALICE: &str = "alice-token-0123456789";
+pub(super) const DANA: &str = "dana-token-0123456789";
 const BOB: &str = "bob-token-0123456789";
 
-async fn cluster_with_victims() -> PgCluster {
+pub(super) async fn cluster_with_victims() -> PgCluster {
     let cluster = tokio::task::spawn_blocking(PgCluster::start)
         .await
         .unwrap()
@@ -78,7 +78,10 @@ password = "${{PG_PASSWORD}}"
     text + "\n" + extra
 }
 
-async fn start(cluster: &PgCluster, extra: &str) -> (Gateway, u16, u16, tempfile::TempDir) {
+pub(super) async fn start(
+    cluster: &PgCluster,
+    extra: &str,
+) -> (Gateway, u16, u16, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (gw, admin) = (free_port(), free_port());
     let path = dir.path().join("portcullis.toml");
@@ -88,7 +91,7 @@ async fn start(cluster: &PgCluster, extra: &str) -> (Gateway, u16, u16, tempfile
 }
 
 /// psql through the gateway as `user`.
-fn psql(cluster: &PgCluster, port: u16, user: &str, token: &str) -> Command {
+pub(super) fn psql(cluster: &PgCluster, port: u16, user: &str, token: &str) -> Command {
     let mut cmd = cluster.psql("app");
     cmd.env("PGHOST", "127.0.0.1")
         .env("PGPORT", port.to_string())

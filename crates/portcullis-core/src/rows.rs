@@ -1,0 +1,79 @@
+use std::borrow::Cow;
+
+/// How a column's values read in the format they travel in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ValueKind {
+    /// Text: the bytes are the value's characters (a text-format value of any type, or a
+    /// binary-format value of a text-like type).
+    Text,
+    /// A binary-format JSON value with a one-byte version prefix (PostgreSQL `jsonb`): the
+    /// rest is text.
+    PrefixedText,
+    /// A binary-format integer (two, four or eight bytes, big-endian).
+    Integer,
+    /// Anything else in binary format: not readable as text.
+    Opaque,
+}
+
+/// One column of a result, as the protocol describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Column {
+    /// The output label (`email`, or `e` for `email AS e`).
+    pub label: String,
+    /// The source column as `[schema.]table.column`, when the protocol (or a catalog lookup)
+    /// knows it; `None` for computed expressions.
+    pub source: Option<String>,
+    /// How values read.
+    pub kind: ValueKind,
+}
+
+impl Column {
+    /// A column labelled `label`, values read as `kind`, source unknown.
+    pub fn new(label: impl Into<String>, kind: ValueKind) -> Self {
+        Column {
+            label: label.into(),
+            source: None,
+            kind,
+        }
+    }
+
+    /// With its source column.
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+}
+
+/// Reply events a masking layer can read and rewrite, whatever the protocol. Every method
+/// has a default that says "not this kind of event", so a protocol implements what it has.
+pub trait RewriteEvent: Sized {
+    /// On a result-shape event: its columns.
+    fn columns(&self) -> Option<Vec<Column>> {
+        None
+    }
+
+    /// On a row: its values in order (`None` = NULL).
+    fn row_values(&self) -> Option<Vec<Option<&[u8]>>> {
+        None
+    }
+
+    /// This row with `values` instead (same count, same order).
+    fn with_row_values(&self, _values: &[Option<Cow<'_, [u8]>>]) -> Option<Self> {
+        None
+    }
+
+    /// Free text the event carries besides rows — an error's or notice's message, detail and
+    /// hint, a notification's payload, a chunk of COPY text — rewritten by `f` (which returns
+    /// `None` when it changes nothing). `None` when nothing changed.
+    fn rewrite_text(&self, _f: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>) -> Option<Self> {
+        None
+    }
+
+    /// Whether the event starts output the layer cannot read as text or rows (PostgreSQL
+    /// binary `COPY`): a masking layer must then refuse rather than pass it through.
+    fn opaque_output(&self) -> bool {
+        false
+    }
+}

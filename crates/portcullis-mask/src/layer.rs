@@ -1,0 +1,467 @@
+//! `MaskLayer`: rewrites reply bodies so personal data never reaches a client the policy
+//! does not exempt.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use portcullis_core::{
+    Column, Decision, DecisionLog, Error, EventKind, EventView, Identity, Refusal, ReplyBody,
+    Request, Response, RewriteEvent, ValueKind, Verdict, wildcard,
+};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::detect::{Finding, Kind};
+use crate::mask::{Masked, Masker, Strategy};
+
+/// A column rule: values of matching columns are masked whatever their content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnRule {
+    /// A glob over `[schema.]table.column` (matched against the column's source when known)
+    /// or a bare column name (matched against the source column's name and the output label).
+    pub pattern: String,
+    /// How.
+    pub strategy: Strategy,
+    /// The rule applies to these groups only (empty: everyone not exempt).
+    pub groups: Vec<String>,
+}
+
+/// What to mask and for whom.
+#[derive(Debug, Clone)]
+pub struct MaskPolicy {
+    masker: Masker,
+    columns: Vec<ColumnRule>,
+    exempt_groups: Vec<String>,
+    detect_only: bool,
+}
+
+impl MaskPolicy {
+    /// Content detection with `masker`, plus `columns` rules.
+    pub fn new(masker: Masker, columns: Vec<ColumnRule>) -> Self {
+        MaskPolicy {
+            masker,
+            columns,
+            exempt_groups: Vec::new(),
+            detect_only: false,
+        }
+    }
+
+    /// Identities in these groups see clear values.
+    pub fn exempt(mut self, groups: Vec<String>) -> Self {
+        self.exempt_groups = groups;
+        self
+    }
+
+    /// Count what would be masked, change nothing (`mode = "detect"`).
+    pub fn detect_only(mut self, yes: bool) -> Self {
+        self.detect_only = yes;
+        self
+    }
+
+    fn exempt_for(&self, identity: &Identity) -> bool {
+        identity.in_any_group(&self.exempt_groups)
+    }
+
+    /// The plan for a result with `columns`, for `identity`.
+    fn plan(&self, columns: &[Column], identity: &Identity) -> Vec<Action> {
+        columns
+            .iter()
+            .map(|c| {
+                let rule = self.columns.iter().find(|r| {
+                    (r.groups.is_empty() || identity.in_any_group(&r.groups))
+                        && column_matches(&r.pattern, c)
+                });
+                Action {
+                    label: c.label.clone(),
+                    kind: c.kind,
+                    whole: rule.map(|r| r.strategy),
+                }
+            })
+            .collect()
+    }
+}
+
+fn column_matches(pattern: &str, c: &Column) -> bool {
+    if pattern.contains('.') {
+        return c.source.as_deref().is_some_and(|s| {
+            wildcard(pattern, s)
+                || s.split_once('.')
+                    .is_some_and(|(_, rest)| wildcard(pattern, rest))
+        });
+    }
+    let source_name = c.source.as_deref().and_then(|s| s.rsplit('.').next());
+    wildcard(pattern, &c.label) || source_name.is_some_and(|n| wildcard(pattern, n))
+}
+
+/// What to do with one column.
+#[derive(Debug, Clone)]
+struct Action {
+    label: String,
+    kind: ValueKind,
+    whole: Option<Strategy>,
+}
+
+/// Masks reply bodies ([`MaskPolicy`]); `MaskLayer::disabled()` costs one branch.
+#[derive(Debug, Clone, Default)]
+pub struct MaskLayer {
+    policy: Option<Arc<MaskPolicy>>,
+}
+
+impl MaskLayer {
+    /// Mask with `policy`.
+    pub fn new(policy: MaskPolicy) -> Self {
+        MaskLayer {
+            policy: Some(Arc::new(policy)),
+        }
+    }
+
+    /// Mask nothing.
+    pub fn disabled() -> Self {
+        MaskLayer { policy: None }
+    }
+}
+
+impl<S> Layer<S> for MaskLayer {
+    type Service = Mask<S>;
+    fn layer(&self, inner: S) -> Mask<S> {
+        Mask {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// The service [`MaskLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct Mask<S> {
+    inner: S,
+    policy: Option<Arc<MaskPolicy>>,
+}
+
+impl<S, C, B> Service<Request<C>> for Mask<S>
+where
+    S: Service<Request<C>, Response = Response<B>, Error = Error>,
+    B: ReplyBody,
+    B::Event: EventView + RewriteEvent,
+{
+    type Response = Response<MaskBody<B>>;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<C>) -> Self::Future {
+        let watch = match &self.policy {
+            Some(p) if !p.exempt_for(&req.session.identity) => Some(Watch {
+                policy: p.clone(),
+                identity: req.session.identity.clone(),
+                log: req.extensions.get::<DecisionLog>().cloned(),
+            }),
+            _ => None,
+        };
+        ResponseFuture {
+            inner: self.inner.call(req),
+            watch,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Watch {
+    policy: Arc<MaskPolicy>,
+    identity: Identity,
+    log: Option<DecisionLog>,
+}
+
+pin_project! {
+    /// The [`Mask`] service's future.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        watch: Option<Watch>,
+    }
+}
+
+impl<F, B> std::future::Future for ResponseFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<B>, Error>>,
+{
+    type Output = Result<Response<MaskBody<B>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        let watch = this.watch.take();
+        Poll::Ready(Ok(response.map_body(|inner| MaskBody {
+            inner,
+            state: watch.map(|w| Box::new(State::new(w))),
+        })))
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    watch: Watch,
+    plan: Option<Vec<Action>>,
+    scratch: Vec<Finding>,
+    kinds: BTreeMap<Kind, u64>,
+    columns: BTreeMap<String, u64>,
+    values: u64,
+}
+
+impl State {
+    fn new(watch: Watch) -> Self {
+        State {
+            watch,
+            plan: None,
+            scratch: Vec::new(),
+            kinds: BTreeMap::new(),
+            columns: BTreeMap::new(),
+            values: 0,
+        }
+    }
+
+    /// Mask free text with the detectors.
+    fn text(&mut self, v: &[u8]) -> Option<Vec<u8>> {
+        match self
+            .watch
+            .policy
+            .masker
+            .mask(v, &mut self.scratch, &mut self.kinds)
+        {
+            Masked::Clean => None,
+            _ if self.watch.policy.detect_only => {
+                self.values += 1;
+                None
+            }
+            Masked::Rewritten(out) => {
+                self.values += 1;
+                Some(out)
+            }
+            Masked::Null => {
+                self.values += 1;
+                Some(b"[redacted]".to_vec())
+            }
+        }
+    }
+
+    /// One value of a column: `Ok(None)` unchanged, `Ok(Some(None))` NULL.
+    #[allow(clippy::type_complexity)]
+    fn value(&mut self, action: &Action, v: &[u8]) -> Option<Option<Vec<u8>>> {
+        let policy = self.watch.policy.clone();
+        let masked = match (action.kind, action.whole) {
+            (ValueKind::Text, Some(strategy)) => policy.masker.mask_whole(v, strategy),
+            (ValueKind::Text, None) => policy.masker.mask(v, &mut self.scratch, &mut self.kinds),
+            (ValueKind::PrefixedText, whole) => {
+                let (head, rest) = v.split_at(v.len().min(1));
+                let inner = match whole {
+                    Some(strategy) => policy.masker.mask_whole(rest, strategy),
+                    None => policy.masker.mask(rest, &mut self.scratch, &mut self.kinds),
+                };
+                match inner {
+                    Masked::Rewritten(out) => Masked::Rewritten([head, &out].concat()),
+                    other => other,
+                }
+            }
+            // A number under a column rule cannot keep its type masked: NULL.
+            (ValueKind::Integer, Some(_)) | (ValueKind::Opaque, Some(_)) => Masked::Null,
+            (ValueKind::Integer, None) => {
+                let n: Option<i64> = match v.len() {
+                    2 => Some(i64::from(i16::from_be_bytes([v[0], v[1]]))),
+                    4 => Some(i64::from(i32::from_be_bytes([v[0], v[1], v[2], v[3]]))),
+                    8 => Some(i64::from_be_bytes([
+                        v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7],
+                    ])),
+                    _ => None,
+                };
+                match n {
+                    Some(n) => match policy.masker.mask(
+                        n.to_string().as_bytes(),
+                        &mut self.scratch,
+                        &mut self.kinds,
+                    ) {
+                        Masked::Clean => Masked::Clean,
+                        _ => Masked::Null,
+                    },
+                    None => Masked::Null,
+                }
+            }
+            // Binary values of other types carry no text the detectors can read.
+            (ValueKind::Opaque, None) => Masked::Clean,
+            _ => Masked::Null,
+        };
+        match masked {
+            Masked::Clean => None,
+            changed => {
+                self.values += 1;
+                *self.columns.entry(action.label.clone()).or_default() += 1;
+                if policy.detect_only {
+                    return None;
+                }
+                match changed {
+                    Masked::Rewritten(out) => Some(Some(out)),
+                    _ => Some(None),
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.values == 0 {
+            return;
+        }
+        let kinds: Vec<String> = self
+            .kinds
+            .iter()
+            .map(|(k, n)| format!("{}={n}", k.name()))
+            .collect();
+        let columns: Vec<String> = self
+            .columns
+            .iter()
+            .map(|(c, n)| format!("{c}={n}"))
+            .collect();
+        let verb = if self.watch.policy.detect_only {
+            "would mask (mode = detect)"
+        } else {
+            "masked"
+        };
+        let detail = format!(
+            "{verb} {} value(s); detectors: {}; columns: {}",
+            self.values,
+            if kinds.is_empty() {
+                "-".into()
+            } else {
+                kinds.join(", ")
+            },
+            if columns.is_empty() {
+                "-".into()
+            } else {
+                columns.join(", ")
+            },
+        );
+        if let Some(log) = &self.watch.log {
+            log.record(&Decision::new("mask", Verdict::Allow).with_detail(detail));
+        }
+        self.values = 0;
+        self.kinds.clear();
+        self.columns.clear();
+    }
+}
+
+pin_project! {
+    /// A reply body with personal data masked.
+    #[derive(Debug)]
+    pub struct MaskBody<B> {
+        #[pin]
+        inner: B,
+        state: Option<Box<State>>,
+    }
+
+    impl<B> PinnedDrop for MaskBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // A reply dropped before its end still reports what it masked.
+            if let Some(state) = this.project().state.as_mut() {
+                state.finish();
+            }
+        }
+    }
+}
+
+impl<B> ReplyBody for MaskBody<B>
+where
+    B: ReplyBody,
+    B::Event: EventView + RewriteEvent,
+{
+    type Event = B::Event;
+
+    fn poll_event(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<B::Event, Error>>> {
+        let mut this = self.project();
+        let event = match ready!(this.inner.as_mut().poll_event(cx)) {
+            Some(Ok(event)) => event,
+            other => {
+                if let Some(state) = this.state.as_mut() {
+                    state.finish();
+                }
+                return Poll::Ready(other);
+            }
+        };
+        let Some(state) = this.state.as_mut() else {
+            return Poll::Ready(Some(Ok(event)));
+        };
+        let fail = |why: &str| -> Poll<Option<Result<B::Event, Error>>> {
+            // The command fails rather than leak (ERROR 42501); the session goes on.
+            Poll::Ready(Some(Err(Box::new(Refusal::Masking {
+                message: why.to_owned(),
+            }))))
+        };
+        if let Some(columns) = event.columns() {
+            state.plan = Some(state.watch.policy.plan(&columns, &state.watch.identity));
+            return Poll::Ready(Some(Ok(event)));
+        }
+        if let Some(values) = event.row_values() {
+            let plan = match state.plan.take() {
+                Some(plan) => plan,
+                None => match this.inner.as_ref().get_ref().implied_columns() {
+                    Some(columns) => state.watch.policy.plan(&columns, &state.watch.identity),
+                    None => return fail("rows arrived without a description of their columns"),
+                },
+            };
+            if plan.len() != values.len() {
+                return fail("a row does not match its description");
+            }
+            let mut rewritten: Option<Vec<Option<Cow<'_, [u8]>>>> = None;
+            for (i, (value, action)) in values.iter().zip(&plan).enumerate() {
+                let Some(value) = value else { continue };
+                if let Some(changed) = state.value(action, value) {
+                    let row = rewritten.get_or_insert_with(|| {
+                        values.iter().map(|v| v.map(Cow::Borrowed)).collect()
+                    });
+                    row[i] = changed.map(Cow::Owned);
+                }
+            }
+            state.plan = Some(plan);
+            return match rewritten {
+                None => Poll::Ready(Some(Ok(event))),
+                Some(row) => match event.with_row_values(&row) {
+                    Some(masked) => Poll::Ready(Some(Ok(masked))),
+                    None => fail("a masked row could not be rebuilt"),
+                },
+            };
+        }
+        if event.opaque_output() && !state.watch.policy.detect_only {
+            return fail(
+                "binary COPY output cannot be masked; use COPY ... TO STDOUT in text or CSV format",
+            );
+        }
+        // A result ends (or something else comes): the next rows need a description again.
+        let keeps_plan = matches!(
+            event.view(),
+            EventKind::Row
+                | EventKind::Notice { .. }
+                | EventKind::Notification { .. }
+                | EventKind::Parameter { .. }
+                | EventKind::CopyData(_)
+        );
+        if !keeps_plan {
+            state.plan = None;
+        }
+        if let Some(masked) = event.rewrite_text(&mut |v| state.text(v)) {
+            return Poll::Ready(Some(Ok(masked)));
+        }
+        Poll::Ready(Some(Ok(event)))
+    }
+
+    fn implied_columns(&self) -> Option<Vec<Column>> {
+        self.inner.implied_columns()
+    }
+}

@@ -1,0 +1,293 @@
+//! Masking through the `portcullis` binary against a real PostgreSQL: planted personal data
+//! must not reach a non-exempt client by any path the layer covers, near-misses come through
+//! unchanged, an exempt identity sees clear values, and the trail says what was masked.
+
+use std::time::Duration;
+
+use portcullis_testkit::PgCluster;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::Gateway;
+
+use super::policy::{ALICE, DANA};
+
+const EMAIL: &str = "jane.doe@example.com";
+const CARD: &str = "4242 4242 4242 4242";
+const SSN: &str = "123-45-6789";
+/// Look-alikes that must pass unchanged: a card failing Luhn, an invalid SSN area.
+const NEAR_CARD: &str = "4242 4242 4242 4241";
+const NEAR_SSN: &str = "666-12-3456";
+
+async fn cluster() -> PgCluster {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .unwrap()
+        .expect("PostgreSQL is needed for this test");
+    let sql = format!(
+        "create table customers (id int primary key, name text, email text unique, card text, ssn text, card_num bigint);
+         insert into customers values
+           (1, 'Jane Doe', '{EMAIL}', '{CARD}', '{SSN}', 4111111111111111),
+           (2, 'Near Miss', 'not an email', '{NEAR_CARD}', '{NEAR_SSN}', 4111111111111112);"
+    );
+    let out = cluster.psql("app").args(["-c", &sql]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster
+}
+
+async fn start(cluster: &PgCluster, trail: &std::path::Path) -> (Gateway, u16, tempfile::TempDir) {
+    let extra = format!(
+        "[masking]\nexempt_groups = [\"dba\"]\n[[masking.columns]]\nmatch = \"name\"\nstrategy = \"partial\"\n\n[audit]\n[[audit.sinks]]\nkind = \"jsonl\"\npath = \"{}\"\n",
+        trail.display()
+    );
+    let (gateway, gw, _admin, dir) = super::policy::start(cluster, &extra).await;
+    (gateway, gw, dir)
+}
+
+fn psql(
+    cluster: &PgCluster,
+    port: u16,
+    user: &str,
+    token: &str,
+    sql: &str,
+) -> (bool, String, String) {
+    let out = super::policy::psql(cluster, port, user, token)
+        .args(["-At", "-c", sql])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Fails if any planted value shows in `text`.
+fn no_leak(what: &str, text: &str) {
+    for secret in [EMAIL, CARD, SSN, "4111111111111111", "Jane Doe"] {
+        assert!(!text.contains(secret), "{what} leaked {secret:?}:\n{text}");
+    }
+}
+
+async fn connect(
+    port: u16,
+    user: &str,
+    token: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let conninfo = format!("host=127.0.0.1 port={port} user={user} password={token} dbname=app");
+    let (client, mut connection) = tokio_postgres::connect(&conninfo, NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            let text = match m {
+                AsyncMessage::Notice(n) => {
+                    format!(
+                        "notice: {} | {}",
+                        n.message(),
+                        n.detail().unwrap_or_default()
+                    )
+                }
+                AsyncMessage::Notification(n) => format!("notification: {}", n.payload()),
+                _ => continue,
+            };
+            let _ = tx.send(text);
+        }
+    });
+    (client, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_data_is_masked_on_every_path() {
+    let cluster = cluster().await;
+    let trail_dir = tempfile::tempdir().unwrap();
+    let trail = trail_dir.path().join("trail.jsonl");
+    let (mut gateway, gw, _dir) = start(&cluster, &trail).await;
+
+    // psql, text format: masked, near-misses unchanged.
+    let (ok, out, err) = psql(
+        &cluster,
+        gw,
+        "alice",
+        ALICE,
+        "select name, email, card, ssn, card_num from customers order by id",
+    );
+    assert!(ok, "{err}");
+    no_leak("psql", &out);
+    assert!(out.contains("j***@example.com"), "{out}");
+    assert!(out.contains("**** **** **** 4242"), "{out}");
+    assert!(out.contains("***-**-6789"), "{out}");
+    assert!(
+        out.contains(NEAR_CARD) && out.contains(NEAR_SSN) && out.contains("4111111111111112"),
+        "near-misses changed:\n{out}"
+    );
+    assert!(
+        out.contains("**** Miss") && out.contains("**** ***"),
+        "the name column rule: {out}"
+    );
+    // The exempt DBA sees clear values.
+    let (ok, out, _) = psql(
+        &cluster,
+        gw,
+        "dana",
+        DANA,
+        "select email, card from customers where id = 1",
+    );
+    assert!(ok && out.contains(EMAIL) && out.contains(CARD), "{out}");
+
+    // Computed values and JSON: content detection still finds them.
+    for sql in [
+        "select row_to_json(c) from customers c",
+        "select json_agg(email) from customers",
+        "select 'contact: ' || email || ' / ' || card from customers",
+        "select upper(email) from customers",
+    ] {
+        let (ok, out, err) = psql(&cluster, gw, "alice", ALICE, sql);
+        assert!(ok, "{sql}: {err}");
+        assert!(!out.to_lowercase().contains(EMAIL), "{sql}: {out}");
+        assert!(!out.contains(CARD), "{sql}: {out}");
+    }
+
+    // COPY TO STDOUT in text and CSV; binary COPY is refused, not leaked.
+    for sql in [
+        "copy customers to stdout",
+        "copy (select * from customers) to stdout with (format csv, header)",
+    ] {
+        let (ok, out, err) = psql(&cluster, gw, "alice", ALICE, sql);
+        assert!(ok, "{sql}: {err}");
+        no_leak(sql, &out.replace("Jane Doe", ""));
+        assert!(!out.contains(EMAIL) && !out.contains(CARD), "{sql}: {out}");
+    }
+    let (ok, _, err) = psql(
+        &cluster,
+        gw,
+        "alice",
+        ALICE,
+        "copy customers to stdout with (format binary)",
+    );
+    assert!(!ok && err.contains("cannot be masked"), "{err}");
+    // The session goes on after a refusal.
+    let (client, _) = connect(gw, "alice", ALICE).await;
+    assert!(
+        client
+            .batch_execute("copy customers to stdout with (format binary)")
+            .await
+            .is_err()
+    );
+    client.batch_execute("select 1").await.unwrap();
+
+    // An error's detail (unique violation), RAISE NOTICE, INSERT ... RETURNING.
+    let (ok, _, err) = psql(
+        &cluster,
+        gw,
+        "alice",
+        ALICE,
+        &format!("insert into customers (id, email) values (3, '{EMAIL}')"),
+    );
+    assert!(!ok && err.contains("already exists"), "{err}");
+    no_leak("unique violation", &err);
+    let (_, _, err) = psql(
+        &cluster,
+        gw,
+        "alice",
+        ALICE,
+        "do $$ begin raise notice 'found %', (select email from customers where id = 1); end $$",
+    );
+    assert!(err.contains("NOTICE"), "{err}");
+    no_leak("RAISE NOTICE", &err);
+    let (ok, out, err) = psql(
+        &cluster,
+        gw,
+        "alice",
+        ALICE,
+        "insert into customers (id, email) values (4, 'new.person@example.org') returning email",
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("n***@example.org") && !out.contains("new.person@"),
+        "{out}"
+    );
+
+    // tokio-postgres: binary format, a prepared statement executed twice (the second time
+    // without a RowDescription), a portal fetched in chunks, a cursor, a notification.
+    let (mut client, mut events) = connect(gw, "alice", ALICE).await;
+    let stmt = client
+        .prepare("select email, card_num from customers where id = $1")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let row = client.query_one(&stmt, &[&1i32]).await.unwrap();
+        let email: String = row.get(0);
+        let num: Option<i64> = row.get(1);
+        assert_eq!(email, "j***@example.com");
+        assert_eq!(num, None, "a card number in a bigint becomes NULL");
+    }
+    let tx = client.transaction().await.unwrap();
+    let stmt = tx
+        .prepare("select email from customers order by id")
+        .await
+        .unwrap();
+    let portal = tx.bind(&stmt, &[]).await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let rows = tx.query_portal(&portal, 1).await.unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        seen.extend(
+            rows.iter()
+                .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default()),
+        );
+    }
+    assert!(seen.iter().any(|e| e == "j***@example.com"), "{seen:?}");
+    no_leak("portal in chunks", &seen.join("\n"));
+    tx.batch_execute("declare c cursor for select email, ssn from customers order by id")
+        .await
+        .unwrap();
+    let fetched = tx.simple_query("fetch 2 from c").await.unwrap();
+    let text: Vec<String> = fetched
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some(format!("{:?} {:?}", r.get(0), r.get(1)))
+            }
+            _ => None,
+        })
+        .collect();
+    no_leak("cursor FETCH", &text.join("\n"));
+    tx.commit().await.unwrap();
+    client.batch_execute("listen ch").await.unwrap();
+    let (other, _) = connect(gw, "dana", DANA).await;
+    other
+        .batch_execute(&format!("notify ch, 'reach me at {EMAIL}'"))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        got.contains("notification: reach me at j***@example.com"),
+        "{got}"
+    );
+
+    // The trail records what was masked, and never the clear values.
+    drop((client, other));
+    gateway.signal("TERM");
+    gateway.wait_exit(Duration::from_secs(20), "no exit").await;
+    let text = std::fs::read_to_string(&trail).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"layer\":\"mask\"") && l.contains("masked")),
+        "no masking decision in the trail"
+    );
+    assert!(
+        !text.contains("4111111111111111"),
+        "the trail holds a clear card number"
+    );
+}
