@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use portcullis_core::{
     ClientNotice, CommandView, Decision, DecisionLog, Decisions, Error, Param, Refusal,
-    RefuseInPlace, RefusedInPlace, Request, Response, Verdict,
+    RefuseInPlace, RefusedInPlace, Request, Response, TextRedactor, Verdict,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -33,6 +33,7 @@ struct Config {
     timeout: Duration,
     notifiers: Vec<Arc<dyn Notifier>>,
     how_to_approve: String,
+    redactor: Option<TextRedactor>,
 }
 
 impl std::fmt::Debug for ApprovalLayer {
@@ -52,8 +53,16 @@ impl ApprovalLayer {
                 timeout,
                 notifiers: Vec::new(),
                 how_to_approve: "portcullis approvals approve {id}".into(),
+                redactor: None,
             }),
         }
+    }
+
+    /// Mask personal data in the statement text and parameters a request shows (listings,
+    /// webhooks) with `redactor`; the statement still runs as sent.
+    pub fn with_redactor(mut self, redactor: TextRedactor) -> Self {
+        self.config_mut().redactor = Some(redactor);
+        self
     }
 
     /// Tell `notifier` about every new request.
@@ -191,6 +200,17 @@ where
             min_approvals,
             timeout: config.timeout,
         };
+        let mut new = new;
+        if let Some(r) = &config.redactor {
+            if let Some(masked) = r.redact(&new.statement) {
+                new.statement = masked;
+            }
+            for p in &mut new.params {
+                if let Some(masked) = r.redact(p) {
+                    *p = masked;
+                }
+            }
+        }
         ResponseFuture::Held {
             fut: Box::pin(held(config, inner, req, new)),
         }

@@ -279,3 +279,39 @@ async fn webhook_failures_are_retried_and_counted() {
     let message = WebhookNotifier::message(&request);
     assert!(message["text"].as_str().unwrap().contains(&request.id));
 }
+
+#[tokio::test]
+async fn listings_show_statements_redacted() {
+    let store = MemoryStore::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let redactor = portcullis_core::TextRedactor::new(|t| {
+        t.contains("jane@example.com")
+            .then(|| t.replace("jane@example.com", "j***@example.com"))
+    });
+    let svc = ApprovalLayer::new(Arc::new(store.clone()), Duration::from_secs(60))
+        .with_redactor(redactor)
+        .layer(inner(calls.clone()));
+    let s = session("alice");
+    let call =
+        tokio::spawn(svc.oneshot(held(&s, "delete from t where email = 'jane@example.com'")));
+    let id = pending_id(&store).await;
+    let filed = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        filed.statement,
+        "delete from t where email = 'j***@example.com'"
+    );
+    store
+        .decide(&id, &dba("dana"), Answer::Approve)
+        .await
+        .unwrap();
+    store
+        .decide(&id, &dba("bob"), Answer::Approve)
+        .await
+        .unwrap();
+    call.await.unwrap().unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the statement itself runs as sent"
+    );
+}

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use portcullis_core::{
-    CommandKind, CommandView, ConnectionEvent, Decision, Identity, Param, Refusal, Session, Verdict,
+    CommandKind, CommandView, ConnectionEvent, Decision, Identity, Param, Refusal, Session,
+    TextRedactor, Verdict,
 };
 use serde::{Deserialize, Serialize};
 
@@ -325,6 +326,28 @@ impl Command {
                 .collect(),
             params: command.params().iter().map(ParamRecord::from).collect(),
             masked: false,
+        }
+    }
+
+    /// Mask personal data in the statements' text and the text parameters with `redactor`;
+    /// `masked` says whether anything changed.
+    pub fn redact(&mut self, redactor: &TextRedactor) {
+        for s in &mut self.statements {
+            if let Some(masked) = redactor.redact(&s.text) {
+                s.text = masked;
+                self.masked = true;
+            }
+        }
+        for p in &mut self.params {
+            let text = match p {
+                ParamRecord::Text(t) => t,
+                ParamRecord::Cut { prefix, .. } => prefix,
+                _ => continue,
+            };
+            if let Some(masked) = redactor.redact(text) {
+                *text = masked;
+                self.masked = true;
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 use pin_project_lite::pin_project;
 use portcullis_core::{
     CommandKind, CommandView, DecisionLog, Decisions, Error, EventKind, EventView, Refusal,
-    RefusedInPlace, ReplyBody, Request, Response, Session, rescue,
+    RefusedInPlace, ReplyBody, Request, Response, Session, TextRedactor, rescue,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -42,6 +42,8 @@ struct SessionAudit {
     commands: AtomicU64,
     /// The start record's acknowledgement, which the first command waits for.
     start: Mutex<Option<Pending>>,
+    /// Masks personal data in statement text and parameters before they are recorded.
+    redactor: Option<TextRedactor>,
 }
 
 impl SessionAudit {
@@ -87,6 +89,15 @@ pub struct AuditLayer {
 }
 
 impl AuditLayer {
+    /// Mask personal data in the statement text and parameters this layer records (with the
+    /// masking layer's detectors). Call right after [`AuditLayer::new`].
+    pub fn redacting(mut self, redactor: TextRedactor) -> Self {
+        if let Some(audit) = self.audit.as_mut().and_then(Arc::get_mut) {
+            audit.redactor = Some(redactor);
+        }
+        self
+    }
+
     /// The layer for `session`; records the session's start now.
     pub fn new(recorder: &Recorder, session: &Arc<Session>) -> Self {
         let audit = SessionAudit {
@@ -98,6 +109,7 @@ impl AuditLayer {
             sseq: AtomicU64::new(0),
             commands: AtomicU64::new(0),
             start: Mutex::new(None),
+            redactor: None,
         };
         let start = SessionStart::of(audit.next_ref(), session);
         // Exempt from the queue's bound like an outcome: sessions are capped, and the first
@@ -228,6 +240,9 @@ where
         req.extensions.insert(decision_log(&audit, number));
         // Numbered when sent (below), so a session's records appear in `sseq` order.
         let mut command = Command::of(audit.session_ref(0), number, &req.command);
+        if let Some(redactor) = &audit.redactor {
+            command.redact(redactor);
+        }
         let recorder = audit.recorder.clone();
         let mut outcome = OutcomeRecorder {
             audit: audit.clone(),

@@ -77,3 +77,30 @@ pub trait RewriteEvent: Sized {
         false
     }
 }
+
+/// Masks personal data in free text (statement text and parameters recorded in the audit
+/// trail or shown in approval listings): returns the masked text, or `None` when there is
+/// nothing to mask. Built by a masking layer from the same detectors as results.
+#[derive(Clone)]
+pub struct TextRedactor(std::sync::Arc<RedactFn>);
+
+/// The function inside a [`TextRedactor`].
+type RedactFn = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+impl TextRedactor {
+    /// A redactor calling `f`.
+    pub fn new(f: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        TextRedactor(std::sync::Arc::new(f))
+    }
+
+    /// `text` masked, or `None` when nothing in it is personal data.
+    pub fn redact(&self, text: &str) -> Option<String> {
+        (self.0)(text)
+    }
+}
+
+impl std::fmt::Debug for TextRedactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("TextRedactor").finish_non_exhaustive()
+    }
+}

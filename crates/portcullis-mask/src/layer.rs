@@ -10,7 +10,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use portcullis_core::{
     Column, Decision, DecisionLog, Error, EventKind, EventView, Identity, Refusal, ReplyBody,
-    Request, Response, RewriteEvent, ValueKind, Verdict, wildcard,
+    Request, Response, RewriteEvent, Session, TextRedactor, ValueKind, Verdict, wildcard,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -62,23 +62,41 @@ impl MaskPolicy {
         self
     }
 
+    /// A redactor for statement text and parameters (audit trail, approval listings) with
+    /// the same detectors as results. In detect mode nothing is changed.
+    pub fn redactor(&self) -> TextRedactor {
+        let masker = self.masker.clone();
+        let detect_only = self.detect_only;
+        TextRedactor::new(move |text| {
+            if detect_only {
+                return None;
+            }
+            let (mut scratch, mut counts) = (Vec::new(), BTreeMap::new());
+            match masker.mask(text.as_bytes(), &mut scratch, &mut counts) {
+                Masked::Clean => None,
+                Masked::Rewritten(out) => Some(String::from_utf8_lossy(&out).into_owned()),
+                Masked::Null => Some("[redacted]".to_owned()),
+            }
+        })
+    }
+
     fn exempt_for(&self, identity: &Identity) -> bool {
         identity.in_any_group(&self.exempt_groups)
     }
 
     /// The plan for a result with `columns`, for `identity`.
-    fn plan(&self, columns: &[Column], identity: &Identity) -> Vec<Action> {
+    fn plan(&self, columns: Vec<Column>, identity: &Identity) -> Vec<Action> {
         columns
-            .iter()
+            .into_iter()
             .map(|c| {
                 let rule = self.columns.iter().find(|r| {
                     (r.groups.is_empty() || identity.in_any_group(&r.groups))
-                        && column_matches(&r.pattern, c)
+                        && column_matches(&r.pattern, &c)
                 });
                 Action {
-                    label: c.label.clone(),
                     kind: c.kind,
                     whole: rule.map(|r| r.strategy),
+                    label: c.label,
                 }
             })
             .collect()
@@ -160,7 +178,7 @@ where
         let watch = match &self.policy {
             Some(p) if !p.exempt_for(&req.session.identity) => Some(Watch {
                 policy: p.clone(),
-                identity: req.session.identity.clone(),
+                session: req.session.clone(),
                 log: req.extensions.get::<DecisionLog>().cloned(),
             }),
             _ => None,
@@ -175,7 +193,7 @@ where
 #[derive(Debug)]
 struct Watch {
     policy: Arc<MaskPolicy>,
-    identity: Identity,
+    session: Arc<Session>,
     log: Option<DecisionLog>,
 }
 
@@ -405,14 +423,22 @@ where
             }))))
         };
         if let Some(columns) = event.columns() {
-            state.plan = Some(state.watch.policy.plan(&columns, &state.watch.identity));
+            state.plan = Some(
+                state
+                    .watch
+                    .policy
+                    .plan(columns, &state.watch.session.identity),
+            );
             return Poll::Ready(Some(Ok(event)));
         }
         if let Some(values) = event.row_values() {
             let plan = match state.plan.take() {
                 Some(plan) => plan,
                 None => match this.inner.as_ref().get_ref().implied_columns() {
-                    Some(columns) => state.watch.policy.plan(&columns, &state.watch.identity),
+                    Some(columns) => state
+                        .watch
+                        .policy
+                        .plan(columns, &state.watch.session.identity),
                     None => return fail("rows arrived without a description of their columns"),
                 },
             };

@@ -463,18 +463,25 @@ impl Gateway {
             Some(m) => MaskLayer::new(m.clone()),
             None => MaskLayer::disabled(),
         };
+        let redactor = masking.map(MaskPolicy::redactor);
         let granted = granted.clone();
         let guard = match policy {
             Some(policy) => GuardLayer::new(policy.clone()).with_approvals(true),
             None => GuardLayer::disabled(),
         };
-        let approval = self.approvals.0.clone();
+        let approval = match &redactor {
+            Some(r) => self.approvals.0.clone().with_redactor(r.clone()),
+            None => self.approvals.0.clone(),
+        };
         let live = self.live_tokens.clone();
         let recorder = self.audit.as_ref().map(|(r, _)| r.clone());
         let layers: SessionLayers = Box::new(move |session| {
-            let audit = match &recorder {
-                Some(recorder) => AuditLayer::new(recorder, session),
-                None => AuditLayer::disabled(),
+            let audit = match (&recorder, &redactor) {
+                (Some(recorder), Some(r)) => {
+                    AuditLayer::new(recorder, session).redacting(r.clone())
+                }
+                (Some(recorder), None) => AuditLayer::new(recorder, session),
+                (None, _) => AuditLayer::disabled(),
             };
             let outer = Stack::new(RevokeLayer::new(session, &granted, live.clone()), audit);
             Stack::new(

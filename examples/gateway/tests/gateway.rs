@@ -123,7 +123,7 @@ tls = "maybe"
 password = ""
 
 [masking]
-detectors = ["email"]
+detectors = ["emial"]
 "#,
     )
     .unwrap();
@@ -137,7 +137,7 @@ detectors = ["email"]
         format!("{file}:7: [[postgres]] listen: invalid socket address \"x\""),
         format!("{file}:9: [[postgres]] handshake_timeout: invalid duration \"soon\""),
         format!("{file}:13: [postgres.upstream] tls: unknown upstream tls mode \"maybe\""),
-        format!("{file}:16: [masking] is not implemented yet in this build (see CHANGELOG)"),
+        format!("{file}:17: [masking] detectors: unknown detector \"emial\""),
         format!("{file}: 5 problems"),
     ];
     assert_eq!(lines.len(), expected.len(), "{stderr}");
