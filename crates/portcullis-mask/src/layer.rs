@@ -104,12 +104,18 @@ impl MaskPolicy {
 }
 
 fn column_matches(pattern: &str, c: &Column) -> bool {
-    if pattern.contains('.') {
-        return c.source.as_deref().is_some_and(|s| {
-            wildcard(pattern, s)
-                || s.split_once('.')
-                    .is_some_and(|(_, rest)| wildcard(pattern, rest))
-        });
+    if let Some((_, column)) = pattern.rsplit_once('.') {
+        return match c.source.as_deref() {
+            Some(source) => {
+                wildcard(pattern, source)
+                    || source
+                        .split_once('.')
+                        .is_some_and(|(_, rest)| wildcard(pattern, rest))
+            }
+            // Source unknown (a computed value, or not resolved): the column part of the
+            // pattern against the label — masking more rather than less.
+            None => wildcard(column, &c.label),
+        };
     }
     let source_name = c.source.as_deref().and_then(|s| s.rsplit('.').next());
     wildcard(pattern, &c.label) || source_name.is_some_and(|n| wildcard(pattern, n))
@@ -489,5 +495,29 @@ where
 
     fn implied_columns(&self) -> Option<Vec<Column>> {
         self.inner.implied_columns()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_patterns() {
+        let label = Column::new("email", ValueKind::Text);
+        let sourced = Column::new("e", ValueKind::Text).with_source("public.customers.email");
+        assert!(column_matches("email", &label));
+        assert!(
+            column_matches("*.email", &label),
+            "source unknown: the column part"
+        );
+        assert!(column_matches("customers.email", &sourced));
+        assert!(column_matches("public.customers.*", &sourced));
+        assert!(
+            column_matches("email", &sourced),
+            "a bare name matches the source column"
+        );
+        assert!(!column_matches("orders.email", &sourced));
+        assert!(!column_matches("name", &label));
     }
 }
