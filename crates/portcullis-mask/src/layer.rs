@@ -50,6 +50,11 @@ impl MaskPolicy {
         }
     }
 
+    /// Whether any column rule exists (then a protocol should resolve columns' sources).
+    pub fn has_column_rules(&self) -> bool {
+        !self.columns.is_empty()
+    }
+
     /// Identities in these groups see clear values.
     pub fn exempt(mut self, groups: Vec<String>) -> Self {
         self.exempt_groups = groups;
@@ -429,6 +434,14 @@ where
             }))))
         };
         if let Some(columns) = event.columns() {
+            // The protocol may know more (the columns' sources): prefer what it says.
+            let columns = this
+                .inner
+                .as_ref()
+                .get_ref()
+                .implied_columns()
+                .filter(|known| known.len() == columns.len())
+                .unwrap_or(columns);
             state.plan = Some(
                 state
                     .watch

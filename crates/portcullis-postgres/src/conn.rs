@@ -7,6 +7,7 @@
 //! behind any COPY upload still streaming.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker, ready};
@@ -18,12 +19,15 @@ use portcullis_core::{
 };
 use tokio::io::AsyncWrite;
 use tokio_util::io::poll_read_buf;
+use tracing::warn;
 
+use crate::catalog::Catalog;
 use crate::codec::{Frame, FrontendMessage, decode_frame, first_cstr, response_field};
 use crate::command::{PgCommand, Slot};
 use crate::io::BoxIo;
 use crate::rows::{Field, columns, fields};
 use crate::upstream::Connected;
+use crate::upstream::UpstreamConfig;
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -124,13 +128,23 @@ impl Described {
         self.portals.insert(portal, (statement, formats));
     }
 
-    fn columns(&self, portal: &[u8]) -> Option<Vec<portcullis_core::Column>> {
-        if let Some(fields) = self.portal_fields.get(portal) {
-            return Some(columns(fields, None));
-        }
-        let (statement, formats) = self.portals.get(portal)?;
-        let fields = self.statements.get(statement)?;
-        Some(columns(fields, Some(formats)))
+    fn columns(
+        &self,
+        portal: &[u8],
+        sources: Option<&Sources>,
+    ) -> Option<Vec<portcullis_core::Column>> {
+        let (fields, cols) = match self.portal_fields.get(portal) {
+            Some(fields) => (fields, columns(fields, None)),
+            None => {
+                let (statement, formats) = self.portals.get(portal)?;
+                let fields = self.statements.get(statement)?;
+                (fields, columns(fields, Some(formats)))
+            }
+        };
+        Some(match sources {
+            Some(s) => s.add(fields, cols),
+            None => cols,
+        })
     }
 }
 
@@ -185,6 +199,34 @@ fn details(command: &PgCommand, described: &mut Described) -> VecDeque<Detail> {
 #[derive(Clone)]
 pub struct PgUpstream {
     conn: Arc<Mutex<Conn>>,
+    sources: Option<Sources>,
+}
+
+/// A catalog lookup in flight.
+type Lookup = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// Where result columns' sources are looked up (when the listener resolves them).
+#[derive(Clone)]
+pub(crate) struct Sources {
+    pub(crate) catalog: Catalog,
+    pub(crate) config: Arc<UpstreamConfig>,
+    pub(crate) max_message: usize,
+    pub(crate) database: String,
+}
+
+impl Sources {
+    fn add(
+        &self,
+        fields: &[Field],
+        mut cols: Vec<portcullis_core::Column>,
+    ) -> Vec<portcullis_core::Column> {
+        for (col, field) in cols.iter_mut().zip(fields) {
+            if let Some(source) = self.catalog.source(&self.database, field) {
+                *col = col.clone().with_source(source);
+            }
+        }
+        cols
+    }
 }
 
 impl std::fmt::Debug for PgUpstream {
@@ -219,7 +261,14 @@ impl PgUpstream {
                 finished_below: 1,
                 described: Described::default(),
             })),
+            sources: None,
         }
+    }
+
+    /// Resolve the source columns of results through `sources`.
+    pub(crate) fn with_sources(mut self, sources: Sources) -> Self {
+        self.sources = Some(sources);
+        self
     }
 }
 
@@ -247,6 +296,10 @@ impl tower_service::Service<Request<PgCommand>> for PgUpstream {
                 unit: None,
                 done: false,
                 error_override: None,
+                sources: None,
+                held: None,
+                lookup: None,
+                current: None,
             })));
         }
         let id = conn.next_id;
@@ -273,6 +326,10 @@ impl tower_service::Service<Request<PgCommand>> for PgUpstream {
             unit: Some(id),
             done: false,
             error_override: req.command.error_override,
+            sources: self.sources.clone(),
+            held: None,
+            lookup: None,
+            current: None,
         })))
     }
 }
@@ -597,6 +654,13 @@ pub struct PgReply {
     done: bool,
     /// A refusal carried out in place: replaces the database's (non-fatal) error.
     error_override: Option<Frame>,
+    /// Where source columns are resolved, when the listener does.
+    sources: Option<Sources>,
+    /// A RowDescription held while its tables are looked up.
+    held: Option<Frame>,
+    lookup: Option<Lookup>,
+    /// The columns of the result now streaming, with their sources.
+    current: Option<Vec<portcullis_core::Column>>,
 }
 
 impl std::fmt::Debug for PgReply {
@@ -622,6 +686,18 @@ impl ReplyBody for PgReply {
         if self.done {
             return Poll::Ready(None);
         }
+        if let Some(lookup) = self.lookup.as_mut() {
+            if let Err(e) = ready!(lookup.as_mut().poll(cx)) {
+                warn!(target: "portcullis::postgres", error = %e, "source columns could not be looked up; masking rules by table match labels only");
+            }
+            self.lookup = None;
+            if let Some(frame) = self.held.take() {
+                if let (Some(src), Some(f)) = (&self.sources, fields(frame.body())) {
+                    self.current = Some(src.add(&f, columns(&f, None)));
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+        }
         let polled = {
             let mut conn = lock(&self.conn);
             match self.unit {
@@ -631,6 +707,11 @@ impl ReplyBody for PgReply {
         };
         match ready!(polled) {
             Some(Ok(frame)) => {
+                let frame = match self.note(frame) {
+                    Ok(frame) => frame,
+                    // Held while its tables are looked up.
+                    Err(()) => return self.poll_event(cx),
+                };
                 if frame.tag() == b'E'
                     && response_field(frame.body(), b'V') != Some(b"FATAL")
                     && let Some(ours) = self.error_override.take()
@@ -655,13 +736,49 @@ impl PgReply {
     /// The columns of the rows now arriving for this unit, from the descriptions the
     /// database gave earlier (a prepared statement executed again).
     fn implied(&self) -> Option<Vec<portcullis_core::Column>> {
+        if let Some(current) = &self.current {
+            return Some(current.clone());
+        }
         let id = self.unit?;
         let conn = lock(&self.conn);
         let unit = conn.units.front().filter(|u| u.id == id)?;
         match unit.details.front()? {
-            Detail::Execute(portal) => conn.described.columns(portal),
+            Detail::Execute(portal) => conn.described.columns(portal, self.sources.as_ref()),
             _ => None,
         }
+    }
+
+    /// A frame about to be handed out: note the result it starts or ends; a RowDescription
+    /// whose tables are not resolved yet is held (`Err`) while they are looked up.
+    fn note(&mut self, frame: Frame) -> Result<Frame, ()> {
+        match frame.tag() {
+            b'T' => {
+                self.current = None;
+                if let (Some(src), Some(f)) = (&self.sources, fields(frame.body())) {
+                    let missing = src.catalog.missing(&src.database, &f);
+                    if !missing.is_empty() {
+                        let src = src.clone();
+                        self.lookup = Some(Box::pin(async move {
+                            src.catalog
+                                .clone()
+                                .resolve(
+                                    src.config.clone(),
+                                    src.max_message,
+                                    src.database.clone(),
+                                    missing,
+                                )
+                                .await
+                        }));
+                        self.held = Some(frame);
+                        return Err(());
+                    }
+                    self.current = Some(src.add(&f, columns(&f, None)));
+                }
+            }
+            b'C' | b's' | b'I' | b'E' | b'Z' => self.current = None,
+            _ => {}
+        }
+        Ok(frame)
     }
 }
 

@@ -54,6 +54,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod cancel;
+mod catalog;
 pub mod codec;
 mod command;
 mod conn;

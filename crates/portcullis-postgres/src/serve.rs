@@ -59,6 +59,11 @@ pub struct ServePgConfig {
     pub max_pipeline: usize,
     /// The database.
     pub upstream: UpstreamConfig,
+    /// Resolve result columns to their source `schema.table.column` (one catalog query per
+    /// new table, on a side connection per database), for masking rules over source
+    /// columns. Off by default: it costs a connection to the database per listener and
+    /// database.
+    pub resolve_column_sources: bool,
 }
 
 impl ServePgConfig {
@@ -76,6 +81,7 @@ impl ServePgConfig {
             max_message: crate::codec::DEFAULT_MAX_MESSAGE,
             max_pipeline: 256,
             upstream,
+            resolve_column_sources: false,
         }
     }
 }
@@ -111,6 +117,8 @@ struct Shared {
     per_identity: Mutex<HashMap<String, usize>>,
     next_session: AtomicU64,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Source columns of results, for every session of the listener.
+    catalog: crate::catalog::Catalog,
 }
 
 impl Default for Shared {
@@ -122,6 +130,7 @@ impl Default for Shared {
             per_identity: Mutex::default(),
             next_session: AtomicU64::new(0),
             shutdown: tokio::sync::watch::channel(false).0,
+            catalog: crate::catalog::Catalog::default(),
         }
     }
 }
@@ -631,7 +640,15 @@ where
         }
         .encode(&mut out);
         BackendMessage::ReadyForQuery { status: b'I' }.encode(&mut out);
-        let upstream = PgUpstream::new(connected, cfg.max_message);
+        let mut upstream = PgUpstream::new(connected, cfg.max_message);
+        if cfg.resolve_column_sources {
+            upstream = upstream.with_sources(crate::conn::Sources {
+                catalog: self.shared.catalog.clone(),
+                config: Arc::new(up.clone()),
+                max_message: cfg.max_message,
+                database: up_db.clone(),
+            });
+        }
         client.io.write_all(&out).await?;
         client.io.flush().await?;
         Ok(Some(Established {

@@ -761,6 +761,11 @@ impl Resolver<'_> {
         let audit = raw.audit.as_ref().and_then(|a| self.audit(a));
         let policy = raw.policy.as_ref().and_then(|p| self.policy(p));
         let masking = raw.masking.as_ref().and_then(|m| self.masking(m));
+        if masking.as_ref().is_some_and(MaskPolicy::has_column_rules) {
+            for listener in &mut postgres {
+                listener.serve.resolve_column_sources = true;
+            }
+        }
         let approvals = match &raw.approvals {
             Some(a) => self.approvals(a),
             None => ApprovalsConfig::default(),

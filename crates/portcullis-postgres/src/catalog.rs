@@ -1,0 +1,191 @@
+//! Source columns of results: a RowDescription names each column's table by OID and the
+//! column by attribute number; the catalog resolves them to `schema.table.column` with one
+//! query on a side connection of the gateway's own (per database), cached, so masking rules
+//! over `[schema.]table.column` follow the source even through aliases.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use portcullis_core::{
+    AuthMethod, Identity, Protocol, ReplyBodyExt as _, Request, RewriteEvent as _, Session,
+    SessionId,
+};
+use tower_service::Service as _;
+
+use crate::codec::FrontendMessage;
+use crate::command::{Item, UnitBuilder};
+use crate::conn::PgUpstream;
+use crate::rows::Field;
+use crate::upstream::{self, UpstreamConfig};
+
+/// Most tables whose names are kept.
+const MAX_TABLES: usize = 10_000;
+
+type Names = Arc<HashMap<i16, String>>;
+
+/// Resolves table OIDs to names; shared by every session of a listener.
+#[derive(Clone, Default)]
+pub(crate) struct Catalog {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// (database, table OID) → attribute number → `schema.table.column`.
+    names: Mutex<HashMap<(String, u32), Names>>,
+    /// Database → the side connection.
+    side: tokio::sync::Mutex<HashMap<String, PgUpstream>>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").finish_non_exhaustive()
+    }
+}
+
+impl Catalog {
+    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), Names>> {
+        self.inner.names.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The source of a field, when its table is known.
+    pub(crate) fn source(&self, database: &str, field: &Field) -> Option<String> {
+        if field.table_oid == 0 {
+            return None;
+        }
+        self.names()
+            .get(&(database.to_owned(), field.table_oid))
+            .and_then(|cols| cols.get(&field.attnum).cloned())
+    }
+
+    /// Table OIDs of `fields` not resolved yet.
+    pub(crate) fn missing(&self, database: &str, fields: &[Field]) -> Vec<u32> {
+        let names = self.names();
+        let mut out: Vec<u32> = fields
+            .iter()
+            .map(|f| f.table_oid)
+            .filter(|&oid| oid != 0 && !names.contains_key(&(database.to_owned(), oid)))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Look the tables `oids` up in `database` through the side connection (opened on first
+    /// use with the listener's upstream settings).
+    pub(crate) async fn resolve(
+        &self,
+        config: Arc<UpstreamConfig>,
+        max_message: usize,
+        database: String,
+        oids: Vec<u32>,
+    ) -> Result<(), String> {
+        let list = oids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "select c.oid, n.nspname, c.relname, a.attnum, a.attname \
+             from pg_catalog.pg_class c \
+             join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
+             join pg_catalog.pg_attribute a on a.attrelid = c.oid \
+             where c.oid in ({list}) and a.attnum > 0 and not a.attisdropped"
+        );
+        let mut side = self.inner.side.lock().await;
+        let mut upstream = match side.get(&database) {
+            Some(u) => u.clone(),
+            None => {
+                let connected =
+                    upstream::connect(&config, &config.user, &config.password, &database, &[])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                let u = PgUpstream::new(connected, max_message);
+                side.insert(database.clone(), u.clone());
+                u
+            }
+        };
+        let rows = match query(&mut upstream, &sql, max_message).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // A broken side connection is opened again next time.
+                side.remove(&database);
+                return Err(e);
+            }
+        };
+        drop(side);
+        let mut found: HashMap<u32, HashMap<i16, String>> =
+            oids.iter().map(|&o| (o, HashMap::new())).collect();
+        for row in rows {
+            let [oid, schema, table, attnum, column] = row.as_slice() else {
+                continue;
+            };
+            let (Ok(oid), Ok(attnum)) = (oid.parse::<u32>(), attnum.parse::<i16>()) else {
+                continue;
+            };
+            found
+                .entry(oid)
+                .or_default()
+                .insert(attnum, format!("{schema}.{table}.{column}"));
+        }
+        let mut names = self.names();
+        if names.len() + found.len() > MAX_TABLES {
+            names.clear();
+        }
+        for (oid, cols) in found {
+            names.insert((database.clone(), oid), Arc::new(cols));
+        }
+        Ok(())
+    }
+}
+
+/// Run `sql` (a simple query) and return its rows as text.
+async fn query(
+    upstream: &mut PgUpstream,
+    sql: &str,
+    max_message: usize,
+) -> Result<Vec<Vec<String>>, String> {
+    let mut buf = BytesMut::new();
+    FrontendMessage::Query {
+        sql: sql.to_owned().into(),
+    }
+    .encode(&mut buf);
+    let Ok(Some(Item::Unit(command))) = UnitBuilder::new(max_message).next(&mut buf) else {
+        return Err("could not build the catalog query".into());
+    };
+    let peer = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+    let who = Identity::new("portcullis-catalog", Vec::new(), AuthMethod::StaticToken);
+    let session = Arc::new(Session::new(
+        SessionId(0),
+        Protocol::Postgres,
+        "catalog",
+        peer,
+        who,
+    ));
+    let response = upstream
+        .call(Request::new(session, command))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut body = response.body;
+    let mut rows = Vec::new();
+    while let Some(frame) = body.next_event().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        match frame.tag() {
+            b'D' => {
+                if let Some(values) = frame.row_values() {
+                    rows.push(
+                        values
+                            .into_iter()
+                            .map(|v| String::from_utf8_lossy(v.unwrap_or_default()).into_owned())
+                            .collect(),
+                    );
+                }
+            }
+            b'E' => return Err("the catalog query failed".into()),
+            _ => {}
+        }
+    }
+    Ok(rows)
+}
