@@ -33,8 +33,8 @@ pub(crate) struct Catalog {
 
 #[derive(Default)]
 struct Inner {
-    /// (database, table OID) → attribute number → `schema.table.column`.
-    names: Mutex<HashMap<(String, u32), Names>>,
+    /// Database → table OID → attribute number → `schema.table.column`.
+    names: Mutex<HashMap<String, HashMap<u32, Names>>>,
     /// Database → the side connection.
     side: tokio::sync::Mutex<HashMap<String, PgUpstream>>,
 }
@@ -46,7 +46,7 @@ impl std::fmt::Debug for Catalog {
 }
 
 impl Catalog {
-    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), Names>> {
+    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u32, Names>>> {
         self.inner.names.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -56,17 +56,19 @@ impl Catalog {
             return None;
         }
         self.names()
-            .get(&(database.to_owned(), field.table_oid))
+            .get(database)?
+            .get(&field.table_oid)
             .and_then(|cols| cols.get(&field.attnum).cloned())
     }
 
     /// Table OIDs of `fields` not resolved yet.
     pub(crate) fn missing(&self, database: &str, fields: &[Field]) -> Vec<u32> {
         let names = self.names();
+        let known = names.get(database);
         let mut out: Vec<u32> = fields
             .iter()
             .map(|f| f.table_oid)
-            .filter(|&oid| oid != 0 && !names.contains_key(&(database.to_owned(), oid)))
+            .filter(|&oid| oid != 0 && !known.is_some_and(|k| k.contains_key(&oid)))
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -131,11 +133,12 @@ impl Catalog {
                 .insert(attnum, format!("{schema}.{table}.{column}"));
         }
         let mut names = self.names();
-        if names.len() + found.len() > MAX_TABLES {
-            names.clear();
+        let tables = names.entry(database).or_default();
+        if tables.len() + found.len() > MAX_TABLES {
+            tables.clear();
         }
         for (oid, cols) in found {
-            names.insert((database.clone(), oid), Arc::new(cols));
+            tables.insert(oid, Arc::new(cols));
         }
         Ok(())
     }

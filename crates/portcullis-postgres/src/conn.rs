@@ -222,7 +222,7 @@ impl Sources {
     ) -> Vec<portcullis_core::Column> {
         for (col, field) in cols.iter_mut().zip(fields) {
             if let Some(source) = self.catalog.source(&self.database, field) {
-                *col = col.clone().with_source(source);
+                col.source = Some(source);
             }
         }
         cols
