@@ -162,17 +162,24 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// The store's connection in `slot`, opened again when it is missing or closed.
+    async fn connected<'a>(
+        &self,
+        slot: &'a mut Option<Client>,
+    ) -> Result<&'a mut Client, StoreError> {
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = Some(self.open().await?);
+        }
+        slot.as_mut()
+            .ok_or_else(|| StoreError("no connection".into()))
+    }
+
     async fn with_client<T>(
         &self,
         f: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
         let mut slot = self.inner.client.lock().await;
-        if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(self.open().await?);
-        }
-        let Some(client) = slot.as_ref() else {
-            return Err(StoreError("no connection".into()));
-        };
+        let client = self.connected(&mut slot).await?;
         f(client).await.map_err(err)
     }
 
@@ -284,12 +291,7 @@ impl PostgresStore {
     ) -> Result<Option<Result<ApprovalRequest, DecideError>>, StoreError> {
         let table = &self.inner.table;
         let mut slot = self.inner.client.lock().await;
-        if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(self.open().await?);
-        }
-        let Some(client) = slot.as_mut() else {
-            return Err(StoreError("no connection".into()));
-        };
+        let client = self.connected(&mut slot).await?;
         let tx = client.transaction().await.map_err(err)?;
         let row = tx
             .query_opt(

@@ -284,7 +284,7 @@ impl State {
     /// One value of a column: `Ok(None)` unchanged, `Ok(Some(None))` NULL.
     #[allow(clippy::type_complexity)]
     fn value(&mut self, action: &Action, v: &[u8]) -> Option<Option<Vec<u8>>> {
-        let policy = self.watch.policy.clone();
+        let policy = &self.watch.policy;
         let masked = match (action.kind, action.whole) {
             (ValueKind::Text, Some(strategy)) => policy.masker.mask_whole(v, strategy),
             (ValueKind::Text, None) => policy.masker.mask(v, &mut self.scratch, &mut self.kinds),

@@ -467,16 +467,7 @@ impl Walk<'_> {
                 }
             }
             "FuncCall" => {
-                let parts: Vec<&str> = n
-                    .get("funcname")
-                    .and_then(Value::as_array)
-                    .map(|names| {
-                        names
-                            .iter()
-                            .filter_map(|p| p.pointer("/node/String/sval").and_then(Value::as_str))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let parts = func_name(n);
                 let full = parts.join(".");
                 if let Some(bare) = parts.last()
                     && self.classifier.dangerous.contains(*bare)
@@ -506,6 +497,19 @@ impl Walk<'_> {
     }
 }
 
+/// The parts of a `FuncCall` node's name (`["pg_catalog", "pg_read_file"]`).
+fn func_name(call: &Value) -> Vec<&str> {
+    call.get("funcname")
+        .and_then(Value::as_array)
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|p| p.pointer("/node/String/sval").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Whether a `pg_terminate_backend` / `pg_cancel_backend` call's only argument is
 /// `pg_backend_pid()`: the caller's own backend.
 fn signals_own_backend(call: &Value) -> bool {
@@ -518,16 +522,7 @@ fn signals_own_backend(call: &Value) -> bool {
     let Some(inner) = arg.pointer("/node/FuncCall") else {
         return false;
     };
-    let names: Vec<&str> = inner
-        .get("funcname")
-        .and_then(Value::as_array)
-        .map(|names| {
-            names
-                .iter()
-                .filter_map(|p| p.pointer("/node/String/sval").and_then(Value::as_str))
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = func_name(inner);
     let no_args = inner
         .get("args")
         .and_then(Value::as_array)

@@ -507,12 +507,7 @@ impl Policy {
                         self.judge_one(identity, s, &mut judgement);
                     }
                 }
-                Err(e) => {
-                    if self.inner.on_unparsed == OnUnparsed::Deny {
-                        let verdict = Verdict::deny("on_unparsed", e.to_string());
-                        raise(&mut judgement.verdict, verdict);
-                    }
-                }
+                Err(e) => raise(&mut judgement.verdict, self.judge_unparsed(e).verdict),
             }
         }
         judgement
@@ -571,33 +566,10 @@ mod tests {
         )
     }
 
+    include!("example_rules.rs");
+
     fn interface_rules() -> Policy {
-        Policy::new(vec![
-            Rule::new("no-drop", Action::Deny).statements(["drop", "truncate"]),
-            Rule::new("unbounded-writes", Action::Approve)
-                .statements(["delete", "update"])
-                .without_where(true)
-                .approvers(["dba"], 1),
-            Rule::new("analysts-read-only", Action::Deny)
-                .groups(["analysts"])
-                .statements(["write", "ddl", "admin"]),
-            Rule::new("dba-may-read-files", Action::Allow)
-                .groups(["dba"])
-                .functions(["pg_read_file"]),
-            Rule::new("no-file-access", Action::Deny).functions([
-                "pg_read_file",
-                "pg_read_binary_file",
-                "pg_ls_dir",
-                "lo_import",
-                "lo_export",
-            ]),
-            Rule::new("payments-approval", Action::Approve)
-                .tables(["billing.*"])
-                .statements(["write"])
-                .approvers(["finance-leads"], 1)
-                .mode(Mode::Detect),
-        ])
-        .unwrap()
+        Policy::new(example_rules()).unwrap()
     }
 
     fn rule_of(v: &Verdict) -> Option<&str> {

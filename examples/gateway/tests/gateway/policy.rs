@@ -44,27 +44,7 @@ pub(super) async fn cluster_with_victims() -> PgCluster {
 
 /// A gateway config for `cluster` with alice (dev), dana and bob (dba), and `extra`.
 fn config(gw: u16, admin: u16, cluster: &PgCluster, extra: &str) -> String {
-    let mut text = format!(
-        r#"[gateway]
-drain_timeout = "3s"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[postgres]]
-name = "main"
-listen = "127.0.0.1:{gw}"
-allow_plaintext_tokens_on_loopback = true
-[postgres.upstream]
-host = "{host}"
-port = {port}
-user = "{user}"
-password = "${{PG_PASSWORD}}"
-"#,
-        host = cluster.host(),
-        port = cluster.port(),
-        user = cluster.user(),
-    );
+    let mut text = super::config_text(gw, admin, cluster, &[]);
     for (name, token, group) in [
         ("alice", ALICE, "dev"),
         ("dana", DANA, "dba"),
