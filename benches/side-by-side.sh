@@ -8,7 +8,11 @@
 # INTERFACE.md's example, none of which blocks pgbench's statements), and with masking on
 # (`mask`: every detector, column rules on the `token` and `ssn` labels; it also runs
 # `pii-1m`, a 1M-row select with three columns to mask, side by side with direct and the
-# gateway without masking).
+# gateway without masking), and with OpenID Connect tokens (`oidc`: the same gateway with
+# `[identity.oidc]` trusting the test kit's provider — panva's oidc-provider on Node, from
+# crates/portcullis-testkit/oidc — and clients presenting its client-credentials access
+# tokens instead of the static token). `MODES=connect` runs `pgbench -C` (a new connection,
+# so a token validation, per transaction).
 #
 # Run with:   bash benches/side-by-side.sh [REPORT.md]      (default benches/last-run.md)
 #
@@ -31,7 +35,8 @@
 # "audit-inline" and "audit-always" for the audited gateway, "guard" for the guarded one), PGBIN
 # (/usr/lib/postgresql/15/bin), GATEWAY_BIN (target/release/portcullis, built when missing),
 # GATEWAY_LOG (PORTCULLIS_LOG for the gateway, default info), KEEP_TMP=1 (keep the temp dir),
-# MODES ("simple extended prepared": pgbench modes to run), BULK=0 (skip the 1M-row runs).
+# MODES ("simple extended prepared": pgbench modes to run; `connect` = -C -M simple), BULK=0
+# (skip the 1M-row runs).
 #
 # Expected output: a progress line per run on stderr, then a markdown report on stdout, also
 # written to the report file.
@@ -59,10 +64,10 @@ read -r -a PATH_LIST <<<"$PATHS"
 has_path() { [[ " ${PATH_LIST[*]} " == *" $1 "* ]]; }
 AUDIT_PATHS=()
 for p in audit audit-inline audit-always; do has_path "$p" && AUDIT_PATHS+=("$p"); done
-any_gateway() { has_path gateway || has_path guard || has_path mask || (( ${#AUDIT_PATHS[@]} > 0 )); }
+any_gateway() { has_path gateway || has_path guard || has_path mask || has_path oidc || (( ${#AUDIT_PATHS[@]} > 0 )); }
 (( ${#PATH_LIST[@]} > 0 )) || die "PATHS is empty"
 for p in "${PATH_LIST[@]}"; do
-    case $p in direct | pgbouncer | gateway | audit | audit-inline | audit-always | guard | mask) ;; *) die "unknown path '$p' in PATHS" ;; esac
+    case $p in direct | pgbouncer | gateway | audit | audit-inline | audit-always | guard | mask | oidc) ;; *) die "unknown path '$p' in PATHS" ;; esac
 done
 
 # ---- tools ------------------------------------------------------------------------------
@@ -100,6 +105,7 @@ fi
 WORK=$(mktemp -d /tmp/portcullis-sbs.XXXXXX)
 PG_STARTED=0
 GATEWAY_PIDS=()
+IDP_PID=
 PGBOUNCER_PID=
 SAMPLER_PID=
 cleanup() {
@@ -107,6 +113,7 @@ cleanup() {
     trap - EXIT INT TERM
     [[ -n $SAMPLER_PID ]] && kill "$SAMPLER_PID" 2>/dev/null
     for pid in "${GATEWAY_PIDS[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
+    [[ -n $IDP_PID ]] && pkill -P "$IDP_PID" 2>/dev/null; [[ -n $IDP_PID ]] && kill "$IDP_PID" 2>/dev/null
     [[ -n $PGBOUNCER_PID ]] && kill "$PGBOUNCER_PID" 2>/dev/null && wait "$PGBOUNCER_PID" 2>/dev/null
     if (( PG_STARTED )); then
         "${RUN_AS[@]}" "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m immediate stop >/dev/null 2>&1
@@ -175,7 +182,7 @@ PORT[pgbouncer]=$(free_port)
 PASSWORD[direct]=$PG_PASSWORD
 PASSWORD[pgbouncer]=$PG_PASSWORD
 PORT[guard_admin]=$(free_port)
-for g in gateway audit audit-inline audit-always guard mask; do
+for g in gateway audit audit-inline audit-always guard mask oidc; do
     PORT[$g]=$(free_port)
     PASSWORD[$g]=$TOKEN
 done
@@ -336,6 +343,26 @@ strategy = "partial"
 EOF
 }
 has_path mask && start_gateway mask "$(mask_config)"
+IDP_DIR=$ROOT/crates/portcullis-testkit/oidc
+oidc_token() { # a fresh client-credentials access token from the test provider
+    curl -sf -u svc-reporting:svc-reporting-secret -d grant_type=client_credentials \
+        "http://127.0.0.1:${PORT[idp]}/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
+}
+if has_path oidc; then
+    [[ -d $IDP_DIR/node_modules/oidc-provider ]] \
+        || npm install --silent --no-audit --no-fund --prefix "$IDP_DIR" >&2 || die "npm install of the test provider failed"
+    PORT[idp]=$(free_port)
+    log "OIDC provider (oidc-provider on node $(node --version)) on 127.0.0.1:${PORT[idp]}"
+    # It exits when its stdin closes: the pipe from `tail -f` stays open until cleanup.
+    (tail -f /dev/null | node "$IDP_DIR/provider.mjs" "${PORT[idp]}" >"$WORK/idp.log" 2>&1) &
+    IDP_PID=$!
+    wait_port "${PORT[idp]}" "$IDP_PID" "OIDC provider"
+    start_gateway oidc "[identity.oidc]
+issuer = \"http://127.0.0.1:${PORT[idp]}\"
+audiences = [\"portcullis\"]
+accept = [\"access_token\"]"
+    PASSWORD[oidc]=$(oidc_token) || die "no token from the OIDC provider (see $WORK/idp.log)"
+fi
 if (( ${#AUDIT_PATHS[@]} > 0 )); then
     "$GATEWAY_BIN" audit keygen --out "$WORK/audit.key" >/dev/null || die "audit keygen failed"
 fi
@@ -362,9 +389,13 @@ run_pgbench() { # workload mode clients threads path record(0|1)
     local logargs=() t0=0 t1=0 tps n lat p50=NA
     rm -f "$WORK"/pgblog.*
     if (( c == 1 && rec )); then logargs=(--log --log-prefix="$WORK/pgblog"); fi
+    # Tokens live 10 minutes: a fresh one per run.
+    if [[ $path == oidc ]]; then PASSWORD[oidc]=$(oidc_token) || log "  no fresh OIDC token"; fi
+    local modeargs=(-M "$mode")
+    [[ $mode == connect ]] && modeargs=(-C -M simple)
     [[ $path != direct ]] && t0=$(cpu_ticks "$pid")
     # shellcheck disable=SC2046
-    if ! env $(pg_env "$path") "$PGBENCH" -S -n -M "$mode" -c "$c" -j "$j" -T "$DURATION" \
+    if ! env $(pg_env "$path") "$PGBENCH" -S -n "${modeargs[@]}" -c "$c" -j "$j" -T "$DURATION" \
         "${logargs[@]}" >"$out" 2>&1; then
         log "  $wl via $path FAILED: $(grep -v '^pgbench (' "$out" | tail -3 | tr '\n' ' ')"
         (( rec )) && record tps "$wl" "$path" NA
@@ -484,7 +515,7 @@ for (( round = 1; round <= ROUNDS; round++ )); do
     done
 done
 ELAPSED=$(( $(date +%s) - START ))
-for path in pgbouncer gateway guard mask "${AUDIT_PATHS[@]}"; do has_path "$path" && note_peak "$path"; done
+for path in pgbouncer gateway guard mask oidc "${AUDIT_PATHS[@]}"; do has_path "$path" && note_peak "$path"; done
 
 # The audited gateways stop cleanly (sealing their trails), which are then verified.
 declare -A TRAIL
@@ -601,6 +632,12 @@ report() {
         against_gateway guard
         echo
         echo "Single-client p50 (µs, S-simple-c1): gateway $(fmt %.1f "$(med p50 S-simple-c1 gateway)"), guard $(fmt %.1f "$(med p50 S-simple-c1 guard)")."
+    fi
+    if has_path oidc; then
+        echo
+        echo "## OIDC tokens against static tokens (pgbench -S TPS; oidc = client-credentials RS256 access tokens)"
+        echo
+        against_gateway oidc
     fi
     if has_path mask; then
         echo

@@ -4,15 +4,15 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 
-use crate::http_client::{Trust, send};
 use crate::request::ApprovalRequest;
+use portcullis_core::http_client::{Body, Trust, send};
 
 /// A call to the approvals API failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// No answer (connection, TLS, timeout).
     #[error("{0}")]
-    Unreachable(#[from] crate::http_client::ClientError),
+    Unreachable(#[from] portcullis_core::http_client::ClientError),
     /// The API said no: its status and message.
     #[error("{status}: {message}")]
     Refused {
@@ -65,7 +65,7 @@ impl AdminClient {
         body: Option<serde_json::Value>,
     ) -> Result<bytes::Bytes, AdminError> {
         let url = format!("{}{path}", self.base);
-        let body = body.map(|b| b.to_string().into_bytes());
+        let body = body.map(|b| Body::json(b.to_string().into_bytes()));
         let (status, answer) = send(
             method,
             &url,

@@ -48,7 +48,6 @@
 
 pub mod admin;
 mod client;
-mod http_client;
 mod layer;
 mod notify;
 mod pg;
@@ -56,11 +55,11 @@ mod request;
 mod store;
 
 pub use client::{AdminClient, AdminError};
-pub use http_client::{ClientError, Trust};
 pub use layer::{Approval, ApprovalLayer, ResponseFuture};
 pub use notify::{Notifier, WebhookNotifier, WebhookStats};
 pub use pg::PostgresStore;
 pub use portcullis_core::Verdict;
+pub use portcullis_core::http_client::{ClientError, Trust};
 pub use request::{
     Answer, ApprovalRequest, DecideError, NewRequest, Requester, State, apply, may_decide, new_id,
 };

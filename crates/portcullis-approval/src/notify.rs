@@ -8,8 +8,8 @@ use std::time::Duration;
 use http::Method;
 use tracing::{debug, warn};
 
-use crate::http_client::{Trust, send};
 use crate::request::ApprovalRequest;
+use portcullis_core::http_client::{Body, Trust, send};
 
 /// Told about every new request. Must not block: deliver in the background.
 pub trait Notifier: Send + Sync + 'static {
@@ -104,7 +104,7 @@ impl Notifier for WebhookNotifier {
                     Method::POST,
                     &this.url,
                     &[],
-                    Some(body.clone()),
+                    Some(Body::json(body.clone())),
                     &Trust::WebPki,
                     this.timeout,
                 )

@@ -16,6 +16,14 @@ pub enum Refusal {
         /// Why, in words the client may see.
         reason: String,
     },
+    /// The session's credential expired: this command is refused (in place, so a
+    /// transaction block fails as after any error), and the session stays open for the
+    /// client to reconnect with a fresh one. PostgreSQL `ERROR 28P01`.
+    #[error("authentication failed: {reason}")]
+    Expired {
+        /// Why, in words the client may see.
+        reason: String,
+    },
     /// A rule blocked the command.
     #[error("blocked by rule \"{rule}\": {message}")]
     Blocked {
@@ -132,6 +140,7 @@ pub fn rescue(error: &Error) -> Rescue {
     if let Some(refusal) = Refusal::find(error) {
         let (kind, close) = match refusal {
             Refusal::Unauthenticated { .. } => (RescueKind::AuthenticationFailed, true),
+            Refusal::Expired { .. } => (RescueKind::AuthenticationFailed, false),
             Refusal::Blocked { .. } | Refusal::ApprovalDenied { .. } | Refusal::Masking { .. } => {
                 (RescueKind::Forbidden, false)
             }

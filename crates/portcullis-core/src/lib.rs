@@ -46,6 +46,8 @@ mod cancel;
 mod credentials;
 mod error;
 mod glob;
+#[cfg(feature = "http-client")]
+pub mod http_client;
 mod message;
 mod notice;
 mod refuse;
@@ -62,7 +64,7 @@ pub use error::{Error, Refusal, Rescue, RescueKind, rescue};
 pub use glob::wildcard;
 pub use message::{Request, Response, Upload, UploadSender, upload_channel};
 pub use notice::{ClientNotice, Notices};
-pub use refuse::{RefuseInPlace, RefusedInPlace};
+pub use refuse::{RefuseInPlace, RefusedInPlace, Refusing};
 pub use reply::{BoxReply, Empty, ReplyBody, ReplyBodyExt};
 pub use rows::{Column, RewriteEvent, TextRedactor, ValueKind};
 pub use session::{

@@ -2,8 +2,11 @@
 //! client presents into a verified [`Identity`].
 //!
 //! Every authenticator is a tower `Service<Credentials, Response = Identity>`, so `Timeout`,
-//! `Buffer` or a cache compose with it. This release has [`StaticTokens`] (service accounts,
-//! CI, development); OpenID Connect comes as another service of the same shape.
+//! `Buffer` or a cache compose with it: [`StaticTokens`] (service accounts, CI, development),
+//! [`Oidc`] (tokens from an OpenID Connect provider: discovery, cached and rotated keys,
+//! strict validation — see the [`oidc`] module), and [`TokenAuth`], which tries the first
+//! and then the second. [`ExpiryLayer`] ends (or refuses the commands of) sessions whose
+//! token has expired; [`oidc::login`] gets tokens for `portcullis login`.
 //!
 //! # Example
 //!
@@ -29,8 +32,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod expiry;
+pub mod oidc;
 mod static_tokens;
+mod tokens;
 
+pub use expiry::{Expiry, ExpiryLayer, OnExpiry};
+pub use oidc::{Oidc, OidcConfig, OidcError, OidcStats, TokenKind};
 pub use static_tokens::{InvalidDigest, StaticTokens, TokenEntry, hash_token};
+pub use tokens::TokenAuth;
 
 pub use portcullis_core::{Credentials, Identity};

@@ -1,13 +1,10 @@
 //! `GuardLayer`: judges every command unit before any of it goes further in.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
-use pin_project_lite::pin_project;
 use portcullis_core::{
     CommandKind, CommandView, Decision, DecisionLog, Error, Protocol, Refusal, RefuseInPlace,
-    RefusedInPlace, Request, Response, Session, Verdict,
+    Refusing, Request, Response, Session, Verdict,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -243,7 +240,7 @@ where
 {
     type Response = Response<B>;
     type Error = Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = Refusing<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
@@ -251,7 +248,7 @@ where
 
     fn call(&mut self, mut req: Request<C>) -> Self::Future {
         let Some(policy) = &self.policy else {
-            return ResponseFuture::inner(self.inner.call(req), None);
+            return Refusing::pass(self.inner.call(req));
         };
         let judgement = judge(policy, &req.session, &req.command, &self.prepared);
         for detected in &judgement.detected {
@@ -273,73 +270,16 @@ where
                     approvers,
                     min_approvals,
                 });
-                return ResponseFuture::inner(self.inner.call(req), None);
+                return Refusing::pass(self.inner.call(req));
             }
             Verdict::Approve { rule, .. } => Refusal::Blocked {
                 message: "the statement needs approval, and this gateway has no approval layer"
                     .into(),
                 rule,
             },
-            _ => return ResponseFuture::inner(self.inner.call(req), None),
+            _ => return Refusing::pass(self.inner.call(req)),
         };
-        match req.command.refuse_in_place(&refusal) {
-            Some(substitute) => {
-                req.command = substitute;
-                req.upload = None;
-                ResponseFuture::inner(self.inner.call(req), Some(refusal))
-            }
-            None => ResponseFuture::refused(refusal),
-        }
-    }
-}
-
-pin_project! {
-    /// The [`Guard`]'s future.
-    #[derive(Debug)]
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: Option<F>,
-        refusal: Option<Refusal>,
-    }
-}
-
-impl<F> ResponseFuture<F> {
-    fn inner(inner: F, refused_in_place: Option<Refusal>) -> Self {
-        ResponseFuture {
-            inner: Some(inner),
-            refusal: refused_in_place,
-        }
-    }
-
-    fn refused(refusal: Refusal) -> Self {
-        ResponseFuture {
-            inner: None,
-            refusal: Some(refusal),
-        }
-    }
-}
-
-impl<F, B> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<B>, Error>>,
-{
-    type Output = Result<Response<B>, Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
-            let refusal = this.refusal.take().unwrap_or(Refusal::Blocked {
-                rule: "guard".into(),
-                message: "refused".into(),
-            });
-            return Poll::Ready(Err(Box::new(refusal)));
-        };
-        let mut response = ready!(inner.poll(cx))?;
-        if let Some(refusal) = this.refusal.take() {
-            // The audit layer records the refusal (and its rule) from this marker.
-            response.extensions.insert(RefusedInPlace(refusal));
-        }
-        Poll::Ready(Ok(response))
+        Refusing::refuse(&mut self.inner, req, refusal)
     }
 }
 

@@ -69,4 +69,4 @@ pub use conn::{PgReply, PgUpstream, UpstreamError};
 pub use io::{BoxIo, Io};
 pub use serve::{HandshakeError, PgMetrics, ServePg, ServePgConfig, sqlstate};
 pub use tls::{UpstreamTls, UpstreamTlsMode};
-pub use upstream::{ConnectError, Connected, UpstreamConfig, connect, send_cancel};
+pub use upstream::{ConnectError, Connected, UpstreamConfig, UpstreamRole, connect, send_cancel};

@@ -86,6 +86,10 @@ impl ServePgConfig {
     }
 }
 
+/// Largest password message read: a token up to 1 MiB is read and refused by the
+/// authenticator with its own reason (28P01); a larger one is refused from its length alone.
+const MAX_PASSWORD_MESSAGE: usize = 1024 * 1024 + 1024;
+
 /// Counters of a listener, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct PgMetrics {
@@ -520,7 +524,7 @@ where
             ))
             .await?;
         let token = loop {
-            match decode_frame(&mut client.rbuf, 64 * 1024) {
+            match decode_frame(&mut client.rbuf, MAX_PASSWORD_MESSAGE) {
                 Ok(Some(frame)) if frame.tag() == b'p' => {
                     let body = frame.body();
                     let token = body.strip_suffix(&[0]).unwrap_or(body);
@@ -538,6 +542,15 @@ where
                     if client.io.read_buf(&mut client.rbuf).await? == 0 {
                         return Err(HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                     }
+                }
+                Err(CodecError::TooLong { len, max }) => {
+                    // Not a protocol error from the client's point of view: its token is
+                    // too large. Refused before the body is read.
+                    let msg = format!(
+                        "authentication failed: token too large ({len} bytes; the limit is {max})"
+                    );
+                    let _ = client.fatal("28P01", &msg).await;
+                    return Err(HandshakeError::Unauthenticated(msg));
                 }
                 Err(e) => {
                     let msg = format!("invalid password message: {e}");
@@ -586,8 +599,15 @@ where
             .collect();
         let up = &cfg.upstream;
         let up_db = up.database.clone().unwrap_or_else(|| database.clone());
-        let connected = match upstream::connect(up, &up.user, &up.password, &up_db, &forwarded)
-            .await
+        let Some((up_user, up_password)) = up.login_for(&identity.groups) else {
+            let msg = format!(
+                "identity \"{}\" is in none of the groups mapped to a database role",
+                identity.subject
+            );
+            let _ = client.fatal("28000", &msg).await;
+            return Err(HandshakeError::Refused(msg));
+        };
+        let connected = match upstream::connect(up, up_user, up_password, &up_db, &forwarded).await
         {
             Ok(c) => c,
             Err(ConnectError::Refused(frame)) => {
@@ -613,7 +633,7 @@ where
         session.claimed_user = user;
         session.database = Some(database);
         session.upstream = up.address();
-        session.upstream_user = up.user.clone();
+        session.upstream_user = up_user.to_owned();
         session.application = param("application_name");
         session.startup_params = params;
         session.tls = client.tls;

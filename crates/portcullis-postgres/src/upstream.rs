@@ -32,6 +32,33 @@ pub struct UpstreamConfig {
     pub tls: UpstreamTls,
     /// Deadline for connecting and logging in.
     pub connect_timeout: Duration,
+    /// Role mapping: an identity in one of a role's groups logs in as that role's user;
+    /// first match wins.
+    pub roles: Vec<UpstreamRole>,
+    /// With role mapping, refuse an identity no role matches (instead of logging it in as
+    /// [`UpstreamConfig::user`]).
+    pub refuse_unmatched: bool,
+}
+
+/// One `[[postgres.upstream.roles]]` entry: the database user for identities in `groups`.
+#[derive(Clone)]
+pub struct UpstreamRole {
+    /// Any of these groups selects the role.
+    pub groups: Vec<String>,
+    /// The database user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for UpstreamRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamRole")
+            .field("groups", &self.groups)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -44,6 +71,8 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("database", &self.database)
             .field("tls", &self.tls.mode)
             .field("connect_timeout", &self.connect_timeout)
+            .field("roles", &self.roles)
+            .field("refuse_unmatched", &self.refuse_unmatched)
             .finish()
     }
 }
@@ -64,6 +93,24 @@ impl UpstreamConfig {
             database: None,
             tls: UpstreamTls::disabled(),
             connect_timeout: Duration::from_secs(10),
+            roles: Vec::new(),
+            refuse_unmatched: false,
+        }
+    }
+
+    /// The `(user, password)` an identity in `groups` logs in as: the first role with one
+    /// of its groups, else the default user — or `None` when roles are configured, none
+    /// matches and unmatched identities are refused.
+    pub fn login_for<S: AsRef<str>>(&self, groups: &[S]) -> Option<(&str, &str)> {
+        let matched = self.roles.iter().find(|role| {
+            role.groups
+                .iter()
+                .any(|g| groups.iter().any(|have| have.as_ref() == g))
+        });
+        match matched {
+            Some(role) => Some((&role.user, &role.password)),
+            None if self.refuse_unmatched && !self.roles.is_empty() => None,
+            None => Some((&self.user, &self.password)),
         }
     }
 

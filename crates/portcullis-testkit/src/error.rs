@@ -48,6 +48,9 @@ pub enum Error {
     /// Certificate generation failed.
     #[error("certificate generation failed: {0}")]
     Certificate(#[from] rcgen::Error),
+    /// The OpenID Connect provider answered something unexpected (or an error).
+    #[error("OIDC provider: {0}")]
+    Oidc(String),
     /// The machine is not set up the way the kit needs (e.g. running as root
     /// without a `postgres` system user).
     #[error("unsupported environment: {0}")]

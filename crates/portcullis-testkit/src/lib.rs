@@ -1,4 +1,5 @@
-//! Throwaway PostgreSQL servers, TLS certificates and free ports for Portcullis tests.
+//! Throwaway PostgreSQL servers, an OpenID Connect provider, TLS certificates and free
+//! ports for Portcullis tests.
 //!
 //! ```
 //! use portcullis_testkit::{Certs, free_port};
@@ -25,6 +26,20 @@
 //! let _md5 = cluster.config_string_as(MD5_USER.0, MD5_USER.1, "app");
 //! // Dropping the cluster stops the server and deletes its directory.
 //! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! An OpenID Connect provider (needs Node.js and `npm install --prefix
+//! crates/portcullis-testkit/oidc`, which `scripts/test` runs):
+//!
+//! ```no_run
+//! use portcullis_testkit::OidcProvider;
+//!
+//! let idp = OidcProvider::start()?;
+//! let _issuer = idp.issuer(); // http://127.0.0.1:PORT, discovery at /.well-known/openid-configuration
+//! let _service_jwt = idp.client_credentials()?; // aud "portcullis", groups ["reporting"]
+//! let _alice_id_token = idp.device_login("alice")?; // or approve_device(user_code, "alice")
+//! let _new_kid = idp.rotate(false)?;
+//! # Ok::<(), portcullis_testkit::Error>(())
 //! ```
 //!
 //! # How clusters are made
@@ -58,6 +73,7 @@ mod bin;
 mod certs;
 mod cluster;
 mod error;
+mod oidc;
 mod server;
 mod sys;
 mod template;
@@ -68,6 +84,10 @@ pub use bin::PG_BIN_DIR_ENV;
 pub use certs::{CertFiles, Certs};
 pub use cluster::{KEEP_ENV, PgCluster};
 pub use error::Error;
+pub use oidc::{
+    ACCOUNTS, AUDIENCE, Account, DEVICE_CLIENT, DEVICE_SCOPE, OidcProvider, RESOURCE,
+    SERVICE_CLIENT, SERVICE_GROUPS, SigningKey, TOKEN_TTL,
+};
 pub use sys::DIR_ENV;
 
 /// The superuser of every cluster: `(name, password)`; SCRAM-SHA-256 over TCP.

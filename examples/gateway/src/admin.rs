@@ -13,6 +13,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use portcullis_approval::WebhookStats;
 use portcullis_audit::Recorder;
+use portcullis_identity::Oidc;
 use portcullis_postgres::PgMetrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,8 @@ pub(crate) struct Metrics {
     audit: Mutex<Option<Recorder>>,
     /// Webhook URL → its delivery counters.
     webhooks: Mutex<Vec<(String, Arc<WebhookStats>)>>,
+    /// The OpenID Connect provider in force, when `[identity.oidc]` is configured.
+    oidc: Mutex<Option<Oidc>>,
 }
 
 /// One family of per-listener counters: name, type, help, and how to read it.
@@ -176,6 +179,34 @@ impl Metrics {
         {
             render_audit(&mut out, &recorder.stats());
         }
+        if let Some(oidc) = self.oidc.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let stats = oidc.stats();
+            for (name, help, value) in [
+                (
+                    "portcullis_oidc_tokens_accepted_total",
+                    "OpenID Connect tokens accepted.",
+                    load(&stats.accepted),
+                ),
+                (
+                    "portcullis_oidc_tokens_refused_total",
+                    "OpenID Connect tokens refused (any reason).",
+                    load(&stats.refused),
+                ),
+                (
+                    "portcullis_oidc_key_fetches_total",
+                    "Successful fetches of the provider's signing keys.",
+                    load(&stats.key_fetches),
+                ),
+                (
+                    "portcullis_oidc_fetch_failures_total",
+                    "Failed requests for the provider's discovery document or keys.",
+                    load(&stats.fetch_failures),
+                ),
+            ] {
+                header(&mut out, name, "counter", help);
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
         let webhooks = self.webhooks.lock().unwrap_or_else(|p| p.into_inner());
         if !webhooks.is_empty() {
             let families: [WebhookFamily; 3] = [
@@ -208,6 +239,11 @@ impl Metrics {
             }
         }
         out
+    }
+
+    /// Report the counters of `oidc` (the provider now in force).
+    pub(crate) fn set_oidc(&self, oidc: Oidc) {
+        *self.oidc.lock().unwrap_or_else(|p| p.into_inner()) = Some(oidc);
     }
 
     /// Count deliveries of the webhook at `url`.

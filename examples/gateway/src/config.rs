@@ -25,10 +25,13 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use portcullis_audit::{Fsync, OnFailure, PostgresOptions, SigningKey};
-use portcullis_identity::{StaticTokens, TokenEntry};
+use portcullis_identity::oidc::Trust;
+use portcullis_identity::{OidcConfig, OnExpiry, StaticTokens, TokenEntry};
 use portcullis_mask::{ColumnRule, Custom, Detectors, Kind, MaskPolicy, Masker, Strategy};
 use portcullis_policy::{Action, Classifier, Mode, OnUnparsed, Policy, Rule};
-use portcullis_postgres::{ServePgConfig, UpstreamConfig, UpstreamTls, UpstreamTlsMode};
+use portcullis_postgres::{
+    ServePgConfig, UpstreamConfig, UpstreamRole, UpstreamTls, UpstreamTlsMode,
+};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -123,6 +126,8 @@ pub(crate) struct Config {
     pub(crate) admin: Option<SocketAddr>,
     /// `[[identity.tokens]]`, in file order.
     pub(crate) tokens: Vec<Token>,
+    /// `[identity.oidc]`, when configured.
+    pub(crate) oidc: Option<OidcSettings>,
     /// `[[postgres]]`, in file order.
     pub(crate) postgres: Vec<PgListener>,
     /// `[audit]`, when configured.
@@ -233,6 +238,39 @@ impl AuditSink {
     }
 }
 
+/// `[identity.oidc]`.
+#[derive(Debug, Clone)]
+pub(crate) struct OidcSettings {
+    /// The provider and how its tokens are checked.
+    pub(crate) config: OidcConfig,
+    /// `on_expiry`: what happens to a session whose token expires.
+    pub(crate) on_expiry: OnExpiry,
+    /// `startup = "retry"`: start without the provider and keep trying (default: the
+    /// gateway does not start while the provider is unreachable).
+    pub(crate) retry_startup: bool,
+    /// The `ca` file's contents, to compare configurations.
+    ca_pem: Option<Vec<u8>>,
+}
+
+impl PartialEq for OidcSettings {
+    /// Same provider, same checks: a reload keeps the keys already fetched.
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.config, &other.config);
+        a.issuer == b.issuer
+            && a.audiences == b.audiences
+            && a.groups_claim == b.groups_claim
+            && a.accept_id_tokens == b.accept_id_tokens
+            && a.accept_access_tokens == b.accept_access_tokens
+            && a.leeway == b.leeway
+            && a.max_token_bytes == b.max_token_bytes
+            && a.refresh_interval == b.refresh_interval
+            && a.min_refetch_interval == b.min_refetch_interval
+            && self.ca_pem == other.ca_pem
+            && self.on_expiry == other.on_expiry
+            && self.retry_startup == other.retry_startup
+    }
+}
+
 /// One `[[identity.tokens]]` entry.
 #[derive(Debug, Clone)]
 pub(crate) struct Token {
@@ -288,8 +326,12 @@ impl Config {
             ),
             None => String::new(),
         };
+        let oidc = match &self.oidc {
+            Some(o) => format!(", OIDC issuer {}", o.config.issuer),
+            None => String::new(),
+        };
         format!(
-            "{} listener(s), {} token(s){policy}{audit}",
+            "{} listener(s), {} token(s){oidc}{policy}{audit}",
             self.postgres.len(),
             self.tokens.len()
         )
@@ -373,10 +415,11 @@ struct RawConfig {
     identity: Option<RawIdentity>,
     #[serde(default)]
     postgres: Vec<RawPostgres>,
-    policy: Option<Spanned<RawPolicy>>,
-    masking: Option<Spanned<RawMasking>>,
-    approvals: Option<Spanned<RawApprovals>>,
-    audit: Option<Spanned<RawAudit>>,
+    // Not `Spanned`: toml cannot span a table made implicitly by `[[policy.rules]]` alone.
+    policy: Option<RawPolicy>,
+    masking: Option<RawMasking>,
+    approvals: Option<RawApprovals>,
+    audit: Option<RawAudit>,
     mysql: Unimplemented,
     http: Unimplemented,
 }
@@ -510,7 +553,32 @@ struct RawAdmin {
 struct RawIdentity {
     #[serde(default)]
     tokens: Vec<RawToken>,
-    oidc: Unimplemented,
+    oidc: Option<RawOidc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    issuer: Text,
+    #[serde(default)]
+    audiences: Vec<Text>,
+    groups_claim: Option<Text>,
+    accept: Option<Vec<Text>>,
+    leeway: Option<Text>,
+    on_expiry: Option<Text>,
+    startup: Option<Text>,
+    ca: Option<Text>,
+    refresh_interval: Option<Text>,
+    min_refetch_interval: Option<Text>,
+    max_token_bytes: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    groups: Spanned<Vec<Text>>,
+    user: Text,
+    password: Text,
 }
 
 #[derive(Debug, Deserialize)]
@@ -558,7 +626,9 @@ struct RawUpstream {
     tls: Option<Text>,
     ca: Option<Text>,
     connect_timeout: Option<Text>,
-    roles: Unimplemented,
+    #[serde(default)]
+    roles: Vec<Spanned<RawRole>>,
+    roles_unmatched: Option<Text>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -717,6 +787,11 @@ impl Resolver<'_> {
             Some(identity) => self.tokens(&identity.tokens),
             None => Vec::new(),
         };
+        let oidc = raw
+            .identity
+            .as_ref()
+            .and_then(|i| i.oidc.as_ref())
+            .and_then(|o| self.oidc(o));
 
         let mut postgres = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -773,7 +848,6 @@ impl Resolver<'_> {
         if let Some(p) = &raw.policy
             && admin.is_none()
             && let Some(rule) = p
-                .get_ref()
                 .rules
                 .iter()
                 .find(|r| r.get_ref().action.get_ref().trim() == "approve")
@@ -788,6 +862,7 @@ impl Resolver<'_> {
             session_threads,
             admin,
             tokens,
+            oidc,
             postgres,
             audit,
             policy,
@@ -809,9 +884,9 @@ impl Resolver<'_> {
         found
     }
 
-    fn policy(&mut self, raw: &Spanned<RawPolicy>) -> Option<Policy> {
+    fn policy(&mut self, raw: &RawPolicy) -> Option<Policy> {
         let before = self.problems.len();
-        let p = raw.get_ref();
+        let p = raw;
         let on_unparsed = match &p.on_unparsed {
             Some(v) => match self.choice("[policy] on_unparsed", v, &["deny", "allow"]) {
                 Some("allow") => OnUnparsed::Allow,
@@ -891,7 +966,7 @@ impl Resolver<'_> {
         ) {
             Ok(policy) => Some(policy),
             Err(e) => {
-                self.at(raw.span(), format!("[policy]: {e}"));
+                self.general(format!("[policy]: {e}"));
                 None
             }
         }
@@ -907,9 +982,9 @@ impl Resolver<'_> {
         }
     }
 
-    fn masking(&mut self, raw: &Spanned<RawMasking>) -> Option<MaskPolicy> {
+    fn masking(&mut self, raw: &RawMasking) -> Option<MaskPolicy> {
         let before = self.problems.len();
-        let m = raw.get_ref();
+        let m = raw;
         let mut kinds = Vec::new();
         match &m.detectors {
             None => kinds.extend(Kind::ALL),
@@ -1003,7 +1078,7 @@ impl Resolver<'_> {
         let detectors = match Detectors::new(&kinds, custom) {
             Ok(d) => d,
             Err(e) => {
-                self.at(raw.span(), format!("[masking]: {e}"));
+                self.general(format!("[masking]: {e}"));
                 return None;
             }
         };
@@ -1026,9 +1101,7 @@ impl Resolver<'_> {
                 }
             }
             None if uses_hash => {
-                self.at(
-                    raw.span(),
-                    "[masking]: strategy \"hash\" needs hash_key (at least 16 bytes; e.g. \"${MASK_HASH_KEY}\")",
+                self.general("[masking]: strategy \"hash\" needs hash_key (at least 16 bytes; e.g. \"${MASK_HASH_KEY}\")",
                 );
                 return None;
             }
@@ -1041,8 +1114,8 @@ impl Resolver<'_> {
         )
     }
 
-    fn approvals(&mut self, raw: &Spanned<RawApprovals>) -> ApprovalsConfig {
-        let a = raw.get_ref();
+    fn approvals(&mut self, raw: &RawApprovals) -> ApprovalsConfig {
+        let a = raw;
         let timeout = self.duration(
             "[approvals] timeout",
             a.timeout.as_ref(),
@@ -1094,9 +1167,9 @@ impl Resolver<'_> {
         }
     }
 
-    fn audit(&mut self, raw: &Spanned<RawAudit>) -> Option<AuditConfig> {
+    fn audit(&mut self, raw: &RawAudit) -> Option<AuditConfig> {
         let before = self.problems.len();
-        let a = raw.get_ref();
+        let a = raw;
         let on_failure = match &a.on_failure {
             Some(v) => match self.choice("[audit] on_failure", v, &["refuse", "continue"]) {
                 Some("continue") => OnFailure::Continue,
@@ -1150,9 +1223,7 @@ impl Resolver<'_> {
             }
         }
         if a.sinks.is_empty() {
-            self.at(
-                raw.span(),
-                "[audit]: no [[audit.sinks]]: add at least one (kind = \"jsonl\", \"postgres\" or \"stdout\")",
+            self.general("[audit]: no [[audit.sinks]]: add at least one (kind = \"jsonl\", \"postgres\" or \"stdout\")",
             );
         }
         (self.problems.len() == before).then_some(AuditConfig {
@@ -1311,20 +1382,122 @@ impl Resolver<'_> {
                 );
             }
         }
-        if let Some(oidc) = raw.identity.as_ref().and_then(|i| i.oidc.as_ref()) {
-            self.at(
-                oidc.span(),
-                "[identity.oidc]: OIDC is not implemented yet in this build; use [[identity.tokens]] for now",
+    }
+
+    fn oidc(&mut self, raw: &RawOidc) -> Option<OidcSettings> {
+        let before = self.problems.len();
+        let o = raw;
+        let issuer = self.required_text("[identity.oidc] issuer", &o.issuer);
+        let audiences: Vec<String> = o
+            .audiences
+            .iter()
+            .filter_map(|a| self.required_text("[identity.oidc] audiences", a))
+            .collect();
+        if o.audiences.is_empty() {
+            self.general("[identity.oidc] audiences: list the audiences a token must carry (e.g. the client id of `portcullis login` and the API's audience)",
             );
         }
-        for block in &raw.postgres {
-            if let Some(roles) = &block.upstream.roles {
-                self.at(
-                    roles.span(),
-                    "[[postgres.upstream.roles]] is not implemented yet in this build (see CHANGELOG); remove it: every identity would reach the database as the upstream user",
-                );
+        let mut config = OidcConfig::new(issuer.clone().unwrap_or_default(), audiences);
+        if let Some(claim) = &o.groups_claim
+            && let Some(claim) = self.required_text("[identity.oidc] groups_claim", claim)
+        {
+            config.groups_claim = claim;
+        }
+        if let Some(accept) = &o.accept {
+            config.accept_id_tokens = false;
+            config.accept_access_tokens = false;
+            for kind in accept {
+                match self.choice(
+                    "[identity.oidc] accept",
+                    kind,
+                    &["id_token", "access_token"],
+                ) {
+                    Some("id_token") => config.accept_id_tokens = true,
+                    Some(_) => config.accept_access_tokens = true,
+                    None => {}
+                }
+            }
+            if accept.is_empty() {
+                self.general("[identity.oidc] accept: an empty list accepts no token");
             }
         }
+        config.leeway = self.duration(
+            "[identity.oidc] leeway",
+            o.leeway.as_ref(),
+            config.leeway,
+            false,
+        );
+        if config.leeway > Duration::from_secs(300) {
+            let span = o.leeway.as_ref().map(|l| l.span()).unwrap_or_default();
+            self.at(
+                span,
+                "[identity.oidc] leeway: at most 5m (clock skew, not a grace period)",
+            );
+        }
+        config.refresh_interval = self.duration(
+            "[identity.oidc] refresh_interval",
+            o.refresh_interval.as_ref(),
+            config.refresh_interval,
+            true,
+        );
+        config.min_refetch_interval = self.duration(
+            "[identity.oidc] min_refetch_interval",
+            o.min_refetch_interval.as_ref(),
+            config.min_refetch_interval,
+            false,
+        );
+        if let Some(max) = &o.max_token_bytes {
+            match usize::try_from(*max.get_ref()) {
+                Ok(n) if (1024..=65_536).contains(&n) => config.max_token_bytes = n,
+                _ => self.at(
+                    max.span(),
+                    "[identity.oidc] max_token_bytes: must be between 1024 and 65536",
+                ),
+            }
+        }
+        let on_expiry = match &o.on_expiry {
+            None => OnExpiry::Close,
+            Some(v) => match self.choice("[identity.oidc] on_expiry", v, &["close", "refuse"]) {
+                Some("refuse") => OnExpiry::Refuse,
+                _ => OnExpiry::Close,
+            },
+        };
+        let retry_startup = match &o.startup {
+            None => false,
+            Some(v) => {
+                self.choice("[identity.oidc] startup", v, &["fail", "retry"]) == Some("retry")
+            }
+        };
+        let mut ca_pem = None;
+        if let Some(ca) = &o.ca
+            && let Some(path) = self.path("[identity.oidc] ca", ca)
+        {
+            match std::fs::read(&path) {
+                Ok(pem) => {
+                    config.trust = Trust::Pem(pem.clone());
+                    ca_pem = Some(pem);
+                }
+                Err(e) => self.at(
+                    ca.span(),
+                    format!("[identity.oidc] ca: cannot read {}: {e}", path.display()),
+                ),
+            }
+        }
+        if issuer.is_some()
+            && !config.audiences.is_empty()
+            && let Err(e) = config.validate()
+        {
+            self.at(o.issuer.span(), format!("[identity.oidc] {e}"));
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(OidcSettings {
+            config,
+            on_expiry,
+            retry_startup,
+            ca_pem,
+        })
     }
 
     fn tokens(&mut self, raw: &[RawToken]) -> Vec<Token> {
@@ -1539,11 +1712,54 @@ impl Resolver<'_> {
             },
             _ => None,
         };
+        let mut roles = Vec::new();
+        for role in &raw.roles {
+            let r = role.get_ref();
+            let groups: Vec<String> = r
+                .groups
+                .get_ref()
+                .iter()
+                .filter_map(|g| self.required_text("[[postgres.upstream.roles]] groups", g))
+                .collect();
+            if r.groups.get_ref().is_empty() {
+                self.at(
+                    r.groups.span(),
+                    "[[postgres.upstream.roles]] groups: list the groups that use this role",
+                );
+            }
+            let user = self.required_text("[[postgres.upstream.roles]] user", &r.user);
+            let password = self.text("[[postgres.upstream.roles]] password", &r.password);
+            if let (Some(user), Some(password)) = (user, password) {
+                roles.push(UpstreamRole {
+                    groups,
+                    user,
+                    password,
+                });
+            }
+        }
+        let refuse_unmatched = match &raw.roles_unmatched {
+            None => false,
+            Some(v) => {
+                if raw.roles.is_empty() {
+                    self.at(
+                        v.span(),
+                        "[postgres.upstream] roles_unmatched: used only with [[postgres.upstream.roles]]",
+                    );
+                }
+                self.choice(
+                    "[postgres.upstream] roles_unmatched",
+                    v,
+                    &["default", "refuse"],
+                ) == Some("refuse")
+            }
+        };
         let mut upstream = UpstreamConfig::new(host?, port, user?, password?).tls(tls?);
         if let Some(database) = database? {
             upstream = upstream.database(database);
         }
         upstream.connect_timeout = connect_timeout;
+        upstream.roles = roles;
+        upstream.refuse_unmatched = refuse_unmatched;
         Some(upstream)
     }
 }
@@ -1950,18 +2166,55 @@ listen = "127.0.0.1:6432"
     }
 
     #[test]
-    fn unimplemented_sections_are_refused_with_their_line() {
+    fn arrays_of_tables_need_no_parent_table() {
+        // `[[policy.rules]]` alone makes `[policy]` implicitly; that must parse.
         let source = minimal()
-            + "[[postgres.upstream.roles]]\ngroups = [\"a\"]\nuser = \"ro\"\n\n[identity.oidc]\nissuer = \"https://idp\"\n";
+            + "\n[[policy.rules]]\nname = \"no-drop\"\nstatements = [\"drop\"]\naction = \"deny\"\n\n[[masking.columns]]\nmatch = \"*.email\"\n\n[[audit.sinks]]\nkind = \"stdout\"\n";
+        let config = parse_str(&source).unwrap();
+        assert!(config.policy.is_some() && config.masking.is_some() && config.audit.is_some());
+    }
+
+    #[test]
+    fn oidc_and_roles_are_read() {
+        let source = minimal()
+            + "roles_unmatched = \"refuse\"\n[[postgres.upstream.roles]]\ngroups = [\"analysts\", \"bi\"]\nuser = \"readonly\"\npassword = \"ro\"\n\n[identity.oidc]\nissuer = \"https://idp.example\"\naudiences = [\"portcullis\"]\ngroups_claim = \"realm_access.roles\"\naccept = [\"access_token\"]\nleeway = \"10s\"\non_expiry = \"refuse\"\nstartup = \"retry\"\n";
+        let config = parse_str(&source).unwrap();
+        let oidc = config.oidc.unwrap();
+        assert_eq!(oidc.config.issuer, "https://idp.example");
+        assert_eq!(oidc.config.groups_claim, "realm_access.roles");
+        assert!(oidc.config.accept_access_tokens && !oidc.config.accept_id_tokens);
+        assert_eq!(oidc.config.leeway, Duration::from_secs(10));
+        assert_eq!(oidc.on_expiry, OnExpiry::Refuse);
+        assert!(oidc.retry_startup);
+        let up = &config.postgres[0].serve.upstream;
+        assert_eq!(up.roles.len(), 1);
+        assert!(up.refuse_unmatched);
+        assert_eq!(up.login_for(&["bi"]), Some(("readonly", "ro")));
+        assert_eq!(up.login_for(&["other"]), None);
+    }
+
+    #[test]
+    fn oidc_and_roles_mistakes_are_reported_with_their_line() {
+        let source = minimal()
+            + "roles_unmatched = \"maybe\"\n[[postgres.upstream.roles]]\ngroups = []\nuser = \"ro\"\npassword = \"\"\n\n[identity.oidc]\nissuer = \"http://idp.example\"\naudiences = [\"p\"]\naccept = [\"saml\"]\non_expiry = \"later\"\n";
         let p = problems(&source);
-        assert_eq!(p.len(), 2, "{p:?}");
-        assert_eq!(p[0].0, Some(14));
+        let text = format!("{p:?}");
+        assert_eq!(p.len(), 5, "{text}");
         assert!(
-            p[0].1
-                .starts_with("[[postgres.upstream.roles]] is not implemented yet")
+            text.contains("roles_unmatched: \\\"maybe\\\" is not one of default, refuse"),
+            "{text}"
         );
-        assert_eq!(p[1].0, Some(18));
-        assert!(p[1].1.contains("OIDC is not implemented yet in this build"));
+        assert!(text.contains("groups: list the groups"), "{text}");
+        assert!(
+            text.contains("accept: \\\"saml\\\" is not one of"),
+            "{text}"
+        );
+        assert!(text.contains("on_expiry: \\\"later\\\""), "{text}");
+        assert!(
+            text.contains("plain http is allowed only on loopback"),
+            "{text}"
+        );
+        assert!(p.iter().all(|(line, _)| line.is_some()), "{text}");
     }
 
     #[test]

@@ -25,6 +25,10 @@
 //! - `portcullis check [--config FILE]` — validate: exit 0, or exit 2 listing every problem
 //!   with its line.
 //! - `portcullis token hash` — read a token on stdin, print the `sha256` for the config.
+//! - `portcullis token inspect [TOKEN] [--config FILE]` — a token's claims and validity, and
+//!   whether the configured OpenID Connect provider's checks accept it.
+//! - `portcullis login --issuer URL --client-id ID` — sign in with the OAuth device
+//!   authorization grant (or `--client-credentials`) and print the token.
 //! - `portcullis demo [--port N]` — a self-contained tour with a throwaway PostgreSQL.
 //! - `portcullis approvals list|approve ID|deny ID [--admin URL] [--token T] [--json]` — work
 //!   the approval queue through the admin API.
@@ -39,6 +43,7 @@ mod approvals;
 mod audit;
 mod config;
 mod demo;
+mod login;
 mod revoke;
 mod run;
 mod threads;
@@ -71,7 +76,10 @@ enum Command {
         #[arg(long, short, default_value = "portcullis.toml")]
         config: PathBuf,
     },
-    /// Work with static tokens.
+    /// Sign in with an OpenID Connect provider and print the token (device authorization
+    /// grant; `--client-credentials` for service accounts).
+    Login(login::Login),
+    /// Work with tokens.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -169,6 +177,15 @@ enum ApprovalsCommand {
 enum TokenCommand {
     /// Read a token on stdin and print the `sha256` value to put in the configuration.
     Hash,
+    /// Show a token's header, claims and validity; with --config, whether the configured
+    /// OpenID Connect provider's checks accept it (exit 1 if not).
+    Inspect {
+        /// The token (default: read from stdin).
+        token: Option<String>,
+        /// A configuration with [identity.oidc] to check the token against.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -178,6 +195,19 @@ fn main() -> ExitCode {
         Command::Token {
             command: TokenCommand::Hash,
         } => token_hash(),
+        Command::Token {
+            command: TokenCommand::Inspect { token, config },
+        } => {
+            let token = match token {
+                Some(t) if t != "-" => t,
+                _ => match read_token() {
+                    Ok(t) => t,
+                    Err(code) => return code,
+                },
+            };
+            with_current_thread(login::inspect(&token, config.as_deref()))
+        }
+        Command::Login(args) => with_current_thread(login::login(args)),
         Command::Run { config } => with_runtime(run::run(config)),
         Command::Demo { port } => with_runtime(demo::demo(port)),
         Command::Approvals {
@@ -285,14 +315,25 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn token_hash() -> ExitCode {
+    match read_token() {
+        Ok(token) => {
+            println!("{}", portcullis_identity::hash_token(&token));
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// A token from stdin (one trailing newline dropped); exit code 2 with a message if none.
+fn read_token() -> Result<String, ExitCode> {
     let mut input = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut input) {
         eprintln!("portcullis: cannot read stdin: {e}");
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     }
     let Ok(mut token) = String::from_utf8(input) else {
         eprintln!("portcullis: the token is not valid UTF-8");
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     };
     // `echo token | portcullis token hash` appends one newline; anything else is the token.
     if token.ends_with('\n') {
@@ -305,8 +346,7 @@ fn token_hash() -> ExitCode {
         eprintln!(
             "portcullis: empty token: write the token on stdin, e.g. `printf %s \"$TOKEN\" | portcullis token hash`"
         );
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     }
-    println!("{}", portcullis_identity::hash_token(&token));
-    ExitCode::SUCCESS
+    Ok(token)
 }

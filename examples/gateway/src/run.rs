@@ -29,7 +29,7 @@ use portcullis_audit::{
     StdoutSink,
 };
 use portcullis_core::{NewLayered, Session};
-use portcullis_identity::StaticTokens;
+use portcullis_identity::{ExpiryLayer, Oidc, OnExpiry, TokenAuth};
 use portcullis_mask::{MaskLayer, MaskPolicy};
 use portcullis_policy::{GuardLayer, Policy};
 use portcullis_postgres::ServePg;
@@ -43,22 +43,25 @@ use tracing::{debug, error, info, warn};
 
 use crate::admin::{self, Metrics};
 use crate::config::{
-    self, ApprovalStoreConfig, ApprovalsConfig, AuditConfig, AuditSinkKind, Config, PgListener,
+    self, ApprovalStoreConfig, ApprovalsConfig, AuditConfig, AuditSinkKind, Config, OidcSettings,
+    PgListener,
 };
 use crate::revoke::{LiveTokens, RevokeLayer, TokenDigests};
 use crate::threads::SessionThreads;
 
 /// Each session's layers, outermost last: audit, revoke check, guard, approval, mask.
-type Layers =
-    Stack<MaskLayer, Stack<ApprovalLayer, Stack<GuardLayer, Stack<RevokeLayer, AuditLayer>>>>;
+type Layers = Stack<
+    MaskLayer,
+    Stack<ApprovalLayer, Stack<GuardLayer, Stack<ExpiryLayer, Stack<RevokeLayer, AuditLayer>>>>,
+>;
 
 /// Builds each session's command stack: the audit layer outermost, then
-/// [`RevokeCheck`](crate::revoke::RevokeCheck), the guard, the approval layer, then the
-/// upstream.
+/// [`RevokeCheck`](crate::revoke::RevokeCheck), the token expiry check, the guard, the
+/// approval layer, the masking layer, then the upstream.
 type SessionLayers = Box<dyn Fn(&Arc<Session>) -> Layers + Send + Sync>;
 
 /// The protocol server of one listener for one configuration.
-type PgServer = ServePg<StaticTokens, NewLayered<SessionLayers>>;
+type PgServer = ServePg<TokenAuth, NewLayered<SessionLayers>>;
 
 /// One listener's server for one configuration.
 struct Generation {
@@ -143,6 +146,17 @@ impl fmt::Display for Bound {
     }
 }
 
+/// A configuration could not be put in force; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApplyError {
+    /// An address could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The OpenID Connect provider could not be reached (with `startup = "fail"`).
+    #[error("[identity.oidc]: {0}")]
+    Identity(String),
+}
+
 /// An address could not be bound; nothing was changed.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr} ({what}): {source}")]
@@ -156,9 +170,9 @@ pub(crate) struct BindError {
 /// The gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StartError {
-    /// An address could not be bound.
+    /// An address could not be bound, or the identity provider not reached.
     #[error(transparent)]
-    Bind(#[from] BindError),
+    Apply(#[from] ApplyError),
     /// The session threads could not be started.
     #[error("cannot start the session threads: {0}")]
     Threads(std::io::Error),
@@ -200,7 +214,10 @@ pub(crate) struct Gateway {
     /// The approval layer and the `[approvals]` it was built from (fixed for the process).
     approvals: (ApprovalLayer, Arc<dyn ApprovalStore>, ApprovalsConfig),
     /// The tokens the admin API accepts (the current configuration's).
-    admin_tokens: Arc<RwLock<StaticTokens>>,
+    admin_tokens: Arc<RwLock<TokenAuth>>,
+    /// The OpenID Connect provider in force and the `[identity.oidc]` it was built from:
+    /// kept across reloads that do not change it, so its keys stay cached.
+    oidc: Option<(OidcSettings, Oidc)>,
 }
 
 /// Open the approval store and build the approval layer for `[approvals]`.
@@ -301,7 +318,8 @@ impl Gateway {
             .map_err(StartError::Approvals)?;
         let mut gateway = Gateway {
             approvals: (layer, store, config.approvals.clone()),
-            admin_tokens: Arc::new(RwLock::new(config.static_tokens())),
+            admin_tokens: Arc::new(RwLock::new(TokenAuth::default())),
+            oidc: None,
             audit,
             threads: Arc::new(threads),
             live_tokens: LiveTokens::default(),
@@ -326,8 +344,23 @@ impl Gateway {
     /// Move to `config`. New connections use it at once; open sessions keep the server that
     /// authenticated them, but a token that `config` no longer holds (or holds with another
     /// digest) ends its sessions at their next command. Returns what was newly bound.
-    pub(crate) async fn apply(&mut self, config: &Config) -> Result<Vec<Bound>, BindError> {
+    pub(crate) async fn apply(&mut self, config: &Config) -> Result<Vec<Bound>, ApplyError> {
         // 1. Everything that can fail, before anything changes.
+        let oidc = match (&config.oidc, &self.oidc) {
+            (None, _) => None,
+            (Some(want), Some((have, oidc))) if want == have => Some((have.clone(), oidc.clone())),
+            (Some(want), _) => {
+                let oidc = if want.retry_startup {
+                    Oidc::start_in_background(want.config.clone())
+                } else {
+                    Oidc::discover(want.config.clone()).await
+                }
+                .map_err(|e| ApplyError::Identity(e.to_string()))?;
+                info!(issuer = %want.config.issuer, keys = ?oidc.key_ids(), "OpenID Connect provider in force");
+                self.metrics.set_oidc(oidc.clone());
+                Some((want.clone(), oidc))
+            }
+        };
         let mut fresh = HashMap::new();
         for l in &config.postgres {
             if !self.listeners.contains_key(&l.listen) && !fresh.contains_key(&l.listen) {
@@ -347,7 +380,11 @@ impl Gateway {
         // here on is still checked against the new set at its first command.
         self.live_tokens.replace(config.token_digests());
         self.drain_timeout = config.drain_timeout;
-        let tokens = config.static_tokens();
+        self.oidc = oidc;
+        let mut tokens = TokenAuth::new(config.static_tokens());
+        if let Some((_, oidc)) = &self.oidc {
+            tokens = tokens.with_oidc(oidc.clone());
+        }
         *self.admin_tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens.clone();
         let granted = Arc::new(config.token_digests());
         let mut bound = Vec::new();
@@ -430,7 +467,7 @@ impl Gateway {
                 admin_tokens
                     .read()
                     .unwrap_or_else(|p| p.into_inner())
-                    .verify(token)
+                    .verify_now(token)
                     .map_err(|e| e.to_string())
             });
             let approvals = approval_routes(self.approvals.1.clone(), authenticate);
@@ -453,7 +490,7 @@ impl Gateway {
     fn generation(
         &self,
         listener: &PgListener,
-        tokens: &StaticTokens,
+        tokens: &TokenAuth,
         granted: &Arc<TokenDigests>,
         policy: Option<&Policy>,
         masking: Option<&MaskPolicy>,
@@ -465,6 +502,10 @@ impl Gateway {
         };
         let redactor = masking.map(MaskPolicy::redactor);
         let granted = granted.clone();
+        let on_expiry = self
+            .oidc
+            .as_ref()
+            .map_or(OnExpiry::Close, |(settings, _)| settings.on_expiry);
         let guard = match policy {
             Some(policy) => GuardLayer::new(policy.clone()).with_approvals(true),
             None => GuardLayer::disabled(),
@@ -483,7 +524,10 @@ impl Gateway {
                 (Some(recorder), None) => AuditLayer::new(recorder, session),
                 (None, _) => AuditLayer::disabled(),
             };
-            let outer = Stack::new(RevokeLayer::new(session, &granted, live.clone()), audit);
+            let outer = Stack::new(
+                ExpiryLayer::new(on_expiry),
+                Stack::new(RevokeLayer::new(session, &granted, live.clone()), audit),
+            );
             Stack::new(
                 mask.clone(),
                 Stack::new(approval.clone(), Stack::new(guard.clone(), outer)),

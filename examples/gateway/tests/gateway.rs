@@ -20,6 +20,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 mod corpus;
 #[path = "gateway/mask.rs"]
 mod mask;
+#[path = "gateway/oidc.rs"]
+mod oidc;
 #[path = "gateway/policy.rs"]
 mod policy;
 

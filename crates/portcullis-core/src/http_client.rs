@@ -1,5 +1,6 @@
-//! A one-shot HTTP/1.1 client on hyper, for webhooks and the `portcullis approvals` CLI:
-//! `http://` and `https://` (rustls with the web PKI roots, or a CA file of one's own).
+//! A one-shot HTTP/1.1 client on hyper, for webhooks, the `portcullis approvals` CLI and
+//! OpenID Connect (discovery, keys, token requests): `http://` and `https://` (rustls with
+//! the web PKI roots, or a CA file of one's own). Feature `http-client`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,12 +52,39 @@ fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, String> {
         .with_no_client_auth())
 }
 
-/// Send one request and read the whole (small) answer, within `timeout`.
-pub(crate) async fn send(
+/// A request body and its media type.
+#[derive(Debug, Clone)]
+pub struct Body {
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl Body {
+    /// A JSON body.
+    pub fn json(bytes: Vec<u8>) -> Self {
+        Body {
+            content_type: "application/json",
+            bytes,
+        }
+    }
+
+    /// An `application/x-www-form-urlencoded` body (already encoded).
+    pub fn form(encoded: String) -> Self {
+        Body {
+            content_type: "application/x-www-form-urlencoded",
+            bytes: encoded.into_bytes(),
+        }
+    }
+}
+
+/// Send one request and read the whole (small, at most 8 MiB) answer, within `timeout`.
+pub async fn send(
     method: Method,
     url: &str,
     headers: &[(&str, String)],
-    body: Option<Vec<u8>>,
+    body: Option<Body>,
     trust: &Trust,
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), ClientError> {
@@ -77,7 +105,7 @@ async fn send_inner(
     method: Method,
     url: &str,
     headers: &[(&str, String)],
-    body: Option<Vec<u8>>,
+    body: Option<Body>,
     trust: &Trust,
 ) -> Result<(StatusCode, Bytes), String> {
     let uri: Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
@@ -113,11 +141,15 @@ async fn send_inner(
     for (name, value) in headers {
         builder = builder.header(*name, value);
     }
-    if body.is_some() {
-        builder = builder.header(header::CONTENT_TYPE, "application/json");
-    }
+    let bytes = match body {
+        Some(body) => {
+            builder = builder.header(header::CONTENT_TYPE, body.content_type);
+            body.bytes
+        }
+        None => Vec::new(),
+    };
     let request = builder
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .body(Full::new(Bytes::from(bytes)))
         .map_err(|e| e.to_string())?;
     if tls {
         let config = tls_config(trust)?;
