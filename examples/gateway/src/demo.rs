@@ -1,7 +1,9 @@
 //! `portcullis demo`: a self-contained tour on one machine. It starts a throwaway PostgreSQL
 //! with sample data holding (fake) personal data, runs the gateway in-process in front of
-//! it with two static tokens, prints the exact commands to try, and on Ctrl-C stops
-//! everything and removes the temporary data.
+//! it — two static identities (an analyst and a DBA), masking on (the DBA exempt), a no-DROP
+//! rule, an approval rule for DELETE/UPDATE without WHERE, the audit trail in a JSONL file —,
+//! prints the exact command for each of the five outcomes (masked, clear, blocked, approved,
+//! audited), and on Ctrl-C stops everything and removes the temporary data.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -74,16 +76,28 @@ pub(crate) async fn demo(port: Option<u16>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // From here on every path ends in `stop`, which drops the cluster: that stops the
-    // server and removes its directory.
-    let code = tour(&cluster, port, &mut int, &mut term).await;
-    stop(cluster).await;
+    // From here on every path ends in `stop`, which drops the cluster and the trail's
+    // directory: that stops the server and removes both.
+    let trail_dir = match tempfile::Builder::new()
+        .prefix("portcullis-demo-")
+        .tempdir()
+    {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("portcullis demo: cannot make a temporary directory: {e}");
+            stop(cluster, None).await;
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = tour(&cluster, port, trail_dir.path(), &mut int, &mut term).await;
+    stop(cluster, Some(trail_dir)).await;
     code
 }
 
 async fn tour(
     cluster: &PgCluster,
     port: Option<u16>,
+    dir: &Path,
     int: &mut tokio::signal::unix::Signal,
     term: &mut tokio::signal::unix::Signal,
 ) -> ExitCode {
@@ -114,7 +128,8 @@ async fn tour(
     let dba = random_token();
     let gateway_port = port.unwrap_or_else(free_port);
     let admin_port = free_port();
-    let text = demo_config(cluster, gateway_port, admin_port, &analyst, &dba);
+    let trail = dir.join("audit.jsonl");
+    let text = demo_config(cluster, gateway_port, admin_port, &analyst, &dba, &trail);
     let config = match config::parse(&text, "<demo configuration>", Path::new("."), &|_| None) {
         Ok(config) => config,
         Err(problems) => {
@@ -137,7 +152,7 @@ async fn tour(
             Bound::Admin { addr } => admin_addr = addr.to_string(),
         }
     }
-    print_tour(cluster, &gateway_addr, &admin_addr, &analyst, &dba);
+    print_tour(cluster, &gateway_addr, &admin_addr, &analyst, &dba, &trail);
 
     tokio::select! {
         _ = int.recv() => {}
@@ -156,9 +171,9 @@ async fn tour(
     ExitCode::SUCCESS
 }
 
-async fn stop(cluster: PgCluster) {
+async fn stop(cluster: PgCluster, dir: Option<tempfile::TempDir>) {
     // Dropping stops the server and waits for it: blocking work.
-    match tokio::task::spawn_blocking(move || drop(cluster)).await {
+    match tokio::task::spawn_blocking(move || drop((cluster, dir))).await {
         Ok(()) => println!("stopped; temporary data removed"),
         Err(e) => eprintln!("portcullis demo: cleaning up failed: {e}"),
     }
@@ -178,6 +193,7 @@ fn demo_config(
     admin_port: u16,
     analyst: &str,
     dba: &str,
+    trail: &Path,
 ) -> String {
     format!(
         r#"[gateway]
@@ -207,6 +223,32 @@ port = {port}
 user = {user}
 password = {password}
 tls = "disable"
+
+[policy]
+[[policy.rules]]
+name = "no-drop"
+statements = ["drop", "truncate"]
+action = "deny"
+message = "DROP and TRUNCATE are not allowed through the gateway"
+
+[[policy.rules]]
+name = "unbounded-writes"
+statements = ["delete", "update"]
+without_where = true
+action = "approve"
+approvers = ["dba"]
+message = "DELETE or UPDATE without WHERE needs a DBA's approval"
+
+[approvals]
+timeout = "10m"
+
+[masking]
+exempt_groups = ["dba"]
+
+[audit]
+[[audit.sinks]]
+kind = "jsonl"
+path = {trail}
 "#,
         analyst = hash_token(analyst),
         dba = hash_token(dba),
@@ -214,6 +256,7 @@ tls = "disable"
         port = cluster.port(),
         user = toml_string(cluster.user()),
         password = toml_string(cluster.password()),
+        trail = toml_string(&trail.display().to_string()),
     )
 }
 
@@ -222,9 +265,24 @@ fn toml_string(s: &str) -> String {
     toml::Value::String(s.replace("${", "$${")).to_string()
 }
 
-fn print_tour(cluster: &PgCluster, gateway: &str, admin: &str, analyst: &str, dba: &str) {
+fn print_tour(
+    cluster: &PgCluster,
+    gateway: &str,
+    admin: &str,
+    analyst: &str,
+    dba: &str,
+    trail: &Path,
+) {
     let psql = psql_command();
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "portcullis".into());
     let (host, port) = gateway.rsplit_once(':').unwrap_or((gateway, "6432"));
+    let as_analyst =
+        format!("PGPASSWORD={analyst} {psql} \"host={host} port={port} dbname=app user=alice\"");
+    let as_dba = format!("PGPASSWORD={dba} {psql} \"host={host} port={port} dbname=app user=bob\"");
+    let select = "select name, email, phone, card_number from customers order by id limit 3";
+    let trail = trail.display();
     println!(
         r#"
 Portcullis demo is running.
@@ -232,33 +290,44 @@ Portcullis demo is running.
   PostgreSQL (throwaway, sample data in database "app"): {pg_host}:{pg_port}
   gateway:  {gateway}
   admin:    http://{admin}/healthz  http://{admin}/metrics
+  identities: "analyst" (groups ["analysts"]) and "dba" (groups ["dba"]), static tokens
+  audit trail: {trail}
 
-Connect through the gateway as the analyst (token "analyst", groups ["analysts"]):
+Try each outcome (drop `-c "..."` for an interactive psql):
 
-  PGPASSWORD={analyst} {psql} "host={host} port={port} dbname=app user=alice"
+1. Masked: the analyst's results have personal data masked as they stream.
 
-or as the DBA (token "dba", groups ["dba"]):
+  $ {as_analyst} -c "{select}"
 
-  PGPASSWORD={dba} {psql} "host={host} port={port} dbname=app user=bob"
+2. Clear: the DBA is exempt from masking (exempt_groups = ["dba"]).
 
-Then try:
+  $ {as_dba} -c "{select}"
 
-  select name, email, phone, card_number from customers order by id limit 5;
-  select c.name, count(*), sum(o.amount) from orders o join customers c on c.id = o.customer_id group by c.name order by 3 desc;
+3. Blocked: rule "no-drop" refuses it, nothing runs (ERROR 42501).
+
+  $ {as_analyst} -c "drop table orders"
+
+4. Approved: a DELETE without WHERE waits for a DBA (rule "unbounded-writes"); psql shows
+   the request id in a NOTICE and waits. In a second terminal, as the DBA:
+
+  $ {as_analyst} -c "delete from orders"
+  $ {me} approvals list --admin http://{admin} --token {dba}
+  $ {me} approvals approve <ID> --admin http://{admin} --token {dba}
+
+5. Audited: every session and command is in a hash-chained trail.
+
+  $ {me} audit verify {trail} --live
+  $ {me} audit show {trail}
 
 A wrong token is refused (FATAL 28P01):
 
-  PGPASSWORD=wrong {psql} "host={host} port={port} dbname=app user=alice"
+  $ PGPASSWORD=wrong {psql} "host={host} port={port} dbname=app user=alice" -c "select 1"
 
 Watch the gateway's counters:
 
-  curl -s http://{admin}/metrics | grep '^portcullis_'
+  $ curl -s http://{admin}/metrics
 
-Note: this build authenticates every connection and attributes its session to a token
-(see the log lines on stderr). Masking, rules, approvals and the audit trail arrive in
-later releases: for now the analyst sees card numbers in clear.
-
-Press Ctrl-C to stop; the temporary database is removed."#,
+Press Ctrl-C to stop; the temporary database and trail are removed."#,
         pg_host = cluster.host(),
         pg_port = cluster.port(),
     );

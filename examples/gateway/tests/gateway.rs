@@ -585,11 +585,27 @@ async fn sigterm_with_no_sessions_exits_at_once() {
     );
 }
 
+/// Run a command the demo printed, through `sh`: `(success, stdout, stderr)`.
+async fn shell(command: &str) -> (bool, String, String) {
+    let out = tokio::process::Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The README's first command: `portcullis demo` starts PostgreSQL and the gateway, prints a
-/// psql command that works, and Ctrl-C stops both and removes the temporary data.
+/// command for each outcome — masked, clear, blocked, approved, audited — each of which works
+/// as printed (run here with real psql and the `portcullis` CLI), and Ctrl-C stops both and
+/// removes the temporary data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_prints_a_working_command_and_cleans_up_on_ctrl_c() {
-    use tokio::io::AsyncBufReadExt;
+async fn demo_tour_commands_work_as_printed_and_ctrl_c_cleans_up() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let port = free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["demo", "--port", &port.to_string()])
@@ -613,36 +629,115 @@ async fn demo_prints_a_working_command_and_cleans_up_on_ctrl_c() {
     .await
     .expect("the demo is ready within 60 s");
     assert!(ready, "the demo exited early:\n{printed}");
-    // The analyst's command, as printed: PGPASSWORD=<token> psql "host=... port=... ...".
-    let line = printed
+    for step in [
+        "starting PostgreSQL",
+        "loading sample data",
+        "starting the gateway",
+    ] {
+        assert!(
+            printed.contains(step),
+            "no progress line {step:?}:\n{printed}"
+        );
+    }
+    let commands: Vec<&str> = printed
         .lines()
-        .find(|l| l.contains("PGPASSWORD=") && l.contains("user=alice"))
-        .unwrap_or_else(|| panic!("no psql command printed:\n{printed}"));
-    let token = line
-        .split("PGPASSWORD=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap();
-    let conninfo = line.split('"').nth(1).unwrap();
-    assert!(conninfo.contains(&format!("port={port}")), "{conninfo}");
+        .filter_map(|l| l.trim_start().strip_prefix("$ "))
+        .collect();
+    let find = |needle: &str| -> String {
+        commands
+            .iter()
+            .find(|c| c.contains(needle))
+            .unwrap_or_else(|| panic!("no command with {needle:?} printed:\n{printed}"))
+            .to_string()
+    };
     let pg_port: u16 = printed
         .lines()
         .find(|l| l.contains("PostgreSQL (throwaway"))
         .and_then(|l| l.rsplit(':').next())
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("no PostgreSQL address printed:\n{printed}"));
-    let (client, connection) =
-        tokio_postgres::connect(&format!("{conninfo} password={token}"), NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    let n: i64 = client
-        .query_one("select count(*) from customers", &[])
+
+    // 1. Masked for the analyst, 2. clear for the DBA.
+    let select = "select name, email, phone, card_number";
+    let analyst_select = commands
+        .iter()
+        .find(|c| c.contains(select) && c.contains("user=alice"))
+        .unwrap();
+    let (ok, out, err) = shell(analyst_select).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("Ada Lovelace"), "{out}");
+    for clear in [
+        "ada.lovelace@example.com",
+        "4111 1111 1111 1111",
+        "202-555-0101",
+    ] {
+        assert!(!out.contains(clear), "the analyst saw {clear}:\n{out}");
+    }
+    let dba_select = commands
+        .iter()
+        .find(|c| c.contains(select) && c.contains("user=bob"))
+        .unwrap();
+    let (ok, out, err) = shell(dba_select).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("ada.lovelace@example.com") && out.contains("4111 1111 1111 1111"),
+        "{out}"
+    );
+
+    // 3. Blocked.
+    let (ok, _, err) = shell(&find("drop table orders")).await;
+    assert!(!ok && err.contains("blocked by rule \"no-drop\""), "{err}");
+
+    // 4. Held for approval, approved by the DBA with the printed commands, then run.
+    let mut held = tokio::process::Command::new("sh")
+        .args(["-c", &find("delete from orders")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut held_err = held.stderr.take().unwrap();
+    let mut notice = Vec::new();
+    let id = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let mut chunk = [0u8; 512];
+            let n = held_err.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "psql ended: {}", String::from_utf8_lossy(&notice));
+            notice.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&notice);
+            if let Some(rest) = text.split("held for approval: request ").nth(1)
+                && let Some(id) = rest.split_whitespace().next()
+                && rest.contains('\n')
+            {
+                return id.to_owned();
+            }
+        }
+    })
+    .await
+    .expect("the NOTICE naming the request");
+    let (ok, out, err) = shell(&find("approvals list")).await;
+    assert!(ok && out.contains(&id), "{out}{err}");
+    let (ok, out, err) = shell(&find("approvals approve").replace("<ID>", &id)).await;
+    assert!(ok, "{out}{err}");
+    let done = tokio::time::timeout(Duration::from_secs(30), held.wait_with_output())
         .await
-        .unwrap()
-        .get(0);
-    assert!(n > 0);
-    drop(client);
+        .expect("the held DELETE runs once approved")
+        .unwrap();
+    assert!(done.status.success());
+    assert!(String::from_utf8_lossy(&done.stdout).contains("DELETE 40"));
+
+    // 5. Audited: the trail verifies and shows what happened.
+    let (ok, out, err) = shell(&find("audit verify")).await;
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = shell(&find("audit show")).await;
+    assert!(
+        ok && out.contains("delete from orders") && out.contains("drop table orders"),
+        "{out}{err}"
+    );
+
+    // A wrong token.
+    let (ok, _, err) = shell(&find("PGPASSWORD=wrong")).await;
+    assert!(!ok && err.contains("authentication failed"), "{err}");
 
     let pid = child.id().unwrap().to_string();
     assert!(
@@ -662,12 +757,17 @@ async fn demo_prints_a_working_command_and_cleans_up_on_ctrl_c() {
         rest.push_str(&line);
     }
     assert!(rest.contains("stopped; temporary data removed"), "{rest}");
-    // The throwaway PostgreSQL is gone.
+    // The throwaway PostgreSQL and the trail are gone.
     assert!(
         tokio::net::TcpStream::connect(("127.0.0.1", pg_port))
             .await
             .is_err()
     );
+    let trail = printed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("audit trail: "))
+        .unwrap();
+    assert!(!Path::new(trail).exists(), "{trail} left behind");
 }
 
 // ---------------------------------------------------------------------------------------
