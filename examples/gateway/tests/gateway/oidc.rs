@@ -522,6 +522,17 @@ async fn bad_tokens_are_refused_with_clear_reasons() {
         "access token",
     )
     .await;
+    // And the other way round: where only access tokens are accepted, an ID token is not.
+    let access_only_trail = dir.path().join("access-only.jsonl");
+    let (_access_only, gw_access, _a, _c) = start(
+        &cluster,
+        &idp,
+        "accept = [\"access_token\"]",
+        &access_only_trail,
+    )
+    .await;
+    refused(gw_access, &good, "ID tokens are not accepted", "ID token").await;
+    assert_eq!(current_user(gw_access, &access).await, cluster.user());
 
     // Tampering: payload changed after signing, signature cut, base64 broken.
     let (h, rest) = good.split_once('.').unwrap();
