@@ -4,8 +4,9 @@
 //! core's `RewriteEvent` view: a plan per result shape (column rules by label or source, and
 //! content detection), rows rewritten (or passed through as the original bytes when nothing
 //! is found), free text of errors, notices, notifications and COPY data scanned, unreadable
-//! output refused rather than passed. Not done yet (docs/masking.md): resolving PostgreSQL
-//! table OIDs to source columns, and masking statement text in the audit trail.
+//! output refused rather than passed. [`MaskPolicy::redactor`] gives the same detectors to the
+//! audit trail and approval listings for statement text and parameters. Not done yet
+//! (docs/masking.md): rewriting binary `COPY` output (it is refused).
 //!
 //! [`Detectors`] scan a value in one pass: a vectorisable check for the bytes that can start
 //! a character-triggered detection (digits, `@`, `:`, `+`) and one Aho-Corasick pass for
