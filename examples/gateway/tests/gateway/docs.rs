@@ -22,8 +22,8 @@ fn doc_files() -> Vec<PathBuf> {
 
 /// The fenced blocks of `lang` in `text`, with the line each starts on.
 fn blocks(text: &str, lang: &str) -> Vec<(usize, String)> {
-    let (mut out, mut current): (Vec<(usize, String)>, Option<(usize, String)>) =
-        (Vec::new(), None);
+    let mut out: Vec<(usize, String)> = Vec::new();
+    let mut current: Option<(usize, String)> = None;
     for (n, line) in text.lines().enumerate() {
         match &mut current {
             None if line.trim_start() == format!("```{lang}") => {
