@@ -54,6 +54,14 @@ pub trait RewriteEvent: Sized {
         None
     }
 
+    /// On a description of columns: bytes that identify the result's shape, so that a layer
+    /// may reuse what it derived from an identical description earlier in the session
+    /// (PostgreSQL: the RowDescription's body — names, table OIDs, attribute numbers, types,
+    /// formats). `None` when the protocol has no such key.
+    fn shape(&self) -> Option<&[u8]> {
+        None
+    }
+
     /// On a row: its values in order (`None` = NULL).
     fn row_values(&self) -> Option<Vec<Option<&[u8]>>> {
         None

@@ -2,9 +2,9 @@
 //! does not exempt.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
@@ -160,15 +160,47 @@ impl<S> Layer<S> for MaskLayer {
         Mask {
             inner,
             policy: self.policy.clone(),
+            plans: Arc::default(),
         }
     }
 }
 
-/// The service [`MaskLayer`] makes.
+/// The service [`MaskLayer`] makes (one per session).
 #[derive(Debug, Clone)]
 pub struct Mask<S> {
     inner: S,
     policy: Option<Arc<MaskPolicy>>,
+    /// Plans already made in this session, by result shape.
+    plans: Arc<Mutex<Plans>>,
+}
+
+/// A result's plan: what to do with each column.
+type Plan = Arc<[Action]>;
+
+/// The plans of one session by result shape ([`RewriteEvent::shape`]): a session runs the
+/// same queries again and again, and an identical description gives an identical plan.
+#[derive(Debug, Default)]
+struct Plans(HashMap<Box<[u8]>, Plan>);
+
+fn lock(plans: &Mutex<Plans>) -> MutexGuard<'_, Plans> {
+    // Nothing can panic while the lock is held; recover the guard anyway.
+    plans.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Most shapes remembered per session.
+const MAX_PLANS: usize = 256;
+
+impl Plans {
+    fn get(&self, shape: &[u8]) -> Option<Plan> {
+        self.0.get(shape).cloned()
+    }
+
+    fn put(&mut self, shape: &[u8], plan: &Plan) {
+        if self.0.len() >= MAX_PLANS {
+            self.0.clear();
+        }
+        self.0.insert(shape.into(), plan.clone());
+    }
 }
 
 impl<S, C, B> Service<Request<C>> for Mask<S>
@@ -191,6 +223,7 @@ where
                 policy: p.clone(),
                 session: req.session.clone(),
                 log: req.extensions.get::<DecisionLog>().cloned(),
+                plans: self.plans.clone(),
             }),
             _ => None,
         };
@@ -206,6 +239,7 @@ struct Watch {
     policy: Arc<MaskPolicy>,
     session: Arc<Session>,
     log: Option<DecisionLog>,
+    plans: Arc<Mutex<Plans>>,
 }
 
 pin_project! {
@@ -238,7 +272,7 @@ where
 #[derive(Debug)]
 struct State {
     watch: Watch,
-    plan: Option<Vec<Action>>,
+    plan: Option<Plan>,
     scratch: Vec<Finding>,
     kinds: BTreeMap<Kind, u64>,
     columns: BTreeMap<String, u64>,
@@ -433,6 +467,13 @@ where
                 message: why.to_owned(),
             }))))
         };
+        if let Some(shape) = event.shape() {
+            let known = lock(&state.watch.plans).get(shape);
+            if let Some(plan) = known {
+                state.plan = Some(plan);
+                return Poll::Ready(Some(Ok(event)));
+            }
+        }
         if let Some(columns) = event.columns() {
             // The protocol may know more (the columns' sources): prefer what it says.
             let columns = this
@@ -442,12 +483,15 @@ where
                 .implied_columns()
                 .filter(|known| known.len() == columns.len())
                 .unwrap_or(columns);
-            state.plan = Some(
-                state
-                    .watch
-                    .policy
-                    .plan(columns, &state.watch.session.identity),
-            );
+            let plan: Plan = state
+                .watch
+                .policy
+                .plan(columns, &state.watch.session.identity)
+                .into();
+            if let Some(shape) = event.shape() {
+                lock(&state.watch.plans).put(shape, &plan);
+            }
+            state.plan = Some(plan);
             return Poll::Ready(Some(Ok(event)));
         }
         if let Some(values) = event.row_values() {
@@ -457,7 +501,8 @@ where
                     Some(columns) => state
                         .watch
                         .policy
-                        .plan(columns, &state.watch.session.identity),
+                        .plan(columns, &state.watch.session.identity)
+                        .into(),
                     None => return fail("rows arrived without a description of their columns"),
                 },
             };
@@ -465,7 +510,7 @@ where
                 return fail("a row does not match its description");
             }
             let mut rewritten: Option<Vec<Option<Cow<'_, [u8]>>>> = None;
-            for (i, (value, action)) in values.iter().zip(&plan).enumerate() {
+            for (i, (value, action)) in values.iter().zip(plan.iter()).enumerate() {
                 let Some(value) = value else { continue };
                 if let Some(changed) = state.value(action, value) {
                     let row = rewritten.get_or_insert_with(|| {

@@ -19,6 +19,8 @@ use tower::{Layer, ServiceExt};
 #[derive(Debug, Clone, PartialEq)]
 enum Ev {
     Columns(Vec<Column>),
+    /// A description with a shape key (like PostgreSQL's RowDescription bytes).
+    Shaped(Vec<Column>, Vec<u8>),
     Row(Vec<Option<Vec<u8>>>),
     Text(Vec<u8>),
     Done,
@@ -27,7 +29,7 @@ enum Ev {
 impl EventView for Ev {
     fn view(&self) -> EventKind<'_> {
         match self {
-            Ev::Columns(c) => EventKind::Columns { count: c.len() },
+            Ev::Columns(c) | Ev::Shaped(c, _) => EventKind::Columns { count: c.len() },
             Ev::Row(_) => EventKind::Row,
             Ev::Text(_) => EventKind::Notice {
                 code: "00000",
@@ -44,7 +46,13 @@ impl EventView for Ev {
 impl RewriteEvent for Ev {
     fn columns(&self) -> Option<Vec<Column>> {
         match self {
-            Ev::Columns(c) => Some(c.clone()),
+            Ev::Columns(c) | Ev::Shaped(c, _) => Some(c.clone()),
+            _ => None,
+        }
+    }
+    fn shape(&self) -> Option<&[u8]> {
+        match self {
+            Ev::Shaped(_, key) => Some(key),
             _ => None,
         }
     }
@@ -73,6 +81,7 @@ impl RewriteEvent for Ev {
 struct Body {
     events: std::vec::IntoIter<Ev>,
     implied: Option<Vec<Column>>,
+    asked: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl ReplyBody for Body {
@@ -84,6 +93,9 @@ impl ReplyBody for Body {
         Poll::Ready(self.events.next().map(Ok))
     }
     fn implied_columns(&self) -> Option<Vec<Column>> {
+        if let Some(asked) = &self.asked {
+            asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.implied.clone()
     }
 }
@@ -140,6 +152,7 @@ async fn run(
         let body = Body {
             events: events.clone().into_iter(),
             implied: implied.clone(),
+            asked: None,
         };
         async move { Ok::<_, Error>(Response::new(body)) }
     }));
@@ -258,4 +271,60 @@ async fn exempt_identities_detect_mode_and_disabled_change_nothing() {
     );
     let (out, _) = run(MaskLayer::disabled(), &["dev"], vec![row()], None).await;
     assert_eq!(out, vec![Ok(row())]);
+}
+
+/// A session's plans are kept by result shape: the same description again is not planned
+/// again (the protocol is not asked for the columns' sources), another shape is.
+#[tokio::test]
+async fn plans_are_reused_per_shape_within_a_session() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::Service;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let script: Arc<Mutex<Vec<Vec<Ev>>>> = Arc::new(Mutex::new(Vec::new()));
+    let (a, s) = (asked.clone(), script.clone());
+    let mut svc = MaskLayer::new(policy()).layer(tower::service_fn(move |_req: Request<Sql>| {
+        let events = s.lock().unwrap().remove(0);
+        let body = Body {
+            events: events.into_iter(),
+            implied: None,
+            asked: Some(a.clone()),
+        };
+        async move { Ok::<_, Error>(Response::new(body)) }
+    }));
+    let who = Identity::new("alice", vec!["dev".into()], AuthMethod::StaticToken);
+    let session = Arc::new(Session::new(
+        SessionId(1),
+        Protocol::Postgres,
+        "t",
+        "127.0.0.1:1".parse().unwrap(),
+        who,
+    ));
+    let shaped = |key: &[u8]| Ev::Shaped(cols(), key.to_vec());
+    let mut results = Vec::new();
+    for key in [&b"shape-1"[..], b"shape-1", b"shape-2", b"shape-1"] {
+        script
+            .lock()
+            .unwrap()
+            .push(vec![shaped(key), row(), Ev::Done]);
+        let req = Request::new(session.clone(), Sql);
+        let mut body = svc.ready().await.unwrap().call(req).await.unwrap().body;
+        let mut out = Vec::new();
+        while let Some(e) = body.next_event().await {
+            out.push(e.unwrap());
+        }
+        results.push(out);
+    }
+    assert_eq!(asked.load(Ordering::Relaxed), 2, "planned once per shape");
+    for out in &results {
+        assert_eq!(
+            out[1],
+            Ev::Row(vec![
+                Some(b"[redacted]".to_vec()),
+                Some(b"j***@example.com".to_vec()),
+                None,
+                Some(vec![0, 1, 2]),
+            ]),
+            "a reused plan masks the same"
+        );
+    }
 }

@@ -6,7 +6,7 @@
 //! message crosses a channel or another task. Writes of pipelined units queue in order
 //! behind any COPY upload still streaming.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -103,7 +103,13 @@ struct Conn {
     /// What the database described, so rows of a prepared statement executed again (which
     /// come with no RowDescription) can still be read by a masking layer.
     described: Described,
+    /// RowDescription bodies whose tables' sources were already looked up: the same result
+    /// shape again needs no catalog check (a session runs the same queries over and over).
+    resolved_shapes: HashSet<Bytes>,
 }
+
+/// Most result shapes remembered as resolved per session.
+const MAX_RESOLVED_SHAPES: usize = 256;
 
 /// Most statements and portals whose descriptions are kept per session.
 const MAX_DESCRIBED: usize = 10_000;
@@ -260,6 +266,7 @@ impl PgUpstream {
                 idle_waker: None,
                 finished_below: 1,
                 described: Described::default(),
+                resolved_shapes: HashSet::new(),
             })),
             sources: None,
         }
@@ -299,7 +306,7 @@ impl tower_service::Service<Request<PgCommand>> for PgUpstream {
                 sources: None,
                 held: None,
                 lookup: None,
-                current: None,
+                shape: None,
             })));
         }
         let id = conn.next_id;
@@ -329,7 +336,7 @@ impl tower_service::Service<Request<PgCommand>> for PgUpstream {
             sources: self.sources.clone(),
             held: None,
             lookup: None,
-            current: None,
+            shape: None,
         })))
     }
 }
@@ -659,8 +666,9 @@ pub struct PgReply {
     /// A RowDescription held while its tables are looked up.
     held: Option<Frame>,
     lookup: Option<Lookup>,
-    /// The columns of the result now streaming, with their sources.
-    current: Option<Vec<portcullis_core::Column>>,
+    /// The RowDescription of the result now streaming, whose columns (with sources) are
+    /// computed only if a layer asks ([`PgReply::implied`]).
+    shape: Option<Frame>,
 }
 
 impl std::fmt::Debug for PgReply {
@@ -692,9 +700,8 @@ impl ReplyBody for PgReply {
             }
             self.lookup = None;
             if let Some(frame) = self.held.take() {
-                if let (Some(src), Some(f)) = (&self.sources, fields(frame.body())) {
-                    self.current = Some(src.add(&f, columns(&f, None)));
-                }
+                self.remember_resolved(&frame);
+                self.shape = Some(frame.clone());
                 return Poll::Ready(Some(Ok(frame)));
             }
         }
@@ -736,8 +743,9 @@ impl PgReply {
     /// The columns of the rows now arriving for this unit, from the descriptions the
     /// database gave earlier (a prepared statement executed again).
     fn implied(&self) -> Option<Vec<portcullis_core::Column>> {
-        if let Some(current) = &self.current {
-            return Some(current.clone());
+        if let (Some(src), Some(shape)) = (&self.sources, &self.shape) {
+            let f = fields(shape.body())?;
+            return Some(src.add(&f, columns(&f, None)));
         }
         let id = self.unit?;
         let conn = lock(&self.conn);
@@ -753,7 +761,12 @@ impl PgReply {
     fn note(&mut self, frame: Frame) -> Result<Frame, ()> {
         match frame.tag() {
             b'T' => {
-                self.current = None;
+                self.shape = None;
+                if self.sources.is_some() && lock(&self.conn).resolved_shapes.contains(frame.body())
+                {
+                    self.shape = Some(frame.clone());
+                    return Ok(frame);
+                }
                 if let (Some(src), Some(f)) = (&self.sources, fields(frame.body())) {
                     let missing = src.catalog.missing(&src.database, &f);
                     if !missing.is_empty() {
@@ -772,13 +785,29 @@ impl PgReply {
                         self.held = Some(frame);
                         return Err(());
                     }
-                    self.current = Some(src.add(&f, columns(&f, None)));
+                    self.remember_resolved(&frame);
+                    self.shape = Some(frame.clone());
                 }
             }
-            b'C' | b's' | b'I' | b'E' | b'Z' => self.current = None,
+            b'C' | b's' | b'I' | b'E' | b'Z' => {
+                self.shape = None;
+            }
             _ => {}
         }
         Ok(frame)
+    }
+}
+
+impl PgReply {
+    /// Remember that `description`'s sources are looked up, for the session's next result
+    /// of the same shape.
+    fn remember_resolved(&self, description: &Frame) {
+        let mut conn = lock(&self.conn);
+        if conn.resolved_shapes.len() >= MAX_RESOLVED_SHAPES {
+            conn.resolved_shapes.clear();
+        }
+        conn.resolved_shapes
+            .insert(Bytes::copy_from_slice(description.body()));
     }
 }
 

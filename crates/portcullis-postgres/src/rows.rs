@@ -188,6 +188,10 @@ impl RewriteEvent for Frame {
         }
     }
 
+    fn shape(&self) -> Option<&[u8]> {
+        (self.tag() == b'T').then(|| self.body())
+    }
+
     fn opaque_output(&self) -> bool {
         // CopyOutResponse with the binary overall format.
         self.tag() == b'H' && self.body().first() == Some(&1)
