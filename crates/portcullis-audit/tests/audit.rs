@@ -336,6 +336,21 @@ async fn postgres_sink_round_trip_and_restart() {
             addr.port()
         );
         assert!(tokio_postgres::connect(&options, NoTls).await.is_err());
+        // The client hears its FATAL before the gateway's connection task has handed the
+        // record over: wait for both refusals of this run before closing.
+        let want = 2 * (run + 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            if text.matches("\"type\":\"connection\"").count() >= want {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "connection records missing:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         recorder.close(Duration::from_secs(5)).await;
     }
 

@@ -26,6 +26,13 @@ pub trait ReplyBody {
     fn implied_columns(&self) -> Option<Vec<crate::Column>> {
         None
     }
+
+    /// While `COPY`-style output streams (after the event that starts it): how its rows are
+    /// written, when the protocol crate knows (it read the statement); the columns are then
+    /// [`ReplyBody::implied_columns`]. `None` when unknown.
+    fn copy_layout(&self) -> Option<crate::CopyLayout> {
+        None
+    }
 }
 
 impl<B: ReplyBody + Unpin + ?Sized> ReplyBody for Box<B> {
@@ -36,6 +43,12 @@ impl<B: ReplyBody + Unpin + ?Sized> ReplyBody for Box<B> {
     ) -> Poll<Option<Result<Self::Event, Error>>> {
         Pin::new(&mut **self).poll_event(cx)
     }
+    fn implied_columns(&self) -> Option<Vec<crate::Column>> {
+        (**self).implied_columns()
+    }
+    fn copy_layout(&self) -> Option<crate::CopyLayout> {
+        (**self).copy_layout()
+    }
 }
 
 impl<B: ReplyBody + ?Sized> ReplyBody for Pin<Box<B>> {
@@ -45,6 +58,12 @@ impl<B: ReplyBody + ?Sized> ReplyBody for Pin<Box<B>> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Self::Event, Error>>> {
         self.get_mut().as_mut().poll_event(cx)
+    }
+    fn implied_columns(&self) -> Option<Vec<crate::Column>> {
+        (**self).implied_columns()
+    }
+    fn copy_layout(&self) -> Option<crate::CopyLayout> {
+        (**self).copy_layout()
     }
 }
 

@@ -86,6 +86,28 @@ pub trait RewriteEvent: Sized {
     }
 }
 
+/// How `COPY`-style output writes its rows, as the statement asked
+/// ([`crate::ReplyBody::copy_layout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CopyLayout {
+    /// PostgreSQL's text format: tab-separated, `\N` for NULL, backslash escapes; one row
+    /// per message; `header`: the first row holds the column names.
+    Text {
+        /// A header row comes first.
+        header: bool,
+    },
+    /// CSV: comma-separated, `"` quoting, an unquoted empty field for NULL.
+    Csv {
+        /// A header row comes first.
+        header: bool,
+    },
+    /// PostgreSQL's binary COPY format.
+    Binary,
+    /// Options (delimiter, NULL string, quoting…) a layer cannot be sure to read right.
+    Custom,
+}
+
 /// Masks personal data in free text (statement text and parameters recorded in the audit
 /// trail or shown in approval listings): returns the masked text, or `None` when there is
 /// nothing to mask. Built by a masking layer from the same detectors as results.

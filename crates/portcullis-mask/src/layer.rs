@@ -9,8 +9,9 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use portcullis_core::{
-    Column, Decision, DecisionLog, Error, EventKind, EventView, Identity, Refusal, ReplyBody,
-    Request, Response, RewriteEvent, Session, TextRedactor, ValueKind, Verdict, wildcard,
+    Column, CopyLayout, Decision, DecisionLog, Error, EventKind, EventView, Identity, Refusal,
+    ReplyBody, Request, Response, RewriteEvent, Session, TextRedactor, ValueKind, Verdict,
+    wildcard,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -124,6 +125,15 @@ fn column_matches(pattern: &str, c: &Column) -> bool {
     }
     let source_name = c.source.as_deref().and_then(|s| s.rsplit('.').next());
     wildcard(pattern, &c.label) || source_name.is_some_and(|n| wildcard(pattern, n))
+}
+
+/// COPY output read row by row.
+#[derive(Debug, Clone)]
+enum Copying {
+    /// PostgreSQL's binary format.
+    Binary { plan: Plan, header_seen: bool },
+    /// Text or CSV; `header`: the next row is the column names.
+    Text { plan: Plan, csv: bool, header: bool },
 }
 
 /// What to do with one column.
@@ -273,6 +283,10 @@ where
 struct State {
     watch: Watch,
     plan: Option<Plan>,
+    /// COPY output being rewritten row by row.
+    copy: Option<Copying>,
+    /// Whether the COPY output now streaming was already looked at.
+    copy_checked: bool,
     scratch: Vec<Finding>,
     kinds: BTreeMap<Kind, u64>,
     columns: BTreeMap<String, u64>,
@@ -284,6 +298,8 @@ impl State {
         State {
             watch,
             plan: None,
+            copy: None,
+            copy_checked: false,
             scratch: Vec::new(),
             kinds: BTreeMap::new(),
             columns: BTreeMap::new(),
@@ -313,6 +329,146 @@ impl State {
                 Some(b"[redacted]".to_vec())
             }
         }
+    }
+
+    /// One CopyData message of COPY output being read row by row: the rewritten message,
+    /// `Ok(None)` when nothing changed, `Err` when it cannot be read (then nothing of it is
+    /// passed).
+    fn copy_row(&mut self, payload: &[u8]) -> Result<Option<Vec<u8>>, &'static str> {
+        match self.copy.clone() {
+            Some(Copying::Binary { plan, header_seen }) => {
+                self.binary_copy(payload, &plan, header_seen)
+            }
+            Some(Copying::Text { plan, csv, header }) => {
+                if header {
+                    // The column names: not data.
+                    self.copy = Some(Copying::Text {
+                        plan,
+                        csv,
+                        header: false,
+                    });
+                    return Ok(None);
+                }
+                self.text_copy(payload, &plan, csv)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// One row of text or CSV COPY output (PostgreSQL sends one row per message).
+    fn text_copy(
+        &mut self,
+        payload: &[u8],
+        plan: &Plan,
+        csv: bool,
+    ) -> Result<Option<Vec<u8>>, &'static str> {
+        const BAD: &str = "a COPY row could not be read as its columns";
+        let fields = if csv {
+            crate::copytext::csv_fields(payload)
+        } else {
+            crate::copytext::text_fields(payload)
+        }
+        .ok_or(BAD)?;
+        if fields.len() != plan.len() {
+            return Err(BAD);
+        }
+        let mut changed = false;
+        let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(fields.len());
+        for (field, action) in fields.iter().zip(plan.iter()) {
+            let new = match field {
+                None => None,
+                Some(value) => self.value(action, value),
+            };
+            changed |= new.is_some();
+            out.push(new.unwrap_or_else(|| field.as_ref().map(|v| v.to_vec())));
+        }
+        if !changed {
+            return Ok(None);
+        }
+        Ok(Some(if csv {
+            crate::copytext::csv_row(&out)
+        } else {
+            crate::copytext::text_row(&out)
+        }))
+    }
+
+    /// One CopyData message of binary COPY output (the header, then one tuple per message,
+    /// then the trailer — as PostgreSQL sends it).
+    fn binary_copy(
+        &mut self,
+        payload: &[u8],
+        plan: &Plan,
+        header_seen: bool,
+    ) -> Result<Option<Vec<u8>>, &'static str> {
+        const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+        const SPLIT: &str = "a binary COPY message could not be read (cut or malformed)";
+        let take = |at: usize, n: usize| payload.get(at..at.checked_add(n)?);
+        let mut at = 0;
+        if !header_seen {
+            if take(0, SIGNATURE.len()) != Some(SIGNATURE) {
+                return Err("binary COPY output without its signature");
+            }
+            let ext = take(15, 4).ok_or(SPLIT)?;
+            let ext = usize::try_from(u32::from_be_bytes([ext[0], ext[1], ext[2], ext[3]]))
+                .map_err(|_| SPLIT)?;
+            at = 19usize.checked_add(ext).ok_or(SPLIT)?;
+            if at > payload.len() {
+                return Err(SPLIT);
+            }
+            self.copy = Some(Copying::Binary {
+                plan: plan.clone(),
+                header_seen: true,
+            });
+        }
+        // (start, end) of a value in `payload`, and what replaces it (None = NULL).
+        let mut changes: Vec<(usize, usize, Option<Vec<u8>>)> = Vec::new();
+        while at < payload.len() {
+            let n = take(at, 2).ok_or(SPLIT)?;
+            let n = i16::from_be_bytes([n[0], n[1]]);
+            at += 2;
+            if n == -1 {
+                break; // the trailer
+            }
+            if usize::try_from(n).ok() != Some(plan.len()) {
+                return Err("a binary COPY row does not match its columns");
+            }
+            for action in plan.iter() {
+                let len = take(at, 4).ok_or(SPLIT)?;
+                let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+                let start = at;
+                at += 4;
+                let Ok(len) = usize::try_from(len) else {
+                    continue; // -1: NULL
+                };
+                let value = take(at, len).ok_or(SPLIT)?;
+                at += len;
+                if let Some(changed) = self.value(action, value) {
+                    changes.push((start, at, changed));
+                }
+            }
+        }
+        if at != payload.len() {
+            return Err(SPLIT);
+        }
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(payload.len());
+        let mut from = 0;
+        for (start, end, value) in changes {
+            out.extend_from_slice(&payload[from..start]);
+            match value {
+                Some(v) => {
+                    let len = i32::try_from(v.len()).map_err(|_| SPLIT)?;
+                    out.extend_from_slice(&len.to_be_bytes());
+                    out.extend_from_slice(&v);
+                }
+                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+            from = end;
+        }
+        out.extend_from_slice(&payload[from..]);
+        Ok(Some(out))
     }
 
     /// One value of a column: `Ok(None)` unchanged, `Ok(Some(None))` NULL.
@@ -528,10 +684,79 @@ where
                 },
             };
         }
-        if event.opaque_output() && !state.watch.policy.detect_only {
-            return fail(
-                "binary COPY output cannot be masked; use COPY ... TO STDOUT in text or CSV format",
-            );
+        if event.opaque_output() {
+            // Binary COPY: readable only with its columns' types, which the protocol may know.
+            match this.inner.as_ref().get_ref().implied_columns() {
+                Some(columns) => {
+                    let plan: Plan = state
+                        .watch
+                        .policy
+                        .plan(columns, &state.watch.session.identity)
+                        .into();
+                    state.copy = Some(Copying::Binary {
+                        plan,
+                        header_seen: false,
+                    });
+                    state.copy_checked = true;
+                    return Poll::Ready(Some(Ok(event)));
+                }
+                None if !state.watch.policy.detect_only => {
+                    return fail(
+                        "binary COPY output cannot be masked here (its columns could not be described); use COPY ... TO STDOUT in text or CSV format",
+                    );
+                }
+                None => {}
+            }
+        }
+        if !state.copy_checked && matches!(event.view(), EventKind::CopyData(_)) {
+            // Text or CSV COPY output: read field by field when its layout and columns are
+            // known (column rules then apply); else its lines are scanned as free text.
+            state.copy_checked = true;
+            let body = this.inner.as_ref().get_ref();
+            match (body.copy_layout(), body.implied_columns()) {
+                (
+                    Some(layout @ (CopyLayout::Text { .. } | CopyLayout::Csv { .. })),
+                    Some(columns),
+                ) => {
+                    let plan: Plan = state
+                        .watch
+                        .policy
+                        .plan(columns, &state.watch.session.identity)
+                        .into();
+                    let (csv, header) = match layout {
+                        CopyLayout::Csv { header } => (true, header),
+                        CopyLayout::Text { header } => (false, header),
+                        _ => (false, false),
+                    };
+                    state.copy = Some(Copying::Text { plan, csv, header });
+                }
+                (Some(CopyLayout::Custom), Some(columns)) => {
+                    let plan = state
+                        .watch
+                        .policy
+                        .plan(columns, &state.watch.session.identity);
+                    if plan.iter().any(|a| a.whole.is_some()) && !state.watch.policy.detect_only {
+                        return fail(
+                            "COPY output with DELIMITER, NULL, QUOTE or ESCAPE options cannot be masked by column; use the default text or CSV options",
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        if state.copy.is_some() && matches!(event.view(), EventKind::CopyData(_)) {
+            let mut failed = None;
+            let masked = event.rewrite_text(&mut |payload| match state.copy_row(payload) {
+                Ok(changed) => changed,
+                Err(why) => {
+                    failed = Some(why);
+                    None
+                }
+            });
+            if let Some(why) = failed {
+                return fail(why);
+            }
+            return Poll::Ready(Some(Ok(masked.unwrap_or(event))));
         }
         // A result ends (or something else comes): the next rows need a description again.
         let keeps_plan = matches!(
@@ -544,6 +769,8 @@ where
         );
         if !keeps_plan {
             state.plan = None;
+            state.copy = None;
+            state.copy_checked = false;
         }
         if let Some(masked) = event.rewrite_text(&mut |v| state.text(v)) {
             return Poll::Ready(Some(Ok(masked)));

@@ -5,8 +5,9 @@
 //! content detection), rows rewritten (or passed through as the original bytes when nothing
 //! is found), free text of errors, notices, notifications and COPY data scanned, unreadable
 //! output refused rather than passed. [`MaskPolicy::redactor`] gives the same detectors to the
-//! audit trail and approval listings for statement text and parameters. Not done yet
-//! (docs/masking.md): rewriting binary `COPY` output (it is refused).
+//! audit trail and approval listings for statement text and parameters. `COPY` output in
+//! text, CSV and binary is read field by field when the protocol knows its columns
+//! (`ReplyBody::copy_layout`), so column rules apply to it as to rows.
 //!
 //! [`Detectors`] scan a value in one pass: a vectorisable check for the bytes that can start
 //! a character-triggered detection (digits, `@`, `:`, `+`) and one Aho-Corasick pass for
@@ -34,6 +35,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod copytext;
 mod detect;
 mod layer;
 mod mask;

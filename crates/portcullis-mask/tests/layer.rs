@@ -21,6 +21,10 @@ enum Ev {
     Columns(Vec<Column>),
     /// A description with a shape key (like PostgreSQL's RowDescription bytes).
     Shaped(Vec<Column>, Vec<u8>),
+    /// The start of output in a binary format (PostgreSQL binary COPY).
+    CopyOut,
+    /// A chunk of that output.
+    Copy(Vec<u8>),
     Row(Vec<Option<Vec<u8>>>),
     Text(Vec<u8>),
     Done,
@@ -35,6 +39,8 @@ impl EventView for Ev {
                 code: "00000",
                 message: "",
             },
+            Ev::CopyOut => EventKind::Other,
+            Ev::Copy(c) => EventKind::CopyData(c),
             Ev::Done => EventKind::Complete {
                 tag: "SELECT",
                 rows: None,
@@ -73,8 +79,12 @@ impl RewriteEvent for Ev {
     fn rewrite_text(&self, f: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>) -> Option<Self> {
         match self {
             Ev::Text(t) => f(t).map(Ev::Text),
+            Ev::Copy(c) => f(c).map(Ev::Copy),
             _ => None,
         }
+    }
+    fn opaque_output(&self) -> bool {
+        matches!(self, Ev::CopyOut)
     }
 }
 
@@ -326,5 +336,101 @@ async fn plans_are_reused_per_shape_within_a_session() {
             ]),
             "a reused plan masks the same"
         );
+    }
+}
+
+/// Binary COPY: with the columns known, each tuple is rewritten field by field (text masked,
+/// an integer holding a card number NULL, other binary values kept); without them, refused.
+#[tokio::test]
+async fn binary_copy_is_rewritten_with_known_columns() {
+    fn tuple(fields: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut out = (fields.len() as i16).to_be_bytes().to_vec();
+        for f in fields {
+            match f {
+                Some(v) => {
+                    out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    out.extend_from_slice(v);
+                }
+                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        out
+    }
+    let card = 4111111111111111i64.to_be_bytes();
+    let header = [&b"PGCOPY\n\xff\r\n\0"[..], &[0; 8]].concat();
+    let first = [
+        header,
+        tuple(&[
+            Some(b"Jane"),
+            Some(b"jane@example.com"),
+            Some(&card),
+            Some(&[0, 1, 2]),
+        ]),
+    ]
+    .concat();
+    let events = vec![
+        Ev::CopyOut,
+        Ev::Copy(first),
+        Ev::Copy(tuple(&[
+            None,
+            Some(b"nobody"),
+            Some(&7i64.to_be_bytes()),
+            None,
+        ])),
+        Ev::Copy((-1i16).to_be_bytes().to_vec()),
+        Ev::Done,
+    ];
+    let (out, _) = run(
+        MaskLayer::new(policy()),
+        &["dev"],
+        events.clone(),
+        Some(cols()),
+    )
+    .await;
+    let want_first = [
+        &b"PGCOPY\n\xff\r\n\0"[..],
+        &[0; 8],
+        &tuple(&[
+            Some(b"[redacted]"),
+            Some(b"j***@example.com"),
+            None,
+            Some(&[0, 1, 2]),
+        ]),
+    ]
+    .concat();
+    assert_eq!(out[1], Ok(Ev::Copy(want_first)));
+    assert_eq!(out[2], Ok(events[2].clone()), "nothing to mask: unchanged");
+    assert_eq!(out[3], Ok(events[3].clone()));
+
+    // Without a description of the columns: refused before any data passes.
+    let (out, _) = run(MaskLayer::new(policy()), &["dev"], events.clone(), None).await;
+    assert!(
+        matches!(&out[0], Err(e) if e.contains("binary COPY")),
+        "{out:?}"
+    );
+
+    // A tuple cut short or with the wrong field count fails the command, never passes.
+    let cut = vec![
+        Ev::CopyOut,
+        Ev::Copy(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0\x04".to_vec()),
+        Ev::Done,
+    ];
+    let (out, _) = run(MaskLayer::new(policy()), &["dev"], cut, Some(cols())).await;
+    assert!(
+        matches!(&out[1], Err(e) if e.contains("binary COPY")),
+        "{out:?}"
+    );
+}
+
+proptest::proptest! {
+    /// Any bytes as binary COPY data: masked or refused, never a panic.
+    #[test]
+    fn binary_copy_never_panics(chunks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 1..4)) {
+        let mut events = vec![Ev::CopyOut];
+        events.extend(chunks.into_iter().map(Ev::Copy));
+        events.push(Ev::Done);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (out, _) = runtime.block_on(run(MaskLayer::new(policy()), &["dev"], events, Some(cols())));
+        proptest::prop_assert!(!out.is_empty());
     }
 }

@@ -7,17 +7,18 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use portcullis_core::{
     AuthMethod, Identity, Protocol, ReplyBodyExt as _, Request, RewriteEvent as _, Session,
     SessionId,
 };
 use tower_service::Service as _;
 
+use crate::codec::Frame;
 use crate::codec::FrontendMessage;
 use crate::command::{Item, UnitBuilder};
 use crate::conn::PgUpstream;
-use crate::rows::Field;
+use crate::rows::{Field, fields};
 use crate::upstream::{self, UpstreamConfig};
 
 /// Most tables whose names are kept.
@@ -96,28 +97,20 @@ impl Catalog {
              join pg_catalog.pg_attribute a on a.attrelid = c.oid \
              where c.oid in ({list}) and a.attnum > 0 and not a.attisdropped"
         );
-        let mut side = self.inner.side.lock().await;
-        let mut upstream = match side.get(&database) {
-            Some(u) => u.clone(),
-            None => {
-                let connected =
-                    upstream::connect(&config, &config.user, &config.password, &database, &[])
-                        .await
-                        .map_err(|e| e.to_string())?;
-                let u = PgUpstream::new(connected, max_message);
-                side.insert(database.clone(), u.clone());
-                u
-            }
-        };
-        let rows = match query(&mut upstream, &sql, max_message).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                // A broken side connection is opened again next time.
-                side.remove(&database);
-                return Err(e);
-            }
-        };
-        drop(side);
+        let mut buf = BytesMut::new();
+        FrontendMessage::Query { sql: sql.into() }.encode(&mut buf);
+        let frames = self.side_run(&config, max_message, &database, buf).await?;
+        let rows: Vec<Vec<String>> = frames
+            .iter()
+            .filter(|f| f.tag() == b'D')
+            .filter_map(|f| f.row_values())
+            .map(|values| {
+                values
+                    .into_iter()
+                    .map(|v| String::from_utf8_lossy(v.unwrap_or_default()).into_owned())
+                    .collect()
+            })
+            .collect();
         let mut found: HashMap<u32, HashMap<i16, String>> =
             oids.iter().map(|&o| (o, HashMap::new())).collect();
         for row in rows {
@@ -144,20 +137,81 @@ impl Catalog {
     }
 }
 
-/// Run `sql` (a simple query) and return its rows as text.
-async fn query(
-    upstream: &mut PgUpstream,
-    sql: &str,
-    max_message: usize,
-) -> Result<Vec<Vec<String>>, String> {
-    let mut buf = BytesMut::new();
-    FrontendMessage::Query {
-        sql: sql.to_owned().into(),
+impl Catalog {
+    /// The columns of `select` as the database describes them (Parse + Describe, nothing
+    /// run), on the side connection to `database`.
+    pub(crate) async fn describe(
+        &self,
+        config: &UpstreamConfig,
+        max_message: usize,
+        database: &str,
+        select: &str,
+    ) -> Result<Vec<Field>, String> {
+        let mut buf = BytesMut::new();
+        for m in [
+            FrontendMessage::Parse {
+                name: Bytes::new(),
+                query: select.to_owned().into(),
+                param_types: Vec::new(),
+            },
+            FrontendMessage::Describe {
+                target: b'S',
+                name: Bytes::new(),
+            },
+            FrontendMessage::Sync,
+        ] {
+            m.encode(&mut buf);
+        }
+        let frames = self.side_run(config, max_message, database, buf).await?;
+        frames
+            .iter()
+            .find(|f| f.tag() == b'T')
+            .and_then(|f| fields(f.body()))
+            .ok_or_else(|| "the copied columns could not be described".to_owned())
     }
-    .encode(&mut buf);
-    let Ok(Some(Item::Unit(command))) = UnitBuilder::new(max_message).next(&mut buf) else {
-        return Err("could not build the catalog query".into());
-    };
+
+    /// Send `unit` (one command unit's bytes) on the side connection to `database` (opened
+    /// on first use with the listener's upstream settings) and collect the reply's frames;
+    /// an error reply is an error.
+    async fn side_run(
+        &self,
+        config: &UpstreamConfig,
+        max_message: usize,
+        database: &str,
+        mut unit: BytesMut,
+    ) -> Result<Vec<Frame>, String> {
+        let Ok(Some(Item::Unit(command))) = UnitBuilder::new(max_message).next(&mut unit) else {
+            return Err("could not build the catalog query".into());
+        };
+        let mut side = self.inner.side.lock().await;
+        let mut upstream = match side.get(database) {
+            Some(u) => u.clone(),
+            None => {
+                let connected =
+                    upstream::connect(config, &config.user, &config.password, database, &[])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                let u = PgUpstream::new(connected, max_message);
+                side.insert(database.to_owned(), u.clone());
+                u
+            }
+        };
+        match run(&mut upstream, command).await {
+            Ok(frames) => Ok(frames),
+            Err(e) => {
+                // A broken side connection is opened again next time.
+                side.remove(database);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Run one command unit and return its reply's frames.
+async fn run(
+    upstream: &mut PgUpstream,
+    command: crate::command::PgCommand,
+) -> Result<Vec<Frame>, String> {
     let peer = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
     let who = Identity::new("portcullis-catalog", Vec::new(), AuthMethod::StaticToken);
     let session = Arc::new(Session::new(
@@ -172,23 +226,16 @@ async fn query(
         .await
         .map_err(|e| e.to_string())?;
     let mut body = response.body;
-    let mut rows = Vec::new();
+    let mut frames = Vec::new();
     while let Some(frame) = body.next_event().await {
         let frame = frame.map_err(|e| e.to_string())?;
-        match frame.tag() {
-            b'D' => {
-                if let Some(values) = frame.row_values() {
-                    rows.push(
-                        values
-                            .into_iter()
-                            .map(|v| String::from_utf8_lossy(v.unwrap_or_default()).into_owned())
-                            .collect(),
-                    );
-                }
-            }
-            b'E' => return Err("the catalog query failed".into()),
-            _ => {}
+        if frame.tag() == b'E' {
+            let why = crate::codec::response_field(frame.body(), b'M')
+                .map(|m| String::from_utf8_lossy(m).into_owned())
+                .unwrap_or_default();
+            return Err(format!("the catalog query failed: {why}"));
         }
+        frames.push(frame);
     }
-    Ok(rows)
+    Ok(frames)
 }

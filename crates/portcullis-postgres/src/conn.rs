@@ -208,8 +208,9 @@ pub struct PgUpstream {
     sources: Option<Sources>,
 }
 
-/// A catalog lookup in flight.
-type Lookup = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// A catalog lookup in flight: tables' names, or (binary COPY) the copied columns.
+type Lookup =
+    Pin<Box<dyn Future<Output = Result<Option<Vec<portcullis_core::Column>>, String>> + Send>>;
 
 /// Where result columns' sources are looked up (when the listener resolves them).
 #[derive(Clone)]
@@ -307,6 +308,8 @@ impl tower_service::Service<Request<PgCommand>> for PgUpstream {
                 held: None,
                 lookup: None,
                 shape: None,
+                copy_out: None,
+                copy_columns: None,
             })));
         }
         let id = conn.next_id;
@@ -321,6 +324,7 @@ impl tower_service::Service<Request<PgCommand>> for PgUpstream {
             conn.writes.push_back(Segment::Upload(upload));
         }
         let details = details(&req.command, &mut conn.described);
+        let copy_out = self.sources.as_ref().and_then(|_| copy_out(&req.command));
         conn.units.push_back(Unit {
             id,
             slots: req.command.slots.iter().copied().collect(),
@@ -337,6 +341,8 @@ impl tower_service::Service<Request<PgCommand>> for PgUpstream {
             held: None,
             lookup: None,
             shape: None,
+            copy_out,
+            copy_columns: None,
         })))
     }
 }
@@ -669,6 +675,11 @@ pub struct PgReply {
     /// The RowDescription of the result now streaming, whose columns (with sources) are
     /// computed only if a layer asks ([`PgReply::implied`]).
     shape: Option<Frame>,
+    /// For a unit that is one `COPY … TO STDOUT`: a query with the same columns (described
+    /// when the output starts) and the rows' layout.
+    copy_out: Option<crate::copy::CopyOut>,
+    /// The columns of the binary COPY output now streaming.
+    copy_columns: Option<Vec<portcullis_core::Column>>,
 }
 
 impl std::fmt::Debug for PgReply {
@@ -683,6 +694,11 @@ impl std::fmt::Debug for PgReply {
 impl ReplyBody for PgReply {
     type Event = Frame;
 
+    fn copy_layout(&self) -> Option<portcullis_core::CopyLayout> {
+        self.copy_columns.as_ref()?;
+        self.copy_out.as_ref().map(|c| c.layout)
+    }
+
     fn implied_columns(&self) -> Option<Vec<portcullis_core::Column>> {
         self.implied()
     }
@@ -695,13 +711,21 @@ impl ReplyBody for PgReply {
             return Poll::Ready(None);
         }
         if let Some(lookup) = self.lookup.as_mut() {
-            if let Err(e) = ready!(lookup.as_mut().poll(cx)) {
-                warn!(target: "portcullis::postgres", error = %e, "source columns could not be looked up; masking rules by table match labels only");
-            }
+            let copied = match ready!(lookup.as_mut().poll(cx)) {
+                Ok(copied) => copied,
+                Err(e) => {
+                    warn!(target: "portcullis::postgres", error = %e, "source columns could not be looked up; masking rules by table match labels only, binary COPY output is refused");
+                    None
+                }
+            };
             self.lookup = None;
             if let Some(frame) = self.held.take() {
-                self.remember_resolved(&frame);
-                self.shape = Some(frame.clone());
+                if frame.tag() == b'H' {
+                    self.copy_columns = copied;
+                } else {
+                    self.remember_resolved(&frame);
+                    self.shape = Some(frame.clone());
+                }
                 return Poll::Ready(Some(Ok(frame)));
             }
         }
@@ -743,6 +767,9 @@ impl PgReply {
     /// The columns of the rows now arriving for this unit, from the descriptions the
     /// database gave earlier (a prepared statement executed again).
     fn implied(&self) -> Option<Vec<portcullis_core::Column>> {
+        if let Some(copied) = &self.copy_columns {
+            return Some(copied.clone());
+        }
         if let (Some(src), Some(shape)) = (&self.sources, &self.shape) {
             let f = fields(shape.body())?;
             return Some(src.add(&f, columns(&f, None)));
@@ -781,6 +808,7 @@ impl PgReply {
                                     missing,
                                 )
                                 .await
+                                .map(|()| None)
                         }));
                         self.held = Some(frame);
                         return Err(());
@@ -789,12 +817,63 @@ impl PgReply {
                     self.shape = Some(frame.clone());
                 }
             }
-            b'C' | b's' | b'I' | b'E' | b'Z' => {
+            // CopyOutResponse: its columns (types, sources) come from describing the COPY's
+            // query, while the frame waits.
+            b'H' => {
+                self.copy_columns = None;
+                let count = frame
+                    .body()
+                    .get(1..3)
+                    .map(|n| i16::from_be_bytes([n[0], n[1]]));
+                let format: i16 = frame.body().first().map_or(0, |f| i16::from(*f));
+                let select = self.copy_out.as_ref().map(|c| c.select.clone());
+                if let (Some(src), Some(select), Some(count)) =
+                    (self.sources.clone(), select, count)
+                {
+                    self.lookup = Some(Box::pin(async move {
+                        let fields = src
+                            .catalog
+                            .describe(&src.config, src.max_message, &src.database, &select)
+                            .await?;
+                        if i16::try_from(fields.len()).ok() != Some(count) {
+                            return Err("the described columns do not match the COPY output".into());
+                        }
+                        let missing = src.catalog.missing(&src.database, &fields);
+                        if !missing.is_empty() {
+                            src.catalog
+                                .resolve(
+                                    src.config.clone(),
+                                    src.max_message,
+                                    src.database.clone(),
+                                    missing,
+                                )
+                                .await?;
+                        }
+                        Ok(Some(src.add(&fields, columns(&fields, Some(&[format])))))
+                    }));
+                    self.held = Some(frame);
+                    return Err(());
+                }
+            }
+            b'C' | b's' | b'I' | b'E' | b'Z' | b'c' => {
                 self.shape = None;
+                self.copy_columns = None;
             }
             _ => {}
         }
         Ok(frame)
+    }
+}
+
+/// What `command` copies out, when it is one `COPY … TO STDOUT`.
+fn copy_out(command: &PgCommand) -> Option<crate::copy::CopyOut> {
+    let bytes = command.bytes();
+    if !bytes.windows(4).any(|w| w.eq_ignore_ascii_case(b"copy")) {
+        return None;
+    }
+    match command.statements().as_slice() {
+        [one] => crate::copy::copy_out(one.text),
+        _ => None,
     }
 }
 

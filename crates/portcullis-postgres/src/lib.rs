@@ -58,6 +58,7 @@ mod catalog;
 pub mod codec;
 mod command;
 mod conn;
+mod copy;
 mod io;
 mod rows;
 mod serve;

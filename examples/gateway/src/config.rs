@@ -836,7 +836,9 @@ impl Resolver<'_> {
         let audit = raw.audit.as_ref().and_then(|a| self.audit(a));
         let policy = raw.policy.as_ref().and_then(|p| self.policy(p));
         let masking = raw.masking.as_ref().and_then(|m| self.masking(m));
-        if masking.as_ref().is_some_and(MaskPolicy::has_column_rules) {
+        // Column rules follow source columns, and binary COPY output is read with the types
+        // of its columns: both come from the catalog, on a side connection.
+        if masking.is_some() {
             for listener in &mut postgres {
                 listener.serve.resolve_column_sources = true;
             }
