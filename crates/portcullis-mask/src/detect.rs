@@ -432,6 +432,10 @@ pub(crate) fn ipv4_at(v: &[u8], start: usize) -> Option<usize> {
     {
         return None;
     }
+    // Most numbers are not dotted quads: cheap to tell before parsing.
+    if v[start..end].iter().filter(|&&b| b == b'.').count() != 3 {
+        return None;
+    }
     let text = std::str::from_utf8(&v[start..end]).ok()?;
     text.parse::<Ipv4Addr>().ok().map(|_| end)
 }

@@ -309,8 +309,12 @@ fn has_trigger(v: &[u8]) -> bool {
     chunks.remainder().iter().any(|&b| hit(b))
 }
 
+/// Order findings by start (the longest first at the same start). They arrive as a few
+/// already-ordered runs (literal matches, character-triggered detections, each regex): the
+/// stable sort finds those runs and merges them in linear time, where an unstable sort would
+/// sort from scratch.
 fn settle(found: &mut [Finding]) {
-    found.sort_unstable_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+    found.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
 }
 
 /// Drop findings that overlap an earlier one (the earliest, longest wins).
