@@ -288,6 +288,13 @@ impl Detectors {
                 }
             }
             i += 1;
+            // Nothing starts inside a word (digits, capitals and secrets need a word start;
+            // `@`, `+` and `:` are not word bytes): skip to its end.
+            if b.is_ascii_alphanumeric() || b == b'_' {
+                while i < v.len() && (v[i].is_ascii_alphanumeric() || v[i] == b'_') {
+                    i += 1;
+                }
+            }
         }
     }
 }
