@@ -102,3 +102,94 @@ where
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use portcullis_core::{AuthMethod, Identity, Protocol, Session, SessionId, Statement};
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    struct Cmd(CommandKind);
+    impl CommandView for Cmd {
+        fn kind(&self) -> CommandKind {
+            self.0
+        }
+        fn statements(&self) -> Vec<Statement<'_>> {
+            vec![Statement::text("select 1")]
+        }
+    }
+    impl RefuseInPlace for Cmd {
+        fn refuse_in_place(&self, _refusal: &Refusal) -> Option<Self> {
+            None // answered by the layer itself
+        }
+    }
+
+    async fn run(
+        on_expiry: OnExpiry,
+        expires_in: Option<i64>,
+        kind: CommandKind,
+    ) -> Result<(), Error> {
+        let mut who = Identity::new("alice", vec![], AuthMethod::Oidc);
+        who.expires_at = expires_in.map(|s| {
+            let now = SystemTime::now();
+            if s >= 0 {
+                now + Duration::from_secs(s.unsigned_abs())
+            } else {
+                now - Duration::from_secs(s.unsigned_abs())
+            }
+        });
+        let session = Arc::new(Session::new(
+            SessionId(1),
+            Protocol::Postgres,
+            "t",
+            "127.0.0.1:1".parse().unwrap(),
+            who,
+        ));
+        let inner =
+            tower::service_fn(|_req: Request<Cmd>| async { Ok::<_, Error>(Response::new(())) });
+        ExpiryLayer::new(on_expiry)
+            .layer(inner)
+            .oneshot(Request::new(session, Cmd(kind)))
+            .await
+            .map(|_| ())
+    }
+
+    fn refusal(r: Result<(), Error>) -> Refusal {
+        Refusal::find(&r.expect_err("refused"))
+            .cloned()
+            .expect("a refusal")
+    }
+
+    #[tokio::test]
+    async fn expired_sessions_are_closed_or_refused() {
+        let closed = refusal(run(OnExpiry::Close, Some(-5), CommandKind::Statements).await);
+        assert!(
+            matches!(&closed, Refusal::Unauthenticated { reason } if reason.contains("token expired")),
+            "{closed:?}"
+        );
+        let refused = refusal(run(OnExpiry::Refuse, Some(-5), CommandKind::Statements).await);
+        assert!(
+            matches!(&refused, Refusal::Expired { reason } if reason.contains("reconnect")),
+            "{refused:?}"
+        );
+        // Valid, or without expiry (static tokens): through.
+        run(OnExpiry::Close, Some(60), CommandKind::Statements)
+            .await
+            .unwrap();
+        run(OnExpiry::Close, None, CommandKind::Statements)
+            .await
+            .unwrap();
+        // The session's events and goodbye always pass.
+        run(OnExpiry::Close, Some(-5), CommandKind::SessionEvents)
+            .await
+            .unwrap();
+        run(OnExpiry::Close, Some(-5), CommandKind::Terminate)
+            .await
+            .unwrap();
+    }
+}

@@ -64,6 +64,10 @@ pub struct ServePgConfig {
     /// columns. Off by default: it costs a connection to the database per listener and
     /// database.
     pub resolve_column_sources: bool,
+    /// End a session whose identity's credential expires (`Identity::expires_at`) as soon
+    /// as it is idle (`FATAL 28P01`), rather than only refusing its next command (which an
+    /// expiry layer does). Off by default.
+    pub close_when_expired: bool,
 }
 
 impl ServePgConfig {
@@ -82,6 +86,7 @@ impl ServePgConfig {
             max_pipeline: 256,
             upstream,
             resolve_column_sources: false,
+            close_when_expired: false,
         }
     }
 }
@@ -736,6 +741,16 @@ where
                     let _ = rx.wait_for(|stop| *stop).await;
                 })
             },
+            expiry: session
+                .identity
+                .expires_at
+                .filter(|_| self.config.close_when_expired)
+                .map(|at| {
+                    let left = at
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default();
+                    Box::pin(tokio::time::sleep(left))
+                }),
         };
         let end = std::future::poll_fn(|cx| driver.poll(cx)).await;
         // Before the stack is dropped, so layers that observe the drop can say why.
@@ -952,6 +967,8 @@ struct Driver<S: Service<Request<PgCommand>>, B> {
     end: Option<String>,
     /// Completes when the listener shuts its sessions down.
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Fires when the identity's credential expires (with `close_when_expired`).
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Notices layers send the client outside any reply (an approval wait).
     notices: Option<tokio::sync::mpsc::Receiver<portcullis_core::ClientNotice>>,
 }
@@ -1024,6 +1041,32 @@ where
             .encode(&mut self.wbuf);
             self.closing = true;
             self.end = Some("the gateway shut the session down".into());
+        }
+        if !self.closing
+            && let Some(expiry) = self.expiry.as_mut()
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            let idle = self.call.is_none()
+                && self.replies.is_empty()
+                && self.waiting.is_none()
+                && self.upload.is_none();
+            if idle {
+                // An idle session whose token expired ends now; a busy one at its next
+                // command (the expiry layer refuses it) or when this check comes round again.
+                error_message(
+                    Severity::Fatal,
+                    "28P01",
+                    "authentication failed: the session's token expired; reconnect with a fresh token",
+                )
+                .encode(&mut self.wbuf);
+                self.closing = true;
+                self.end = Some("the session's token expired".into());
+            } else {
+                expiry
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                let _ = expiry.as_mut().poll(cx);
+            }
         }
         loop {
             let mut progress = false;

@@ -836,6 +836,16 @@ impl Resolver<'_> {
         let audit = raw.audit.as_ref().and_then(|a| self.audit(a));
         let policy = raw.policy.as_ref().and_then(|p| self.policy(p));
         let masking = raw.masking.as_ref().and_then(|m| self.masking(m));
+        // With on_expiry = "close", an idle session ends when its token expires (a busy one at
+        // its next command, through the expiry layer).
+        if oidc
+            .as_ref()
+            .is_some_and(|o| o.on_expiry == OnExpiry::Close)
+        {
+            for listener in &mut postgres {
+                listener.serve.close_when_expired = true;
+            }
+        }
         // Column rules follow source columns, and binary COPY output is read with the types
         // of its columns: both come from the catalog, on a side connection.
         if masking.is_some() {

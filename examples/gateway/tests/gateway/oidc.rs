@@ -616,7 +616,16 @@ async fn sessions_outliving_their_token_are_closed_or_refused() {
     );
     let exp = now() + 3;
     let short = signed_with(&idp, |c| c["exp"] = json!(exp));
-    let closing = connect(close_port, &short).await.unwrap();
+    let (closing, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(close_port)
+        .user("whoever")
+        .password(&short)
+        .dbname("app")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let closing_connection = tokio::spawn(connection);
     let refusing = connect(refuse_port, &short).await.unwrap();
     closing.query_one("select 1", &[]).await.unwrap();
     refusing.query_one("select 1", &[]).await.unwrap();
@@ -627,17 +636,21 @@ async fn sessions_outliving_their_token_are_closed_or_refused() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let e = closing.query_one("select 1", &[]).await.unwrap_err();
+    // Close mode: the idle session is ended by the gateway at expiry, without a command.
+    super::wait_closed(
+        &closing,
+        Duration::from_secs(5),
+        "the expired session closes while idle",
+    )
+    .await;
+    let e = closing_connection
+        .await
+        .unwrap()
+        .expect_err("the gateway ended the session");
     let db = e.as_db_error().unwrap_or_else(|| panic!("{e}"));
     assert_eq!(db.code(), &SqlState::INVALID_PASSWORD);
     assert_eq!(db.severity(), "FATAL");
     assert!(db.message().contains("token expired"), "{db:?}");
-    super::wait_closed(
-        &closing,
-        Duration::from_secs(5),
-        "the expired session closes",
-    )
-    .await;
 
     let e = refusing.query_one("select 1", &[]).await.unwrap_err();
     let db = e.as_db_error().unwrap_or_else(|| panic!("{e}"));
@@ -654,16 +667,20 @@ async fn sessions_outliving_their_token_are_closed_or_refused() {
     // An expired token cannot log in at all.
     refused(close_port, &short, "expired", "expired at login").await;
 
-    // The trail records the refused commands.
-    for trail in [&trail_close, &trail_refuse] {
-        let text = std::fs::read_to_string(trail).unwrap_or_default();
-        assert!(
-            text.lines()
-                .any(|l| l.contains("\"refused\"") && l.contains("token expired")),
-            "{}: no refused record naming the expiry:\n{text}",
-            trail.display()
-        );
-    }
+    // The trails: the closed session's end names the expiry; the refused commands are
+    // recorded as refused.
+    let text = std::fs::read_to_string(&trail_close).unwrap_or_default();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"session_end\"") && l.contains("token expired")),
+        "no session end naming the expiry:\n{text}"
+    );
+    let text = std::fs::read_to_string(&trail_refuse).unwrap_or_default();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"refused\"") && l.contains("token expired")),
+        "no refused record naming the expiry:\n{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
