@@ -296,6 +296,7 @@ where
                 rbuf: BytesMut::with_capacity(8192),
                 tls: false,
                 claimed_user: None,
+                last_word: None,
             };
             let deadline = this.config.handshake_timeout;
             let handshake = tokio::time::timeout(deadline, this.handshake(&mut client, peer)).await;
@@ -315,6 +316,7 @@ where
                     if !silent {
                         this.observe(e.kind(), peer, client.claimed_user.take(), e.to_string());
                     }
+                    client.say_last_word().await;
                     return;
                 }
                 Err(_) => {
@@ -322,9 +324,6 @@ where
                         .metrics
                         .logins_refused
                         .fetch_add(1, Ordering::Relaxed);
-                    let _ = client
-                        .fatal("08006", "the gateway's handshake deadline passed before authentication finished")
-                        .await;
                     info!(target: "portcullis::postgres", %peer, listener = %this.config.name, "handshake timed out");
                     this.observe(
                         ConnectionEventKind::HandshakeTimeout,
@@ -332,6 +331,11 @@ where
                         client.claimed_user.take(),
                         "the handshake deadline passed before authentication finished".into(),
                     );
+                    client.last_word = None;
+                    let _ = client
+                        .fatal("08006", "the gateway's handshake deadline passed before authentication finished")
+                        .await;
+                    client.say_last_word().await;
                     return;
                 }
             };
@@ -617,8 +621,10 @@ where
             Ok(c) => c,
             Err(ConnectError::Refused(frame)) => {
                 // The database's own FATAL (database does not exist, too many connections...).
-                client.io.write_all(frame.as_bytes()).await?;
-                client.io.flush().await?;
+                client
+                    .last_word
+                    .get_or_insert_with(BytesMut::new)
+                    .extend_from_slice(frame.as_bytes());
                 return Err(HandshakeError::Upstream(
                     "the database refused the login".into(),
                 ));
@@ -808,6 +814,9 @@ struct Client {
     tls: bool,
     /// The user name from the startup packet, once read (for connection events).
     claimed_user: Option<String>,
+    /// The FATAL that ends a refused handshake, sent once the refusal is recorded: a client
+    /// never hears of a refusal the audit trail could miss.
+    last_word: Option<BytesMut>,
 }
 
 impl Client {
@@ -818,9 +827,23 @@ impl Client {
         self.io.flush().await
     }
 
+    /// End the handshake with a FATAL — kept until [`Client::say_last_word`], after the
+    /// refusal is recorded.
     async fn fatal(&mut self, code: &str, message: &str) -> std::io::Result<()> {
-        self.send(&error_message(Severity::Fatal, code, message))
-            .await
+        let mut buf = BytesMut::new();
+        error_message(Severity::Fatal, code, message).encode(&mut buf);
+        self.last_word
+            .get_or_insert_with(BytesMut::new)
+            .extend_from_slice(&buf);
+        Ok(())
+    }
+
+    /// Send the FATAL kept by [`Client::fatal`], if any.
+    async fn say_last_word(&mut self) {
+        if let Some(buf) = self.last_word.take() {
+            let _ = self.io.write_all(&buf).await;
+            let _ = self.io.flush().await;
+        }
     }
 }
 
