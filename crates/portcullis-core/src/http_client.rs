@@ -23,7 +23,7 @@ pub struct ClientError {
 }
 
 /// Where to trust server certificates.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Trust {
     /// The web PKI roots (webpki-roots).
     #[default]

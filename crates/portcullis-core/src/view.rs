@@ -16,6 +16,15 @@ pub enum CommandKind {
     Terminate,
 }
 
+impl CommandKind {
+    /// The session's event stream or its goodbye: no command runs, so a check that refuses
+    /// commands (a revoked or expired credential) lets these through — a refused session
+    /// still hears what the database says and can end cleanly.
+    pub fn is_session_lifecycle(self) -> bool {
+        matches!(self, CommandKind::SessionEvents | CommandKind::Terminate)
+    }
+}
+
 /// One statement in a command unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -19,9 +19,7 @@
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use portcullis_core::{
-    CommandKind, CommandView, Error, Refusal, RefuseInPlace, Refusing, Request, Response,
-};
+use portcullis_core::{CommandView, Error, Refusal, RefuseInPlace, Refusing, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -85,10 +83,7 @@ where
             .identity
             .expires_at
             .and_then(|at| SystemTime::now().duration_since(at).ok());
-        let exempt = matches!(
-            req.command.kind(),
-            CommandKind::SessionEvents | CommandKind::Terminate
-        );
+        let exempt = req.command.kind().is_session_lifecycle();
         let Some(ago) = expired.filter(|_| !exempt) else {
             return Refusing::pass(self.inner.call(req));
         };
@@ -109,7 +104,9 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use portcullis_core::{AuthMethod, Identity, Protocol, Session, SessionId, Statement};
+    use portcullis_core::{
+        AuthMethod, CommandKind, Identity, Protocol, Session, SessionId, Statement,
+    };
     use tower::ServiceExt as _;
 
     use super::*;

@@ -372,18 +372,24 @@ impl State {
         if fields.len() != plan.len() {
             return Err(BAD);
         }
-        let mut changed = false;
-        let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(fields.len());
-        for (field, action) in fields.iter().zip(plan.iter()) {
-            let new = match field {
-                None => None,
-                Some(value) => self.value(action, value),
-            };
-            changed |= new.is_some();
-            out.push(new.unwrap_or_else(|| field.as_ref().map(|v| v.to_vec())));
+        // (field, its new value) for the fields that change; the row is rebuilt only then.
+        let mut changes: Vec<(usize, Option<Vec<u8>>)> = Vec::new();
+        for (i, (field, action)) in fields.iter().zip(plan.iter()).enumerate() {
+            if let Some(value) = field
+                && let Some(new) = self.value(action, value)
+            {
+                changes.push((i, new));
+            }
         }
-        if !changed {
+        if changes.is_empty() {
             return Ok(None);
+        }
+        let mut out: Vec<Option<Vec<u8>>> = fields
+            .iter()
+            .map(|f| f.as_ref().map(|v| v.to_vec()))
+            .collect();
+        for (i, new) in changes {
+            out[i] = new;
         }
         Ok(Some(if csv {
             crate::copytext::csv_row(&out)

@@ -238,8 +238,9 @@ impl AuditSink {
     }
 }
 
-/// `[identity.oidc]`.
-#[derive(Debug, Clone)]
+/// `[identity.oidc]`. Equal settings (same provider, same checks): a reload keeps the keys
+/// already fetched.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct OidcSettings {
     /// The provider and how its tokens are checked.
     pub(crate) config: OidcConfig,
@@ -248,27 +249,6 @@ pub(crate) struct OidcSettings {
     /// `startup = "retry"`: start without the provider and keep trying (default: the
     /// gateway does not start while the provider is unreachable).
     pub(crate) retry_startup: bool,
-    /// The `ca` file's contents, to compare configurations.
-    ca_pem: Option<Vec<u8>>,
-}
-
-impl PartialEq for OidcSettings {
-    /// Same provider, same checks: a reload keeps the keys already fetched.
-    fn eq(&self, other: &Self) -> bool {
-        let (a, b) = (&self.config, &other.config);
-        a.issuer == b.issuer
-            && a.audiences == b.audiences
-            && a.groups_claim == b.groups_claim
-            && a.accept_id_tokens == b.accept_id_tokens
-            && a.accept_access_tokens == b.accept_access_tokens
-            && a.leeway == b.leeway
-            && a.max_token_bytes == b.max_token_bytes
-            && a.refresh_interval == b.refresh_interval
-            && a.min_refetch_interval == b.min_refetch_interval
-            && self.ca_pem == other.ca_pem
-            && self.on_expiry == other.on_expiry
-            && self.retry_startup == other.retry_startup
-    }
 }
 
 /// One `[[identity.tokens]]` entry.
@@ -1480,15 +1460,11 @@ impl Resolver<'_> {
                 self.choice("[identity.oidc] startup", v, &["fail", "retry"]) == Some("retry")
             }
         };
-        let mut ca_pem = None;
         if let Some(ca) = &o.ca
             && let Some(path) = self.path("[identity.oidc] ca", ca)
         {
             match std::fs::read(&path) {
-                Ok(pem) => {
-                    config.trust = Trust::Pem(pem.clone());
-                    ca_pem = Some(pem);
-                }
+                Ok(pem) => config.trust = Trust::Pem(pem),
                 Err(e) => self.at(
                     ca.span(),
                     format!("[identity.oidc] ca: cannot read {}: {e}", path.display()),
@@ -1508,7 +1484,6 @@ impl Resolver<'_> {
             config,
             on_expiry,
             retry_startup,
-            ca_pem,
         })
     }
 

@@ -144,15 +144,10 @@ pub(crate) async fn inspect(token: &str, config: Option<&Path>) -> ExitCode {
     if let Some(nbf) = date("nbf").filter(|n| *n > now) {
         println!("not valid before: in {} (nbf {nbf})", human(nbf - now));
     }
-    let kind = if header.get("typ").and_then(|t| t.as_str()).is_some_and(|t| {
-        t.trim_start_matches("application/")
-            .eq_ignore_ascii_case("at+jwt")
-    }) || claims.get("typ").and_then(|t| t.as_str()) == Some("Bearer")
-    {
-        TokenKind::AccessToken
-    } else {
-        TokenKind::IdToken
-    };
+    let kind = TokenKind::of(
+        header.get("typ").and_then(|t| t.as_str()),
+        claims.get("typ").and_then(|t| t.as_str()),
+    );
     println!("kind: {kind}");
     let Some(path) = config else {
         println!("signature: not checked (give --config with [identity.oidc] to check it)");

@@ -15,14 +15,13 @@
 //! The check costs one atomic load per command while the configuration does not change.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
-use pin_project_lite::pin_project;
-use portcullis_core::{AuthMethod, CommandKind, CommandView, Error, Refusal, Request, Session};
+use portcullis_core::{
+    AuthMethod, CommandView, Error, Refusal, Refusing, Request, Response, Session,
+};
 use tower::{Layer, Service};
 
 /// The static tokens of one configuration: name → SHA-256 of the token.
@@ -169,63 +168,28 @@ impl<S> RevokeCheck<S> {
     }
 }
 
-impl<S, C> Service<Request<C>> for RevokeCheck<S>
+impl<S, C, B> Service<Request<C>> for RevokeCheck<S>
 where
-    S: Service<Request<C>, Error = Error>,
+    S: Service<Request<C>, Response = Response<B>, Error = Error>,
     C: CommandView,
 {
-    type Response = S::Response;
+    type Response = Response<B>;
     type Error = Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = Refusing<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<C>) -> Self::Future {
-        // The session's event stream and its goodbye carry no command: let them through, so
-        // that a refused session still hears what the database says and can end cleanly.
-        // Every other kind, including kinds added later, is checked.
-        let exempt = matches!(
-            req.command.kind(),
-            CommandKind::SessionEvents | CommandKind::Terminate
-        );
-        if !exempt && let Err(refusal) = self.check() {
-            return ResponseFuture::Refused {
-                error: Some(refusal.into()),
-            };
+        // Every kind but the session's events and goodbye, including kinds added later, is
+        // checked.
+        if !req.command.kind().is_session_lifecycle()
+            && let Err(refusal) = self.check()
+        {
+            return Refusing::refuse_now(refusal);
         }
-        ResponseFuture::Inner {
-            future: self.inner.call(req),
-        }
-    }
-}
-
-pin_project! {
-    /// Future of [`RevokeCheck`]: the inner service's, or a refusal.
-    #[project = ResponseFutureProj]
-    pub(crate) enum ResponseFuture<F> {
-        /// The command was refused before reaching the inner service.
-        Refused { error: Option<Error> },
-        /// The inner service's future.
-        Inner { #[pin] future: F },
-    }
-}
-
-impl<F, R> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<R, Error>>,
-{
-    type Output = Result<R, Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            ResponseFutureProj::Inner { future } => future.poll(cx),
-            ResponseFutureProj::Refused { error } => match error.take() {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Ready(Err("RevokeCheck's future polled after completion".into())),
-            },
-        }
+        Refusing::pass(self.inner.call(req))
     }
 }
 
@@ -233,7 +197,9 @@ where
 mod tests {
     use std::future::{Ready, poll_fn, ready};
 
-    use portcullis_core::{Identity, Protocol, RescueKind, SessionId, Statement, rescue};
+    use portcullis_core::{
+        CommandKind, Identity, Protocol, RescueKind, SessionId, Statement, rescue,
+    };
 
     use super::*;
 
@@ -251,15 +217,15 @@ mod tests {
     #[derive(Default)]
     struct Counter(usize);
     impl Service<Request<Cmd>> for Counter {
-        type Response = ();
+        type Response = Response<()>;
         type Error = Error;
-        type Future = Ready<Result<(), Error>>;
+        type Future = Ready<Result<Response<()>, Error>>;
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
             Poll::Ready(Ok(()))
         }
         fn call(&mut self, _: Request<Cmd>) -> Self::Future {
             self.0 += 1;
-            ready(Ok(()))
+            ready(Ok(Response::new(())))
         }
     }
 
@@ -285,7 +251,9 @@ mod tests {
         kind: CommandKind,
     ) -> Result<(), Error> {
         poll_fn(|cx| svc.poll_ready(cx)).await?;
-        svc.call(Request::new(session.clone(), Cmd(kind))).await
+        svc.call(Request::new(session.clone(), Cmd(kind)))
+            .await
+            .map(|_| ())
     }
 
     #[tokio::test]

@@ -265,8 +265,15 @@ impl Drop for Gateway {
 
 /// `GET path` over plain HTTP/1.1: `(status, body)`.
 async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_as(port, path, None).await
+}
+
+/// `GET path` over plain HTTP/1.1, with `Authorization: Bearer TOKEN` when given.
+async fn http_get_as(port: u16, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n");
     tcp.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     tcp.read_to_string(&mut response).await?;

@@ -39,7 +39,7 @@ use keys::KeySet;
 pub use token::{TokenKind, decode_unverified};
 
 /// How to trust an OpenID Connect provider's tokens.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct OidcConfig {
     /// The issuer, exactly as tokens carry it in `iss` (`https://idp.example.com/realms/x`).

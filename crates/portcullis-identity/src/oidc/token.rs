@@ -31,6 +31,22 @@ pub enum TokenKind {
     AccessToken,
 }
 
+impl TokenKind {
+    /// The kind of a token whose header `typ` and payload `typ` claim are these: an access
+    /// token when the header says `at+jwt` (or `application/at+jwt`, any case) or the claim
+    /// says `Bearer`; else an ID token.
+    pub fn of(header_typ: Option<&str>, claim_typ: Option<&str>) -> TokenKind {
+        let at_jwt = header_typ
+            .map(|t| t.trim_start_matches("application/"))
+            .is_some_and(|t| t.eq_ignore_ascii_case("at+jwt"));
+        if at_jwt || claim_typ == Some("Bearer") {
+            TokenKind::AccessToken
+        } else {
+            TokenKind::IdToken
+        }
+    }
+}
+
 impl std::fmt::Display for TokenKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -146,22 +162,16 @@ pub(crate) fn read(token: &str, limits: Limits) -> Result<Unverified<'_>, String
     })?;
     let claims: Map<String, Value> = serde_json::from_slice(&payload)
         .map_err(|e| format!("the token payload is not a JSON object: {e}"))?;
-    let access = header
-        .typ
-        .as_deref()
-        .map(|t| t.trim_start_matches("application/"))
-        .is_some_and(|t| t.eq_ignore_ascii_case("at+jwt"))
-        || claims.get("typ").and_then(Value::as_str) == Some("Bearer");
+    let kind = TokenKind::of(
+        header.typ.as_deref(),
+        claims.get("typ").and_then(Value::as_str),
+    );
     Ok(Unverified {
         signing_input,
         signature,
         alg,
         kid,
-        kind: if access {
-            TokenKind::AccessToken
-        } else {
-            TokenKind::IdToken
-        },
+        kind,
         claims,
     })
 }

@@ -80,25 +80,6 @@ path = "{trail}"
     (gateway, gw, admin, dir)
 }
 
-/// `GET path` on the admin API with a bearer token: the status.
-async fn admin_status(admin: u16, path: &str, token: &str) -> u16 {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", admin))
-        .await
-        .unwrap();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).await.unwrap();
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 async fn connect(port: u16, token: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::Config::new()
         .host("127.0.0.1")
@@ -304,8 +285,20 @@ async fn oidc_logins_groups_roles_rotation_and_audit() {
         .await
         .unwrap();
     // OIDC tokens open the admin API too (approvers are people).
-    assert_eq!(admin_status(admin, "/approvals", &dana).await, 200);
-    assert_eq!(admin_status(admin, "/approvals", "not-a-token").await, 401);
+    assert_eq!(
+        super::http_get_as(admin, "/approvals", Some(&dana))
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert_eq!(
+        super::http_get_as(admin, "/approvals", Some("not-a-token"))
+            .await
+            .unwrap()
+            .0,
+        401
+    );
 
     // A service account's client-credentials access token, through `portcullis login`.
     let out = Command::new(BIN)
