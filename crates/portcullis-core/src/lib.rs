@@ -48,6 +48,8 @@ mod error;
 mod glob;
 #[cfg(feature = "http-client")]
 pub mod http_client;
+pub mod io;
+pub mod listener;
 mod message;
 mod notice;
 mod refuse;
@@ -55,6 +57,10 @@ mod reply;
 mod rows;
 mod session;
 mod stack;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(feature = "tls")]
+pub mod upstream;
 mod verdict;
 mod view;
 

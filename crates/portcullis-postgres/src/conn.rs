@@ -24,10 +24,10 @@ use tracing::warn;
 use crate::catalog::Catalog;
 use crate::codec::{Frame, FrontendMessage, decode_frame, first_cstr, response_field};
 use crate::command::{PgCommand, Slot};
-use crate::io::BoxIo;
 use crate::rows::{Field, columns, fields};
 use crate::upstream::Connected;
 use crate::upstream::UpstreamConfig;
+use portcullis_core::io::BoxIo;
 
 const READ_CHUNK: usize = 64 * 1024;
 

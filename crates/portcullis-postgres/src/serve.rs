@@ -3,16 +3,17 @@
 //! credentials, builds the session's command stack, then drives the session: client frames
 //! are cut into command units, each unit goes through the stack, and the replies stream back.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use portcullis_core::listener::{HandshakeError, IdentitySlot, SessionCaps, SessionSlot};
 use portcullis_core::{
     CommandKind, ConnectionEvent, ConnectionEventKind, ConnectionObserver, Credentials, Error,
     Identity, NewService, Protocol, Refusal, ReplyBody, Request, RescueKind, Response, Session,
@@ -30,8 +31,8 @@ use crate::codec::{
 };
 use crate::command::{Item, PgCommand, UnitBuilder};
 use crate::conn::{PgUpstream, UpstreamError};
-use crate::io::{BoxIo, Prefixed};
 use crate::upstream::{self, ConnectError, UpstreamConfig};
+use portcullis_core::io::{BoxIo, Prefixed};
 
 /// Settings of one PostgreSQL listener (`[[postgres]]`).
 #[derive(Clone, Debug)]
@@ -95,35 +96,17 @@ impl ServePgConfig {
 /// authenticator with its own reason (28P01); a larger one is refused from its length alone.
 const MAX_PASSWORD_MESSAGE: usize = 1024 * 1024 + 1024;
 
-/// Counters of a listener, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct PgMetrics {
-    /// Sessions open now.
-    pub sessions_active: AtomicUsize,
-    /// Sessions opened since start.
-    pub sessions_total: AtomicU64,
-    /// Logins refused (bad token, refused startup, limits).
-    pub logins_refused: AtomicU64,
-    /// Command units run.
-    pub commands_total: AtomicU64,
-    /// Command units refused by a layer or failed in the gateway.
-    pub command_errors: AtomicU64,
-    /// Bytes from clients to the database.
-    pub bytes_from_clients: AtomicU64,
-    /// Bytes from the database to clients.
-    pub bytes_to_clients: AtomicU64,
-    /// Cancel requests forwarded to the database.
-    pub cancels_forwarded: AtomicU64,
-}
+/// Counters of a PostgreSQL listener.
+pub type PgMetrics = portcullis_core::listener::ListenerMetrics;
 
 /// A listener's live state, kept across reconfigurations ([`ServePg::reconfigure`]).
 #[derive(Debug)]
 struct Shared {
     cancel: CancelRegistry,
     metrics: Arc<PgMetrics>,
-    /// Sessions counted against `max_sessions`, including those still logging in.
-    slots: AtomicUsize,
-    per_identity: Mutex<HashMap<String, usize>>,
+    /// Sessions counted against `max_sessions` (including those still logging in) and
+    /// `max_sessions_per_identity`.
+    caps: Arc<SessionCaps>,
     next_session: AtomicU64,
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Source columns of results, for every session of the listener.
@@ -135,8 +118,7 @@ impl Default for Shared {
         Shared {
             cancel: CancelRegistry::default(),
             metrics: Arc::default(),
-            slots: AtomicUsize::new(0),
-            per_identity: Mutex::default(),
+            caps: Arc::default(),
             next_session: AtomicU64::new(0),
             shutdown: tokio::sync::watch::channel(false).0,
             catalog: crate::catalog::Catalog::default(),
@@ -173,49 +155,6 @@ impl<A, N> std::fmt::Debug for ServePg<A, N> {
         f.debug_struct("ServePg")
             .field("name", &self.config.name)
             .finish_non_exhaustive()
-    }
-}
-
-/// Why a connection never became a session (the client was told with a FATAL).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum HandshakeError {
-    /// The client broke the protocol.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    /// I/O failure or the client left.
-    #[error("connection error: {0}")]
-    Io(#[from] std::io::Error),
-    /// The startup was refused (parameters, TLS policy, limits).
-    #[error("{0}")]
-    Refused(String),
-    /// The token was refused (the message says why).
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// The database could not be reached or refused the gateway.
-    #[error("{0}")]
-    Upstream(String),
-    /// The handshake took too long.
-    #[error("handshake timed out")]
-    Timeout,
-    /// The TLS handshake failed.
-    #[error("TLS handshake failed: {0}")]
-    Tls(std::io::Error),
-}
-
-impl HandshakeError {
-    /// The kind of connection event this failure is recorded as.
-    pub fn kind(&self) -> ConnectionEventKind {
-        match self {
-            HandshakeError::Protocol(_) | HandshakeError::Io(_) => {
-                ConnectionEventKind::ProtocolError
-            }
-            HandshakeError::Refused(_) => ConnectionEventKind::RefusedStartup,
-            HandshakeError::Unauthenticated(_) => ConnectionEventKind::RefusedLogin,
-            HandshakeError::Upstream(_) => ConnectionEventKind::UpstreamFailure,
-            HandshakeError::Timeout => ConnectionEventKind::HandshakeTimeout,
-            HandshakeError::Tls(_) => ConnectionEventKind::TlsFailure,
-        }
     }
 }
 
@@ -284,7 +223,7 @@ where
 
     /// Serve one client connection to its end. Never panics; every failure is logged and,
     /// where the protocol allows, told to the client.
-    pub fn serve_connection<I: crate::io::Io>(
+    pub fn serve_connection<I: portcullis_core::io::Io>(
         &self,
         io: I,
         peer: SocketAddr,
@@ -521,7 +460,7 @@ where
             let _ = client.fatal("28000", msg).await;
             return Err(HandshakeError::Refused(msg.into()));
         }
-        let Some(session_slot) = SessionSlot::reserve(&self.shared, cfg.max_sessions) else {
+        let Some(session_slot) = self.shared.caps.reserve(cfg.max_sessions) else {
             let msg = "sorry, too many clients already (the gateway's max_sessions)";
             let _ = client.fatal("53300", msg).await;
             return Err(HandshakeError::Refused(msg.into()));
@@ -587,11 +526,10 @@ where
                 return Err(HandshakeError::Unauthenticated(msg));
             }
         };
-        let identity_slot = IdentitySlot::acquire(
-            &self.shared,
-            &identity.subject,
-            cfg.max_sessions_per_identity,
-        );
+        let identity_slot = self
+            .shared
+            .caps
+            .acquire(&identity.subject, cfg.max_sessions_per_identity);
         let Some(identity_slot) = identity_slot else {
             let msg = format!(
                 "too many sessions for identity \"{}\" (the gateway's max_sessions_per_identity)",
@@ -789,7 +727,7 @@ where
     S: Service<Request<PgCommand>, Response = Response<B>, Error = Error> + Send + 'static,
     S::Future: Send + 'static,
     B: ReplyBody<Event = Frame> + Send + 'static,
-    I: crate::io::Io,
+    I: portcullis_core::io::Io,
 {
     type Response = ();
     type Error = std::convert::Infallible;
@@ -851,68 +789,6 @@ struct Established {
     session: Arc<Session>,
     upstream: PgUpstream,
     _guards: (crate::cancel::CancelKeyGuard, IdentitySlot, SessionSlot),
-}
-
-/// A session (or a login in progress) counted against the listener's cap; released on drop.
-struct SessionSlot {
-    shared: Arc<Shared>,
-}
-
-impl SessionSlot {
-    fn reserve(shared: &Arc<Shared>, max: Option<usize>) -> Option<SessionSlot> {
-        let before = shared.slots.fetch_add(1, Ordering::AcqRel);
-        let slot = SessionSlot {
-            shared: shared.clone(),
-        };
-        // Dropping the slot gives the place back when over the cap.
-        max.is_none_or(|max| before < max).then_some(slot)
-    }
-}
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        self.shared.slots.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A session counted against its identity's cap; released on drop.
-struct IdentitySlot {
-    shared: Arc<Shared>,
-    subject: String,
-}
-
-impl IdentitySlot {
-    fn acquire(shared: &Arc<Shared>, subject: &str, max: Option<usize>) -> Option<IdentitySlot> {
-        let mut map = shared
-            .per_identity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(subject.to_owned()).or_insert(0);
-        if max.is_some_and(|max| *n >= max) {
-            return None;
-        }
-        *n += 1;
-        Some(IdentitySlot {
-            shared: shared.clone(),
-            subject: subject.to_owned(),
-        })
-    }
-}
-
-impl Drop for IdentitySlot {
-    fn drop(&mut self) {
-        let mut map = self
-            .shared
-            .per_identity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.subject) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.subject);
-            }
-        }
-    }
 }
 
 /// A layer's notice as a `NoticeResponse`.

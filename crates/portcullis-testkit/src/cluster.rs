@@ -5,13 +5,12 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::thread::sleep;
-use std::time::Duration;
 
 use tempfile::TempDir;
 
 use crate::error::{Error, IoContext};
 use crate::server::{Server, Shutdown, Spec, StartFailure, log_path};
+use crate::sys::{copy_dir, remove_dir_retrying};
 use crate::template::template;
 use crate::{SUPERUSER, free_port};
 
@@ -19,8 +18,13 @@ use crate::{SUPERUSER, free_port};
 /// directories after the test, for post-mortems.
 pub const KEEP_ENV: &str = "PORTCULLIS_TESTKIT_KEEP";
 
+/// Whether [`KEEP_ENV`] asks to keep server directories.
+pub(crate) fn keep_dirs() -> bool {
+    std::env::var_os(KEEP_ENV).is_some_and(|v| !v.is_empty())
+}
+
 /// How many ports `start` tries when the chosen one is taken before the server binds it.
-const PORT_ATTEMPTS: u32 = 5;
+pub(crate) const PORT_ATTEMPTS: u32 = 5;
 
 /// The address clusters listen on.
 const HOST: &str = "127.0.0.1";
@@ -82,7 +86,7 @@ impl PgCluster {
         fs::write(&ca_path, template.ca_pem.as_bytes())
             .ctx(|| format!("writing {}", ca_path.display()))?;
 
-        let keep = std::env::var_os(KEEP_ENV).is_some_and(|v| !v.is_empty());
+        let keep = keep_dirs();
         let log = log_path(&root);
         let mut attempt = 0;
         let (server, port) = loop {
@@ -262,15 +266,7 @@ impl Drop for PgCluster {
             server.stop(Shutdown::Immediate);
         }
         if let Some(dir) = self.dir.take() {
-            let path = dir.path().to_path_buf();
-            for _ in 0..5 {
-                match fs::remove_dir_all(&path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        sleep(Duration::from_millis(50));
-                    }
-                    _ => break,
-                }
-            }
+            remove_dir_retrying(dir.path());
             drop(dir);
         }
         // Disarms and reaps the watchdog.
@@ -288,27 +284,8 @@ pub(crate) fn clear_pg_env(cmd: &mut Command) {
     }
 }
 
-/// Copies a directory tree preserving modes (and owners, when root).
-fn copy_dir(from: &Path, to: &Path) -> Result<(), Error> {
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .stdin(Stdio::null())
-        .output()
-        .ctx(|| "running cp")?;
-    if !out.status.success() {
-        return Err(Error::Command {
-            what: format!("cp -a {} {}", from.display(), to.display()),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    Ok(())
-}
-
 /// Percent-encodes everything but RFC 3986 unreserved characters.
-fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

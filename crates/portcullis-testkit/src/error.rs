@@ -8,14 +8,20 @@ pub(crate) const INSTALL_HINT: &str = "install the PostgreSQL server and client 
      macOS: `brew install postgresql`), or set PG_BIN_DIR to the directory holding \
      `initdb`, `postgres` and `psql`";
 
+/// The hint given when MariaDB binaries cannot be found.
+pub(crate) const MARIADB_INSTALL_HINT: &str = "install the MariaDB server and client \
+     (Debian/Ubuntu: `apt-get install mariadb-server mariadb-client`; Fedora: \
+     `dnf install mariadb-server`; macOS: `brew install mariadb`), or set MARIADB_BIN_DIR \
+     to the directory holding `mariadbd`, `mariadb-install-db` and `mariadb`";
+
 /// Everything that can go wrong while preparing test fixtures.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A PostgreSQL program could not be found.
-    #[error("PostgreSQL program `{name}` not found: {hint}")]
+    /// A PostgreSQL or MariaDB program could not be found.
+    #[error("program `{name}` not found: {hint}")]
     MissingBinary {
-        /// The program that was looked for (`initdb`, `psql`, ...).
+        /// The program that was looked for (`initdb`, `psql`, `mariadbd`, ...).
         name: String,
         /// How to install it.
         hint: String,
@@ -29,7 +35,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// An external command (initdb, postgres, psql, ...) failed.
+    /// An external command (initdb, postgres, psql, mariadb, ...) failed.
     #[error("{what} failed ({status}):\n{stderr}")]
     Command {
         /// The command, in words.
@@ -52,7 +58,7 @@ pub enum Error {
     #[error("OIDC provider: {0}")]
     Oidc(String),
     /// The machine is not set up the way the kit needs (e.g. running as root
-    /// without a `postgres` system user).
+    /// without a `postgres` or `mysql` system user).
     #[error("unsupported environment: {0}")]
     Environment(String),
 }

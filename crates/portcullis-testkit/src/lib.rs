@@ -1,5 +1,5 @@
-//! Throwaway PostgreSQL servers, an OpenID Connect provider, TLS certificates and free
-//! ports for Portcullis tests.
+//! Throwaway PostgreSQL and MariaDB servers, an OpenID Connect provider, TLS
+//! certificates and free ports for Portcullis tests.
 //!
 //! ```
 //! use portcullis_testkit::{Certs, free_port};
@@ -25,6 +25,23 @@
 //! let _superuser = cluster.url("app"); // postgres://portcullis:…@127.0.0.1:PORT/app
 //! let _md5 = cluster.config_string_as(MD5_USER.0, MD5_USER.1, "app");
 //! // Dropping the cluster stops the server and deletes its directory.
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Starting a MariaDB server (needs `mariadbd`, `mariadb-install-db` and the
+//! `mariadb` client, e.g. Debian's `mariadb-server`):
+//!
+//! ```no_run
+//! use portcullis_testkit::{MARIADB_ED25519_USER, MariaDb};
+//!
+//! let db = MariaDb::start()?;
+//! assert_eq!(db.sql("select 1")?, "1");
+//! let out = db.mysql("app").args(["-N", "-B", "-e", "select database()"]).output()?;
+//! assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "app");
+//! let _superuser = db.url("app"); // mysql://portcullis:…@127.0.0.1:PORT/app
+//! let (user, password) = MARIADB_ED25519_USER; // authenticated with ed25519
+//! let _ed = db.mysql_as(user, password, "app");
+//! // Dropping the server stops it and deletes its directory.
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -65,6 +82,24 @@
 //! without dropping the cluster (Ctrl-C, `std::process::exit`, a cluster kept in a
 //! `static`), the watchdog shuts the server down and deletes its directory. Set
 //! `PORTCULLIS_TESTKIT_KEEP=1` to keep cluster directories for inspection.
+//!
+//! # How MariaDB servers are made
+//!
+//! The same way: the first [`MariaDb::start`] builds a template in
+//! `<base>/portcullis-testkit-mariadb-template-<version>-<recipe tag>-u<server uid>/`
+//! under a lock: `mariadb-install-db`, then a socket-only server creates the `app`
+//! database and the users (installing the `auth_ed25519` plugin), shuts down
+//! cleanly, and a `complete` marker is written. Each [`MariaDb`] copies the
+//! template's data directory into its own temporary directory, writes its `my.cnf`
+//! (read with `--defaults-file`, so no system option file applies), unix socket
+//! path and TLS files (`ca.pem`, `server.crt`, `server.key`) there, and starts
+//! `mariadbd` on a free port on 127.0.0.1. It is ready when it sends its greeting on
+//! both the socket and the port (and the greeting must offer TLS). `mariadbd` runs as
+//! the `mysql` system user when the tests run as root, as the current user
+//! otherwise; programs are found via `$MARIADB_BIN_DIR`, `PATH` and the usual
+//! directories (see [`MariaDb::bin`]). The watchdog and `PORTCULLIS_TESTKIT_KEEP`
+//! work as for PostgreSQL. The system's own MariaDB server (port 3306, its socket,
+//! `/etc/mysql`) is never used.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -73,6 +108,7 @@ mod bin;
 mod certs;
 mod cluster;
 mod error;
+mod mariadb;
 mod oidc;
 mod server;
 mod sys;
@@ -84,6 +120,7 @@ pub use bin::PG_BIN_DIR_ENV;
 pub use certs::{CertFiles, Certs};
 pub use cluster::{KEEP_ENV, PgCluster};
 pub use error::Error;
+pub use mariadb::{MARIADB_BIN_DIR_ENV, MariaDb};
 pub use oidc::{
     ACCOUNTS, AUDIENCE, Account, DEVICE_CLIENT, DEVICE_SCOPE, OidcProvider, RESOURCE,
     SERVICE_CLIENT, SERVICE_GROUPS, SigningKey, TOKEN_TTL,
@@ -101,6 +138,21 @@ pub const PLAIN_USER: (&str, &str) = ("plainuser", "plainuser-secret");
 /// An ordinary (non-superuser) role authenticated with SCRAM-SHA-256 over TCP:
 /// `(name, password)`.
 pub const SCRAM_USER: (&str, &str) = ("scramuser", "scramuser-secret");
+
+/// The superuser of every [`MariaDb`] server: `(name, password)`;
+/// `'portcullis'@'%'` with `ALL PRIVILEGES ON *.* WITH GRANT OPTION`, authenticated
+/// with `mysql_native_password`.
+pub const MARIADB_SUPERUSER: (&str, &str) = ("portcullis", "portcullis-secret");
+/// A [`MariaDb`] user authenticated with `mysql_native_password`, with all
+/// privileges on `app.*`: `(name, password)`.
+pub const MARIADB_NATIVE_USER: (&str, &str) = ("native_user", "native_user-secret");
+/// A [`MariaDb`] user authenticated with MariaDB's `ed25519` plugin
+/// (`client_ed25519` on the client side), with all privileges on `app.*`:
+/// `(name, password)`.
+pub const MARIADB_ED25519_USER: (&str, &str) = ("ed_user", "ed_user-secret");
+/// A [`MariaDb`] user authenticated with `mysql_native_password` that may only
+/// `SELECT` from `app.*`: `(name, password)`.
+pub const MARIADB_READONLY_USER: (&str, &str) = ("readonly", "readonly-secret");
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read the
 /// port, close). Someone else may take it before you bind it; be ready to retry.

@@ -1,5 +1,6 @@
-//! Running a `postgres` postmaster as a child process, with a watchdog that shuts it
-//! down (and removes its directory) if this process dies without dropping it.
+//! Running a database server (a `postgres` postmaster, a `mariadbd`) as a child
+//! process, with a watchdog that shuts it down (and removes its directory) if this
+//! process dies without dropping it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
@@ -22,24 +23,26 @@ const LOG_TAIL_LINES: usize = 40;
 
 /// The watchdog: a tiny shell loop whose stdin is a pipe from this process.
 ///
-/// Lines `INT` / `QUIT` make it signal the postmaster (and forget its pid);
-/// `FORGET` makes it forget the pid; `DISARM` makes it forget pid and directory.
-/// At end of input (this process died, or dropped the [`Server`]) it sends
-/// SIGQUIT to a still-remembered postmaster, waits up to five seconds, SIGKILLs
-/// it, and removes a still-remembered cluster directory.
+/// Lines `INT` / `QUIT` / `TERM` / `KILL` make it send that signal to the server
+/// (and forget its pid); `FORGET` makes it forget the pid; `DISARM` makes it forget
+/// pid and directory. At end of input (this process died, or dropped the
+/// [`Server`]) it sends its third argument's signal (SIGQUIT for PostgreSQL) to a
+/// still-remembered server, waits up to five seconds, SIGKILLs it, and removes a
+/// still-remembered server directory.
 /// It runs in its own process group so a terminal's Ctrl-C does not reach it.
 const WATCHDOG_SCRIPT: &str = r#"trap '' INT HUP TERM PIPE
 pid=$1
 dir=$2
+sig=${3:-QUIT}
 while IFS= read -r cmd; do
   case $cmd in
-    INT|QUIT) if [ -n "$pid" ]; then kill -s "$cmd" "$pid" 2>/dev/null; pid=; fi ;;
+    INT|QUIT|TERM|KILL) if [ -n "$pid" ]; then kill -s "$cmd" "$pid" 2>/dev/null; pid=; fi ;;
     FORGET) pid= ;;
     DISARM) pid=; dir= ;;
   esac
 done
 if [ -n "$pid" ]; then
-  kill -s QUIT "$pid" 2>/dev/null
+  kill -s "$sig" "$pid" 2>/dev/null
   i=0
   while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.05; i=$((i+1)); done
   kill -s KILL "$pid" 2>/dev/null
@@ -47,13 +50,19 @@ fi
 if [ -n "$dir" ]; then rm -rf -- "$dir"; fi
 "#;
 
-/// A signal the postmaster understands as a shutdown request.
+/// A signal that asks a server to stop.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Shutdown {
-    /// SIGINT: "fast" shutdown — disconnect clients, checkpoint, exit cleanly.
+    /// SIGINT: PostgreSQL's "fast" shutdown — disconnect clients, checkpoint, exit
+    /// cleanly.
     Fast,
-    /// SIGQUIT: "immediate" shutdown — exit at once, crash recovery on next start.
+    /// SIGQUIT: PostgreSQL's "immediate" shutdown — exit at once, crash recovery on
+    /// next start.
     Immediate,
+    /// SIGTERM: MariaDB's normal shutdown.
+    Terminate,
+    /// SIGKILL: gone at once, whatever the server.
+    Kill,
 }
 
 impl Shutdown {
@@ -61,8 +70,21 @@ impl Shutdown {
         match self {
             Shutdown::Fast => "INT",
             Shutdown::Immediate => "QUIT",
+            Shutdown::Terminate => "TERM",
+            Shutdown::Kill => "KILL",
         }
     }
+}
+
+/// Why [`Server::wait_until`] gave up.
+#[derive(Debug)]
+pub(crate) enum NotReady {
+    /// The server exited (and was reaped).
+    Exited(ExitStatus),
+    /// The time was up.
+    TimedOut,
+    /// Waiting for the child failed.
+    Wait(std::io::Error),
 }
 
 /// What to start.
@@ -94,12 +116,14 @@ pub(crate) enum StartFailure {
     Other(Error),
 }
 
-/// A running (or stopped) postmaster child.
+/// A running (or stopped) server child.
 #[derive(Debug)]
 pub(crate) struct Server {
     child: Child,
     watchdog: Option<Watchdog>,
     exited: bool,
+    /// How the server is stopped when dropped or when its start fails.
+    abort: Shutdown,
 }
 
 impl Server {
@@ -117,14 +141,6 @@ impl Server {
     }
 
     fn spawn(spec: &Spec<'_>) -> Result<Server, Error> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(spec.log)
-            .ctx(|| format!("opening {}", spec.log.display()))?;
-        let log2 = log
-            .try_clone()
-            .ctx(|| format!("opening {}", spec.log.display()))?;
         let mut cmd = Command::new(spec.postgres);
         cmd.arg("-D")
             .arg(spec.data_dir)
@@ -138,62 +154,109 @@ impl Server {
         cmd.current_dir(spec.cwd)
             .env("LC_ALL", "C")
             .env_remove("PGDATA")
-            .env_remove("PGPORT")
-            .stdin(Stdio::null())
-            .stdout(log)
+            .env_remove("PGPORT");
+        Server::spawn_command(
+            cmd,
+            spec.log,
+            spec.user,
+            spec.cleanup_dir,
+            Shutdown::Immediate,
+        )
+    }
+
+    /// Spawns `cmd` (program, arguments, environment and working directory set by
+    /// the caller) as `user`, with stdin closed, stdout and stderr appended to
+    /// `log`, in its own process group, under a watchdog that removes
+    /// `cleanup_dir` if this process dies. `abort` is how the server is stopped
+    /// when the [`Server`] is dropped, or by the watchdog.
+    pub(crate) fn spawn_command(
+        mut cmd: Command,
+        log: &Path,
+        user: ServerUser,
+        cleanup_dir: Option<&Path>,
+        abort: Shutdown,
+    ) -> Result<Server, Error> {
+        let log_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .ctx(|| format!("opening {}", log.display()))?;
+        let log2 = log_file
+            .try_clone()
+            .ctx(|| format!("opening {}", log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log_file)
             .stderr(log2)
             // Keep terminal signals (Ctrl-C) away from the server; the watchdog
             // takes care of it if this process dies.
             .process_group(0);
-        spec.user.apply(&mut cmd);
+        user.apply(&mut cmd);
         let child = cmd
             .spawn()
-            .ctx(|| format!("starting {}", spec.postgres.display()))?;
-        let watchdog = Watchdog::spawn(child.id(), spec.cleanup_dir);
+            .ctx(|| format!("starting {}", Path::new(cmd.get_program()).display()))?;
+        let watchdog = Watchdog::spawn(child.id(), cleanup_dir, abort);
         Ok(Server {
             child,
             watchdog,
             exited: false,
+            abort,
         })
     }
 
-    fn wait_ready(&mut self, spec: &Spec<'_>, log_start: u64) -> Result<(), StartFailure> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        let pid_file = spec.data_dir.join("postmaster.pid");
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, spec.port));
-        let mut ready = false;
+    /// Polls `ready` (and whether the server is still running) every 20 ms until it
+    /// returns `true`, the server exits, or `timeout` has passed.
+    pub(crate) fn wait_until(
+        &mut self,
+        timeout: Duration,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), NotReady> {
+        let deadline = Instant::now() + timeout;
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => {
                     self.reaped();
-                    return Err(self.exit_failure(spec, status, log_start));
+                    return Err(NotReady::Exited(status));
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    return Err(StartFailure::Other(Error::io("waiting for postgres", e)));
-                }
+                Err(e) => return Err(NotReady::Wait(e)),
             }
+            if ready() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(NotReady::TimedOut);
+            }
+            sleep(POLL);
+        }
+    }
+
+    fn wait_ready(&mut self, spec: &Spec<'_>, log_start: u64) -> Result<(), StartFailure> {
+        let pid_file = spec.data_dir.join("postmaster.pid");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, spec.port));
+        let mut ready = false;
+        let waited = self.wait_until(START_TIMEOUT, || {
             if !ready {
                 ready = fs::read_to_string(&pid_file)
                     .is_ok_and(|text| text.lines().nth(7).is_some_and(|s| s.trim() == "ready"));
             }
-            if ready
+            ready
                 && (!spec.tcp || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
-            {
-                return Ok(());
+        });
+        match waited {
+            Ok(()) => Ok(()),
+            Err(NotReady::Exited(status)) => Err(self.exit_failure(spec, status, log_start)),
+            Err(NotReady::Wait(e)) => {
+                Err(StartFailure::Other(Error::io("waiting for postgres", e)))
             }
-            if Instant::now() >= deadline {
-                return Err(StartFailure::Other(Error::Timeout {
-                    what: format!(
-                        "PostgreSQL ({}, port {}) did not become ready within {}s; server log:\n{}",
-                        spec.data_dir.display(),
-                        spec.port,
-                        START_TIMEOUT.as_secs(),
-                        log_tail(spec.log, log_start)
-                    ),
-                }));
-            }
-            sleep(POLL);
+            Err(NotReady::TimedOut) => Err(StartFailure::Other(Error::Timeout {
+                what: format!(
+                    "PostgreSQL ({}, port {}) did not become ready within {}s; server log:\n{}",
+                    spec.data_dir.display(),
+                    spec.port,
+                    START_TIMEOUT.as_secs(),
+                    log_tail(spec.log, log_start)
+                ),
+            })),
         }
     }
 
@@ -211,7 +274,7 @@ impl Server {
         }
     }
 
-    /// The postmaster's process id.
+    /// The server's process id.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -257,7 +320,7 @@ impl Server {
 /// directory is left alone (removing it is the owner's business).
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop(Shutdown::Immediate);
+        self.stop(self.abort);
         if let Some(mut watchdog) = self.watchdog.take() {
             watchdog.send("DISARM");
             watchdog.finish();
@@ -274,13 +337,14 @@ struct Watchdog {
 impl Watchdog {
     /// Starts the watchdog; `None` if `sh` cannot be started (everything still works,
     /// only the cleanup after a crash of this process is lost).
-    fn spawn(pid: u32, cleanup_dir: Option<&Path>) -> Option<Watchdog> {
+    fn spawn(pid: u32, cleanup_dir: Option<&Path>, abort: Shutdown) -> Option<Watchdog> {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(WATCHDOG_SCRIPT)
             .arg("portcullis-testkit-watchdog")
             .arg(pid.to_string())
             .arg(cleanup_dir.map(Path::as_os_str).unwrap_or_default())
+            .arg(abort.command())
             .current_dir("/")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

@@ -1,18 +1,48 @@
-//! Operating-system helpers: who we are, who the server runs as, where temp files go.
+//! Operating-system helpers: who we are, who the server runs as, where temp files go,
+//! copying and removing directories.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::thread::sleep;
+use std::time::Duration;
 
 use crate::error::{Error, IoContext};
 
-/// The system user PostgreSQL runs as when the tests run as root.
-const SERVER_USER_NAME: &str = "postgres";
+/// The system account a database server runs as when the tests run as root (both
+/// PostgreSQL and MariaDB refuse to run as root).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SystemAccount {
+    /// The account's name in `/etc/passwd`.
+    pub(crate) name: &'static str,
+    /// The product, for messages (`PostgreSQL`).
+    pub(crate) product: &'static str,
+    /// The Debian package that creates the account.
+    pub(crate) package: &'static str,
+    /// The account's usual home directory, for the `useradd` hint.
+    pub(crate) home: &'static str,
+}
 
-/// The account `initdb` and `postgres` run as.
+/// The account PostgreSQL runs as when the tests run as root.
+pub(crate) const POSTGRES_ACCOUNT: SystemAccount = SystemAccount {
+    name: "postgres",
+    product: "PostgreSQL",
+    package: "postgresql",
+    home: "/var/lib/postgresql",
+};
+
+/// The account MariaDB runs as when the tests run as root.
+pub(crate) const MARIADB_ACCOUNT: SystemAccount = SystemAccount {
+    name: "mysql",
+    product: "MariaDB",
+    package: "mariadb-server",
+    home: "/var/lib/mysql",
+};
+
+/// The account a server (and its setup programs) run as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ServerUser {
     /// Numeric user id.
@@ -21,6 +51,8 @@ pub(crate) struct ServerUser {
     pub(crate) gid: u32,
     /// Whether this is a different user from the one running the tests (we are root).
     pub(crate) switch: bool,
+    /// The account's name (when `switch`), for messages.
+    pub(crate) name: &'static str,
 }
 
 impl ServerUser {
@@ -36,7 +68,7 @@ impl ServerUser {
     pub(crate) fn chown(&self, path: &Path) -> Result<(), Error> {
         if self.switch {
             std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
-                .ctx(|| format!("chown {} to the `{SERVER_USER_NAME}` user", path.display()))?;
+                .ctx(|| format!("chown {} to the `{}` user", path.display(), self.name))?;
         }
         Ok(())
     }
@@ -68,31 +100,38 @@ fn id_u() -> Option<u32> {
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
-/// Who the PostgreSQL server processes run as: the `postgres` system user when we
-/// are root (PostgreSQL refuses to run as root), the current user otherwise.
-pub(crate) fn server_user() -> Result<ServerUser, Error> {
+/// Who a server's processes run as: `account` (e.g. the `postgres` system user) when
+/// we are root (the servers refuse to run as root), the current user otherwise.
+pub(crate) fn server_user(account: &SystemAccount) -> Result<ServerUser, Error> {
     let euid = effective_uid();
     if euid != 0 {
         return Ok(ServerUser {
             uid: euid,
             gid: 0,
             switch: false,
+            name: "",
         });
     }
     let passwd = fs::read_to_string("/etc/passwd").ctx(|| "reading /etc/passwd")?;
-    lookup_passwd(&passwd, SERVER_USER_NAME).ok_or_else(|| {
+    lookup_passwd(&passwd, account.name).ok_or_else(|| {
+        let SystemAccount {
+            name,
+            product,
+            package,
+            home,
+        } = account;
         Error::Environment(format!(
-            "running as root, and PostgreSQL refuses to run as root, but there is no \
-             `{SERVER_USER_NAME}` system user in /etc/passwd to run it as; install the \
-             server package (`apt-get install postgresql` creates the user) or create one \
-             (`useradd --system --user-group --home-dir /var/lib/postgresql {SERVER_USER_NAME}`), \
+            "running as root, and {product} refuses to run as root, but there is no \
+             `{name}` system user in /etc/passwd to run it as; install the \
+             server package (`apt-get install {package}` creates the user) or create one \
+             (`useradd --system --user-group --home-dir {home} {name}`), \
              or run the tests as an ordinary user"
         ))
     })
 }
 
 /// Finds `name` in /etc/passwd text.
-fn lookup_passwd(passwd: &str, name: &str) -> Option<ServerUser> {
+fn lookup_passwd(passwd: &str, name: &'static str) -> Option<ServerUser> {
     passwd.lines().find_map(|line| {
         let mut fields = line.split(':');
         if fields.next()? != name {
@@ -105,8 +144,65 @@ fn lookup_passwd(passwd: &str, name: &str) -> Option<ServerUser> {
             uid,
             gid,
             switch: true,
+            name,
         })
     })
+}
+
+/// The login name of this process's effective user: from `/etc/passwd`, else
+/// `$USER` / `$LOGNAME`.
+pub(crate) fn effective_user_name() -> Option<String> {
+    let euid = effective_uid();
+    fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| name_of_uid(&passwd, euid))
+        .or_else(|| {
+            ["USER", "LOGNAME"]
+                .iter()
+                .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+        })
+}
+
+/// Finds the name of `uid` in /etc/passwd text.
+fn name_of_uid(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let _password = fields.next()?;
+        (fields.next()?.trim().parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
+}
+
+/// Copies a directory tree preserving modes (and owners, when root).
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> Result<(), Error> {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .stdin(Stdio::null())
+        .output()
+        .ctx(|| "running cp")?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            what: format!("cp -a {} {}", from.display(), to.display()),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Removes a directory tree, retrying a few times (a server that just exited may
+/// still be deleting files in it). Errors are ignored.
+pub(crate) fn remove_dir_retrying(path: &Path) {
+    for _ in 0..5 {
+        match fs::remove_dir_all(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                sleep(Duration::from_millis(50));
+            }
+            _ => break,
+        }
+    }
 }
 
 /// Environment variable naming the directory for the template and the clusters.
@@ -115,7 +211,8 @@ pub const DIR_ENV: &str = "PORTCULLIS_TESTKIT_DIR";
 /// Shared memory, a tmpfs on Linux: creating files there is much faster than on
 /// some disks, and the clusters run with `fsync = off` anyway.
 const SHM: &str = "/dev/shm";
-/// How much room [`SHM`] must have to be used (clusters take ~40 MB each).
+/// How much room [`SHM`] must have to be used (PostgreSQL clusters take ~40 MB
+/// each, MariaDB servers ~40 MB).
 const SHM_MIN_AVAILABLE_KB: u64 = 1 << 20;
 
 /// The directory the template and the throwaway clusters live in:
@@ -191,11 +288,15 @@ mod tests {
             Some(ServerUser {
                 uid: 101,
                 gid: 104,
-                switch: true
+                switch: true,
+                name: "postgres",
             })
         );
         assert_eq!(lookup_passwd(passwd, "postgre"), None);
         assert_eq!(lookup_passwd("broken", "broken"), None);
+        assert_eq!(name_of_uid(passwd, 101).as_deref(), Some("postgres"));
+        assert_eq!(name_of_uid(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(name_of_uid(passwd, 7), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The template data directory: initdb'ed, configured and stopped once per machine,
-//! then copied by every [`crate::PgCluster::start`].
+//! then copied by every [`crate::PgCluster::start`]. Also the once-per-machine
+//! machinery (lock file, `complete` marker) that [`crate::MariaDb`]'s template shares.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::PermissionsExt as _;
@@ -11,13 +12,13 @@ use crate::bin::{find, server_bin_dir, server_major};
 use crate::certs::{Certs, write_private};
 use crate::error::{Error, IoContext};
 use crate::server::{Server, Shutdown, Spec, StartFailure, log_tail};
-use crate::sys::{ServerUser, server_user, temp_base};
+use crate::sys::{POSTGRES_ACCOUNT, ServerUser, server_user, temp_base};
 use crate::{MD5_USER, PLAIN_USER, SCRAM_USER, SUPERUSER};
 
 /// Bump when the recipe below changes, so stale templates are not reused.
 const RECIPE_TAG: &str = "v1";
 /// Written last; its presence means the template is complete.
-const MARKER: &str = "complete";
+pub(crate) const MARKER: &str = "complete";
 /// The port the template server uses while being set up (unix socket only).
 const SETUP_PORT: u16 = 5432;
 
@@ -83,23 +84,15 @@ pub(crate) fn template() -> Result<Arc<Template>, Error> {
 
     let bin_dir = server_bin_dir()?;
     let major = server_major(&bin_dir)?;
-    let user = server_user()?;
+    let user = server_user(&POSTGRES_ACCOUNT)?;
     let base = temp_base(&user)?;
     let name = format!(
         "portcullis-testkit-template-{major}-{RECIPE_TAG}-u{}",
         user.uid
     );
-    let dir = base.join(&name);
-    if !is_complete(&dir) {
-        let lock_path = base.join(format!("{name}.lock"));
-        let lock = open_lock(&lock_path)?;
-        lock.lock()
-            .ctx(|| format!("locking {}", lock_path.display()))?;
-        if !is_complete(&dir) {
-            build(&dir, &bin_dir, major, &user)?;
-        }
-        drop(lock);
-    }
+    let dir = build_once(&base, &name, is_complete, |dir| {
+        build(dir, &bin_dir, major, &user)
+    })?;
     let ca_path = dir.join("ca.pem");
     let ca_pem = fs::read_to_string(&ca_path).ctx(|| format!("reading {}", ca_path.display()))?;
     let template = Arc::new(Template {
@@ -128,6 +121,49 @@ fn is_complete(dir: &Path) -> bool {
     .all(|f| dir.join(f).is_file())
 }
 
+/// Returns `base/name`, first building it with `build` unless `is_complete` says it
+/// is ready. Builds happen under the lock file `base/name.lock`, so concurrent test
+/// processes build a template once; `build` must finish with [`mark_complete`].
+pub(crate) fn build_once(
+    base: &Path,
+    name: &str,
+    is_complete: impl Fn(&Path) -> bool,
+    build: impl FnOnce(&Path) -> Result<(), Error>,
+) -> Result<PathBuf, Error> {
+    let dir = base.join(name);
+    if !is_complete(&dir) {
+        let lock_path = base.join(format!("{name}.lock"));
+        let lock = open_lock(&lock_path)?;
+        lock.lock()
+            .ctx(|| format!("locking {}", lock_path.display()))?;
+        if !is_complete(&dir) {
+            build(&dir)?;
+        }
+        drop(lock);
+    }
+    Ok(dir)
+}
+
+/// Creates `dir` afresh (removing a half-made template from a crashed run), mode
+/// 0755, owned by `user`.
+pub(crate) fn fresh_dir(dir: &Path, user: &ServerUser) -> Result<(), Error> {
+    if fs::symlink_metadata(dir).is_ok() {
+        fs::remove_dir_all(dir).ctx(|| format!("removing stale {}", dir.display()))?;
+    }
+    fs::create_dir(dir).ctx(|| format!("creating {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+        .ctx(|| format!("chmod {}", dir.display()))?;
+    user.chown(dir)
+}
+
+/// Writes (and syncs) the [`MARKER`] that says the template in `dir` is complete.
+pub(crate) fn mark_complete(dir: &Path) -> Result<(), Error> {
+    let marker = dir.join(MARKER);
+    let file = File::create(&marker).ctx(|| format!("creating {}", marker.display()))?;
+    file.sync_all()
+        .ctx(|| format!("syncing {}", marker.display()))
+}
+
 fn open_lock(path: &Path) -> Result<File, Error> {
     let context = || format!("opening lock file {}", path.display());
     match OpenOptions::new()
@@ -145,14 +181,7 @@ fn open_lock(path: &Path) -> Result<File, Error> {
 }
 
 fn build(dir: &Path, bin_dir: &Path, major: u32, user: &ServerUser) -> Result<(), Error> {
-    // A half-made template from a crashed run.
-    if fs::symlink_metadata(dir).is_ok() {
-        fs::remove_dir_all(dir).ctx(|| format!("removing stale {}", dir.display()))?;
-    }
-    fs::create_dir(dir).ctx(|| format!("creating {}", dir.display()))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-        .ctx(|| format!("chmod {}", dir.display()))?;
-    user.chown(dir)?;
+    fresh_dir(dir, user)?;
 
     let data = dir.join("data");
     initdb(dir, &data, bin_dir, major, user)?;
@@ -206,11 +235,7 @@ fn build(dir: &Path, bin_dir: &Path, major: u32, user: &ServerUser) -> Result<()
     drop(server);
     let _ = fs::remove_dir_all(&sock);
 
-    let marker = dir.join(MARKER);
-    let file = File::create(&marker).ctx(|| format!("creating {}", marker.display()))?;
-    file.sync_all()
-        .ctx(|| format!("syncing {}", marker.display()))?;
-    Ok(())
+    mark_complete(dir)
 }
 
 fn initdb(

@@ -1,3 +1,5 @@
+//! Byte streams the protocol servers read and write.
+
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -12,15 +14,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 /// A type-erased [`Io`].
 pub type BoxIo = Box<dyn Io>;
 
-/// A stream that first replays bytes already read from it (the start of a direct TLS
-/// handshake, read while looking for a startup packet).
-pub(crate) struct Prefixed<T> {
+/// A stream that first replays bytes already read from it (the start of a TLS handshake,
+/// read while looking for something else).
+pub struct Prefixed<T> {
     prefix: Bytes,
     inner: T,
 }
 
 impl<T> Prefixed<T> {
-    pub(crate) fn new(prefix: Bytes, inner: T) -> Self {
+    /// A stream that replays `prefix`, then reads `inner`.
+    pub fn new(prefix: Bytes, inner: T) -> Self {
         Prefixed { prefix, inner }
     }
 }

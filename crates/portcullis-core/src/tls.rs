@@ -1,5 +1,6 @@
-//! TLS configuration for both sides: the gateway's server certificate for clients, and the
-//! upstream modes `disable | prefer | require | verify-full`.
+//! TLS configuration for both sides of every protocol: the gateway's server certificate for
+//! clients, and the upstream modes `disable | prefer | require | verify-full` (rustls with
+//! the `ring` provider). Feature `tls`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -50,8 +51,8 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
-/// The server side: a certificate chain and key (PEM files), ALPN `postgresql` offered for
-/// PostgreSQL 17 direct TLS.
+/// The server side: a certificate chain and key (PEM files). ALPN `postgresql` is offered
+/// for PostgreSQL 17 direct TLS; clients of other protocols offer no ALPN and are unaffected.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs = load_certs(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, e))?;
@@ -97,7 +98,7 @@ impl std::str::FromStr for UpstreamTlsMode {
 pub struct UpstreamTls {
     /// The mode.
     pub mode: UpstreamTlsMode,
-    pub(crate) config: Option<Arc<rustls::ClientConfig>>,
+    config: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl UpstreamTls {
@@ -141,9 +142,15 @@ impl UpstreamTls {
             config: config.map(Arc::new),
         })
     }
+
+    /// The client configuration for the mode (`None` for `disable`).
+    pub fn client_config(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.config.as_ref()
+    }
 }
 
-pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, std::io::Error> {
+/// `host` as a TLS server name (a DNS name or an IP address).
+pub fn server_name(host: &str) -> Result<ServerName<'static>, std::io::Error> {
     ServerName::try_from(host.to_owned())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }

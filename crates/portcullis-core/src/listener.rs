@@ -1,0 +1,161 @@
+//! What every protocol's listener keeps across its connections: session caps (per listener
+//! and per identity), counters for `/metrics`, and why a handshake failed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::ConnectionEventKind;
+
+/// Counters of a listener, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ListenerMetrics {
+    /// Sessions open now.
+    pub sessions_active: AtomicUsize,
+    /// Sessions opened since start.
+    pub sessions_total: AtomicU64,
+    /// Logins refused (bad token, refused startup, limits).
+    pub logins_refused: AtomicU64,
+    /// Command units run.
+    pub commands_total: AtomicU64,
+    /// Command units refused by a layer or failed in the gateway.
+    pub command_errors: AtomicU64,
+    /// Bytes from clients to the database.
+    pub bytes_from_clients: AtomicU64,
+    /// Bytes from the database to clients.
+    pub bytes_to_clients: AtomicU64,
+    /// Cancel requests (PostgreSQL CancelRequest, MySQL KILL QUERY of a waiting session)
+    /// delivered.
+    pub cancels_forwarded: AtomicU64,
+}
+
+/// Open sessions of a listener, counted against its caps.
+#[derive(Debug, Default)]
+pub struct SessionCaps {
+    slots: AtomicUsize,
+    per_identity: Mutex<HashMap<String, usize>>,
+}
+
+impl SessionCaps {
+    /// Count a session (or a login in progress) against `max`: `None` when the listener is
+    /// full.
+    pub fn reserve(self: &Arc<Self>, max: Option<usize>) -> Option<SessionSlot> {
+        let before = self.slots.fetch_add(1, Ordering::AcqRel);
+        let slot = SessionSlot { caps: self.clone() };
+        // Dropping the slot gives the place back when over the cap.
+        max.is_none_or(|max| before < max).then_some(slot)
+    }
+
+    /// Count a session of `subject` against `max`: `None` when the identity has that many.
+    pub fn acquire(self: &Arc<Self>, subject: &str, max: Option<usize>) -> Option<IdentitySlot> {
+        let mut map = self.per_identity.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(subject.to_owned()).or_insert(0);
+        if max.is_some_and(|max| *n >= max) {
+            return None;
+        }
+        *n += 1;
+        Some(IdentitySlot {
+            caps: self.clone(),
+            subject: subject.to_owned(),
+        })
+    }
+}
+
+/// A session counted against its listener's cap; released on drop.
+#[derive(Debug)]
+pub struct SessionSlot {
+    caps: Arc<SessionCaps>,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.caps.slots.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A session counted against its identity's cap; released on drop.
+#[derive(Debug)]
+pub struct IdentitySlot {
+    caps: Arc<SessionCaps>,
+    subject: String,
+}
+
+impl Drop for IdentitySlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .caps
+            .per_identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.subject) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.subject);
+            }
+        }
+    }
+}
+
+/// Why a connection never became a session (the client was told with its protocol's error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The client broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// I/O failure or the client left.
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The startup was refused (parameters, TLS policy, limits).
+    #[error("{0}")]
+    Refused(String),
+    /// The token was refused (the message says why).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The database could not be reached or refused the gateway.
+    #[error("{0}")]
+    Upstream(String),
+    /// The handshake took too long.
+    #[error("handshake timed out")]
+    Timeout,
+    /// The TLS handshake failed.
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+}
+
+impl HandshakeError {
+    /// The kind of connection event this failure is recorded as.
+    pub fn kind(&self) -> ConnectionEventKind {
+        match self {
+            HandshakeError::Protocol(_) | HandshakeError::Io(_) => {
+                ConnectionEventKind::ProtocolError
+            }
+            HandshakeError::Refused(_) => ConnectionEventKind::RefusedStartup,
+            HandshakeError::Unauthenticated(_) => ConnectionEventKind::RefusedLogin,
+            HandshakeError::Upstream(_) => ConnectionEventKind::UpstreamFailure,
+            HandshakeError::Timeout => ConnectionEventKind::HandshakeTimeout,
+            HandshakeError::Tls(_) => ConnectionEventKind::TlsFailure,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_count_and_release() {
+        let caps = Arc::new(SessionCaps::default());
+        let a = caps.reserve(Some(1));
+        assert!(a.is_some());
+        assert!(caps.reserve(Some(1)).is_none());
+        drop(a);
+        assert!(caps.reserve(Some(1)).is_some());
+        let x = caps.acquire("alice", Some(1));
+        assert!(x.is_some());
+        assert!(caps.acquire("alice", Some(1)).is_none());
+        assert!(caps.acquire("bob", Some(1)).is_some());
+        drop(x);
+        assert!(caps.acquire("alice", Some(1)).is_some());
+    }
+}
