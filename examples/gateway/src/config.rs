@@ -28,6 +28,7 @@ use portcullis_audit::{Fsync, OnFailure, PostgresOptions, SigningKey};
 use portcullis_identity::oidc::Trust;
 use portcullis_identity::{OidcConfig, OnExpiry, StaticTokens, TokenEntry};
 use portcullis_mask::{ColumnRule, Custom, Detectors, Kind, MaskPolicy, Masker, Strategy};
+use portcullis_mysql::ServeMySqlConfig;
 use portcullis_policy::{Action, Classifier, Mode, OnUnparsed, Policy, Rule};
 use portcullis_postgres::{
     ServePgConfig, UpstreamConfig, UpstreamRole, UpstreamTls, UpstreamTlsMode,
@@ -130,6 +131,8 @@ pub(crate) struct Config {
     pub(crate) oidc: Option<OidcSettings>,
     /// `[[postgres]]`, in file order.
     pub(crate) postgres: Vec<PgListener>,
+    /// `[[mysql]]`, in file order.
+    pub(crate) mysql: Vec<MyListener>,
     /// `[audit]`, when configured.
     pub(crate) audit: Option<AuditConfig>,
     /// `[policy]`, when configured.
@@ -271,6 +274,60 @@ pub(crate) struct PgListener {
     pub(crate) serve: ServePgConfig,
 }
 
+/// One `[[mysql]]` listener.
+#[derive(Debug, Clone)]
+pub(crate) struct MyListener {
+    /// Where clients connect.
+    pub(crate) listen: SocketAddr,
+    /// The protocol server's settings (name, TLS, limits, upstream).
+    pub(crate) serve: ServeMySqlConfig,
+}
+
+/// What `[[postgres]]` and `[[mysql]]` blocks share, resolved.
+struct Common {
+    tls: Option<Arc<rustls::ServerConfig>>,
+    databases: Option<Vec<String>>,
+    max_sessions: Option<usize>,
+    max_sessions_per_identity: Option<usize>,
+    handshake_timeout: Duration,
+    max_message: usize,
+    upstream: UpstreamConfig,
+}
+
+/// The protocol of a listener block, for messages and defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Postgres,
+    MySql,
+}
+
+impl Proto {
+    fn block(self) -> &'static str {
+        match self {
+            Proto::Postgres => "[[postgres]]",
+            Proto::MySql => "[[mysql]]",
+        }
+    }
+    fn upstream(self) -> &'static str {
+        match self {
+            Proto::Postgres => "[postgres.upstream]",
+            Proto::MySql => "[mysql.upstream]",
+        }
+    }
+    fn roles(self) -> &'static str {
+        match self {
+            Proto::Postgres => "[[postgres.upstream.roles]]",
+            Proto::MySql => "[[mysql.upstream.roles]]",
+        }
+    }
+    fn default_port(self) -> u16 {
+        match self {
+            Proto::Postgres => 5432,
+            Proto::MySql => 3306,
+        }
+    }
+}
+
 impl Config {
     /// The authenticator for this configuration's tokens.
     pub(crate) fn static_tokens(&self) -> StaticTokens {
@@ -312,7 +369,7 @@ impl Config {
         };
         format!(
             "{} listener(s), {} token(s){oidc}{policy}{audit}",
-            self.postgres.len(),
+            self.postgres.len() + self.mysql.len(),
             self.tokens.len()
         )
     }
@@ -394,13 +451,14 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     identity: Option<RawIdentity>,
     #[serde(default)]
-    postgres: Vec<RawPostgres>,
+    postgres: Vec<RawListener>,
+    #[serde(default)]
+    mysql: Vec<RawListener>,
     // Not `Spanned`: toml cannot span a table made implicitly by `[[policy.rules]]` alone.
     policy: Option<RawPolicy>,
     masking: Option<RawMasking>,
     approvals: Option<RawApprovals>,
     audit: Option<RawAudit>,
-    mysql: Unimplemented,
     http: Unimplemented,
 }
 
@@ -570,9 +628,11 @@ struct RawToken {
     groups: Vec<Text>,
 }
 
+/// A `[[postgres]]` or `[[mysql]]` block (the same shape; `allow_startup_options` is
+/// PostgreSQL's, `local_infile` MySQL's).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawPostgres {
+struct RawListener {
     name: Text,
     listen: Text,
     tls: Option<Spanned<RawServerTls>>,
@@ -585,6 +645,7 @@ struct RawPostgres {
     #[serde(default)]
     allow_startup_options: bool,
     max_message_bytes: Option<Spanned<u64>>,
+    local_infile: Option<Spanned<bool>>,
     upstream: RawUpstream,
 }
 
@@ -782,19 +843,26 @@ impl Resolver<'_> {
                 format!("[admin] on line {}", self.line(&raw_admin.listen)),
             );
         }
-        for block in &raw.postgres {
-            let name = self.required_text("[[postgres]] name", &block.name);
+        let mut mysql = Vec::new();
+        let blocks = raw
+            .postgres
+            .iter()
+            .map(|b| (Proto::Postgres, b))
+            .chain(raw.mysql.iter().map(|b| (Proto::MySql, b)));
+        for (proto, block) in blocks {
+            let section = proto.block();
+            let name = self.required_text(&format!("{section} name"), &block.name);
             if let Some(name) = &name {
-                self.unique_name("[[postgres]]", "listener", name, &block.name, &mut names);
+                self.unique_name(section, "listener", name, &block.name, &mut names);
             }
-            let listen = self.socket_addr("[[postgres]] listen", &block.listen);
+            let listen = self.socket_addr(&format!("{section} listen"), &block.listen);
             if let Some(addr) = listen {
-                let here = format!("[[postgres]] on line {}", self.line(&block.listen));
+                let here = format!("{section} on line {}", self.line(&block.listen));
                 match addrs.entry(addr) {
                     Entry::Occupied(first) => self.at(
                         block.listen.span(),
                         format!(
-                            "[[postgres]] listen: address {addr} is already used by {}",
+                            "{section} listen: address {addr} is already used by {}",
                             first.get()
                         ),
                     ),
@@ -803,14 +871,23 @@ impl Resolver<'_> {
                     }
                 }
             }
-            let serve = self.postgres(block, name.as_deref().unwrap_or_default());
-            if let (Some(listen), Some(serve)) = (listen, serve) {
-                postgres.push(PgListener { listen, serve });
+            let name = name.as_deref().unwrap_or_default();
+            match proto {
+                Proto::Postgres => {
+                    if let (Some(listen), Some(serve)) = (listen, self.postgres(block, name)) {
+                        postgres.push(PgListener { listen, serve });
+                    }
+                }
+                Proto::MySql => {
+                    if let (Some(listen), Some(serve)) = (listen, self.mysql(block, name)) {
+                        mysql.push(MyListener { listen, serve });
+                    }
+                }
             }
         }
-        if raw.postgres.is_empty() {
+        if raw.postgres.is_empty() && raw.mysql.is_empty() {
             self.general(
-                "no listener: add a [[postgres]] block (see examples/gateway/portcullis.toml)",
+                "no listener: add a [[postgres]] or [[mysql]] block (see examples/gateway/portcullis.toml)",
             );
         }
         let audit = raw.audit.as_ref().and_then(|a| self.audit(a));
@@ -823,6 +900,9 @@ impl Resolver<'_> {
             .is_some_and(|o| o.on_expiry == OnExpiry::Close)
         {
             for listener in &mut postgres {
+                listener.serve.close_when_expired = true;
+            }
+            for listener in &mut mysql {
                 listener.serve.close_when_expired = true;
             }
         }
@@ -856,6 +936,7 @@ impl Resolver<'_> {
             tokens,
             oidc,
             postgres,
+            mysql,
             audit,
             policy,
             masking,
@@ -1363,7 +1444,7 @@ impl Resolver<'_> {
 
     /// Sections the schema accepts but this build cannot enforce: refuse them loudly.
     fn unimplemented(&mut self, raw: &RawConfig) {
-        let sections = [("[[mysql]]", &raw.mysql), ("[[http]]", &raw.http)];
+        let sections = [("[[http]]", &raw.http)];
         for (section, value) in sections {
             if let Some(value) = value {
                 self.at(
@@ -1547,18 +1628,19 @@ impl Resolver<'_> {
         Some(digest)
     }
 
-    /// The protocol server's settings for one `[[postgres]]` block, `None` if any part of
-    /// it is wrong (every problem is recorded).
-    fn postgres(&mut self, block: &RawPostgres, name: &str) -> Option<ServePgConfig> {
+    /// What every listener block has, `None` if any part of it is wrong (every problem is
+    /// recorded).
+    fn listener(&mut self, proto: Proto, block: &RawListener, name: &str) -> Option<Common> {
+        let section = proto.block();
         let before = self.problems.len();
         let tls = block.tls.as_ref().and_then(|tls| {
-            let cert = self.path("[[postgres]] tls.cert", &tls.get_ref().cert);
-            let key = self.path("[[postgres]] tls.key", &tls.get_ref().key);
+            let cert = self.path(&format!("{section} tls.cert"), &tls.get_ref().cert);
+            let key = self.path(&format!("{section} tls.key"), &tls.get_ref().key);
             let (cert, key) = (cert?, key?);
             match portcullis_postgres::tls::server_config(&cert, &key) {
                 Ok(config) => Some(config),
                 Err(e) => {
-                    self.at(tls.span(), format!("[[postgres]] tls: {e}"));
+                    self.at(tls.span(), format!("{section} tls: {e}"));
                     None
                 }
             }
@@ -1567,7 +1649,7 @@ impl Resolver<'_> {
             self.at(
                 block.name.span(),
                 format!(
-                    "[[postgres]] \"{name}\": without `tls`, every token would be refused; configure tls = {{ cert, key }} or set allow_plaintext_tokens_on_loopback = true for loopback clients"
+                    "{section} \"{name}\": without `tls`, every token would be refused; configure tls = {{ cert, key }} or set allow_plaintext_tokens_on_loopback = true for loopback clients"
                 ),
             );
         }
@@ -1575,24 +1657,27 @@ impl Resolver<'_> {
             if list.get_ref().is_empty() {
                 self.at(
                     list.span(),
-                    "[[postgres]] databases: an empty list refuses every database; remove the key to allow any",
+                    format!("{section} databases: an empty list refuses every database; remove the key to allow any"),
                 );
                 return None;
             }
             let names: Vec<String> = list
                 .get_ref()
                 .iter()
-                .filter_map(|d| self.required_text("[[postgres]] databases", d))
+                .filter_map(|d| self.required_text(&format!("{section} databases"), d))
                 .collect();
             Some(names)
         });
-        let max_sessions = self.count("[[postgres]] max_sessions", block.max_sessions.as_ref());
-        let max_per_identity = self.count(
-            "[[postgres]] max_sessions_per_identity",
+        let max_sessions = self.count(
+            &format!("{section} max_sessions"),
+            block.max_sessions.as_ref(),
+        );
+        let max_sessions_per_identity = self.count(
+            &format!("{section} max_sessions_per_identity"),
             block.max_sessions_per_identity.as_ref(),
         );
         let handshake_timeout = self.duration(
-            "[[postgres]] handshake_timeout",
+            &format!("{section} handshake_timeout"),
             block.handshake_timeout.as_ref(),
             DEFAULT_HANDSHAKE,
             true,
@@ -1603,66 +1688,106 @@ impl Resolver<'_> {
             Some(v) => {
                 self.at(
                     v.span(),
-                    "[[postgres]] max_message_bytes: must be between 4096 and 1073741824 (1 GiB)",
+                    format!(
+                        "{section} max_message_bytes: must be between 4096 and 1073741824 (1 GiB)"
+                    ),
                 );
                 DEFAULT_MAX_MESSAGE
             }
         };
-        let upstream = self.upstream(&block.upstream);
-
+        let upstream = self.upstream(proto, &block.upstream);
         if self.problems.len() > before {
             return None;
         }
-        let mut serve = ServePgConfig::new(name, upstream?);
-        serve.tls = tls;
+        Some(Common {
+            tls,
+            databases,
+            max_sessions,
+            max_sessions_per_identity,
+            handshake_timeout,
+            max_message: usize::try_from(max_message).ok()?,
+            upstream: upstream?,
+        })
+    }
+
+    /// The protocol server's settings for one `[[postgres]]` block.
+    fn postgres(&mut self, block: &RawListener, name: &str) -> Option<ServePgConfig> {
+        if let Some(v) = &block.local_infile {
+            self.at(v.span(), "[[postgres]] local_infile: a [[mysql]] setting (PostgreSQL's COPY FROM STDIN is always streamed)");
+        }
+        let c = self.listener(Proto::Postgres, block, name)?;
+        let mut serve = ServePgConfig::new(name, c.upstream);
+        serve.tls = c.tls;
         serve.allow_plaintext_tokens_on_loopback = block.allow_plaintext_tokens_on_loopback;
-        serve.databases = databases;
+        serve.databases = c.databases;
         serve.allow_startup_options = block.allow_startup_options;
-        serve.max_sessions = max_sessions;
-        serve.max_sessions_per_identity = max_per_identity;
-        serve.handshake_timeout = handshake_timeout;
-        serve.max_message = usize::try_from(max_message).ok()?;
+        serve.max_sessions = c.max_sessions;
+        serve.max_sessions_per_identity = c.max_sessions_per_identity;
+        serve.handshake_timeout = c.handshake_timeout;
+        serve.max_message = c.max_message;
         Some(serve)
     }
 
-    fn upstream(&mut self, raw: &RawUpstream) -> Option<UpstreamConfig> {
-        let host = self.required_text("[postgres.upstream] host", &raw.host);
+    /// The protocol server's settings for one `[[mysql]]` block.
+    fn mysql(&mut self, block: &RawListener, name: &str) -> Option<ServeMySqlConfig> {
+        if block.allow_startup_options {
+            self.at(
+                block.name.span(),
+                "[[mysql]] allow_startup_options: a [[postgres]] setting (MySQL has no startup options)",
+            );
+        }
+        let c = self.listener(Proto::MySql, block, name)?;
+        let mut serve = ServeMySqlConfig::new(name, c.upstream);
+        serve.tls = c.tls;
+        serve.allow_plaintext_tokens_on_loopback = block.allow_plaintext_tokens_on_loopback;
+        serve.databases = c.databases;
+        serve.max_sessions = c.max_sessions;
+        serve.max_sessions_per_identity = c.max_sessions_per_identity;
+        serve.handshake_timeout = c.handshake_timeout;
+        serve.max_packet = c.max_message;
+        serve.local_infile = block.local_infile.as_ref().is_some_and(|v| *v.get_ref());
+        Some(serve)
+    }
+
+    fn upstream(&mut self, proto: Proto, raw: &RawUpstream) -> Option<UpstreamConfig> {
+        let (section, roles_section) = (proto.upstream(), proto.roles());
+        let host = self.required_text(&format!("{section} host"), &raw.host);
         let port = match &raw.port {
-            None => 5432,
+            None => proto.default_port(),
             Some(p) if *p.get_ref() == 0 => {
-                self.at(p.span(), "[postgres.upstream] port: must not be 0");
-                5432
+                self.at(p.span(), format!("{section} port: must not be 0"));
+                proto.default_port()
             }
             Some(p) => *p.get_ref(),
         };
-        let user = self.required_text("[postgres.upstream] user", &raw.user);
+        let user = self.required_text(&format!("{section} user"), &raw.user);
         // May be empty (a `trust` database), but must be written: forgetting it is likelier.
-        let password = self.text("[postgres.upstream] password", &raw.password);
+        let password = self.text(&format!("{section} password"), &raw.password);
         let database = match &raw.database {
             Some(d) => self
-                .required_text("[postgres.upstream] database", d)
+                .required_text(&format!("{section} database"), d)
                 .map(Some),
             None => Some(None),
         };
         let mode = match &raw.tls {
             None => Some(UpstreamTlsMode::default()),
             Some(t) => {
-                let s = self.text("[postgres.upstream] tls", t)?;
+                let s = self.text(&format!("{section} tls"), t)?;
                 match s.parse::<UpstreamTlsMode>() {
                     Ok(mode) => Some(mode),
                     Err(e) => {
-                        self.at(t.span(), format!("[postgres.upstream] tls: {e}"));
+                        self.at(t.span(), format!("{section} tls: {e}"));
                         None
                     }
                 }
             }
         };
         let ca = match &raw.ca {
-            Some(ca) => self.path("[postgres.upstream] ca", ca).map(Some),
+            Some(ca) => self.path(&format!("{section} ca"), ca).map(Some),
             None => Some(None),
         };
         let connect_timeout = self.duration(
-            "[postgres.upstream] connect_timeout",
+            &format!("{section} connect_timeout"),
             raw.connect_timeout.as_ref(),
             DEFAULT_CONNECT,
             true,
@@ -1672,7 +1797,7 @@ impl Resolver<'_> {
                 let span = raw.tls.as_ref().map(|t| t.span()).unwrap_or_default();
                 self.at(
                     span,
-                    "[postgres.upstream] tls = \"verify-full\" needs `ca`, a PEM file of the roots to trust",
+                    format!("{section} tls = \"verify-full\" needs `ca`, a PEM file of the roots to trust"),
                 );
                 None
             }
@@ -1680,7 +1805,7 @@ impl Resolver<'_> {
                 let span = raw.ca.as_ref().map(|c| c.span()).unwrap_or_default();
                 self.at(
                     span,
-                    "[postgres.upstream] ca: used only with tls = \"verify-full\"; with other modes the database's certificate is not verified",
+                    format!("{section} ca: used only with tls = \"verify-full\"; with other modes the database's certificate is not verified"),
                 );
                 None
             }
@@ -1693,7 +1818,7 @@ impl Resolver<'_> {
                         .or(raw.tls.as_ref())
                         .map(|v| v.span())
                         .unwrap_or_default();
-                    self.at(span, format!("[postgres.upstream] ca: {e}"));
+                    self.at(span, format!("{section} ca: {e}"));
                     None
                 }
             },
@@ -1706,16 +1831,16 @@ impl Resolver<'_> {
                 .groups
                 .get_ref()
                 .iter()
-                .filter_map(|g| self.required_text("[[postgres.upstream.roles]] groups", g))
+                .filter_map(|g| self.required_text(&format!("{roles_section} groups"), g))
                 .collect();
             if r.groups.get_ref().is_empty() {
                 self.at(
                     r.groups.span(),
-                    "[[postgres.upstream.roles]] groups: list the groups that use this role",
+                    format!("{roles_section} groups: list the groups that use this role"),
                 );
             }
-            let user = self.required_text("[[postgres.upstream.roles]] user", &r.user);
-            let password = self.text("[[postgres.upstream.roles]] password", &r.password);
+            let user = self.required_text(&format!("{roles_section} user"), &r.user);
+            let password = self.text(&format!("{roles_section} password"), &r.password);
             if let (Some(user), Some(password)) = (user, password) {
                 roles.push(UpstreamRole {
                     groups,
@@ -1730,11 +1855,11 @@ impl Resolver<'_> {
                 if raw.roles.is_empty() {
                     self.at(
                         v.span(),
-                        "[postgres.upstream] roles_unmatched: used only with [[postgres.upstream.roles]]",
+                        format!("{section} roles_unmatched: used only with {roles_section}"),
                     );
                 }
                 self.choice(
-                    "[postgres.upstream] roles_unmatched",
+                    &format!("{section} roles_unmatched"),
                     v,
                     &["default", "refuse"],
                 ) == Some("refuse")

@@ -28,9 +28,11 @@ use portcullis_audit::{
     AuditLayer, JsonlOptions, JsonlSink, PostgresOptions, PostgresSink, Recorder, SinkOptions,
     StdoutSink,
 };
+use portcullis_core::listener::ListenerMetrics;
 use portcullis_core::{NewLayered, Session};
 use portcullis_identity::{ExpiryLayer, Oidc, OnExpiry, TokenAuth};
 use portcullis_mask::{MaskLayer, MaskPolicy};
+use portcullis_mysql::ServeMySql;
 use portcullis_policy::{GuardLayer, Policy};
 use portcullis_postgres::ServePg;
 use tokio::net::TcpListener;
@@ -43,8 +45,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::admin::{self, Metrics};
 use crate::config::{
-    self, ApprovalStoreConfig, ApprovalsConfig, AuditConfig, AuditSinkKind, Config, OidcSettings,
-    PgListener,
+    self, ApprovalStoreConfig, ApprovalsConfig, AuditConfig, AuditSinkKind, Config, MyListener,
+    OidcSettings, PgListener,
 };
 use crate::revoke::{LiveTokens, RevokeLayer, TokenDigests};
 use crate::threads::SessionThreads;
@@ -60,12 +62,91 @@ type Layers = Stack<
 /// approval layer, the masking layer, then the upstream.
 type SessionLayers = Box<dyn Fn(&Arc<Session>) -> Layers + Send + Sync>;
 
-/// The protocol server of one listener for one configuration.
+/// The PostgreSQL protocol server of one listener for one configuration.
 type PgServer = ServePg<TokenAuth, NewLayered<SessionLayers>>;
+
+/// The MySQL protocol server of one listener for one configuration.
+type MyServer = ServeMySql<TokenAuth, NewLayered<SessionLayers>>;
+
+/// A listener's protocol server.
+enum Server {
+    Postgres(PgServer),
+    MySql(MyServer),
+}
+
+impl Server {
+    fn serve(
+        &self,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        match self {
+            Server::Postgres(s) => Box::pin(s.serve_connection(tcp, peer)),
+            Server::MySql(s) => Box::pin(s.serve_connection(tcp, peer)),
+        }
+    }
+
+    fn shutdown(&self) {
+        match self {
+            Server::Postgres(s) => s.shutdown(),
+            Server::MySql(s) => s.shutdown(),
+        }
+    }
+
+    fn metrics(&self) -> Arc<ListenerMetrics> {
+        match self {
+            Server::Postgres(s) => s.metrics(),
+            Server::MySql(s) => s.metrics(),
+        }
+    }
+}
 
 /// One listener's server for one configuration.
 struct Generation {
-    server: PgServer,
+    server: Server,
+}
+
+/// A listener block of the configuration, whatever its protocol.
+#[derive(Clone, Copy)]
+enum ListenerConf<'a> {
+    Postgres(&'a PgListener),
+    MySql(&'a MyListener),
+}
+
+impl ListenerConf<'_> {
+    fn listen(&self) -> SocketAddr {
+        match self {
+            ListenerConf::Postgres(l) => l.listen,
+            ListenerConf::MySql(l) => l.listen,
+        }
+    }
+    fn name(&self) -> &str {
+        match self {
+            ListenerConf::Postgres(l) => &l.serve.name,
+            ListenerConf::MySql(l) => &l.serve.name,
+        }
+    }
+    fn section(&self) -> &'static str {
+        match self {
+            ListenerConf::Postgres(_) => "[[postgres]]",
+            ListenerConf::MySql(_) => "[[mysql]]",
+        }
+    }
+    fn upstream(&self) -> String {
+        match self {
+            ListenerConf::Postgres(l) => l.serve.upstream.address(),
+            ListenerConf::MySql(l) => l.serve.upstream.address(),
+        }
+    }
+}
+
+fn listener_confs(config: &Config) -> Vec<ListenerConf<'_>> {
+    config
+        .postgres
+        .iter()
+        .map(ListenerConf::Postgres)
+        .chain(config.mysql.iter().map(ListenerConf::MySql))
+        .collect()
 }
 
 /// The current generation of one listener: it takes new connections. Older generations
@@ -94,7 +175,7 @@ impl Generations {
     }
 }
 
-/// A bound PostgreSQL listener and its accept loop.
+/// A bound listener and its accept loop.
 struct Listener {
     name: String,
     generations: Arc<Generations>,
@@ -112,9 +193,9 @@ struct AdminServer {
 /// A listener bound by [`Gateway::apply`], announced on stdout.
 #[derive(Debug, Clone)]
 pub(crate) enum Bound {
-    /// A PostgreSQL listener.
+    /// A PostgreSQL or MySQL listener.
     Postgres {
-        /// `[[postgres]] name`.
+        /// `[[postgres]]` or `[[mysql]] name`.
         name: String,
         /// The bound address.
         addr: SocketAddr,
@@ -362,10 +443,12 @@ impl Gateway {
             }
         };
         let mut fresh = HashMap::new();
-        for l in &config.postgres {
-            if !self.listeners.contains_key(&l.listen) && !fresh.contains_key(&l.listen) {
-                let what = format!("[[postgres]] \"{}\"", l.serve.name);
-                fresh.insert(l.listen, bind(what, l.listen).await?);
+        let confs = listener_confs(config);
+        for l in &confs {
+            let listen = l.listen();
+            if !self.listeners.contains_key(&listen) && !fresh.contains_key(&listen) {
+                let what = format!("{} \"{}\"", l.section(), l.name());
+                fresh.insert(listen, bind(what, listen).await?);
             }
         }
         let running_admin = self.admin.as_ref().map(|a| a.configured);
@@ -388,11 +471,9 @@ impl Gateway {
         *self.admin_tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens.clone();
         let granted = Arc::new(config.token_digests());
         let mut bound = Vec::new();
-        for l in &config.postgres {
-            let previous = self
-                .listeners
-                .get(&l.listen)
-                .map(|l| l.generations.current());
+        for l in confs.iter().copied() {
+            let listen = l.listen();
+            let previous = self.listeners.get(&listen).map(|l| l.generations.current());
             let generation = Arc::new(self.generation(
                 l,
                 &tokens,
@@ -401,20 +482,19 @@ impl Gateway {
                 config.masking.as_ref(),
                 previous.as_deref(),
             ));
-            self.metrics
-                .register(&l.serve.name, generation.server.metrics());
-            if let Some(listener) = self.listeners.get_mut(&l.listen) {
+            self.metrics.register(l.name(), generation.server.metrics());
+            if let Some(listener) = self.listeners.get_mut(&listen) {
                 listener.generations.replace(generation);
-                if listener.name != l.serve.name {
-                    info!(addr = %l.listen, from = %listener.name, to = %l.serve.name, "listener renamed");
-                    listener.name = l.serve.name.clone();
+                if listener.name != l.name() {
+                    info!(addr = %listen, from = %listener.name, to = %l.name(), "listener renamed");
+                    listener.name = l.name().to_owned();
                 }
                 continue;
             }
-            let Some(socket) = fresh.remove(&l.listen) else {
+            let Some(socket) = fresh.remove(&listen) else {
                 continue;
             };
-            let addr = socket.local_addr().unwrap_or(l.listen);
+            let addr = socket.local_addr().unwrap_or(listen);
             let generations = Arc::new(Generations::new(generation));
             let stop = CancellationToken::new();
             let task = tokio::spawn(accept_loop(
@@ -425,21 +505,21 @@ impl Gateway {
                 self.threads.clone(),
             ));
             bound.push(Bound::Postgres {
-                name: l.serve.name.clone(),
+                name: l.name().to_owned(),
                 addr,
-                upstream: l.serve.upstream.address(),
+                upstream: l.upstream(),
             });
             self.listeners.insert(
-                l.listen,
+                listen,
                 Listener {
-                    name: l.serve.name.clone(),
+                    name: l.name().to_owned(),
                     generations,
                     stop,
                     task,
                 },
             );
         }
-        let keep: HashSet<SocketAddr> = config.postgres.iter().map(|l| l.listen).collect();
+        let keep: HashSet<SocketAddr> = confs.iter().map(ListenerConf::listen).collect();
         let removed: Vec<SocketAddr> = self
             .listeners
             .keys()
@@ -489,7 +569,7 @@ impl Gateway {
 
     fn generation(
         &self,
-        listener: &PgListener,
+        listener: ListenerConf<'_>,
         tokens: &TokenAuth,
         granted: &Arc<TokenDigests>,
         policy: Option<&Policy>,
@@ -533,17 +613,28 @@ impl Gateway {
                 Stack::new(approval.clone(), Stack::new(guard.clone(), outer)),
             )
         });
-        let (config, stack) = (listener.serve.clone(), NewLayered::new(layers));
-        let server = match previous {
-            Some(previous) => previous.server.reconfigure(config, tokens.clone(), stack),
-            None => {
-                let server = ServePg::new(config, tokens.clone(), stack);
-                match &self.audit {
-                    Some((recorder, _)) => {
-                        server.with_connection_observer(recorder.connection_observer())
-                    }
+        let stack = NewLayered::new(layers);
+        let observer = self.audit.as_ref().map(|(r, _)| r.connection_observer());
+        let server = match (listener, previous.map(|p| &p.server)) {
+            (ListenerConf::Postgres(l), Some(Server::Postgres(previous))) => {
+                Server::Postgres(previous.reconfigure(l.serve.clone(), tokens.clone(), stack))
+            }
+            (ListenerConf::Postgres(l), _) => {
+                let server = ServePg::new(l.serve.clone(), tokens.clone(), stack);
+                Server::Postgres(match observer {
+                    Some(o) => server.with_connection_observer(o),
                     None => server,
-                }
+                })
+            }
+            (ListenerConf::MySql(l), Some(Server::MySql(previous))) => {
+                Server::MySql(previous.reconfigure(l.serve.clone(), tokens.clone(), stack))
+            }
+            (ListenerConf::MySql(l), _) => {
+                let server = ServeMySql::new(l.serve.clone(), tokens.clone(), stack);
+                Server::MySql(match observer {
+                    Some(o) => server.with_connection_observer(o),
+                    None => server,
+                })
             }
         };
         Generation { server }
@@ -648,7 +739,7 @@ async fn accept_loop(
         }
         let current = generations.current();
         threads.spawn(&sessions, tcp, move |tcp| async move {
-            current.server.serve_connection(tcp, peer).await
+            current.server.serve(tcp, peer).await
         });
     }
 }

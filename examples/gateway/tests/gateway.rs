@@ -22,6 +22,8 @@ mod corpus;
 mod docs;
 #[path = "gateway/mask.rs"]
 mod mask;
+#[path = "gateway/mysql.rs"]
+mod mysql;
 #[path = "gateway/oidc.rs"]
 mod oidc;
 #[path = "gateway/policy.rs"]

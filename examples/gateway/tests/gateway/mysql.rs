@@ -1,0 +1,389 @@
+//! The `portcullis` binary in front of a real MariaDB: the same guard, approval, masking and
+//! audit layers as for PostgreSQL, through the mariadb CLI (text protocol) and
+//! mysql-connector-python (binary protocol).
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis_identity::hash_token;
+use portcullis_testkit::{CertFiles, Certs, MariaDb, free_port};
+
+use super::corpus::{MYSQL_MUST_BLOCK, MYSQL_MUST_PASS};
+use super::policy::{ALICE, DANA};
+use super::{Gateway, cli, verify};
+
+/// An application identity: not exempt from masking, allowed the `SET NAMES` its driver
+/// sends at connect.
+const CAROL: &str = "carol-token-0123456789";
+const EMAIL: &str = "jane.doe@example.com";
+const CARD: &str = "4242 4242 4242 4242";
+const SSN: &str = "123-45-6789";
+
+async fn mariadb() -> MariaDb {
+    let db = tokio::task::spawn_blocking(MariaDb::start)
+        .await
+        .unwrap()
+        .expect("MariaDB is needed for this test");
+    db.sql(&format!(
+        "CREATE TABLE customers (id INT PRIMARY KEY, name TEXT, email VARCHAR(100) UNIQUE, card TEXT, ssn TEXT);
+         INSERT INTO customers VALUES (1, 'Jane Doe', '{EMAIL}', '{CARD}', '{SSN}'), (2, 'Near Miss', 'not an email', '4242 4242 4242 4241', 'none');
+         CREATE TABLE victims (id INT PRIMARY KEY, name TEXT);
+         INSERT INTO victims VALUES (1, 'a'), (2, 'b'), (3, 'c');
+         CREATE TABLE other (id INT); CREATE TABLE t (id INT); CREATE TABLE odd (`delete` INT);"
+    ))
+    .unwrap();
+    db
+}
+
+fn config(gw: u16, admin: u16, db: &MariaDb, certs: &CertFiles, extra: &str) -> String {
+    let mut text = format!(
+        r#"[gateway]
+drain_timeout = "3s"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[mysql]]
+name = "maria"
+listen = "127.0.0.1:{gw}"
+allow_plaintext_tokens_on_loopback = true
+tls = {{ cert = "{cert}", key = "{key}" }}
+[mysql.upstream]
+host = "{host}"
+port = {port}
+user = "{user}"
+password = "{password}"
+"#,
+        host = db.host(),
+        port = db.port(),
+        user = db.user(),
+        password = db.password(),
+        cert = certs.cert.display(),
+        key = certs.key.display(),
+    );
+    for (name, token, group) in [
+        ("alice", ALICE, "dev"),
+        ("dana", DANA, "dba"),
+        ("carol", CAROL, "app"),
+    ] {
+        text += &format!(
+            "\n[[identity.tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\ngroups = [\"{group}\"]\n",
+            hash_token(token)
+        );
+    }
+    text + "\n" + extra
+}
+
+async fn start(db: &MariaDb, extra: &str) -> (Gateway, u16, u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, admin) = (free_port(), free_port());
+    let path = dir.path().join("portcullis.toml");
+    let certs = Certs::generate().unwrap().write_to(dir.path()).unwrap();
+    std::fs::write(&path, config(gw, admin, db, &certs, extra)).unwrap();
+    let (code, out, err) = cli(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let gateway = Gateway::started(&path, dir.path(), db.password(), admin).await;
+    (gateway, gw, admin, dir)
+}
+
+/// The mariadb CLI through the gateway as `token`, running `sql`.
+fn mysql(gw: u16, token: &str, sql: &str) -> Output {
+    let mut cmd = Command::new("mariadb");
+    cmd.args([
+        "--no-defaults",
+        "--default-character-set=utf8mb4",
+        "--protocol=tcp",
+        "-h127.0.0.1",
+    ])
+    .arg(format!("-P{gw}"))
+    .args([
+        "-ualice",
+        &format!("-p{token}"),
+        "--skip-ssl",
+        "-Dapp",
+        "-N",
+        "-B",
+        "-e",
+        sql,
+    ]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MYSQL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A prepared SELECT through mysql-connector-python (the binary protocol), over TLS (it
+/// sends a cleartext token only over TLS) verified with `ca`.
+fn prepared_select(gw: u16, ca: &std::path::Path, token: &str, sql: &str) -> Output {
+    let script = format!(
+        "import mysql.connector\n\
+         c = mysql.connector.connect(host='127.0.0.1', port={gw}, user='alice', password='{token}', database='app', use_pure=True, ssl_ca={ca:?}, ssl_verify_cert=True, collation='utf8mb4_general_ci')\n\
+         cur = c.cursor(prepared=True)\n\
+         cur.execute({sql:?}, (0,))\n\
+         for row in cur.fetchall():\n    print('|'.join('NULL' if v is None else (v.decode() if isinstance(v, (bytes, bytearray)) else str(v)) for v in row))\n"
+    );
+    Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_sessions_get_the_same_guard_masking_approvals_and_audit() {
+    let db = mariadb().await;
+    let dir = tempfile::tempdir().unwrap();
+    let trail = dir.path().join("trail.jsonl");
+    let extra = format!(
+        r#"
+[policy]
+on_unparsed = "deny"
+[[policy.rules]]
+name = "dba-may-set"
+groups = ["dba", "app"]
+statements = ["set"]
+action = "allow"
+[[policy.rules]]
+name = "unbounded-writes"
+statements = ["update"]
+without_where = true
+action = "approve"
+approvers = ["dba"]
+[[policy.rules]]
+name = "no-deletes"
+statements = ["delete", "truncate"]
+action = "deny"
+[[policy.rules]]
+name = "no-drops"
+statements = ["drop", "grant"]
+action = "deny"
+message = "DROP is not allowed through the gateway"
+[[policy.rules]]
+name = "no-admin"
+statements = ["admin"]
+action = "deny"
+
+[masking]
+detectors = ["email", "credit_card"]
+exempt_groups = ["dba"]
+[[masking.columns]]
+match = "customers.ssn"
+strategy = "redact"
+
+[approvals]
+timeout = "2m"
+
+[audit]
+on_failure = "refuse"
+[[audit.sinks]]
+kind = "jsonl"
+path = "{}"
+"#,
+        trail.display()
+    );
+    let (mut gateway, gw, admin, gw_dir) = start(&db, &extra).await;
+    let ca = gw_dir.path().join("ca.pem");
+
+    // The guard: the MySQL bypass corpus is refused with 1142/1227 naming the rule; the
+    // benign statements pass.
+    let results = tokio::task::spawn_blocking(move || {
+        let mut missed = Vec::new();
+        for sql in MYSQL_MUST_BLOCK {
+            let out = mysql(gw, ALICE, sql);
+            let err = stderr(&out);
+            let native = err.contains("(42000)")
+                && (err.contains("ERROR 1142") || err.contains("ERROR 1227"));
+            if out.status.success() || !err.contains("blocked by rule") || !native {
+                missed.push(format!("{sql:?}: {err}"));
+            }
+        }
+        let mut wrongly = Vec::new();
+        for sql in MYSQL_MUST_PASS {
+            let out = mysql(gw, ALICE, sql);
+            if stderr(&out).contains("blocked by rule") {
+                wrongly.push(format!("{sql:?}: {}", stderr(&out)));
+            }
+        }
+        (missed, wrongly)
+    })
+    .await
+    .unwrap();
+    assert!(
+        results.0.is_empty(),
+        "not blocked:\n{}",
+        results.0.join("\n")
+    );
+    assert!(results.1.is_empty(), "blocked:\n{}", results.1.join("\n"));
+    assert_eq!(db.sql("SELECT COUNT(*) FROM victims").unwrap(), "3");
+    let out = mysql(gw, ALICE, "DROP TABLE victims");
+    assert!(
+        stderr(&out).contains("ERROR 1142 (42000)")
+            && stderr(&out).contains("blocked by rule \"no-drops\": DROP is not allowed"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Masking, text protocol: detectors and the column rule; near-misses pass unchanged.
+    let out = mysql(
+        gw,
+        ALICE,
+        "SELECT id, name, email, card, ssn FROM customers ORDER BY id",
+    );
+    let rows = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for planted in [EMAIL, CARD, SSN] {
+        assert!(!rows.contains(planted), "{planted} leaked: {rows}");
+    }
+    assert!(
+        rows.contains("Jane Doe") && rows.contains("4242 4242 4242 4241"),
+        "{rows}"
+    );
+    let first: Vec<&str> = rows
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split('\t')
+        .collect();
+    assert_eq!(first.len(), 5, "{rows}");
+    assert!(
+        first[2].ends_with("@example.com") && first[2] != EMAIL,
+        "{rows}"
+    );
+    // An exempt identity sees clear values.
+    let clear = stdout(&mysql(
+        gw,
+        DANA,
+        "SELECT email, ssn FROM customers WHERE id = 1",
+    ));
+    assert_eq!(clear, format!("{EMAIL}\t{SSN}\n"));
+    // Binary protocol (a prepared statement): masked the same way.
+    let out = tokio::task::spawn_blocking(move || {
+        prepared_select(
+            gw,
+            &ca,
+            CAROL,
+            "SELECT id, email, card, ssn FROM customers WHERE id > ? ORDER BY id",
+        )
+    })
+    .await
+    .unwrap();
+    let rows = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(rows.lines().count(), 2, "{rows}");
+    for planted in [EMAIL, CARD, SSN] {
+        assert!(
+            !rows.contains(planted),
+            "{planted} leaked in the binary protocol: {rows}"
+        );
+    }
+    // A value echoed in an error message (a duplicate key) is masked too.
+    let out = mysql(
+        gw,
+        ALICE,
+        &format!("INSERT INTO customers (id, email) VALUES (9, '{EMAIL}')"),
+    );
+    // (The CLI prints the statement it sent; the database's message is the ERROR line.)
+    let err = stderr(&out);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("ERROR 1062"))
+        .unwrap_or_default();
+    assert!(line.contains("Duplicate entry"), "{err}");
+    assert!(!line.contains(EMAIL), "{err}");
+
+    // Approvals: an UPDATE without WHERE waits (no notice channel in MySQL: the client just
+    // waits) until a DBA approves, then completes.
+    let waiting = std::thread::spawn(move || mysql(gw, ALICE, "UPDATE victims SET name = 'x'"));
+    let url = format!("http://127.0.0.1:{admin}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let (code, out, err) = cli(&[
+            "approvals",
+            "list",
+            "--json",
+            "--admin",
+            &url,
+            "--token",
+            DANA,
+        ]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        let listed: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        if let Some(r) = listed.first() {
+            assert_eq!(r["statement"], "UPDATE victims SET name = 'x'", "{r}");
+            break r["id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no approval request\n{}",
+            gateway.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (code, out, err) = cli(&[
+        "approvals",
+        "approve",
+        &id,
+        "--admin",
+        &url,
+        "--token",
+        DANA,
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let done = waiting.join().unwrap();
+    assert!(done.status.success(), "{}", stderr(&done));
+    assert_eq!(
+        db.sql("SELECT COUNT(*) FROM victims WHERE name = 'x'")
+            .unwrap(),
+        "3"
+    );
+
+    // The audit trail records MySQL sessions like PostgreSQL ones, masked, and verifies.
+    super::run_until_stopped(&mut gateway).await;
+    let text = std::fs::read_to_string(&trail).unwrap();
+    assert!(text.contains("\"protocol\":\"mysql\""), "{text}");
+    assert!(text.contains("UPDATE victims SET name = 'x'"));
+    assert!(text.contains("no-drops"));
+    assert!(!text.contains(EMAIL), "the trail holds a planted email");
+    let (code, out) = verify(&[&trail], &[]);
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_timeout_is_a_clear_mysql_error() {
+    let db = mariadb().await;
+    let extra = r#"
+[policy]
+[[policy.rules]]
+name = "unbounded-writes"
+statements = ["update"]
+without_where = true
+action = "approve"
+approvers = ["dba"]
+[approvals]
+timeout = "1s"
+"#;
+    let (_gateway, gw, _admin, _dir) = start(&db, extra).await;
+    let out =
+        tokio::task::spawn_blocking(move || mysql(gw, ALICE, "UPDATE victims SET name = 'y'"))
+            .await
+            .unwrap();
+    let err = stderr(&out);
+    assert!(
+        err.contains("ERROR 3024 (HY000)") && err.contains("timed out"),
+        "{err}"
+    );
+    assert_eq!(
+        db.sql("SELECT COUNT(*) FROM victims WHERE name = 'y'")
+            .unwrap(),
+        "0"
+    );
+}
