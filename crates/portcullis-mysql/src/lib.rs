@@ -54,6 +54,8 @@
 mod command;
 mod conn;
 mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod packet;
 mod serve;
 mod upstream;

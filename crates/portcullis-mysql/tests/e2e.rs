@@ -715,3 +715,219 @@ async fn bad_input_gets_errors_not_panics_or_hangs() {
     assert_eq!(again.read().await[0], 0);
     (gw.shutdown)();
 }
+
+// ---------------------------------------------------------------------------------------
+// caching_sha2_password (MySQL 8's default), against scripted servers: no MySQL 8 here.
+// ---------------------------------------------------------------------------------------
+
+const NONCE: &[u8; 20] = b"abcdefghij0123456789";
+const SHA2_PASSWORD: &str = "s3cret-sha2";
+
+enum Sha2 {
+    /// The server has the password cached: the scramble is enough.
+    Fast,
+    /// Full authentication over TLS: the password in clear.
+    FullTls(Arc<rustls::ServerConfig>),
+    /// Full authentication in plain TCP: the client asks for the server's RSA key and sends
+    /// the password encrypted with it.
+    FullRsa(String),
+}
+
+/// A scripted caching_sha2_password server; returns what the client finally sent.
+async fn sha2_server(mode: Sha2) -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    use mysql_common::auth::plugins::caching_sha2_password::scramble_sha256;
+    use mysql_common::constants::StatusFlags;
+    use mysql_common::io::ParseBuf;
+    use mysql_common::packets::HandshakePacket;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut io: portcullis_core::io::BoxIo = Box::new(tcp);
+        let mut rbuf = BytesMut::new();
+        async fn read(io: &mut portcullis_core::io::BoxIo, rbuf: &mut BytesMut) -> Vec<u8> {
+            loop {
+                if let Some(p) = decode_packet(rbuf, 1 << 20).unwrap() {
+                    return p.payload.to_vec();
+                }
+                assert!(io.read_buf(rbuf).await.unwrap() > 0, "the client left");
+            }
+        }
+        async fn send(io: &mut portcullis_core::io::BoxIo, seq: u8, payload: &[u8]) {
+            let mut out = BytesMut::new();
+            encode_packet(seq, payload, &mut out);
+            io.write_all(&out).await.unwrap();
+        }
+        let tls = matches!(mode, Sha2::FullTls(_));
+        let mut caps = CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION
+            | CapabilityFlags::CLIENT_PLUGIN_AUTH
+            | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+            | CapabilityFlags::CLIENT_LONG_PASSWORD
+            | CapabilityFlags::CLIENT_DEPRECATE_EOF;
+        if tls {
+            caps |= CapabilityFlags::CLIENT_SSL;
+        }
+        let mut tail = NONCE[8..].to_vec();
+        tail.push(0);
+        let hello = HandshakePacket::new(
+            10,
+            &b"8.0.36"[..],
+            42,
+            NONCE[..8].try_into().unwrap(),
+            Some(tail),
+            caps,
+            45,
+            StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+            Some(&b"caching_sha2_password"[..]),
+        );
+        let mut payload = Vec::new();
+        hello.serialize(&mut payload);
+        send(&mut io, 0, &payload).await;
+        let mut response = read(&mut io, &mut rbuf).await;
+        let mut seq = 2;
+        if let Sha2::FullTls(config) = &mode {
+            assert_eq!(response.len(), 32, "an SSL request");
+            let prefix = std::mem::take(&mut rbuf).freeze();
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+            io = Box::new(
+                acceptor
+                    .accept(portcullis_core::io::Prefixed::new(prefix, io))
+                    .await
+                    .unwrap(),
+            );
+            response = read(&mut io, &mut rbuf).await;
+            seq = 3;
+        }
+        let parsed: HandshakeResponse<'_> = ParseBuf(&response).parse(()).unwrap();
+        assert_eq!(parsed.user(), b"app");
+        assert_eq!(parsed.auth_plugin(), Some(&AuthPlugin::CachingSha2Password));
+        let expected = scramble_sha256(NONCE, SHA2_PASSWORD.as_bytes()).unwrap();
+        assert_eq!(
+            parsed.scramble_buf(),
+            &expected[..],
+            "the fast-path scramble"
+        );
+        let ok = [0u8, 0, 0, 2, 0, 0, 0];
+        match mode {
+            Sha2::Fast => {
+                send(&mut io, seq, &[0x01, 0x03]).await;
+                send(&mut io, seq + 1, &ok).await;
+                Vec::new()
+            }
+            Sha2::FullTls(_) => {
+                send(&mut io, seq, &[0x01, 0x04]).await;
+                let password = read(&mut io, &mut rbuf).await;
+                send(&mut io, seq + 2, &ok).await;
+                password
+            }
+            Sha2::FullRsa(pem) => {
+                send(&mut io, seq, &[0x01, 0x04]).await;
+                assert_eq!(read(&mut io, &mut rbuf).await, vec![0x02], "a key request");
+                let mut key = vec![0x01];
+                key.extend_from_slice(pem.as_bytes());
+                send(&mut io, seq + 2, &key).await;
+                let encrypted = read(&mut io, &mut rbuf).await;
+                send(&mut io, seq + 4, &ok).await;
+                encrypted
+            }
+        }
+    });
+    (addr, task)
+}
+
+async fn sha2_login(addr: SocketAddr, tls: UpstreamTls) -> portcullis_mysql::Connected {
+    let upstream = UpstreamConfig::new("127.0.0.1", addr.port(), "app", SHA2_PASSWORD).tls(tls);
+    let opened = portcullis_mysql::open(&upstream).await.unwrap();
+    let login = portcullis_mysql::Login {
+        capabilities: CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION
+            | CapabilityFlags::CLIENT_PLUGIN_AUTH
+            | CapabilityFlags::CLIENT_DEPRECATE_EOF,
+        mariadb_capabilities: mysql_common::constants::MariadbCapabilities::empty(),
+        collation: 45,
+        database: None,
+        attributes: None,
+        max_packet: 1 << 24,
+    };
+    opened
+        .login(&upstream, "app", SHA2_PASSWORD, &login)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn caching_sha2_fast_path_full_over_tls_and_full_with_rsa() {
+    // Fast path.
+    let (addr, server) = sha2_server(Sha2::Fast).await;
+    let connected = sha2_login(addr, UpstreamTls::disabled()).await;
+    assert_eq!(connected.greeting.connection_id, 42);
+    server.await.unwrap();
+
+    // Full authentication over TLS: the password in clear, NUL-terminated.
+    let dir = tempfile::tempdir().unwrap();
+    let files = Certs::generate().unwrap().write_to(dir.path()).unwrap();
+    let config = portcullis_core::tls::server_config(&files.cert, &files.key).unwrap();
+    let (addr, server) = sha2_server(Sha2::FullTls(config)).await;
+    let tls = UpstreamTls::new(UpstreamTlsMode::VerifyFull, Some(&files.ca)).unwrap();
+    let connected = sha2_login(addr, tls).await;
+    assert!(connected.tls);
+    assert_eq!(
+        server.await.unwrap(),
+        format!("{SHA2_PASSWORD}\0").into_bytes()
+    );
+
+    // Full authentication without TLS: RSA-OAEP with the server's key; decrypted with the
+    // private key, XORed with the nonce, it is the password.
+    let key = dir.path().join("rsa.pem");
+    let public = dir.path().join("rsa.pub");
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    let pem = std::fs::read_to_string(&public).unwrap();
+    let (addr, server) = sha2_server(Sha2::FullRsa(pem)).await;
+    sha2_login(addr, UpstreamTls::disabled()).await;
+    let encrypted = server.await.unwrap();
+    assert_eq!(encrypted.len(), 256);
+    let cipher = dir.path().join("cipher.bin");
+    std::fs::write(&cipher, &encrypted).unwrap();
+    let plain = openssl(&[
+        "pkeyutl",
+        "-decrypt",
+        "-inkey",
+        key.to_str().unwrap(),
+        "-pkeyopt",
+        "rsa_padding_mode:oaep",
+        "-in",
+        cipher.to_str().unwrap(),
+    ]);
+    let unmasked: Vec<u8> = plain
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ NONCE[i % NONCE.len()])
+        .collect();
+    assert_eq!(unmasked, format!("{SHA2_PASSWORD}\0").into_bytes());
+}
