@@ -931,3 +931,57 @@ async fn caching_sha2_fast_path_full_over_tls_and_full_with_rsa() {
         .collect();
     assert_eq!(unmasked, format!("{SHA2_PASSWORD}\0").into_bytes());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_cursors_fetch_through_the_gateway() {
+    let gw = gateway(Options::default()).await;
+    let mut raw = Raw::login(gw.addr, TOKEN).await;
+    // COM_STMT_PREPARE.
+    raw.send(0, b"\x16SELECT seq, concat('row', seq) FROM seq_1_to_10")
+        .await;
+    let ok = raw.read().await;
+    assert_eq!(ok[0], 0, "{:?}", String::from_utf8_lossy(&ok));
+    let id = u32::from_le_bytes(ok[1..5].try_into().unwrap());
+    let columns = u16::from_le_bytes([ok[5], ok[6]]);
+    assert_eq!(columns, 2);
+    for _ in 0..columns {
+        raw.read().await;
+    }
+    // COM_STMT_EXECUTE with CURSOR_TYPE_READ_ONLY: metadata, then an end with
+    // SERVER_STATUS_CURSOR_EXISTS and no rows.
+    let mut exec = vec![0x17];
+    exec.extend_from_slice(&id.to_le_bytes());
+    exec.extend_from_slice(&[1, 1, 0, 0, 0]);
+    raw.send(0, &exec).await;
+    assert_eq!(raw.read().await, vec![2]);
+    raw.read().await;
+    raw.read().await;
+    let end = raw.read().await;
+    assert_eq!(end[0], 0xfe);
+    let status = u16::from_le_bytes([end[end.len() - 4], end[end.len() - 3]]);
+    assert!(status & 0x0040 != 0, "no cursor: {end:?}");
+    // COM_STMT_FETCH 4 rows at a time until the last row is sent.
+    let mut rows = 0;
+    for _ in 0..5 {
+        let mut fetch = vec![0x1c];
+        fetch.extend_from_slice(&id.to_le_bytes());
+        fetch.extend_from_slice(&4u32.to_le_bytes());
+        raw.send(0, &fetch).await;
+        loop {
+            let p = raw.read().await;
+            assert!(!p.is_empty(), "the session ended");
+            match p[0] {
+                0x00 => rows += 1,
+                0xfe => break,
+                other => panic!("unexpected packet {other:#x}: {p:?}"),
+            }
+        }
+        if rows == 10 {
+            break;
+        }
+    }
+    assert_eq!(rows, 10);
+    // The session goes on.
+    raw.send(0, b"\x0e").await;
+    assert_eq!(raw.read().await[0], 0);
+}

@@ -387,3 +387,180 @@ timeout = "1s"
         "0"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_from_another_session_ends_an_approval_wait() {
+    use std::io::BufRead as _;
+    let db = mariadb().await;
+    let extra = r#"
+[policy]
+default_rules = false
+[[policy.rules]]
+name = "unbounded-writes"
+statements = ["update"]
+without_where = true
+action = "approve"
+approvers = ["dba"]
+[approvals]
+timeout = "2m"
+"#;
+    let (_gateway, gw, admin, _dir) = start(&db, extra).await;
+    // alice's session says its connection id, then waits for an approval.
+    let mut child = Command::new("mariadb")
+        .args([
+            "--no-defaults",
+            "--protocol=tcp",
+            "-h127.0.0.1",
+            "--unbuffered",
+        ])
+        .arg(format!("-P{gw}"))
+        .args([
+            "-ualice",
+            &format!("-p{ALICE}"),
+            "--skip-ssl",
+            "-Dapp",
+            "-N",
+            "-B",
+            "-e",
+        ])
+        .arg("SELECT connection_id(); UPDATE victims SET name = 'z'")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let id = tokio::task::spawn_blocking(move || lines.next().unwrap().unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://127.0.0.1:{admin}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, _) = cli(&[
+            "approvals",
+            "list",
+            "--json",
+            "--admin",
+            &url,
+            "--token",
+            DANA,
+        ]);
+        if out.contains("UPDATE victims") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no approval request: {out}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // dana kills alice's query: the database has nothing running for it, the gateway ends
+    // the wait.
+    let out = mysql(gw, DANA, &format!("KILL QUERY {id}"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let done = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = stderr(&done);
+    assert!(err.contains("ERROR 1317 (70100)"), "{err}");
+    assert_eq!(
+        db.sql("SELECT COUNT(*) FROM victims WHERE name = 'z'")
+            .unwrap(),
+        "0"
+    );
+}
+
+/// A raw MySQL session (for what no CLI does: a server-side cursor).
+struct Raw {
+    tcp: tokio::net::TcpStream,
+    rbuf: bytes::BytesMut,
+}
+
+impl Raw {
+    async fn login(gw: u16, user: &str, token: &str) -> Raw {
+        let mut raw = Raw {
+            tcp: tokio::net::TcpStream::connect(("127.0.0.1", gw))
+                .await
+                .unwrap(),
+            rbuf: bytes::BytesMut::new(),
+        };
+        assert_eq!(raw.read().await[0], 10, "a greeting");
+        // Protocol 4.1, secure connection, plugin auth, connect with db, deprecate EOF.
+        let caps: u32 = 0x0200 | 0x8000 | 0x0008_0000 | 0x0008 | 0x0100_0000;
+        let mut p = Vec::new();
+        p.extend_from_slice(&caps.to_le_bytes());
+        p.extend_from_slice(&(1u32 << 24).to_le_bytes());
+        p.push(45);
+        p.extend_from_slice(&[0; 23]);
+        p.extend_from_slice(user.as_bytes());
+        p.push(0);
+        p.push(u8::try_from(token.len() + 1).unwrap());
+        p.extend_from_slice(token.as_bytes());
+        p.push(0);
+        p.extend_from_slice(b"app\0mysql_clear_password\0");
+        raw.send(1, &p).await;
+        assert_eq!(raw.read().await[0], 0, "logged in");
+        raw
+    }
+
+    async fn send(&mut self, seq: u8, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt as _;
+        let mut out = bytes::BytesMut::new();
+        portcullis_mysql::packet::encode_packet(seq, payload, &mut out);
+        self.tcp.write_all(&out).await.unwrap();
+    }
+
+    async fn read(&mut self) -> Vec<u8> {
+        use tokio::io::AsyncReadExt as _;
+        loop {
+            if let Some(p) =
+                portcullis_mysql::packet::decode_packet(&mut self.rbuf, 1 << 24).unwrap()
+            {
+                return p.payload.to_vec();
+            }
+            assert!(
+                self.tcp.read_buf(&mut self.rbuf).await.unwrap() > 0,
+                "the gateway closed"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_fetched_from_a_cursor_are_masked_too() {
+    let db = mariadb().await;
+    let extra = "[masking]\ndetectors = [\"email\"]\nexempt_groups = [\"dba\"]\n";
+    let (_gateway, gw, _admin, _dir) = start(&db, extra).await;
+    let mut raw = Raw::login(gw, "carol", CAROL).await;
+    raw.send(0, b"\x16SELECT id, email FROM customers ORDER BY id")
+        .await;
+    let ok = raw.read().await;
+    assert_eq!(ok[0], 0);
+    let id = u32::from_le_bytes(ok[1..5].try_into().unwrap());
+    for _ in 0..2 {
+        raw.read().await;
+    }
+    let mut exec = vec![0x17];
+    exec.extend_from_slice(&id.to_le_bytes());
+    exec.extend_from_slice(&[1, 1, 0, 0, 0]);
+    raw.send(0, &exec).await;
+    for _ in 0..4 {
+        raw.read().await; // column count, two definitions, the end with the cursor open
+    }
+    let mut fetch = vec![0x1c];
+    fetch.extend_from_slice(&id.to_le_bytes());
+    fetch.extend_from_slice(&10u32.to_le_bytes());
+    raw.send(0, &fetch).await;
+    let mut rows = Vec::new();
+    loop {
+        let p = raw.read().await;
+        if p[0] == 0xfe {
+            break;
+        }
+        assert_eq!(p[0], 0, "a binary row: {p:?}");
+        rows.push(String::from_utf8_lossy(&p).into_owned());
+    }
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| !r.contains(EMAIL)), "{rows:?}");
+    assert!(
+        rows[0].contains("@example.com"),
+        "masked, not dropped: {rows:?}"
+    );
+}
