@@ -1985,6 +1985,96 @@ password = "${{PG_PASSWORD}}"
     }
 
     #[test]
+    fn mysql_listeners_share_the_shape_of_postgres_ones() {
+        let source = minimal()
+            + r#"
+[[mysql]]
+name = "maria"
+listen = "127.0.0.1:3307"
+allow_plaintext_tokens_on_loopback = true
+local_infile = true
+databases = ["app"]
+max_message_bytes = 1048576
+[mysql.upstream]
+host = "db"
+user = "app"
+password = "x"
+tls = "disable"
+[[mysql.upstream.roles]]
+groups = ["analysts"]
+user = "ro"
+password = "y"
+"#;
+        let config = parse_str(&source).unwrap();
+        assert_eq!(config.postgres.len(), 1);
+        let my = &config.mysql[0];
+        assert_eq!(my.listen.port(), 3307);
+        assert_eq!(my.serve.name, "maria");
+        assert!(my.serve.local_infile);
+        assert_eq!(my.serve.max_packet, 1 << 20);
+        assert_eq!(my.serve.databases.as_deref(), Some(&["app".to_owned()][..]));
+        assert_eq!(my.serve.upstream.port, 3306, "MySQL's default port");
+        assert_eq!(
+            my.serve.upstream.login_for(&["analysts"]),
+            Some(("ro", "y"))
+        );
+        assert!(
+            config.summary().starts_with("2 listener(s)"),
+            "{}",
+            config.summary()
+        );
+        // A MySQL-only configuration is a configuration.
+        let only = source
+            .replace("[[postgres]]", "[[mysql]]")
+            .replace("[postgres.upstream]", "[mysql.upstream]")
+            .replace(
+                "\nlisten = \"127.0.0.1:3307\"",
+                "\nlisten = \"127.0.0.1:3308\"",
+            );
+        assert_eq!(parse_str(&only).unwrap().mysql.len(), 2);
+    }
+
+    #[test]
+    fn mysql_problems_are_named_in_mysql_terms() {
+        let source = minimal().replace(
+            "allow_plaintext_tokens_on_loopback = true",
+            "allow_plaintext_tokens_on_loopback = true\nlocal_infile = true",
+        ) + r#"
+[[mysql]]
+name = "maria"
+listen = "127.0.0.1:6432"
+allow_startup_options = true
+[mysql.upstream]
+host = "db"
+port = 0
+user = "app"
+password = "x"
+roles_unmatched = "refuse"
+"#;
+        let p = problems(&source);
+        let text: Vec<&str> = p.iter().map(|(_, m)| m.as_str()).collect();
+        let has = |needle: &str| text.iter().any(|m| m.contains(needle));
+        assert!(
+            has("[[postgres]] local_infile: a [[mysql]] setting"),
+            "{p:?}"
+        );
+        assert!(
+            has("[[mysql]] listen: address 127.0.0.1:6432 is already used by [[postgres]]"),
+            "{p:?}"
+        );
+        assert!(
+            has("[[mysql]] allow_startup_options: a [[postgres]] setting"),
+            "{p:?}"
+        );
+        assert!(has("[[mysql]] \"maria\": without `tls`"), "{p:?}");
+        assert!(has("[mysql.upstream] port: must not be 0"), "{p:?}");
+        assert!(
+            has("[mysql.upstream] roles_unmatched: used only with [[mysql.upstream.roles]]"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
     fn the_example_file_parses() {
         let source = include_str!("../portcullis.toml");
         let config = parse_str(source).unwrap();
