@@ -69,6 +69,12 @@ done
 # Nothing in the caller's environment may redirect or reconfigure the MySQL clients.
 # shellcheck disable=SC2046
 unset $(compgen -v MYSQL) 2>/dev/null
+# The gateway asks for the token through an authentication switch to mysql_clear_password,
+# which libmariadb loads from a shared object on first use — and several threads connecting
+# at once (sysbench's) race on that load: "Plugin mysql_clear_password could not be loaded: it
+# is already loaded" (error 1045), most runs at 8 threads. Loaded at library init instead, it is
+# there before the threads start. No effect on the direct path (mysql_native_password is built in).
+export LIBMYSQL_PLUGINS=mysql_clear_password
 
 # ---- tools ------------------------------------------------------------------------------
 find_mariadb() { # program name
@@ -584,6 +590,9 @@ report() {
         echo "Waited ${WAITED}s in all for \`$WAIT_FOR\` to finish before measured runs ($WAIT_TIMEOUTS waits gave up" \
             "after ${WAIT_MAX}s); $OVERLAPS of $MEASURED measured runs overlapped a \`$WAIT_FOR\` process (sampled every second)."
     fi
+    echo
+    echo "sysbench runs with LIBMYSQL_PLUGINS=mysql_clear_password (libmariadb otherwise races loading that" \
+        "plugin when several threads connect through the gateway at once; see the script)."
     echo
     echo "gateway: static tokens only, no policy layer. gateway-all: the same plus [policy] (5 rules:" \
         "no-drop deny, unbounded delete/update approve, analysts read-only, admin deny, load_file deny;" \

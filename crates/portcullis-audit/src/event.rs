@@ -508,6 +508,20 @@ pub struct Outcome {
     /// What masking did (filled by the masking layer).
     #[serde(default)]
     pub masking: Option<MaskingRecord>,
+    /// Data the client streamed with the command (PostgreSQL `COPY … FROM STDIN`, MySQL
+    /// `LOAD DATA LOCAL INFILE`), when it sent any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadRecord>,
+}
+
+/// Data a client streamed with a command: its size and digest (never its contents).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// Bytes as the protocol carried them (PostgreSQL: the `CopyData` messages; MySQL: the
+    /// file's contents).
+    pub bytes: u64,
+    /// SHA-256 of those bytes, hex.
+    pub sha256: String,
 }
 
 /// Something the database sent outside any command.

@@ -238,6 +238,15 @@ where
         let number = audit.commands.fetch_add(1, Ordering::Relaxed) + 1;
         let mut req = req;
         req.extensions.insert(decision_log(&audit, number));
+        // What the client streams with the command is counted and digested as it passes.
+        let upload = req.upload.take().map(|u| {
+            let digest = Arc::new(Mutex::new(UploadDigest::default()));
+            let seen = digest.clone();
+            req.upload = Some(u.inspect(move |chunk| {
+                seen.lock().unwrap_or_else(|p| p.into_inner()).add(chunk);
+            }));
+            digest
+        });
         // Numbered when sent (below), so a session's records appear in `sseq` order.
         let mut command = Command::of(audit.session_ref(0), number, &req.command);
         if let Some(redactor) = &audit.redactor {
@@ -258,6 +267,7 @@ where
             cancelled: false,
             decisions: Vec::new(),
             refusal: None,
+            upload,
         };
         if !recorder.write_ahead() {
             outcome.sent = true;
@@ -375,6 +385,50 @@ struct OutcomeRecorder {
     decisions: Vec<DecisionRecord>,
     /// Set when a layer refused the command in place.
     refusal: Option<Status>,
+    /// The command's upload, counted as it passes.
+    upload: Option<Arc<Mutex<UploadDigest>>>,
+}
+
+/// Size and running SHA-256 of an upload.
+struct UploadDigest {
+    bytes: u64,
+    chunks: u64,
+    sha: ring::digest::Context,
+}
+
+impl std::fmt::Debug for UploadDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadDigest")
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for UploadDigest {
+    fn default() -> Self {
+        UploadDigest {
+            bytes: 0,
+            chunks: 0,
+            sha: ring::digest::Context::new(&ring::digest::SHA256),
+        }
+    }
+}
+
+impl UploadDigest {
+    fn add(&mut self, chunk: &[u8]) {
+        self.bytes += chunk.len() as u64;
+        self.chunks += 1;
+        self.sha.update(chunk);
+    }
+
+    /// The record, when anything was streamed.
+    fn record(digest: &Arc<Mutex<UploadDigest>>) -> Option<crate::event::UploadRecord> {
+        let d = digest.lock().unwrap_or_else(|p| p.into_inner());
+        (d.chunks > 0).then(|| crate::event::UploadRecord {
+            bytes: d.bytes,
+            sha256: hex::encode(d.sha.clone().finish().as_ref()),
+        })
+    }
 }
 
 impl OutcomeRecorder {
@@ -419,6 +473,7 @@ impl OutcomeRecorder {
             error: self.error.take(),
             decisions: std::mem::take(&mut self.decisions),
             masking: None,
+            upload: self.upload.as_ref().and_then(UploadDigest::record),
         });
         self.audit.recorder.send(event, Bound::Exempt, false);
     }

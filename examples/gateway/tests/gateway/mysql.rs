@@ -75,11 +75,25 @@ password = "{password}"
 }
 
 async fn start(db: &MariaDb, extra: &str) -> (Gateway, u16, u16, tempfile::TempDir) {
+    start_with(db, "", extra).await
+}
+
+/// With `listener` keys added to the `[[mysql]]` block.
+async fn start_with(
+    db: &MariaDb,
+    listener: &str,
+    extra: &str,
+) -> (Gateway, u16, u16, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (gw, admin) = (free_port(), free_port());
     let path = dir.path().join("portcullis.toml");
     let certs = Certs::generate().unwrap().write_to(dir.path()).unwrap();
-    std::fs::write(&path, config(gw, admin, db, &certs, extra)).unwrap();
+    let text = config(gw, admin, db, &certs, extra).replacen(
+        "allow_plaintext_tokens_on_loopback = true\n",
+        &format!("allow_plaintext_tokens_on_loopback = true\n{listener}\n"),
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
     let (code, out, err) = cli(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}{err}");
     let gateway = Gateway::started(&path, dir.path(), db.password(), admin).await;
@@ -299,6 +313,20 @@ path = "{}"
         .unwrap_or_default();
     assert!(line.contains("Duplicate entry"), "{err}");
     assert!(!line.contains(EMAIL), "{err}");
+
+    // A value echoed in a warning, read back with SHOW WARNINGS (rows), is masked.
+    let out = mysql(
+        gw,
+        ALICE,
+        &format!("SELECT CAST('{EMAIL}' AS INTEGER); SHOW WARNINGS"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("Truncated incorrect"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!stdout(&out).contains(EMAIL), "{}", stdout(&out));
 
     // Approvals: an UPDATE without WHERE waits (no notice channel in MySQL: the client just
     // waits) until a DBA approves, then completes.
@@ -563,4 +591,55 @@ async fn rows_fetched_from_a_cursor_are_masked_too() {
         rows[0].contains("@example.com"),
         "masked, not dropped: {rows:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_local_infile_is_streamed_and_recorded() {
+    use sha2::Digest as _;
+    let db = mariadb().await;
+    let dir = tempfile::tempdir().unwrap();
+    let trail = dir.path().join("trail.jsonl");
+    let file = dir.path().join("rows.csv");
+    let contents: String = (1..=2000).map(|i| format!("{i},row {i}\n")).collect();
+    std::fs::write(&file, &contents).unwrap();
+    let extra = format!(
+        "[audit]\n[[audit.sinks]]\nkind = \"jsonl\"\npath = \"{}\"\n",
+        trail.display()
+    );
+    let (mut gateway, gw, _admin, _dir) = start_with(&db, "local_infile = true", &extra).await;
+    let sql = format!(
+        "LOAD DATA LOCAL INFILE '{}' INTO TABLE victims FIELDS TERMINATED BY ',' IGNORE 3 LINES",
+        file.display()
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("mariadb");
+        cmd.args([
+            "--no-defaults",
+            "--protocol=tcp",
+            "-h127.0.0.1",
+            "--local-infile=1",
+        ])
+        .arg(format!("-P{gw}"))
+        .args([
+            "-ualice",
+            &format!("-p{ALICE}"),
+            "--skip-ssl",
+            "-Dapp",
+            "-e",
+            &sql,
+        ]);
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(db.sql("SELECT COUNT(*) FROM victims").unwrap(), "2000");
+    super::run_until_stopped(&mut gateway).await;
+    let text = std::fs::read_to_string(&trail).unwrap();
+    let expected = format!(
+        "\"upload\":{{\"bytes\":{},\"sha256\":\"{}\"}}",
+        contents.len(),
+        hex::encode(sha2::Sha256::digest(contents.as_bytes()))
+    );
+    assert!(text.contains(&expected), "no {expected} in:\n{text}");
 }
