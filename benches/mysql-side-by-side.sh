@@ -4,7 +4,9 @@
 # through the same gateway with every layer on (`gateway-all`: [policy] with rules none of
 # which blocks sysbench's statements, [masking] with every detector, [approvals], and [audit]
 # with a JSONL sink — write-ahead, on_failure = "refuse", fsync = "interval", signed
-# checkpoints), measured alternately in one run. The MySQL counterpart of side-by-side.sh.
+# checkpoints), measured alternately in one run — and, on request, through the gateway with
+# one of those layers alone (`guard`: [policy] and [approvals]; `mask`: [masking]; `audit`:
+# [audit]), to tell what each costs. The MySQL counterpart of side-by-side.sh.
 #
 # Run with:   bash benches/mysql-side-by-side.sh [REPORT.md]   (default benches/mysql-last-run.md)
 #
@@ -27,8 +29,9 @@
 #
 # Knobs (environment): DURATION (10 s per sysbench run), ROUNDS (3), CLIENTS (8 sysbench
 # threads), TABLES (4), TABLE_SIZE (100000 rows per table), PATHS ("direct gateway
-# gateway-all": drop one to skip it), GATEWAY_BIN (target/release/portcullis, built when
-# missing), GATEWAY_LOG (PORTCULLIS_LOG for the gateways, default info), MARIADB_BIN_DIR
+# gateway-all": drop one to skip it; add "guard", "mask" and "audit" for one layer each), GATEWAY_BIN (target/release/portcullis, built when
+# missing), GATEWAY_LOG (PORTCULLIS_LOG for the gateways, default info), AUDIT_WRITER (the JSONL
+# sink's `writer`: thread, the default, or inline), MARIADB_BIN_DIR
 # (where mariadbd and mariadb-install-db are, default: PATH, /usr/sbin, /usr/bin), KEEP_TMP=1
 # (keep the temp dir), BULK=0 (skip the 1M-row select), WAIT_FOR (process names, e.g.
 # "rustc": before each measured run wait until none runs, at most WAIT_MAX seconds, default
@@ -49,6 +52,7 @@ TABLE_SIZE=${TABLE_SIZE:-100000}
 PATHS=${PATHS:-direct gateway gateway-all}
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/portcullis}
 GATEWAY_LOG=${GATEWAY_LOG:-info}
+AUDIT_WRITER=${AUDIT_WRITER:-thread}
 WAIT_FOR=${WAIT_FOR:-}
 WAIT_MAX=${WAIT_MAX:-1200}
 ROWS=1000000
@@ -60,11 +64,17 @@ die() { log "error: $*"; exit 1; }
 read -r -a PATH_LIST <<<"$PATHS"
 has_path() { [[ " ${PATH_LIST[*]} " == *" $1 "* ]]; }
 GATEWAYS=()
-for p in gateway gateway-all; do has_path "$p" && GATEWAYS+=("$p"); done
+for p in gateway guard mask audit gateway-all; do has_path "$p" && GATEWAYS+=("$p"); done
+LAYER_PATHS=()
+for p in guard mask audit; do has_path "$p" && LAYER_PATHS+=("$p"); done
+AUDITED=()
+for p in audit gateway-all; do has_path "$p" && AUDITED+=("$p"); done
 (( ${#PATH_LIST[@]} > 0 )) || die "PATHS is empty"
 for p in "${PATH_LIST[@]}"; do
-    case $p in direct | gateway | gateway-all) ;; *) die "unknown path '$p' in PATHS" ;; esac
+    case $p in direct | gateway | gateway-all | guard | mask | audit) ;; *) die "unknown path '$p' in PATHS" ;; esac
 done
+[[ $AUDIT_WRITER == thread || $AUDIT_WRITER == inline ]] || die "AUDIT_WRITER must be thread or inline"
+
 
 # Nothing in the caller's environment may redirect or reconfigure the MySQL clients.
 # shellcheck disable=SC2046
@@ -216,9 +226,9 @@ TOKEN_SHA=$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)
 PORT[direct]=$(free_port)
 PASSWORD[direct]=$DB_PASSWORD
 USER_OF[direct]=$DB_USER
-PORT[admin]=$(free_port)
-for g in gateway gateway-all; do
+for g in gateway guard mask audit gateway-all; do
     PORT[$g]=$(free_port)
+    PORT[admin-$g]=$(free_port)
     PASSWORD[$g]=$TOKEN
     USER_OF[$g]=bench # the token is the credential; the name is only recorded
 done
@@ -323,12 +333,12 @@ EOF
     GATEWAY_PIDS+=("$!")
     wait_port "${PORT[$name]}" "${PID_OF[$name]}" "$name"
 }
-# Every layer: a guard whose rules do not match sysbench's SELECTs (nor the 1M-row select),
+# The layers: a guard whose rules do not match sysbench's SELECTs (nor the 1M-row select),
 # approvals (for unbounded writes), masking with every detector, and an audit trail.
-all_layers_config() {
+guard_config() { # path (for its admin port)
     cat <<EOF
 [admin]
-listen = "127.0.0.1:${PORT[admin]}"
+listen = "127.0.0.1:${PORT[admin-$1]}"
 
 [policy]
 on_unparsed = "deny"
@@ -358,10 +368,16 @@ action = "deny"
 
 [approvals]
 timeout = "2m"
-
+EOF
+}
+mask_config() {
+    cat <<EOF
 [masking]
 detectors = ["email", "credit_card", "us_ssn", "phone", "iban", "ipv4", "jwt", "aws_access_key"]
-
+EOF
+}
+audit_config() {
+    cat <<EOF
 [audit]
 on_failure = "refuse"
 signing_key = "$WORK/audit.key"
@@ -369,13 +385,19 @@ signing_key = "$WORK/audit.key"
 kind = "jsonl"
 path = "trail.jsonl"
 fsync = "interval"
+writer = "$AUDIT_WRITER"
 EOF
 }
-has_path gateway && start_gateway gateway ""
-if has_path gateway-all; then
+if (( ${#AUDITED[@]} > 0 )); then
     "$GATEWAY_BIN" audit keygen --out "$WORK/audit.key" >/dev/null || die "audit keygen failed"
-    start_gateway gateway-all "$(all_layers_config)"
 fi
+has_path gateway && start_gateway gateway ""
+has_path guard && start_gateway guard "$(guard_config guard)"
+has_path mask && start_gateway mask "$(mask_config)"
+has_path audit && start_gateway audit "$(audit_config)"
+has_path gateway-all && start_gateway gateway-all "$(guard_config gateway-all)
+$(mask_config)
+$(audit_config)"
 
 # ---- runs -------------------------------------------------------------------------------
 # Peak RSS over the whole run, kept across the per-select resets of VmHWM.
@@ -531,18 +553,18 @@ done
 ELAPSED=$(( $(date +%s) - START ))
 for path in "${GATEWAYS[@]}"; do note_peak "$path"; done
 
-# The gateway with every layer stops cleanly (sealing its trail), which is then verified and
-# summed up: statuses, refusals (which rule), masked values.
-TRAIL_NOTE=
-if has_path gateway-all; then
-    kill "${PID_OF[gateway-all]}" 2>/dev/null && wait "${PID_OF[gateway-all]}" 2>/dev/null
-    t="$WORK/gateway-all/trail.jsonl"
+# The audited gateways stop cleanly (sealing their trails), which are then verified and summed
+# up: records, statuses, refusals (and by which rule), masked values, the statements seen.
+declare -A TRAIL_NOTE TRAIL_SUMMARY
+for path in "${AUDITED[@]}"; do
+    kill "${PID_OF[$path]}" 2>/dev/null && wait "${PID_OF[$path]}" 2>/dev/null
+    t="$WORK/$path/trail.jsonl"
     if out=$("$GATEWAY_BIN" audit verify "$t" --key "$WORK/audit.key.pub" 2>&1); then
-        TRAIL_NOTE="intact, $(sed -n 's/^intact: [0-9]* file(s), \([0-9]*\) records.*/\1/p' <<<"$out") records, $(( $(stat -c %s "$t") / 1048576 )) MiB"
+        TRAIL_NOTE[$path]="intact, $(sed -n 's/^intact: [0-9]* file(s), \([0-9]*\) records.*/\1/p' <<<"$out") records, $(( $(stat -c %s "$t") / 1048576 )) MiB"
     else
-        TRAIL_NOTE="NOT INTACT: $(grep 'NOT INTACT' <<<"$out")"
+        TRAIL_NOTE[$path]="NOT INTACT: $(grep 'NOT INTACT' <<<"$out")"
     fi
-    TRAIL_SUMMARY=$(python3 - "$t" <<'PY' 2>&1
+    TRAIL_SUMMARY[$path]=$(python3 - "$t" <<'PY' 2>&1
 import collections, json, sys
 C = collections.Counter
 types, statuses, verdicts, refused, texts, masked = C(), C(), C(), C(), C(), 0
@@ -573,7 +595,7 @@ print(f"records by type: {fmt(types)}; outcomes by status: {fmt(statuses)};"
       f" masked values: {masked}; statements (most frequent): {fmt(C({f'`{k}`': v for k, v in texts.items()}), 6)}")
 PY
 )
-fi
+done
 
 # ---- report -----------------------------------------------------------------------------
 report() {
@@ -597,7 +619,7 @@ report() {
     echo "gateway: static tokens only, no policy layer. gateway-all: the same plus [policy] (5 rules:" \
         "no-drop deny, unbounded delete/update approve, analysts read-only, admin deny, load_file deny;" \
         "on_unparsed = deny), [approvals], [masking] with every detector, and [audit] (JSONL sink," \
-        "write-ahead, on_failure = refuse, fsync = interval, signed checkpoints)."
+        "write-ahead, on_failure = refuse, fsync = interval, writer = $AUDIT_WRITER, signed checkpoints)."
     echo
     echo "## sysbench oltp_point_select (TPS; one prepared primary-key SELECT per transaction)"
     echo
@@ -667,28 +689,49 @@ report() {
         errs=$(( errs + $(values errors "$wl" "$p" | awk '{ s += $1 } END { print s + 0 }') ))
     done; done
     echo "Errors sysbench ignored over all measured runs: $errs."
-    if has_path gateway-all; then
-        echo "Audit trail of gateway-all after the run: $TRAIL_NOTE."
-        echo "Its contents: $TRAIL_SUMMARY."
+    for p in "${AUDITED[@]}"; do
+        echo "Audit trail of $p after the run: ${TRAIL_NOTE[$p]}."
+        echo "Its contents: ${TRAIL_SUMMARY[$p]}."
+    done
+    if (( ${#LAYER_PATHS[@]} > 0 )); then
+        echo
+        echo "## Layer by layer (the gateway with one layer on, against the plain gateway)"
+        echo
+        echo "guard: [policy] and [approvals] (with [admin]); mask: [masking]; audit: [audit]; gateway-all: all of them."
+        echo
+        echo "| workload | path | TPS | vs gateway | vs direct | gateway CPU/tx (µs) | added CPU/tx (µs) | added avg latency (µs) |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|"
+        for wl in "${SB_WORKLOADS[@]}"; do
+            g=$(med tps "$wl" gateway); d=$(med tps "$wl" direct)
+            for p in gateway "${LAYER_PATHS[@]}" gateway-all; do
+                has_path "$p" || continue
+                a=$(med tps "$wl" "$p")
+                echo "| $wl | $p | $(fmt %.0f "$a") | $(fmt %.3f "$(ratio "$a" "$g")") | $(fmt %.3f "$(ratio "$a" "$d")") |" \
+                    "$(fmt %.1f "$(med cpu "$wl" "$p")") | $(fmt %.1f "$(diff_ "$(med cpu "$wl" "$p")" "$(med cpu "$wl" gateway)")") |" \
+                    "$(fmt %.1f "$(diff_ "$(med avg "$wl" "$p")" "$(med avg "$wl" gateway)")") |"
+            done
+        done
     fi
     echo
     echo "## Targets"
     echo
+    # Ratios truncated, not rounded, so that 0.7496 does not show as a "0.750" that is not met.
+    trunc3() { awk -v v="$1" 'BEGIN { if (v == "NA" || v == "") print "NA"; else printf "%.3f", int(v * 1000) / 1000 }'; }
     verdict() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { if (v == "NA" || v == "") print "n/a"; else if ((op == ">=" && v >= t) || (op == "<=" && v <= t) || (op == "<" && v < t)) print "met"; else print "NOT met" }'; }
     echo "| target | measured | |"
     echo "|---|---:|---|"
     for wl in "${SB_WORKLOADS[@]}"; do
         d=$(med tps "$wl" direct)
         r=$(ratio "$(med tps "$wl" gateway)" "$d")
-        echo "| gateway ≥ 0.75× direct TPS, oltp_point_select --threads=${wl##*-c} | $(fmt %.3f "$r")× | $(verdict "$r" '>=' 0.75) |"
+        echo "| gateway ≥ 0.75× direct TPS, oltp_point_select --threads=${wl##*-c} | $(trunc3 "$r")× | $(verdict "$r" '>=' 0.75) |"
         r=$(ratio "$(med tps "$wl" gateway-all)" "$d")
-        echo "| gateway-all ≥ 0.65× direct TPS, oltp_point_select --threads=${wl##*-c} | $(fmt %.3f "$r")× | $(verdict "$r" '>=' 0.65) |"
+        echo "| gateway-all ≥ 0.65× direct TPS, oltp_point_select --threads=${wl##*-c} | $(trunc3 "$r")× | $(verdict "$r" '>=' 0.65) |"
     done
     if [[ " ${WORKLOADS[*]} " == *" select-1m "* ]]; then
         for p in "${GATEWAYS[@]}"; do
             r=$(ratio "$(med mbps select-1m "$p")" "$(med mbps select-1m direct)")
             rss=$(values rssgrowth select-1m "$p" | sort -n | tail -1)
-            echo "| 1M-row select via $p ≥ 0.95× direct throughput | $(fmt %.3f "$r")× | $(verdict "$r" '>=' 0.95) |"
+            echo "| 1M-row select via $p ≥ 0.95× direct throughput | $(trunc3 "$r")× | $(verdict "$r" '>=' 0.95) |"
             echo "| 1M-row select via $p: RSS growth < 16 MB | $(fmt %.0f "${rss:-NA}") KiB | $(verdict "${rss:-NA}" '<' 16384) |"
         done
     fi

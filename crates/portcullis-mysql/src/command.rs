@@ -35,6 +35,24 @@ pub(crate) mod com {
     pub(crate) const SESSION_EVENTS: u8 = 0x00;
 }
 
+/// Whether running `sql` may change how the session reads SQL (`sql_mode`, the character
+/// set): the gateway then reads the settings again. `EXECUTE` is included because the
+/// statement it runs is not in the text.
+pub(crate) fn may_change_settings(sql: &str) -> bool {
+    static WORDS: std::sync::LazyLock<Option<aho_corasick::AhoCorasick>> =
+        std::sync::LazyLock::new(|| {
+            aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(["sql_mode", "names", "character_set", "charset", "execute"])
+                .ok()
+        });
+    match &*WORDS {
+        Some(words) => words.is_match(sql),
+        // Cannot happen (a fixed pattern set); reading again is the safe side.
+        None => true,
+    }
+}
+
 /// A decoded parameter value, for the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Value {
@@ -51,6 +69,7 @@ pub struct MyCommand {
     executes: bool,
     statement: Option<String>,
     params: Vec<Value>,
+    changes_settings: bool,
 }
 
 impl MyCommand {
@@ -63,6 +82,7 @@ impl MyCommand {
             executes: true,
             statement: None,
             params: Vec::new(),
+            changes_settings: false,
         }
     }
 
@@ -105,6 +125,11 @@ impl MyCommand {
     /// The SQL text the command runs or prepares, when known.
     pub fn sql(&self) -> Option<&str> {
         self.sql.as_deref()
+    }
+
+    /// Whether running it may change how the session reads SQL.
+    pub(crate) fn changes_settings(&self) -> bool {
+        self.changes_settings
     }
 
     /// The statement id of a `COM_STMT_*` command.
@@ -162,6 +187,8 @@ impl RefuseInPlace for MyCommand {
 #[derive(Debug, Clone)]
 struct Prepared {
     sql: Arc<str>,
+    /// Executing it may change the session's settings.
+    changes_settings: bool,
     params: u16,
     /// Parameter types bound by the last execute (type, unsigned).
     types: Vec<(u8, bool)>,
@@ -202,6 +229,7 @@ impl Prepareds {
         self.map.insert(
             id,
             Prepared {
+                changes_settings: may_change_settings(&sql),
                 sql,
                 params,
                 types: Vec::new(),
@@ -239,7 +267,10 @@ impl Prepareds {
         let cmd = match com_byte {
             com::QUERY => {
                 let sql = text(body);
-                MyCommand::new(payload, CommandKind::Statements, Some(sql))
+                let changes = may_change_settings(&sql);
+                let mut cmd = MyCommand::new(payload, CommandKind::Statements, Some(sql));
+                cmd.changes_settings = changes;
+                cmd
             }
             com::STMT_PREPARE => {
                 let sql = text(body);
@@ -255,6 +286,7 @@ impl Prepareds {
                     MyCommand::new(payload, CommandKind::Statements, Some(prepared.sql.clone()));
                 cmd.statement = Some(real.to_string());
                 cmd.params = params;
+                cmd.changes_settings = prepared.changes_settings;
                 cmd
             }
             com::STMT_SEND_LONG_DATA | com::STMT_FETCH | com::STMT_RESET | com::STMT_CLOSE => {

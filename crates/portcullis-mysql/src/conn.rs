@@ -31,9 +31,6 @@ const MAX_COLUMNS: u64 = 65_535;
 /// changed them.
 const SETTINGS_QUERY: &str = "SELECT @@sql_mode, @@character_set_client";
 
-/// Words in a statement after which the settings are read again.
-const SETTINGS_WORDS: [&str; 5] = ["sql_mode", "names", "character_set", "charset", "execute"];
-
 pub(crate) struct Conn {
     io: crate::BoxIo,
     rbuf: BytesMut,
@@ -44,6 +41,9 @@ pub(crate) struct Conn {
     max_packet: usize,
     /// Open cursors' columns by statement id, for the rows `COM_STMT_FETCH` returns.
     cursors: HashMap<u32, Arc<Columns>>,
+    /// The last result's column definitions and what they read as: a session runs the same
+    /// queries over and over, so the same definitions usually come again.
+    last_columns: Option<(bool, Vec<Bytes>, Arc<Columns>)>,
     failed: Option<String>,
     session: Option<Arc<Session>>,
 }
@@ -136,6 +136,7 @@ impl MyUpstream {
                     .contains(MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA),
                 max_packet,
                 cursors: HashMap::new(),
+                last_columns: None,
                 failed: None,
                 session: None,
             })),
@@ -237,11 +238,6 @@ impl std::fmt::Debug for MyReply {
     }
 }
 
-fn may_change_settings(sql: &str) -> bool {
-    let lower = sql.to_ascii_lowercase();
-    SETTINGS_WORDS.iter().any(|w| lower.contains(w))
-}
-
 impl MyReply {
     fn new(conn: Arc<Mutex<Conn>>, command: &MyCommand, upload: Option<Upload>) -> Self {
         let com = command.com();
@@ -290,8 +286,7 @@ impl MyReply {
         let extended = guard.extended;
         let recheck = guard.session.is_some()
             && (com == com::RESET_CONNECTION
-                || (matches!(com, com::QUERY | com::STMT_EXECUTE)
-                    && command.sql().is_some_and(may_change_settings)));
+                || (matches!(com, com::QUERY | com::STMT_EXECUTE) && command.changes_settings()));
         drop(guard);
         MyReply {
             conn,
@@ -398,7 +393,7 @@ impl MyReply {
                     self.state = St::DefsEof { packets };
                     return Ok(None);
                 }
-                let columns = self.columns(&packets[1..])?;
+                let columns = self.columns(conn, &packets[1..])?;
                 self.state = St::Rows {
                     columns: columns.clone(),
                     count: 0,
@@ -411,7 +406,7 @@ impl MyReply {
                 }
                 let status = crate::event::ok_status(&payload)
                     .map(|(_, s)| StatusFlags::from_bits_truncate(s));
-                let columns = self.columns(&packets[1..packets.len()])?;
+                let columns = self.columns(conn, &packets[1..])?;
                 packets.push(payload);
                 let cursor =
                     status.is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_CURSOR_EXISTS));
@@ -525,10 +520,18 @@ impl MyReply {
         Ok(Some(event))
     }
 
-    fn columns(&self, defs: &[Bytes]) -> Result<Arc<Columns>, Error> {
-        Columns::parse(defs, self.binary, self.extended)
+    fn columns(&self, conn: &mut Conn, defs: &[Bytes]) -> Result<Arc<Columns>, Error> {
+        if let Some((binary, last, columns)) = &conn.last_columns
+            && *binary == self.binary
+            && last.as_slice() == defs
+        {
+            return Ok(columns.clone());
+        }
+        let columns = Columns::parse(defs, self.binary, self.extended)
             .map(Arc::new)
-            .ok_or_else(|| lost("the database sent an unreadable column definition"))
+            .ok_or_else(|| lost("the database sent an unreadable column definition"))?;
+        conn.last_columns = Some((self.binary, defs.to_vec(), columns.clone()));
+        Ok(columns)
     }
 }
 

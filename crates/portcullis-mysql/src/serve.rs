@@ -1035,12 +1035,18 @@ where
         let max = self.server.config.max_packet;
         let call = self.call(req);
         tokio::pin!(call);
+        // Most commands are answered at once (nothing waits in the stack): no read of the
+        // client for them.
+        if let Poll::Ready(r) = futures_poll_once(call.as_mut()).await {
+            return r;
+        }
         let mut gone = false;
         loop {
             if gone || client.rbuf.len() > max {
                 return call.await;
             }
             tokio::select! {
+                biased;
                 r = &mut call => return r,
                 n = client.io.read_buf(&mut client.rbuf) => {
                     if !matches!(n, Ok(n) if n > 0) {
@@ -1188,6 +1194,11 @@ where
             }
         }
     }
+}
+
+/// Poll `fut` once: its output if it is ready now.
+async fn futures_poll_once<F: Future>(mut fut: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
 }
 
 /// Forward the client's file for `LOAD DATA LOCAL INFILE` (packets until an empty one) into
