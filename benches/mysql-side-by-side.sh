@@ -12,9 +12,9 @@
 #
 # It starts a throwaway MariaDB (mariadb-install-db in a temp dir, its own --defaults-file,
 # nothing durable, 127.0.0.1 on a free port and its own socket; as the `mysql` system user when
-# run as root), runs `sysbench oltp_point_select prepare` against it directly, starts the
-# gateway twice in front of it, then for each of ROUNDS rounds runs every workload once per
-# path, rotating the order of the paths each round:
+# run as root), runs `sysbench oltp_point_select prepare` against it directly, starts one
+# gateway per gateway path in front of it, then for each of ROUNDS rounds runs every workload
+# once per path, rotating the order of the paths each round:
 #
 #   point-select-c1, point-select-c$CLIENTS
 #                 sysbench oltp_point_select run --time=$DURATION --threads=1|$CLIENTS
@@ -23,19 +23,19 @@
 #                 FROM seq_1_to_1000000" > /dev/null
 #
 # and prints medians per workload and path: TPS, ratios, sysbench's average, p50 and p95
-# latency and what the gateway adds to them, CPU time per transaction (or per row) of the gateway, of
-# mariadbd and of the client (from /proc/PID/stat and bash's `time`), and the gateways' RSS
-# (peak, and growth during the 1M-row select). Everything is cleaned up on exit.
+# latency and what the gateway adds to them, CPU time per transaction (or per row) of the
+# gateway, of mariadbd and of the client (from /proc/PID/stat and bash's `time`), and the
+# gateways' RSS (peak, and growth during the 1M-row select). Everything is cleaned up on exit.
 #
 # Knobs (environment): DURATION (10 s per sysbench run), ROUNDS (3), CLIENTS (8 sysbench
 # threads), TABLES (4), TABLE_SIZE (100000 rows per table), PATHS ("direct gateway
-# gateway-all": drop one to skip it; add "guard", "mask" and "audit" for one layer each), GATEWAY_BIN (target/release/portcullis, built when
-# missing), GATEWAY_LOG (PORTCULLIS_LOG for the gateways, default info), AUDIT_WRITER (the JSONL
-# sink's `writer`: thread, the default, or inline), MARIADB_BIN_DIR
-# (where mariadbd and mariadb-install-db are, default: PATH, /usr/sbin, /usr/bin), KEEP_TMP=1
-# (keep the temp dir), BULK=0 (skip the 1M-row select), WAIT_FOR (process names, e.g.
-# "rustc": before each measured run wait until none runs, at most WAIT_MAX seconds, default
-# 1200, and count the runs that overlapped one anyway).
+# gateway-all": drop one to skip it; add "guard", "mask" and "audit" for one layer each),
+# GATEWAY_BIN (target/release/portcullis, built when missing), GATEWAY_LOG (PORTCULLIS_LOG for
+# the gateways, default info), AUDIT_WRITER (the JSONL sink's `writer`: thread, the default,
+# or inline), MARIADB_BIN_DIR (where mariadbd, mariadb-install-db and mariadb are; default PATH,
+# /usr/sbin, /usr/bin), KEEP_TMP=1 (keep the temp dir), BULK=0 (skip the 1M-row select),
+# WAIT_FOR (process names, e.g. "rustc": before each measured run wait until none runs, at most
+# WAIT_MAX seconds, default 1200, and count the runs that overlapped one anyway).
 #
 # Expected output: a progress line per run on stderr, then a markdown report on stdout, also
 # written to the report file.
@@ -74,7 +74,6 @@ for p in "${PATH_LIST[@]}"; do
     case $p in direct | gateway | gateway-all | guard | mask | audit) ;; *) die "unknown path '$p' in PATHS" ;; esac
 done
 [[ $AUDIT_WRITER == thread || $AUDIT_WRITER == inline ]] || die "AUDIT_WRITER must be thread or inline"
-
 
 # Nothing in the caller's environment may redirect or reconfigure the MySQL clients.
 # shellcheck disable=SC2046
@@ -161,7 +160,7 @@ wait_port() { # port pid name
 }
 cpu_ticks() { # utime + stime of a whole process (all its threads)
     local stat
-    stat=$(<"/proc/$1/stat") || { echo 0; return; }
+    { stat=$(<"/proc/$1/stat"); } 2>/dev/null || { echo 0; return; }
     stat=${stat##*")" }
     # shellcheck disable=SC2086
     set -- $stat
