@@ -350,6 +350,17 @@ impl MyReply {
                     payload.len() < 9
                 }
         };
+        // The hot path: a row of the result being read.
+        if let St::Rows { columns, count } = &mut self.state
+            && head != Some(0xff)
+            && !is_terminator(conn, &payload)
+        {
+            if self.internal && self.captured.is_none() {
+                self.captured = Some(text_values(&payload));
+            }
+            *count += 1;
+            return Ok(Some(MyEvent::row(payload, columns.clone())));
+        }
         let state = std::mem::replace(&mut self.state, St::Done);
         let event = match state {
             St::First => match head {
@@ -444,14 +455,8 @@ impl MyReply {
                     };
                     event
                 } else {
-                    if self.internal && self.captured.is_none() {
-                        self.captured = Some(text_values(&payload));
-                    }
-                    self.state = St::Rows {
-                        columns: columns.clone(),
-                        count: count + 1,
-                    };
-                    MyEvent::row(payload, columns)
+                    // Rows are handled above.
+                    return Err(bad("row"));
                 }
             }
             St::Prepare => match head {
