@@ -60,6 +60,8 @@ pub struct Classified {
     pub executes_prepared: Option<String>,
     /// The statement's text, as sliced from the query string.
     pub text: String,
+    /// For an HTTP request: its path, decoded (what a rule's `paths` match).
+    pub path: Option<String>,
 }
 
 impl Classified {
@@ -76,6 +78,7 @@ impl Classified {
             prepares: None,
             executes_prepared: None,
             text,
+            path: None,
         }
     }
 

@@ -150,6 +150,7 @@ fn judge(
         Protocol::MySql => Dialect::MySql(MySqlMode::from_sql_mode(
             &session.server_param("sql_mode").unwrap_or_default(),
         )),
+        Protocol::Http => Dialect::Http,
         _ => Dialect::Postgres,
     };
     let own_kill = session

@@ -50,12 +50,14 @@
 
 mod classify;
 mod guard;
+mod http;
 mod mysql;
 mod normalize;
 mod rules;
 
 pub use classify::{Class, Classified, Classifier, DANGEROUS_FUNCTIONS, Unparsed};
 pub use guard::{Guard, GuardLayer};
+pub use http::{classify_http, path_matches};
 pub use mysql::{MYSQL_DANGEROUS_FUNCTIONS, MySqlMode, classify_mysql};
 pub use normalize::cache_key;
 pub use rules::{

@@ -68,6 +68,9 @@ pub struct Rule {
     pub tables: Vec<String>,
     /// Function names; a bare name matches any schema, spelled any way the parser accepts.
     pub functions: Vec<String>,
+    /// HTTP path globs (`/v1/indices/*`, `/admin/**`): `*` within a segment, `**` any
+    /// number of segments. A rule with paths matches HTTP requests only.
+    pub paths: Vec<String>,
     /// The identity's groups the rule applies to (empty: everyone).
     pub groups: Vec<String>,
     /// Only `UPDATE`/`DELETE` without `WHERE`.
@@ -115,6 +118,13 @@ pub const KINDS: &[&str] = &[
     "notify",
     "function_call",
     "signal_other_backend",
+    // HTTP methods (the request's kind; `delete` above is DELETE too).
+    "get",
+    "head",
+    "options",
+    "post",
+    "put",
+    "patch",
 ];
 
 impl Rule {
@@ -125,6 +135,7 @@ impl Rule {
             statements: Vec::new(),
             tables: Vec::new(),
             functions: Vec::new(),
+            paths: Vec::new(),
             groups: Vec::new(),
             without_where: false,
             action,
@@ -150,6 +161,12 @@ impl Rule {
     /// Matching calls of these functions.
     pub fn functions<S: Into<String>>(mut self, s: impl IntoIterator<Item = S>) -> Self {
         self.functions = s.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Matching HTTP requests whose path matches one of these globs.
+    pub fn paths<S: Into<String>>(mut self, s: impl IntoIterator<Item = S>) -> Self {
+        self.paths = s.into_iter().map(Into::into).collect();
         self
     }
 
@@ -203,6 +220,11 @@ impl Rule {
                     "unknown statement class or kind \"{s}\" (classes: read, write, ddl, admin; kinds: {})",
                     KINDS.join(", ")
                 ));
+            }
+        }
+        for p in &self.paths {
+            if !p.starts_with('/') {
+                out.push(format!("path glob \"{p}\" must start with /"));
             }
         }
         for list in [&self.tables, &self.functions, &self.groups, &self.approvers] {
@@ -262,6 +284,14 @@ impl Rule {
                 .functions
                 .iter()
                 .any(|f| self.functions.iter().any(|want| function_matches(want, f)))
+        {
+            return false;
+        }
+        if !self.paths.is_empty()
+            && !s
+                .path
+                .as_deref()
+                .is_some_and(|p| self.paths.iter().any(|g| crate::http::path_matches(g, p)))
         {
             return false;
         }
@@ -362,6 +392,8 @@ pub enum Dialect {
     Postgres,
     /// MySQL / MariaDB, read in this `sql_mode` (`sqlparser`'s MySQL dialect).
     MySql(crate::mysql::MySqlMode),
+    /// An HTTP request, `METHOD /path?query` ([`crate::classify_http`]).
+    Http,
 }
 
 /// Most classifications kept; the cache starts over when full.
@@ -447,9 +479,11 @@ impl Policy {
         let fresh = || match dialect {
             Dialect::Postgres => self.inner.classifier.classify(sql),
             Dialect::MySql(mode) => crate::mysql::classify_mysql(sql, mode),
+            Dialect::Http => crate::http::classify_http(sql),
         };
         let key = match dialect {
             Dialect::Postgres => cache_key(sql),
+            Dialect::Http => Some(format!("\u{2}http:{sql}")),
             // MySQL reads `#`, backticks, `"`, `--` and comments its own way: only plain texts
             // share the PostgreSQL normaliser's key, prefixed by the mode.
             Dialect::MySql(mode) => {
