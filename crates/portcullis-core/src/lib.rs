@@ -72,7 +72,7 @@ pub use message::{Request, Response, Upload, UploadSender, upload_channel};
 pub use notice::{ClientNotice, Notices};
 pub use refuse::{RefuseInPlace, RefusedInPlace, Refusing};
 pub use reply::{BoxReply, Empty, ReplyBody, ReplyBodyExt};
-pub use rows::{Column, CopyLayout, RewriteEvent, TextRedactor, ValueKind};
+pub use rows::{BodyPiece, BodyStart, Column, CopyLayout, RewriteEvent, TextRedactor, ValueKind};
 pub use session::{
     AuthMethod, ConnectionEvent, ConnectionEventKind, ConnectionObserver, Identity, Protocol,
     Session, SessionId,

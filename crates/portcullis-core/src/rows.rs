@@ -84,6 +84,73 @@ pub trait RewriteEvent: Sized {
     fn opaque_output(&self) -> bool {
         false
     }
+
+    /// On the start of a reply that carries a body (HTTP response headers): what the body
+    /// is — its media type (`application/json`, lower case, without parameters) and content
+    /// encoding (`None` for identity). `None` when the event starts no body.
+    fn body_start(&self) -> Option<BodyStart<'_>> {
+        None
+    }
+
+    /// On a piece of a body started by [`RewriteEvent::body_start`]: its bytes. The end of the
+    /// body is a piece too (usually empty) with `last = true`, so a layer that holds bytes back
+    /// (a value split across pieces) can write them out.
+    fn body_piece(&self) -> Option<BodyPiece<'_>> {
+        None
+    }
+
+    /// This piece with `bytes` instead.
+    fn with_body_piece(&self, _bytes: bytes::Bytes) -> Option<Self> {
+        None
+    }
+}
+
+/// What a reply's body is ([`RewriteEvent::body_start`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BodyStart<'a> {
+    /// The media type, lower case, without parameters (`application/json`); `None` when the
+    /// reply does not say.
+    pub media_type: Option<&'a str>,
+    /// The content encoding (`gzip`, `br`, ...); `None` for identity.
+    pub encoding: Option<&'a str>,
+}
+
+impl<'a> BodyStart<'a> {
+    /// A body of `media_type`, encoded with `encoding`.
+    pub fn new(media_type: Option<&'a str>, encoding: Option<&'a str>) -> Self {
+        BodyStart {
+            media_type,
+            encoding,
+        }
+    }
+
+    /// Whether the media type is JSON (`application/json`, `application/*+json`,
+    /// `application/x-ndjson`).
+    pub fn is_json(&self) -> bool {
+        self.media_type.is_some_and(|t| {
+            t == "application/json"
+                || t == "application/x-ndjson"
+                || (t.starts_with("application/") && t.ends_with("+json"))
+        })
+    }
+}
+
+/// A piece of a body ([`RewriteEvent::body_piece`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BodyPiece<'a> {
+    /// Its bytes.
+    pub bytes: &'a [u8],
+    /// The body ends with this piece.
+    pub last: bool,
+}
+
+impl<'a> BodyPiece<'a> {
+    /// A piece.
+    pub fn new(bytes: &'a [u8], last: bool) -> Self {
+        BodyPiece { bytes, last }
+    }
 }
 
 /// How `COPY`-style output writes its rows, as the statement asked

@@ -31,6 +31,16 @@ pub struct ColumnRule {
     pub groups: Vec<String>,
 }
 
+/// What to do with an HTTP body that is not JSON (the only body format masked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OtherBodies {
+    /// Pass it unchanged (the default): images, files, HTML are not scanned.
+    #[default]
+    Pass,
+    /// Refuse the response (`403` before its head reaches the client).
+    Block,
+}
+
 /// What to mask and for whom.
 #[derive(Debug, Clone)]
 pub struct MaskPolicy {
@@ -38,17 +48,39 @@ pub struct MaskPolicy {
     columns: Vec<ColumnRule>,
     exempt_groups: Vec<String>,
     detect_only: bool,
+    json: Arc<crate::json::JsonPolicy>,
+    other_bodies: OtherBodies,
 }
 
 impl MaskPolicy {
     /// Content detection with `masker`, plus `columns` rules.
     pub fn new(masker: Masker, columns: Vec<ColumnRule>) -> Self {
         MaskPolicy {
+            json: Arc::new(crate::json::JsonPolicy::new(masker.clone())),
             masker,
             columns,
             exempt_groups: Vec::new(),
             detect_only: false,
+            other_bodies: OtherBodies::Pass,
         }
+    }
+
+    /// Rules on JSON paths for HTTP bodies (`$..email`, `$.items[*].card`), with the
+    /// strategy each masks with; the detectors apply to every string value as well.
+    pub fn json_rules(mut self, rules: Vec<(crate::json::JsonPath, Strategy)>) -> Self {
+        let mut policy =
+            crate::json::JsonPolicy::new(self.masker.clone()).detect_only(self.detect_only);
+        for (path, strategy) in rules {
+            policy = policy.with_rule(path, strategy);
+        }
+        self.json = Arc::new(policy);
+        self
+    }
+
+    /// What to do with HTTP bodies that are not JSON.
+    pub fn other_bodies(mut self, other: OtherBodies) -> Self {
+        self.other_bodies = other;
+        self
     }
 
     /// Whether any column rule exists (then a protocol should resolve columns' sources).
@@ -65,6 +97,9 @@ impl MaskPolicy {
     /// Count what would be masked, change nothing (`mode = "detect"`).
     pub fn detect_only(mut self, yes: bool) -> Self {
         self.detect_only = yes;
+        let mut json = (*self.json).clone();
+        json = json.detect_only(yes);
+        self.json = Arc::new(json);
         self
     }
 
@@ -282,6 +317,8 @@ where
 #[derive(Debug)]
 struct State {
     watch: Watch,
+    /// An HTTP JSON body being masked as it streams.
+    json: Option<crate::json::JsonMasker>,
     plan: Option<Plan>,
     /// COPY output being rewritten row by row.
     copy: Option<Copying>,
@@ -297,6 +334,7 @@ impl State {
     fn new(watch: Watch) -> Self {
         State {
             watch,
+            json: None,
             plan: None,
             copy: None,
             copy_checked: false,
@@ -629,6 +667,63 @@ where
                 message: why.to_owned(),
             }))))
         };
+        // HTTP: a response's head says what its body is; JSON is masked as it streams,
+        // anything the layer cannot read is refused or passed as the policy says.
+        if let Some(start) = event.body_start() {
+            state.json = None;
+            let policy = &state.watch.policy;
+            if start.is_json() {
+                if let Some(encoding) = start.encoding {
+                    if !policy.detect_only {
+                        return fail(&format!(
+                            "the upstream sent a {encoding}-encoded JSON body, which cannot be masked (the gateway asks for identity encoding)"
+                        ));
+                    }
+                } else {
+                    state.json = Some(crate::json::JsonMasker::new(policy.json.clone()));
+                }
+            } else if policy.other_bodies == OtherBodies::Block && !policy.detect_only {
+                return fail(&format!(
+                    "a {} body cannot be masked, and [masking] other_bodies = \"block\"",
+                    start.media_type.unwrap_or("untyped")
+                ));
+            }
+            return Poll::Ready(Some(Ok(event)));
+        }
+        if let Some(piece) = event.body_piece() {
+            let Some(json) = state.json.as_mut() else {
+                return Poll::Ready(Some(Ok(event)));
+            };
+            let mut out = Vec::with_capacity(piece.bytes.len() + 64);
+            let mut result = json.feed(piece.bytes, &mut out);
+            if piece.last && result.is_ok() {
+                result = json.finish(&mut out);
+            }
+            if piece.last || result.is_err() {
+                let stats = json.take_stats();
+                state.values += stats.values;
+                for (kind, n) in stats.kinds {
+                    *state.kinds.entry(kind).or_default() += n;
+                }
+                for (path, n) in stats.paths {
+                    *state.columns.entry(path).or_default() += n;
+                }
+            }
+            if let Err(e) = result {
+                state.json = None;
+                return fail(&format!("the JSON body cannot be read to be masked: {e}"));
+            }
+            if piece.last {
+                state.json = None;
+            }
+            if out.as_slice() == piece.bytes {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            return match event.with_body_piece(bytes::Bytes::from(out)) {
+                Some(masked) => Poll::Ready(Some(Ok(masked))),
+                None => fail("a masked body could not be rebuilt"),
+            };
+        }
         if let Some(shape) = event.shape() {
             let known = lock(&state.watch.plans).get(shape);
             if let Some(plan) = known {

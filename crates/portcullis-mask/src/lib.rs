@@ -9,6 +9,10 @@
 //! text, CSV and binary is read field by field when the protocol knows its columns
 //! (`ReplyBody::copy_layout`), so column rules apply to it as to rows.
 //!
+//! [`JsonMasker`] masks JSON bodies (HTTP APIs) as they stream, in chunks of any size: path
+//! rules (`$.items[*].email`, `$..ssn`) with a strategy, and the same detectors over string
+//! values; everything else is copied byte for byte.
+//!
 //! [`Detectors`] scan a value in one pass: a vectorisable check for the bytes that can start
 //! a character-triggered detection (digits, `@`, `:`, `+`) and one Aho-Corasick pass for
 //! literal triggers (`eyJ`, `AKIA`, `-----BEGIN `, token prefixes, custom terms); detectors
@@ -37,12 +41,17 @@
 
 mod copytext;
 mod detect;
+mod json;
 mod layer;
 mod mask;
 mod scan;
 
 pub use detect::{Finding, Kind};
-pub use layer::{ColumnRule, Mask, MaskBody, MaskLayer, MaskPolicy, ResponseFuture};
+pub use json::{
+    JsonError, JsonErrorKind, JsonLimits, JsonMasker, JsonPath, JsonPathError, JsonPolicy,
+    JsonStats,
+};
+pub use layer::{ColumnRule, Mask, MaskBody, MaskLayer, MaskPolicy, OtherBodies, ResponseFuture};
 pub use mask::{Masked, Masker, MaskerError, Strategy};
 pub use scan::{BuildError, Custom, Detectors};
 

@@ -1,5 +1,7 @@
 //! One pass over a value: a cheap prefilter first, the detectors only where it fires.
 
+use std::sync::Arc;
+
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::bytes::Regex;
 
@@ -22,6 +24,9 @@ pub struct Detectors {
     literals: Option<AhoCorasick>,
     /// What each literal pattern stands for.
     literal_kinds: Vec<Literal>,
+    /// The first two bytes of every literal (in every case when terms ignore case), as a set
+    /// of 65,536 bits; `None` when a literal is a single byte.
+    literal_pairs: Option<Arc<[u64]>>,
     regexes: Vec<(u16, Regex)>,
     /// Whether any character-triggered detector is on (digits, `@`, `:`, `+`).
     char_scan: bool,
@@ -105,11 +110,34 @@ impl Detectors {
                     .map_err(|e| BuildError(e.to_string()))?,
             )
         };
+        let literal_pairs = if patterns.iter().any(|p| p.len() < 2) {
+            None
+        } else {
+            let mut set = vec![0u64; 1 << 10];
+            let cases = |c: u8| {
+                if has_terms {
+                    [c.to_ascii_lowercase(), c.to_ascii_uppercase()]
+                } else {
+                    [c, c]
+                }
+            };
+            for p in &patterns {
+                let p = p.as_bytes();
+                for a in cases(p[0]) {
+                    for b in cases(p[1]) {
+                        let k = usize::from(a) << 8 | usize::from(b);
+                        set[k >> 6] |= 1 << (k & 63);
+                    }
+                }
+            }
+            Some(set.into())
+        };
         let char_scan = Kind::ALL.into_iter().any(|k| k.char_triggered() && on(k));
         Ok(Detectors {
             enabled,
             literals,
             literal_kinds,
+            literal_pairs,
             regexes,
             char_scan,
         })
@@ -124,6 +152,7 @@ impl Detectors {
                 enabled: [false; Kind::ALL.len()],
                 literals: None,
                 literal_kinds: Vec::new(),
+                literal_pairs: None,
                 regexes: Vec::new(),
                 char_scan: false,
             },
@@ -141,7 +170,9 @@ impl Detectors {
     /// nothing when nothing is found (and `out` has room).
     pub fn scan(&self, v: &[u8], out: &mut Vec<Finding>) {
         let first = out.len();
-        if let Some(ac) = &self.literals {
+        if let Some(ac) = &self.literals
+            && self.may_hold_literal(v)
+        {
             for m in ac.find_iter(v) {
                 let at = m.start();
                 let kind = self.literal_kinds[m.pattern().as_usize()];
@@ -194,6 +225,19 @@ impl Detectors {
         if out.len() - first > 1 {
             settle(&mut out[first..]);
             dedup_overlaps(out, first);
+        }
+    }
+
+    /// Whether a literal can start in `v`: for a short value, whether two adjacent bytes
+    /// begin one — a table lookup per byte, cheaper than starting the automaton on the many
+    /// short values of rows and JSON documents. Longer values go to the automaton directly.
+    fn may_hold_literal(&self, v: &[u8]) -> bool {
+        match &self.literal_pairs {
+            Some(set) if v.len() <= PAIR_CHECK_MAX => v.windows(2).any(|w| {
+                let k = usize::from(w[0]) << 8 | usize::from(w[1]);
+                set.get(k >> 6).is_none_or(|bits| bits >> (k & 63) & 1 == 1)
+            }),
+            _ => true,
         }
     }
 
@@ -299,6 +343,9 @@ impl Detectors {
     }
 }
 
+/// The longest value checked for literal starts before the literal pass.
+const PAIR_CHECK_MAX: usize = 64;
+
 /// Whether `v` holds a byte that starts a character-triggered detection: a digit, `@`, `:`
 /// or `+`. Chunked without early exits so the compiler vectorises it.
 fn has_trigger(v: &[u8]) -> bool {
@@ -403,6 +450,59 @@ mod tests {
             "plain prose with nothing in it at all",
         ] {
             assert_eq!(kinds(clean), Vec::new(), "{clean}");
+        }
+    }
+
+    #[test]
+    fn literals_in_short_values() {
+        for (v, kind) in [
+            ("AKIAIOSFODNN7EXAMPLE", Kind::AwsAccessKey),
+            ("key AKIAIOSFODNN7EXAMPLE", Kind::AwsAccessKey),
+            (
+                "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlX2hlcmU",
+                Kind::Jwt,
+            ),
+            ("ghp_abcdefghijklmnopqrstuvwxyz012345", Kind::ApiToken),
+            ("x SG.abcdefghijklmnopqrstuv", Kind::ApiToken),
+            ("BluEbird", Kind::Custom(0)),
+            ("the NIGHTJAR", Kind::Custom(0)),
+        ] {
+            assert_eq!(kinds(v).first().map(|(k, _)| *k), Some(kind), "{v}");
+        }
+        assert_eq!(kinds("Lyon"), Vec::new());
+        // A one-byte term: no pair set, every value goes to the automaton.
+        let d = Detectors::new(&[], vec![Custom::Terms(vec!["x".into()])]).unwrap();
+        assert!(d.literal_pairs.is_none());
+        let mut out = Vec::new();
+        d.scan(b"a x b", &mut out);
+        assert_eq!(out.len(), 1);
+        // Without terms, the built-in literals are matched in their case only.
+        let d = Detectors::all();
+        assert!(!d.may_hold_literal(b"akia"));
+        assert!(d.may_hold_literal(b"AKIA"));
+        assert!(
+            d.may_hold_literal(&[b'z'; 65]),
+            "long values skip the check"
+        );
+    }
+
+    proptest::proptest! {
+        /// The pair check only skips the literal pass where it would find nothing.
+        #[test]
+        fn pair_check_changes_nothing(
+            v in "(AKIA|ASIA|eyJ|ghp_|SG\\.|sk-|BlueBird|NIGHT|[a-zA-Z0-9 ._-]){0,24}"
+        ) {
+            let d = Detectors::new(
+                &Kind::ALL,
+                vec![Custom::Terms(vec!["bluebird".into(), "Nightjar".into()])],
+            )
+            .unwrap();
+            let mut plain = d.clone();
+            plain.literal_pairs = None;
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            d.scan(v.as_bytes(), &mut a);
+            plain.scan(v.as_bytes(), &mut b);
+            proptest::prop_assert_eq!(a, b);
         }
     }
 

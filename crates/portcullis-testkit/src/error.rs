@@ -57,6 +57,9 @@ pub enum Error {
     /// The OpenID Connect provider answered something unexpected (or an error).
     #[error("OIDC provider: {0}")]
     Oidc(String),
+    /// A TLS configuration (certificate, key) was refused.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The machine is not set up the way the kit needs (e.g. running as root
     /// without a `postgres` or `mysql` system user).
     #[error("unsupported environment: {0}")]

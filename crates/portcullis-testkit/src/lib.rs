@@ -1,5 +1,5 @@
-//! Throwaway PostgreSQL and MariaDB servers, an OpenID Connect provider, TLS
-//! certificates and free ports for Portcullis tests.
+//! Throwaway PostgreSQL and MariaDB servers, an OpenID Connect provider, an HTTP
+//! upstream, TLS certificates and free ports for Portcullis tests.
 //!
 //! ```
 //! use portcullis_testkit::{Certs, free_port};
@@ -59,6 +59,29 @@
 //! # Ok::<(), portcullis_testkit::Error>(())
 //! ```
 //!
+//! An HTTP/1.1 upstream in the test's own tokio runtime (HTTPS with
+//! [`HttpUpstream::start_tls`]), with planted personal data and a record of every
+//! request it received:
+//!
+//! ```
+//! use portcullis_testkit::{HttpUpstream, PLANTED_EMAIL, stream_digest};
+//!
+//! # async fn demo() -> Result<(), portcullis_testkit::Error> {
+//! let upstream = HttpUpstream::start().await?;
+//! let _base = upstream.url(); // http://127.0.0.1:PORT; GET /v1/users, /v1/stream?n=N, ...
+//! // ... send requests through the gateway ...
+//! for request in upstream.requests() {
+//!     let _credential = request.header("authorization");
+//!     let _body = (request.body_digest.len, &request.body_digest.sha256);
+//! }
+//! let _expected = stream_digest(1000); // what GET /v1/stream?n=1000 serves
+//! assert_eq!(PLANTED_EMAIL, "jane.doe@example.com");
+//! upstream.shutdown().await; // or drop it
+//! # Ok(())
+//! # }
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+//! ```
+//!
 //! # How clusters are made
 //!
 //! `initdb` takes seconds, so it runs once per machine: the first
@@ -108,6 +131,7 @@ mod bin;
 mod certs;
 mod cluster;
 mod error;
+mod http;
 mod mariadb;
 mod oidc;
 mod server;
@@ -120,6 +144,14 @@ pub use bin::PG_BIN_DIR_ENV;
 pub use certs::{CertFiles, Certs};
 pub use cluster::{KEEP_ENV, PgCluster};
 pub use error::Error;
+pub use http::{
+    BodyDigest, ERROR_JSON, FAIL_MID_DEFAULT_N, HttpUpstream, NEAR_MISS_CARD, NEAR_MISS_EMAIL,
+    NEAR_MISS_SSN, NEAR_MISSES, PLANTED, PLANTED_CARD, PLANTED_CARD_2, PLANTED_EMAIL,
+    PLANTED_EMAIL_2, PLANTED_NOTES, PLANTED_PHONE, PLANTED_PHONE_2, PLANTED_SSN, PLANTED_SSN_2,
+    RECORDED_BODY_LIMIT, RecordedRequest, SHUTDOWN_GRACE, SLOW_DEFAULT_MS, STREAM_CHUNK,
+    STREAM_DEFAULT_N, STREAM_FILLER, TEXT_BODY, USERS_JSON, binary_body, fail_mid_prefix_len,
+    sha256_hex, stream_bytes, stream_digest, stream_email, stream_len,
+};
 pub use mariadb::{MARIADB_BIN_DIR_ENV, MariaDb};
 pub use oidc::{
     ACCOUNTS, AUDIENCE, Account, DEVICE_CLIENT, DEVICE_SCOPE, OidcProvider, RESOURCE,

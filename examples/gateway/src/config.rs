@@ -25,6 +25,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use portcullis_audit::{Fsync, OnFailure, PostgresOptions, SigningKey};
+use portcullis_http::{HttpUpstreamConfig, ServeHttpConfig};
 use portcullis_identity::oidc::Trust;
 use portcullis_identity::{OidcConfig, OnExpiry, StaticTokens, TokenEntry};
 use portcullis_mask::{ColumnRule, Custom, Detectors, Kind, MaskPolicy, Masker, Strategy};
@@ -133,6 +134,8 @@ pub(crate) struct Config {
     pub(crate) postgres: Vec<PgListener>,
     /// `[[mysql]]`, in file order.
     pub(crate) mysql: Vec<MyListener>,
+    /// `[[http]]`, in file order.
+    pub(crate) http: Vec<HttpListener>,
     /// `[audit]`, when configured.
     pub(crate) audit: Option<AuditConfig>,
     /// `[policy]`, when configured.
@@ -283,6 +286,50 @@ pub(crate) struct MyListener {
     pub(crate) serve: ServeMySqlConfig,
 }
 
+/// One `[[http]]` listener.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpListener {
+    /// Where clients connect.
+    pub(crate) listen: SocketAddr,
+    /// The protocol server's settings.
+    pub(crate) serve: ServeHttpConfig,
+}
+
+/// A `[[http]]` block.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    name: Text,
+    listen: Text,
+    tls: Option<Spanned<RawServerTls>>,
+    #[serde(default)]
+    allow_plaintext_tokens_on_loopback: bool,
+    max_sessions: Option<Spanned<u64>>,
+    max_sessions_per_identity: Option<Spanned<u64>>,
+    upstream: RawHttpUpstream,
+}
+
+/// `[http.upstream]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpUpstream {
+    url: Text,
+    tls: Option<Text>,
+    ca: Option<Text>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, Text>,
+    basic: Option<RawBasic>,
+    connect_timeout: Option<Text>,
+}
+
+/// `[http.upstream] basic = { user, password }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasic {
+    user: Text,
+    password: Text,
+}
+
 /// What `[[postgres]]` and `[[mysql]]` blocks share, resolved.
 struct Common {
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -369,7 +416,7 @@ impl Config {
         };
         format!(
             "{} listener(s), {} token(s){oidc}{policy}{audit}",
-            self.postgres.len() + self.mysql.len(),
+            self.postgres.len() + self.mysql.len() + self.http.len(),
             self.tokens.len()
         )
     }
@@ -441,9 +488,6 @@ fn line_of(source: &str, offset: usize) -> usize {
 /// A string value with its place in the file; `${NAME}` is expanded during resolution.
 type Text = Spanned<String>;
 
-/// A section this build accepts but does not implement: any content, reported as an error.
-type Unimplemented = Option<Spanned<toml::Value>>;
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -454,12 +498,13 @@ struct RawConfig {
     postgres: Vec<RawListener>,
     #[serde(default)]
     mysql: Vec<RawListener>,
+    #[serde(default)]
+    http: Vec<RawHttp>,
     // Not `Spanned`: toml cannot span a table made implicitly by `[[policy.rules]]` alone.
     policy: Option<RawPolicy>,
     masking: Option<RawMasking>,
     approvals: Option<RawApprovals>,
     audit: Option<RawAudit>,
-    http: Unimplemented,
 }
 
 #[derive(Debug, Deserialize)]
@@ -512,6 +557,8 @@ struct RawRule {
     #[serde(default)]
     functions: Vec<Text>,
     #[serde(default)]
+    paths: Vec<Text>,
+    #[serde(default)]
     groups: Vec<Text>,
     #[serde(default)]
     without_where: bool,
@@ -536,6 +583,17 @@ struct RawMasking {
     custom: Vec<Spanned<RawCustomDetector>>,
     #[serde(default)]
     columns: Vec<Spanned<RawColumnRule>>,
+    #[serde(default)]
+    json: Vec<Spanned<RawJsonRule>>,
+    other_bodies: Option<Text>,
+}
+
+/// `[[masking.json]]`: a JSON path in HTTP bodies, masked whatever its content.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJsonRule {
+    path: Text,
+    strategy: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -807,7 +865,6 @@ impl Resolver<'_> {
     }
 
     fn config(&mut self, raw: &RawConfig) -> Config {
-        self.unimplemented(raw);
         let drain_timeout = self.duration(
             "[gateway] drain_timeout",
             raw.gateway.as_ref().and_then(|g| g.drain_timeout.as_ref()),
@@ -885,9 +942,36 @@ impl Resolver<'_> {
                 }
             }
         }
-        if raw.postgres.is_empty() && raw.mysql.is_empty() {
+        let mut http = Vec::new();
+        for block in &raw.http {
+            let name = self.required_text("[[http]] name", &block.name);
+            if let Some(name) = &name {
+                self.unique_name("[[http]]", "listener", name, &block.name, &mut names);
+            }
+            let listen = self.socket_addr("[[http]] listen", &block.listen);
+            if let Some(addr) = listen {
+                let here = format!("[[http]] on line {}", self.line(&block.listen));
+                match addrs.entry(addr) {
+                    Entry::Occupied(first) => self.at(
+                        block.listen.span(),
+                        format!(
+                            "[[http]] listen: address {addr} is already used by {}",
+                            first.get()
+                        ),
+                    ),
+                    Entry::Vacant(slot) => {
+                        slot.insert(here);
+                    }
+                }
+            }
+            let name = name.as_deref().unwrap_or_default();
+            if let (Some(listen), Some(serve)) = (listen, self.http(block, name)) {
+                http.push(HttpListener { listen, serve });
+            }
+        }
+        if raw.postgres.is_empty() && raw.mysql.is_empty() && raw.http.is_empty() {
             self.general(
-                "no listener: add a [[postgres]] or [[mysql]] block (see examples/gateway/portcullis.toml)",
+                "no listener: add a [[postgres]], [[mysql]] or [[http]] block (see examples/gateway/portcullis.toml)",
             );
         }
         let audit = raw.audit.as_ref().and_then(|a| self.audit(a));
@@ -937,6 +1021,7 @@ impl Resolver<'_> {
             oidc,
             postgres,
             mysql,
+            http,
             audit,
             policy,
             masking,
@@ -996,6 +1081,7 @@ impl Resolver<'_> {
                 .statements(list(self, "[[policy.rules]] statements", &r.statements))
                 .tables(list(self, "[[policy.rules]] tables", &r.tables))
                 .functions(list(self, "[[policy.rules]] functions", &r.functions))
+                .paths(list(self, "[[policy.rules]] paths", &r.paths))
                 .groups(list(self, "[[policy.rules]] groups", &r.groups))
                 .without_where(r.without_where);
             let min = match &r.min_approvals {
@@ -1140,6 +1226,30 @@ impl Resolver<'_> {
             Some(v) => self.choice("[masking] mode", v, &["enforce", "detect"]) == Some("detect"),
             None => false,
         };
+        let mut json_rules = Vec::new();
+        for rule in &m.json {
+            let r = rule.get_ref();
+            let Some(path) = self.required_text("[[masking.json]] path", &r.path) else {
+                continue;
+            };
+            match path.trim().parse::<portcullis_mask::JsonPath>() {
+                Ok(p) => json_rules.push((
+                    p,
+                    self.strategy("[[masking.json]] strategy", r.strategy.as_ref()),
+                )),
+                Err(e) => self.at(r.path.span(), format!("[[masking.json]] path: {e}")),
+            }
+        }
+        let other_bodies = match &m.other_bodies {
+            Some(v) => {
+                if self.choice("[masking] other_bodies", v, &["pass", "block"]) == Some("block") {
+                    portcullis_mask::OtherBodies::Block
+                } else {
+                    portcullis_mask::OtherBodies::Pass
+                }
+            }
+            None => portcullis_mask::OtherBodies::Pass,
+        };
         let exempt: Vec<String> = m
             .exempt_groups
             .iter()
@@ -1160,8 +1270,9 @@ impl Resolver<'_> {
             masker =
                 masker.with_strategy(Kind::Custom(u16::try_from(n).unwrap_or(u16::MAX)), strategy);
         }
-        let uses_hash =
-            masker.missing_key() || columns.iter().any(|c| c.strategy == Strategy::Hash);
+        let uses_hash = masker.missing_key()
+            || columns.iter().any(|c| c.strategy == Strategy::Hash)
+            || json_rules.iter().any(|(_, s)| *s == Strategy::Hash);
         match &m.hash_key {
             Some(key) => {
                 let text = self.text("[masking] hash_key", key)?;
@@ -1183,7 +1294,9 @@ impl Resolver<'_> {
         Some(
             MaskPolicy::new(masker, columns)
                 .exempt(exempt)
-                .detect_only(detect_only),
+                .detect_only(detect_only)
+                .json_rules(json_rules)
+                .other_bodies(other_bodies),
         )
     }
 
@@ -1440,21 +1553,6 @@ impl Resolver<'_> {
 
     fn line<T>(&self, value: &Spanned<T>) -> usize {
         line_of(self.source, value.span().start)
-    }
-
-    /// Sections the schema accepts but this build cannot enforce: refuse them loudly.
-    fn unimplemented(&mut self, raw: &RawConfig) {
-        let sections = [("[[http]]", &raw.http)];
-        for (section, value) in sections {
-            if let Some(value) = value {
-                self.at(
-                    value.span(),
-                    format!(
-                        "{section} is not implemented yet in this build (see CHANGELOG); remove it: the gateway will not run with settings it cannot enforce"
-                    ),
-                );
-            }
-        }
     }
 
     fn oidc(&mut self, raw: &RawOidc) -> Option<OidcSettings> {
@@ -1725,6 +1823,153 @@ impl Resolver<'_> {
         serve.max_sessions_per_identity = c.max_sessions_per_identity;
         serve.handshake_timeout = c.handshake_timeout;
         serve.max_message = c.max_message;
+        Some(serve)
+    }
+
+    /// The protocol server's settings for one `[[http]]` block.
+    fn http(&mut self, block: &RawHttp, name: &str) -> Option<ServeHttpConfig> {
+        let before = self.problems.len();
+        let tls = block.tls.as_ref().and_then(|tls| {
+            let cert = self.path("[[http]] tls.cert", &tls.get_ref().cert);
+            let key = self.path("[[http]] tls.key", &tls.get_ref().key);
+            let (cert, key) = (cert?, key?);
+            match portcullis_postgres::tls::server_config(&cert, &key) {
+                Ok(config) => Some(config),
+                Err(e) => {
+                    self.at(tls.span(), format!("[[http]] tls: {e}"));
+                    None
+                }
+            }
+        });
+        if block.tls.is_none() && !block.allow_plaintext_tokens_on_loopback {
+            self.at(
+                block.name.span(),
+                format!(
+                    "[[http]] \"{name}\": without `tls`, every token would be refused; configure tls = {{ cert, key }} or set allow_plaintext_tokens_on_loopback = true for loopback clients"
+                ),
+            );
+        }
+        let max_sessions = self.count("[[http]] max_sessions", block.max_sessions.as_ref());
+        let max_sessions_per_identity = self.count(
+            "[[http]] max_sessions_per_identity",
+            block.max_sessions_per_identity.as_ref(),
+        );
+        let up = &block.upstream;
+        let url = self.required_text("[http.upstream] url", &up.url).and_then(|u| {
+            match u.parse::<http::Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.host().is_some()
+                        && uri.query().is_none() =>
+                {
+                    Some(uri)
+                }
+                _ => {
+                    self.at(
+                        up.url.span(),
+                        format!("[http.upstream] url: \"{u}\" is not an http:// or https:// URL with a host (and no query)"),
+                    );
+                    None
+                }
+            }
+        });
+        let https = url
+            .as_ref()
+            .is_some_and(|u| u.scheme_str() == Some("https"));
+        let mode = match &up.tls {
+            None if https => Some(UpstreamTlsMode::VerifyFull),
+            None => Some(UpstreamTlsMode::Disable),
+            Some(t) => {
+                let s = self.text("[http.upstream] tls", t)?;
+                match s.parse::<UpstreamTlsMode>() {
+                    Ok(UpstreamTlsMode::Prefer) => {
+                        self.at(t.span(), "[http.upstream] tls: \"prefer\" has no meaning for HTTP: the url's scheme decides; use \"require\" or \"verify-full\" with https");
+                        None
+                    }
+                    Ok(m) if (m == UpstreamTlsMode::Disable) == https => {
+                        self.at(t.span(), "[http.upstream] tls: does not match the url's scheme (https needs \"require\" or \"verify-full\"; http needs \"disable\" or no tls key)");
+                        None
+                    }
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        self.at(t.span(), format!("[http.upstream] tls: {e}"));
+                        None
+                    }
+                }
+            }
+        };
+        let ca = match &up.ca {
+            Some(ca) => self.path("[http.upstream] ca", ca).map(Some),
+            None => Some(None),
+        };
+        let upstream_tls = match (mode, ca) {
+            (Some(mode), Some(ca)) => match UpstreamTls::new(mode, ca.as_deref()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let span = up
+                        .ca
+                        .as_ref()
+                        .or(up.tls.as_ref())
+                        .map(|v| v.span())
+                        .unwrap_or_else(|| up.url.span());
+                    self.at(span, format!("[http.upstream] tls: {e}"));
+                    None
+                }
+            },
+            _ => None,
+        };
+        let mut headers = Vec::new();
+        for (name, value) in &up.headers {
+            let Some(v) = self.text(&format!("[http.upstream] headers.{name}"), value) else {
+                continue;
+            };
+            match (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(&v),
+            ) {
+                (Ok(n), Ok(mut hv)) => {
+                    hv.set_sensitive(true);
+                    headers.push((n, hv));
+                }
+                _ => self.at(
+                    value.span(),
+                    format!(
+                        "[http.upstream] headers: \"{name}\" is not a valid header name and value"
+                    ),
+                ),
+            }
+        }
+        if let Some(basic) = &up.basic {
+            let user = self.required_text("[http.upstream] basic.user", &basic.user);
+            let password = self.text("[http.upstream] basic.password", &basic.password);
+            if let (Some(user), Some(password)) = (user, password) {
+                use base64::Engine as _;
+                let token =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                if let Ok(mut v) = http::HeaderValue::from_str(&format!("Basic {token}")) {
+                    v.set_sensitive(true);
+                    headers.push((http::header::AUTHORIZATION, v));
+                }
+            }
+        }
+        let connect_timeout = self.duration(
+            "[http.upstream] connect_timeout",
+            up.connect_timeout.as_ref(),
+            DEFAULT_CONNECT,
+            true,
+        );
+        if self.problems.len() > before {
+            return None;
+        }
+        let mut upstream = HttpUpstreamConfig::new(url?);
+        upstream.tls = upstream_tls?;
+        upstream.headers = headers;
+        upstream.connect_timeout = connect_timeout;
+        let mut serve = ServeHttpConfig::new(name, upstream);
+        serve.tls = tls;
+        serve.allow_plaintext_tokens_on_loopback = block.allow_plaintext_tokens_on_loopback;
+        serve.max_sessions = max_sessions;
+        serve.max_sessions_per_identity = max_sessions_per_identity;
         Some(serve)
     }
 

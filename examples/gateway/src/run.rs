@@ -30,6 +30,7 @@ use portcullis_audit::{
 };
 use portcullis_core::listener::ListenerMetrics;
 use portcullis_core::{NewLayered, Session};
+use portcullis_http::ServeHttp;
 use portcullis_identity::{ExpiryLayer, Oidc, OnExpiry, TokenAuth};
 use portcullis_mask::{MaskLayer, MaskPolicy};
 use portcullis_mysql::ServeMySql;
@@ -45,8 +46,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::admin::{self, Metrics};
 use crate::config::{
-    self, ApprovalStoreConfig, ApprovalsConfig, AuditConfig, AuditSinkKind, Config, MyListener,
-    OidcSettings, PgListener,
+    self, ApprovalStoreConfig, ApprovalsConfig, AuditConfig, AuditSinkKind, Config, HttpListener,
+    MyListener, OidcSettings, PgListener,
 };
 use crate::revoke::{LiveTokens, RevokeLayer, TokenDigests};
 use crate::threads::SessionThreads;
@@ -68,10 +69,14 @@ type PgServer = ServePg<TokenAuth, NewLayered<SessionLayers>>;
 /// The MySQL protocol server of one listener for one configuration.
 type MyServer = ServeMySql<TokenAuth, NewLayered<SessionLayers>>;
 
+/// The HTTP protocol server of one listener for one configuration.
+type HttpServer = ServeHttp<TokenAuth, NewLayered<SessionLayers>>;
+
 /// A listener's protocol server.
 enum Server {
     Postgres(PgServer),
     MySql(MyServer),
+    Http(HttpServer),
 }
 
 impl Server {
@@ -83,6 +88,7 @@ impl Server {
         match self {
             Server::Postgres(s) => Box::pin(s.serve_connection(tcp, peer)),
             Server::MySql(s) => Box::pin(s.serve_connection(tcp, peer)),
+            Server::Http(s) => Box::pin(s.serve_connection(tcp, peer)),
         }
     }
 
@@ -90,6 +96,8 @@ impl Server {
         match self {
             Server::Postgres(s) => s.shutdown(),
             Server::MySql(s) => s.shutdown(),
+            // HTTP sessions end with their connections; the drain deadline closes them.
+            Server::Http(_) => {}
         }
     }
 
@@ -97,6 +105,7 @@ impl Server {
         match self {
             Server::Postgres(s) => s.metrics(),
             Server::MySql(s) => s.metrics(),
+            Server::Http(s) => s.metrics(),
         }
     }
 }
@@ -111,6 +120,7 @@ struct Generation {
 enum ListenerConf<'a> {
     Postgres(&'a PgListener),
     MySql(&'a MyListener),
+    Http(&'a HttpListener),
 }
 
 impl ListenerConf<'_> {
@@ -118,24 +128,28 @@ impl ListenerConf<'_> {
         match self {
             ListenerConf::Postgres(l) => l.listen,
             ListenerConf::MySql(l) => l.listen,
+            ListenerConf::Http(l) => l.listen,
         }
     }
     fn name(&self) -> &str {
         match self {
             ListenerConf::Postgres(l) => &l.serve.name,
             ListenerConf::MySql(l) => &l.serve.name,
+            ListenerConf::Http(l) => &l.serve.name,
         }
     }
     fn section(&self) -> &'static str {
         match self {
             ListenerConf::Postgres(_) => "[[postgres]]",
             ListenerConf::MySql(_) => "[[mysql]]",
+            ListenerConf::Http(_) => "[[http]]",
         }
     }
     fn upstream(&self) -> String {
         match self {
             ListenerConf::Postgres(l) => l.serve.upstream.address(),
             ListenerConf::MySql(l) => l.serve.upstream.address(),
+            ListenerConf::Http(l) => l.serve.upstream.url.to_string(),
         }
     }
 }
@@ -146,6 +160,7 @@ fn listener_confs(config: &Config) -> Vec<ListenerConf<'_>> {
         .iter()
         .map(ListenerConf::Postgres)
         .chain(config.mysql.iter().map(ListenerConf::MySql))
+        .chain(config.http.iter().map(ListenerConf::Http))
         .collect()
 }
 
@@ -632,6 +647,16 @@ impl Gateway {
             (ListenerConf::MySql(l), _) => {
                 let server = ServeMySql::new(l.serve.clone(), tokens.clone(), stack);
                 Server::MySql(match observer {
+                    Some(o) => server.with_connection_observer(o),
+                    None => server,
+                })
+            }
+            (ListenerConf::Http(l), Some(Server::Http(previous))) => {
+                Server::Http(previous.reconfigure(l.serve.clone(), tokens.clone(), stack))
+            }
+            (ListenerConf::Http(l), _) => {
+                let server = ServeHttp::new(l.serve.clone(), tokens.clone(), stack);
+                Server::Http(match observer {
                     Some(o) => server.with_connection_observer(o),
                     None => server,
                 })

@@ -1,0 +1,306 @@
+//! The upstream API: where it is, the credential the gateway adds, and [`HttpUpstream`], the
+//! innermost service of a session's stack — one HTTP/1.1 connection per session, opened
+//! when needed, requests and responses streamed both ways.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request as HttpRequest, Uri, header};
+use http_body::{Body, Frame};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use portcullis_core::tls::{UpstreamTls, UpstreamTlsMode, server_name};
+use portcullis_core::{Error, Refusal, ReplyBody, Request, Response, Upload};
+use tokio::net::TcpStream;
+
+use crate::command::{HttpCommand, strip_hop_by_hop};
+use crate::event::HttpEvent;
+
+/// Where and how the gateway reaches the API (`[http.upstream]`).
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct HttpUpstreamConfig {
+    /// `http://host:port` or `https://host:port` (a path prefix is prepended to every
+    /// request's path).
+    pub url: Uri,
+    /// TLS for `https`: `require` (no verification) or `verify-full` (with `ca`, or the
+    /// Mozilla roots when no `ca` is given).
+    pub tls: UpstreamTls,
+    /// Headers the gateway adds to every request (its API key, `Authorization: Basic …`);
+    /// clients never see them, and theirs are replaced.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Deadline to connect.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for HttpUpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpUpstreamConfig")
+            .field("url", &self.url)
+            .field("tls", &self.tls.mode)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpUpstreamConfig {
+    /// An upstream at `url`, no injected headers, 10 s to connect.
+    pub fn new(url: Uri) -> Self {
+        HttpUpstreamConfig {
+            url,
+            tls: UpstreamTls::disabled(),
+            headers: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        let https = self.url.scheme_str() == Some("https");
+        format!(
+            "{}:{}",
+            self.url.host().unwrap_or_default(),
+            self.url.port_u16().unwrap_or(if https { 443 } else { 80 })
+        )
+    }
+}
+
+/// The request body going upstream: nothing, or the client's body as it streams in.
+pub(crate) struct UploadBody(Option<Upload>);
+
+impl Body for UploadBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut self.0 {
+            None => Poll::Ready(None),
+            Some(upload) => match ready!(upload.poll_chunk(cx)) {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None => {
+                    self.0 = None;
+                    Poll::Ready(None)
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+fn unavailable(message: impl Into<String>) -> Error {
+    Box::new(Refusal::UpstreamUnavailable {
+        message: message.into(),
+    })
+}
+
+/// The innermost service of a session's stack. Clones share the session's connection.
+#[derive(Clone)]
+pub struct HttpUpstream {
+    config: Arc<HttpUpstreamConfig>,
+    conn: Arc<tokio::sync::Mutex<Option<SendRequest<UploadBody>>>>,
+    allow_upgrades: bool,
+}
+
+impl std::fmt::Debug for HttpUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpUpstream")
+            .field("url", &self.config.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpUpstream {
+    /// A session's upstream.
+    pub fn new(config: Arc<HttpUpstreamConfig>) -> Self {
+        HttpUpstream {
+            config,
+            conn: Arc::default(),
+            allow_upgrades: false,
+        }
+    }
+
+    async fn connect(config: &HttpUpstreamConfig) -> Result<SendRequest<UploadBody>, Error> {
+        let address = config.address();
+        let host = config.url.host().unwrap_or_default().to_owned();
+        let https = config.url.scheme_str() == Some("https");
+        let work = async {
+            let tcp = TcpStream::connect(&address)
+                .await
+                .map_err(|e| unavailable(format!("could not connect to {address}: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            let io: portcullis_core::io::BoxIo = match (https, config.tls.client_config()) {
+                (false, _) => Box::new(tcp),
+                (true, Some(client)) if config.tls.mode != UpstreamTlsMode::Disable => {
+                    let name = server_name(&host).map_err(|e| unavailable(e.to_string()))?;
+                    let stream = tokio_rustls::TlsConnector::from(client.clone())
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| unavailable(format!("TLS to {address}: {e}")))?;
+                    Box::new(stream)
+                }
+                (true, _) => {
+                    return Err(unavailable(
+                        "an https upstream needs TLS settings (tls = \"require\" or \"verify-full\")",
+                    ));
+                }
+            };
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| unavailable(format!("HTTP handshake with {address}: {e}")))?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok::<_, Error>(sender)
+        };
+        tokio::time::timeout(config.connect_timeout, work)
+            .await
+            .map_err(|_| unavailable(format!("connecting to {address} timed out")))?
+    }
+
+    async fn send(self, req: Request<HttpCommand>) -> Result<Response<HttpReply>, Error> {
+        let Request {
+            command, upload, ..
+        } = req;
+        if command.headers.contains_key(header::UPGRADE) && !self.allow_upgrades {
+            return Err(Box::new(Refusal::Blocked {
+                rule: "upgrades".into(),
+                message: "protocol upgrades (WebSocket) are not passed through this gateway".into(),
+            }));
+        }
+        let base = self.config.url.path().trim_end_matches('/');
+        let target = format!("{base}{}", command.path_and_query);
+        let mut request = HttpRequest::builder()
+            .method(command.method.clone())
+            .uri(target)
+            .body(UploadBody(upload))
+            .map_err(|e| {
+                Box::new(Refusal::Protocol {
+                    message: format!("the request cannot be forwarded: {e}"),
+                }) as Error
+            })?;
+        *request.headers_mut() = command.headers.clone();
+        if let Ok(host) = HeaderValue::from_str(&self.config.address()) {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        for (name, value) in &self.config.headers {
+            request.headers_mut().insert(name.clone(), value.clone());
+        }
+        let response = {
+            let mut guard = self.conn.lock().await;
+            let reuse = guard.as_ref().is_some_and(|s| !s.is_closed());
+            if !reuse {
+                *guard = Some(HttpUpstream::connect(&self.config).await?);
+            }
+            let Some(sender) = guard.as_mut() else {
+                return Err(unavailable("no connection to the upstream"));
+            };
+            if sender.ready().await.is_err() {
+                *sender = HttpUpstream::connect(&self.config).await?;
+                sender
+                    .ready()
+                    .await
+                    .map_err(|e| unavailable(format!("the upstream connection failed: {e}")))?;
+            }
+            sender.send_request(request)
+        };
+        let response = response
+            .await
+            .map_err(|e| unavailable(format!("the upstream failed: {e}")))?;
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::new(HttpReply {
+            head: Some(parts),
+            body: Some(body),
+            status: None,
+        }))
+    }
+}
+
+impl tower_service::Service<Request<HttpCommand>> for HttpUpstream {
+    type Response = Response<HttpReply>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<HttpReply>, Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<HttpCommand>) -> Self::Future {
+        Box::pin(self.clone().send(req))
+    }
+}
+
+/// A response as events: its head, then its body piece by piece, the last piece marked.
+pub struct HttpReply {
+    head: Option<http::response::Parts>,
+    body: Option<Incoming>,
+    status: Option<String>,
+}
+
+impl std::fmt::Debug for HttpReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpReply").finish_non_exhaustive()
+    }
+}
+
+impl ReplyBody for HttpReply {
+    type Event = HttpEvent;
+
+    fn poll_event(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<HttpEvent, Error>>> {
+        if let Some(parts) = self.head.take() {
+            self.status = Some(parts.status.as_u16().to_string());
+            return Poll::Ready(Some(Ok(HttpEvent::head(parts))));
+        }
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if data.is_empty() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(HttpEvent::Data {
+                            bytes: data,
+                            last: false,
+                            status: None,
+                        })));
+                    }
+                    // Trailers are not forwarded.
+                }
+                Some(Err(e)) => {
+                    self.body = None;
+                    return Poll::Ready(Some(Err(unavailable(format!(
+                        "the upstream's response broke off: {e}"
+                    )))));
+                }
+                None => {
+                    self.body = None;
+                    return Poll::Ready(Some(Ok(HttpEvent::Data {
+                        bytes: Bytes::new(),
+                        last: true,
+                        status: self.status.take(),
+                    })));
+                }
+            }
+        }
+    }
+}
