@@ -11,6 +11,8 @@ pub struct HttpCommand {
     pub(crate) method: Method,
     pub(crate) path_and_query: String,
     pub(crate) headers: HeaderMap,
+    /// The protocol the client asks to switch to (`Upgrade`, with `Connection: upgrade`).
+    pub(crate) upgrade: Option<HeaderValue>,
     text: String,
     kind: CommandKind,
 }
@@ -47,6 +49,16 @@ impl HttpCommand {
     /// headers, the client's `Authorization` and `Host` removed; `Accept-Encoding: identity`
     /// so that bodies can be read).
     pub fn new(method: Method, uri: &Uri, _version: Version, mut headers: HeaderMap) -> Self {
+        let wants_upgrade = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        let upgrade = headers
+            .get(header::UPGRADE)
+            .filter(|_| wants_upgrade)
+            .cloned();
         strip_hop_by_hop(&mut headers);
         headers.remove(header::AUTHORIZATION);
         headers.remove(header::HOST);
@@ -62,6 +74,7 @@ impl HttpCommand {
             method,
             path_and_query,
             headers,
+            upgrade,
             text,
             kind: CommandKind::Statements,
         }
@@ -75,6 +88,11 @@ impl HttpCommand {
     /// The path and query.
     pub fn path_and_query(&self) -> &str {
         &self.path_and_query
+    }
+
+    /// The protocol the client asks to switch to (`Upgrade: websocket`), if any.
+    pub fn upgrade(&self) -> Option<&HeaderValue> {
+        self.upgrade.as_ref()
     }
 
     /// The headers that go upstream.

@@ -33,4 +33,4 @@ mod upstream;
 pub use command::HttpCommand;
 pub use event::HttpEvent;
 pub use serve::{HttpMetrics, OutBody, ServeHttp, ServeHttpConfig};
-pub use upstream::{HttpReply, HttpUpstream, HttpUpstreamConfig};
+pub use upstream::{HttpReply, HttpUpstream, HttpUpstreamConfig, UpstreamUpgrade};

@@ -49,6 +49,9 @@ pub struct ServeHttpConfig {
     pub max_sessions_per_identity: Option<usize>,
     /// The API.
     pub upstream: HttpUpstreamConfig,
+    /// Pass protocol upgrades (WebSocket) through, spliced once the API switches; refused
+    /// (`403`, recorded) by default.
+    pub allow_upgrades: bool,
 }
 
 impl ServeHttpConfig {
@@ -61,6 +64,7 @@ impl ServeHttpConfig {
             max_sessions: None,
             max_sessions_per_identity: None,
             upstream,
+            allow_upgrades: false,
         }
     }
 }
@@ -308,7 +312,10 @@ where
                 async move { Ok::<_, Infallible>(handler.handle(req, peer, tls, live).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .await
+            {
                 debug!(target: "portcullis::http", %peer, error = %e, "connection ended");
             }
             // The session ends with its connection.
@@ -409,6 +416,11 @@ where
             .metrics
             .commands_total
             .fetch_add(1, Ordering::Relaxed);
+        let mut req = req;
+        let client_upgrade = req
+            .headers()
+            .contains_key(header::UPGRADE)
+            .then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let command = HttpCommand::new(parts.method, &parts.uri, parts.version, parts.headers);
         let mut request = Request::new(current.session.clone(), command);
@@ -424,10 +436,14 @@ where
             }
             service.call(request)
         };
-        let response = match call.await {
+        let mut response = match call.await {
             Ok(r) => r,
             Err(e) => return self.refused(&e),
         };
+        let upstream_upgrade = response
+            .extensions
+            .remove::<crate::upstream::UpstreamUpgrade>()
+            .and_then(|u| u.0.lock().unwrap_or_else(|p| p.into_inner()).take());
         let mut body = Box::pin(response.body);
         let head = std::future::poll_fn(|cx| body.as_mut().poll_event(cx)).await;
         let parts = match head {
@@ -448,6 +464,18 @@ where
         });
         *out.status_mut() = parts.status;
         *out.headers_mut() = parts.headers;
+        if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
+            // The API switched protocols: once the client has too, join the two.
+            tokio::spawn(async move {
+                let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+                    return;
+                };
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+            return out;
+        }
         // A masking layer may change the body's length: stream it without one.
         out.headers_mut().remove(header::CONTENT_LENGTH);
         out
@@ -500,7 +528,7 @@ where
         session.upstream = self.upstream.address();
         session.tls = tls;
         let session = Arc::new(session);
-        let upstream = HttpUpstream::new(self.upstream.clone());
+        let upstream = HttpUpstream::new(self.upstream.clone()).allow_upgrades(cfg.allow_upgrades);
         let service = self
             .stack
             .new_service(Target::new(session.clone(), upstream));

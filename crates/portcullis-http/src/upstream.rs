@@ -107,6 +107,17 @@ fn unavailable(message: impl Into<String>) -> Error {
     })
 }
 
+/// The API's side of a switched protocol (a `101` answer): the server joins it to the
+/// client's side. Put in the response's extensions.
+#[derive(Clone)]
+pub struct UpstreamUpgrade(pub(crate) Arc<std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>>);
+
+impl std::fmt::Debug for UpstreamUpgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamUpgrade").finish_non_exhaustive()
+    }
+}
+
 /// The innermost service of a session's stack. Clones share the session's connection.
 #[derive(Clone)]
 pub struct HttpUpstream {
@@ -131,6 +142,12 @@ impl HttpUpstream {
             conn: Arc::default(),
             allow_upgrades: false,
         }
+    }
+
+    /// Pass protocol upgrades (WebSocket) through instead of refusing them.
+    pub fn allow_upgrades(mut self, yes: bool) -> Self {
+        self.allow_upgrades = yes;
+        self
     }
 
     async fn connect(config: &HttpUpstreamConfig) -> Result<SendRequest<UploadBody>, Error> {
@@ -162,7 +179,7 @@ impl HttpUpstream {
                 .await
                 .map_err(|e| unavailable(format!("HTTP handshake with {address}: {e}")))?;
             tokio::spawn(async move {
-                let _ = connection.await;
+                let _ = connection.with_upgrades().await;
             });
             Ok::<_, Error>(sender)
         };
@@ -175,7 +192,7 @@ impl HttpUpstream {
         let Request {
             command, upload, ..
         } = req;
-        if command.headers.contains_key(header::UPGRADE) && !self.allow_upgrades {
+        if command.upgrade.is_some() && !self.allow_upgrades {
             return Err(Box::new(Refusal::Blocked {
                 rule: "upgrades".into(),
                 message: "protocol upgrades (WebSocket) are not passed through this gateway".into(),
@@ -199,6 +216,14 @@ impl HttpUpstream {
         for (name, value) in &self.config.headers {
             request.headers_mut().insert(name.clone(), value.clone());
         }
+        if let Some(protocol) = &command.upgrade {
+            request
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            request
+                .headers_mut()
+                .insert(header::UPGRADE, protocol.clone());
+        }
         let response = {
             let mut guard = self.conn.lock().await;
             let reuse = guard.as_ref().is_some_and(|s| !s.is_closed());
@@ -217,16 +242,34 @@ impl HttpUpstream {
             }
             sender.send_request(request)
         };
-        let response = response
+        let mut response = response
             .await
             .map_err(|e| unavailable(format!("the upstream failed: {e}")))?;
+        let switched =
+            response.status() == http::StatusCode::SWITCHING_PROTOCOLS && command.upgrade.is_some();
+        let upgraded = switched.then(|| hyper::upgrade::on(&mut response));
         let (mut parts, body) = response.into_parts();
+        let protocol = parts.headers.get(header::UPGRADE).cloned();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::new(HttpReply {
+        if let (true, Some(protocol)) = (switched, protocol) {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol);
+        }
+        let mut reply = Response::new(HttpReply {
             head: Some(parts),
             body: Some(body),
             status: None,
-        }))
+        });
+        if let Some(upgraded) = upgraded {
+            reply
+                .extensions
+                .insert(UpstreamUpgrade(Arc::new(std::sync::Mutex::new(Some(
+                    upgraded,
+                )))));
+        }
+        Ok(reply)
     }
 }
 

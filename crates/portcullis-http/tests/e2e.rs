@@ -325,3 +325,106 @@ async fn a_rust_client_over_http2_and_a_client_leaving_mid_body() {
     .await;
     assert_eq!(code, 200);
 }
+
+/// An API that switches to an echo protocol on `Upgrade: echo`.
+async fn echo_api() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |mut req: http::Request<hyper::body::Incoming>| async move {
+                        let upgrade = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            if let Ok(io) = upgrade.await {
+                                let (mut r, mut w) =
+                                    tokio::io::split(hyper_util::rt::TokioIo::new(io));
+                                let _ = tokio::io::copy(&mut r, &mut w).await;
+                            }
+                        });
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(101)
+                                .header("connection", "upgrade")
+                                .header("upgrade", "echo")
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
+                        )
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_are_refused_by_default_and_spliced_when_allowed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = echo_api().await;
+    let tokens = || {
+        StaticTokens::new(vec![
+            TokenEntry::new("alice", &hash_token(TOKEN), vec![]).unwrap(),
+        ])
+    };
+    let start = |allow: bool| {
+        let mut config = ServeHttpConfig::new(
+            "ws",
+            HttpUpstreamConfig::new(format!("http://{api}").parse().unwrap()),
+        );
+        config.allow_plaintext_tokens_on_loopback = true;
+        config.allow_upgrades = allow;
+        ServeHttp::new(
+            config,
+            tokens(),
+            new_service_fn(|t: Target<HttpUpstream>| t.upstream),
+        )
+    };
+    let ask = format!(
+        "GET /socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    // Refused: a 403 problem naming the rule.
+    let refused = listen(start(false)).await;
+    let mut tcp = tokio::net::TcpStream::connect(refused).await.unwrap();
+    tcp.write_all(ask.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(head.contains("upgrades"), "{head}");
+    // Allowed: 101, then bytes go both ways through the gateway.
+    let allowed = listen(start(true)).await;
+    let mut tcp = tokio::net::TcpStream::connect(allowed).await.unwrap();
+    tcp.write_all(ask.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(
+            tcp.read(&mut b).await.unwrap(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp.write_all(b"ping through the tunnel").await.unwrap();
+    let mut echoed = vec![0u8; 23];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_exact(&mut echoed),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(&echoed, b"ping through the tunnel");
+}

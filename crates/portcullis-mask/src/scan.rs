@@ -26,7 +26,7 @@ pub struct Detectors {
     literal_kinds: Vec<Literal>,
     /// The first two bytes of every literal (in every case when terms ignore case), as a set
     /// of 65,536 bits; `None` when a literal is a single byte.
-    literal_pairs: Option<Arc<[u64]>>,
+    literal_pairs: Option<Arc<[u64; 1024]>>,
     regexes: Vec<(u16, Regex)>,
     /// Whether any character-triggered detector is on (digits, `@`, `:`, `+`).
     char_scan: bool,
@@ -113,7 +113,7 @@ impl Detectors {
         let literal_pairs = if patterns.iter().any(|p| p.len() < 2) {
             None
         } else {
-            let mut set = vec![0u64; 1 << 10];
+            let mut set = [0u64; 1024];
             let cases = |c: u8| {
                 if has_terms {
                     [c.to_ascii_lowercase(), c.to_ascii_uppercase()]
@@ -125,12 +125,11 @@ impl Detectors {
                 let p = p.as_bytes();
                 for a in cases(p[0]) {
                     for b in cases(p[1]) {
-                        let k = usize::from(a) << 8 | usize::from(b);
-                        set[k >> 6] |= 1 << (k & 63);
+                        set[usize::from(a) << 2 | usize::from(b) >> 6] |= 1 << (b & 63);
                     }
                 }
             }
-            Some(set.into())
+            Some(Arc::new(set))
         };
         let char_scan = Kind::ALL.into_iter().any(|k| k.char_triggered() && on(k));
         Ok(Detectors {
@@ -234,8 +233,8 @@ impl Detectors {
     fn may_hold_literal(&self, v: &[u8]) -> bool {
         match &self.literal_pairs {
             Some(set) if v.len() <= PAIR_CHECK_MAX => v.windows(2).any(|w| {
-                let k = usize::from(w[0]) << 8 | usize::from(w[1]);
-                set.get(k >> 6).is_none_or(|bits| bits >> (k & 63) & 1 == 1)
+                let k = usize::from(w[0]) << 2 | usize::from(w[1]) >> 6;
+                set[k] >> (w[1] & 63) & 1 == 1
             }),
             _ => true,
         }

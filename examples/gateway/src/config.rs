@@ -306,6 +306,7 @@ struct RawHttp {
     allow_plaintext_tokens_on_loopback: bool,
     max_sessions: Option<Spanned<u64>>,
     max_sessions_per_identity: Option<Spanned<u64>>,
+    upgrades: Option<Text>,
     upstream: RawHttpUpstream,
 }
 
@@ -1854,6 +1855,10 @@ impl Resolver<'_> {
             "[[http]] max_sessions_per_identity",
             block.max_sessions_per_identity.as_ref(),
         );
+        let upgrades = match &block.upgrades {
+            Some(v) => self.choice("[[http]] upgrades", v, &["refuse", "pass"]) == Some("pass"),
+            None => false,
+        };
         let up = &block.upstream;
         let url = self.required_text("[http.upstream] url", &up.url).and_then(|u| {
             match u.parse::<http::Uri>() {
@@ -1970,6 +1975,7 @@ impl Resolver<'_> {
         serve.allow_plaintext_tokens_on_loopback = block.allow_plaintext_tokens_on_loopback;
         serve.max_sessions = max_sessions;
         serve.max_sessions_per_identity = max_sessions_per_identity;
+        serve.allow_upgrades = upgrades;
         Some(serve)
     }
 
