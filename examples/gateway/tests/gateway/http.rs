@@ -129,6 +129,32 @@ async fn http_apis_get_identity_rules_approvals_json_masking_and_audit() {
     let items: Vec<serde_json::Value> = serde_json::from_str(&body).expect("a JSON array");
     assert_eq!(items.len(), 20000);
     assert!(!body.contains(&stream_email(1)) && !body.contains(&stream_email(19999)));
+    // ~80 MB streamed and masked with bounded memory: the gateway's peak RSS stays far
+    // below the body's size.
+    let b = base.clone();
+    let out = blocking(move || {
+        Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{size_download}", "-H"])
+            .arg(format!("Authorization: Bearer {ALICE}"))
+            .arg(format!("{b}/v1/stream?n=600000"))
+            .output()
+            .unwrap()
+    })
+    .await;
+    let size: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(size > 70_000_000, "{size}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gateway.child.id())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        peak_kib < 48 * 1024,
+        "peak RSS {peak_kib} KiB for a {size}-byte body"
+    );
+
     // Not JSON: passed unchanged (other_bodies = "pass").
     let b = base.clone();
     let (code, body) = blocking(move || curl(ALICE, &[&format!("{b}/v1/text")])).await;
