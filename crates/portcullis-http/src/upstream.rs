@@ -36,6 +36,9 @@ pub struct HttpUpstreamConfig {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Deadline to connect.
     pub connect_timeout: Duration,
+    /// Speak HTTP/2 to the API (ALPN `h2` over TLS, prior knowledge on plain TCP): one
+    /// connection per session carries its requests concurrently.
+    pub http2: bool,
 }
 
 impl std::fmt::Debug for HttpUpstreamConfig {
@@ -59,6 +62,7 @@ impl HttpUpstreamConfig {
             tls: UpstreamTls::disabled(),
             headers: Vec::new(),
             connect_timeout: Duration::from_secs(10),
+            http2: false,
         }
     }
 
@@ -122,8 +126,23 @@ impl std::fmt::Debug for UpstreamUpgrade {
 #[derive(Clone)]
 pub struct HttpUpstream {
     config: Arc<HttpUpstreamConfig>,
-    conn: Arc<tokio::sync::Mutex<Option<SendRequest<UploadBody>>>>,
+    conn: Arc<tokio::sync::Mutex<Option<Sender>>>,
     allow_upgrades: bool,
+}
+
+/// A connection to the API.
+enum Sender {
+    H1(SendRequest<UploadBody>),
+    H2(hyper::client::conn::http2::SendRequest<UploadBody>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
 }
 
 impl std::fmt::Debug for HttpUpstream {
@@ -150,7 +169,7 @@ impl HttpUpstream {
         self
     }
 
-    async fn connect(config: &HttpUpstreamConfig) -> Result<SendRequest<UploadBody>, Error> {
+    async fn connect(config: &HttpUpstreamConfig) -> Result<Sender, Error> {
         let address = config.address();
         let host = config.url.host().unwrap_or_default().to_owned();
         let https = config.url.scheme_str() == Some("https");
@@ -163,7 +182,14 @@ impl HttpUpstream {
                 (false, _) => Box::new(tcp),
                 (true, Some(client)) if config.tls.mode != UpstreamTlsMode::Disable => {
                     let name = server_name(&host).map_err(|e| unavailable(e.to_string()))?;
-                    let stream = tokio_rustls::TlsConnector::from(client.clone())
+                    let client = if config.http2 {
+                        let mut c = (**client).clone();
+                        c.alpn_protocols = vec![b"h2".to_vec()];
+                        Arc::new(c)
+                    } else {
+                        client.clone()
+                    };
+                    let stream = tokio_rustls::TlsConnector::from(client)
                         .connect(name, tcp)
                         .await
                         .map_err(|e| unavailable(format!("TLS to {address}: {e}")))?;
@@ -175,13 +201,25 @@ impl HttpUpstream {
                     ));
                 }
             };
+            if config.http2 {
+                let (sender, connection) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    TokioIo::new(io),
+                )
+                .await
+                .map_err(|e| unavailable(format!("HTTP/2 handshake with {address}: {e}")))?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                return Ok::<_, Error>(Sender::H2(sender));
+            }
             let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
                 .await
                 .map_err(|e| unavailable(format!("HTTP handshake with {address}: {e}")))?;
             tokio::spawn(async move {
                 let _ = connection.with_upgrades().await;
             });
-            Ok::<_, Error>(sender)
+            Ok::<_, Error>(Sender::H1(sender))
         };
         tokio::time::timeout(config.connect_timeout, work)
             .await
@@ -230,17 +268,50 @@ impl HttpUpstream {
             if !reuse {
                 *guard = Some(HttpUpstream::connect(&self.config).await?);
             }
-            let Some(sender) = guard.as_mut() else {
-                return Err(unavailable("no connection to the upstream"));
-            };
-            if sender.ready().await.is_err() {
-                *sender = HttpUpstream::connect(&self.config).await?;
-                sender
-                    .ready()
-                    .await
-                    .map_err(|e| unavailable(format!("the upstream connection failed: {e}")))?;
+            match guard.as_mut() {
+                Some(Sender::H1(sender)) => {
+                    if sender.ready().await.is_err() {
+                        *guard = Some(HttpUpstream::connect(&self.config).await?);
+                    }
+                }
+                Some(Sender::H2(sender)) => {
+                    if sender.ready().await.is_err() {
+                        *guard = Some(HttpUpstream::connect(&self.config).await?);
+                    }
+                }
+                None => return Err(unavailable("no connection to the upstream")),
             }
-            sender.send_request(request)
+            match guard.as_mut() {
+                Some(Sender::H1(sender)) => {
+                    sender
+                        .ready()
+                        .await
+                        .map_err(|e| unavailable(format!("the upstream connection failed: {e}")))?;
+                    Box::pin(sender.send_request(request))
+                        as Pin<
+                            Box<
+                                dyn Future<Output = hyper::Result<http::Response<Incoming>>> + Send,
+                            >,
+                        >
+                }
+                Some(Sender::H2(sender)) => {
+                    // HTTP/2 multiplexes: the request goes out on a clone, the lock is free.
+                    let mut sender = sender.clone();
+                    *request.version_mut() = http::Version::HTTP_2;
+                    let full = format!(
+                        "{}://{}{}",
+                        self.config.url.scheme_str().unwrap_or("http"),
+                        self.config.address(),
+                        request.uri()
+                    );
+                    if let Ok(uri) = full.parse() {
+                        *request.uri_mut() = uri;
+                    }
+                    request.headers_mut().remove(header::HOST);
+                    Box::pin(async move { sender.send_request(request).await })
+                }
+                None => return Err(unavailable("no connection to the upstream")),
+            }
         };
         let mut response = response
             .await

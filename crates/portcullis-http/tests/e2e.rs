@@ -428,3 +428,71 @@ async fn upgrades_are_refused_by_default_and_spliced_when_allowed() {
     .unwrap();
     assert_eq!(&echoed, b"ping through the tunnel");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_to_the_api() {
+    // An API that speaks HTTP/2 only (prior knowledge) and says which version it got.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let body = format!(
+                            "{{\"version\":\"{:?}\",\"path\":\"{}\",\"key\":\"{}\"}}",
+                            req.version(),
+                            req.uri().path(),
+                            req.headers()
+                                .get("x-api-key")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                        );
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+            });
+        }
+    });
+    let mut upstream = HttpUpstreamConfig::new(format!("http://{api}").parse().unwrap());
+    upstream.http2 = true;
+    upstream.headers = vec![("x-api-key".parse().unwrap(), API_KEY.parse().unwrap())];
+    let mut config = ServeHttpConfig::new("h2", upstream);
+    config.allow_plaintext_tokens_on_loopback = true;
+    let tokens = StaticTokens::new(vec![
+        TokenEntry::new("alice", &hash_token(TOKEN), vec![]).unwrap(),
+    ]);
+    let gw = listen(ServeHttp::new(
+        config,
+        tokens,
+        new_service_fn(|t: Target<HttpUpstream>| t.upstream),
+    ))
+    .await;
+    for _ in 0..3 {
+        let (code, body, err) = blocking(move || {
+            curl(&[
+                "-H",
+                &format!("Authorization: Bearer {TOKEN}"),
+                &format!("http://{gw}/v1/x"),
+            ])
+        })
+        .await;
+        assert_eq!(code, 200, "{err}");
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["version"], "HTTP/2.0");
+        assert_eq!(doc["path"], "/v1/x");
+        assert_eq!(doc["key"], API_KEY);
+    }
+}

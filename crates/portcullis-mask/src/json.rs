@@ -818,7 +818,7 @@ impl JsonMasker {
                     _ => return Err(error(at, JsonErrorKind::Syntax("expected a value"))),
                 },
                 Expect::FirstKey | Expect::Key => match b {
-                    b'"' => self.string(chunk, i, true, out, &mut flushed)?,
+                    b'"' => self.member(chunk, i, out, &mut flushed)?,
                     b'}' if self.expect == Expect::FirstKey => {
                         self.close(true, at)?;
                         Some(i + 1)
@@ -831,9 +831,18 @@ impl JsonMasker {
                 }
                 Expect::Colon => return Err(error(at, JsonErrorKind::Syntax("expected `:`"))),
                 Expect::CommaOrEnd => match b {
+                    b',' if self.stack.last().is_some_and(|f| f.object) => {
+                        self.expect = Expect::Key;
+                        // Most often the next key follows at once.
+                        let j = skip_whitespace(chunk, i + 1);
+                        if chunk.get(j) == Some(&b'"') {
+                            self.member(chunk, j, out, &mut flushed)?
+                        } else {
+                            Some(j)
+                        }
+                    }
                     b',' => {
-                        let object = self.stack.last().is_some_and(|f| f.object);
-                        self.expect = if object { Expect::Key } else { Expect::Value };
+                        self.expect = Expect::Value;
                         Some(i + 1)
                     }
                     b'}' | b']' => {
@@ -913,13 +922,13 @@ impl JsonMasker {
             }
             Partial::Number { start } | Partial::Literal { start } => {
                 let number = matches!(partial, Partial::Number { .. });
-                let (class, cap, too_long): (fn(u8) -> bool, usize, JsonErrorKind) = if number {
-                    (is_number_byte, limit, JsonErrorKind::TooLong { limit })
+                let (cap, too_long) = if number {
+                    (limit, JsonErrorKind::TooLong { limit })
                 } else {
-                    (is_literal_byte, 5, JsonErrorKind::Syntax("invalid literal"))
+                    (5, JsonErrorKind::Syntax("invalid literal"))
                 };
                 let mut j = 0;
-                while j < n && class(chunk[j]) {
+                while j < n && bare_byte(number, chunk[j]) {
                     j += 1;
                     if held.len() + j > cap {
                         return Err(error(start, too_long));
@@ -937,6 +946,32 @@ impl JsonMasker {
                 Ok(Some((j, j)))
             }
         }
+    }
+
+    /// An object member whose key's opening quote is at `chunk[i]`: the key, and when they
+    /// follow in this chunk the `:` and a string value — the common run read without going
+    /// back to the main loop. Where to go on, or `None` when the rest of the chunk is held.
+    fn member(
+        &mut self,
+        chunk: &[u8],
+        i: usize,
+        out: &mut Vec<u8>,
+        flushed: &mut usize,
+    ) -> Result<Option<usize>, JsonError> {
+        let Some(j) = self.string(chunk, i, true, out, flushed)? else {
+            return Ok(None);
+        };
+        let j = skip_whitespace(chunk, j);
+        if chunk.get(j) != Some(&b':') {
+            return Ok(Some(j));
+        }
+        self.expect = Expect::Value;
+        let j = skip_whitespace(chunk, j + 1);
+        if chunk.get(j) == Some(&b'"') {
+            self.begin_value();
+            return self.string(chunk, j, false, out, flushed);
+        }
+        Ok(Some(j))
     }
 
     /// The string whose opening quote is at `chunk[i]`: where to go on, or `None` when it is
@@ -1007,13 +1042,13 @@ impl JsonMasker {
         let limit = self.limits.max_string;
         let start = self.offset + i as u64;
         let number = !matches!(chunk[i], b't' | b'f' | b'n');
-        let (class, cap, too_long): (fn(u8) -> bool, usize, JsonErrorKind) = if number {
-            (is_number_byte, limit, JsonErrorKind::TooLong { limit })
+        let (cap, too_long) = if number {
+            (limit, JsonErrorKind::TooLong { limit })
         } else {
-            (is_literal_byte, 5, JsonErrorKind::Syntax("invalid literal"))
+            (5, JsonErrorKind::Syntax("invalid literal"))
         };
         let mut j = i;
-        while j < n && class(chunk[j]) {
+        while j < n && bare_byte(number, chunk[j]) {
             j += 1;
             if j - i > cap {
                 return Err(error(start, too_long));
@@ -1243,12 +1278,23 @@ fn enter(
         .or(frame.forced)
 }
 
-fn is_number_byte(b: u8) -> bool {
-    matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+fn skip_whitespace(chunk: &[u8], mut i: usize) -> usize {
+    while chunk
+        .get(i)
+        .is_some_and(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+    {
+        i += 1;
+    }
+    i
 }
 
-fn is_literal_byte(b: u8) -> bool {
-    b.is_ascii_lowercase()
+/// A byte of a number (`number`) or of a literal.
+fn bare_byte(number: bool, b: u8) -> bool {
+    if number {
+        matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+    } else {
+        b.is_ascii_lowercase()
+    }
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;

@@ -321,6 +321,8 @@ struct RawHttpUpstream {
     headers: std::collections::BTreeMap<String, Text>,
     basic: Option<RawBasic>,
     connect_timeout: Option<Text>,
+    #[serde(default)]
+    http2: bool,
 }
 
 /// `[http.upstream] basic = { user, password }`.
@@ -1970,6 +1972,7 @@ impl Resolver<'_> {
         upstream.tls = upstream_tls?;
         upstream.headers = headers;
         upstream.connect_timeout = connect_timeout;
+        upstream.http2 = up.http2;
         let mut serve = ServeHttpConfig::new(name, upstream);
         serve.tls = tls;
         serve.allow_plaintext_tokens_on_loopback = block.allow_plaintext_tokens_on_loopback;
