@@ -181,7 +181,13 @@ fn scan(c: &mut Criterion) {
 /// them). `dense`: every object carries e-mails, a card and a phone number; otherwise the
 /// values are clean (with the digits of ids, dates and amounts the detectors must look at).
 fn json_array(dense: bool) -> Vec<u8> {
-    let names = ["Alice Martin", "Bob Lefebvre", "Chloé Durand", "David Okafor", "Eve Nakamura"];
+    let names = [
+        "Alice Martin",
+        "Bob Lefebvre",
+        "Chloé Durand",
+        "David Okafor",
+        "Eve Nakamura",
+    ];
     let cities = ["Lyon", "Paris", "Nantes", "Lille", "Bordeaux", "Zürich"];
     let mut out = Vec::with_capacity(10_500_000);
     out.extend_from_slice(b"[\n");

@@ -7,52 +7,16 @@
 //! chunks is held until it is complete, so the output never depends on where the chunks
 //! were cut. Object keys are never masked.
 //!
-//! What is masked, with a [`JsonPolicy`]:
+//! A [`JsonPolicy`] says what is masked: string values at [`JsonPath`]s (`$.user.email`,
+//! `$.items[*].card`, `$..ssn`) with a [`Strategy`] each, and every other string value by
+//! what the [`Masker`]'s detectors find in it (after JSON unescaping; the result is escaped
+//! again). Numbers and booleans under a rule become `null`; integers of 12 to 19 digits are
+//! given to the detectors (a card number sent as a number becomes `null`).
 //!
-//! * **Path rules** — a [`JsonPath`] and a [`Strategy`]. A string under a rule is masked
-//!   whole with [`Masker::mask_whole`] (`redact` → `"[redacted]"`, `partial` → the detector's
-//!   partial form or the last four characters, `hash` → `"tok_…"`, `null` → `null`). A number
-//!   or a boolean under a rule cannot keep its type masked: it becomes `null`, whatever the
-//!   strategy (as a number column does in result rows). A rule that matches an object or an
-//!   array applies to every string, number and boolean inside it. `null` stays `null`. The
-//!   nearest match applies — a rule matching the value itself before one matching a
-//!   container around it — and among rules matching the same value, the first in the order
-//!   given.
-//! * **Content detection** — every other string value is unescaped (`\uXXXX` escapes and
-//!   surrogate pairs decoded; a lone surrogate reads as U+FFFD) and given to the policy's
-//!   [`Masker`]; what it finds is masked (`"contact jane@example.com"` →
-//!   `"contact j***@example.com"`) and the result written back as a JSON string (escaped
-//!   minimally: `"`, `\` and control characters). A detector set to the `null` strategy
-//!   turns the whole string into `null`. Numbers are not scanned, except integers of 12 to
-//!   19 digits (a card number sent as a number): when the detectors find one, it becomes
-//!   `null`.
-//!
-//! # Path syntax
-//!
-//! A path starts with `$`, the top-level value (of each document in a stream), followed by
-//! steps:
-//!
-//! | step            | selects                                                          |
-//! |-----------------|------------------------------------------------------------------|
-//! | `.name`         | the member `name` of an object                                   |
-//! | `['name']`, `["name"]` | the same, for names with `.`, `[`, `]` (`\` escapes the next character) |
-//! | `.*`, `[*]`     | every member of an object and every element of an array           |
-//! | `[3]`           | the element at index 3 of an array                                |
-//! | `..name`, `..*`, `..[…]` | the same selections at any depth below (`$..email`: every member `email`, however deep, including `$.email`) |
-//!
-//! An unquoted name may hold the globs `*` (any characters) and `?` (one character), as column
-//! rules do: `$..*_token`. Names are compared with the keys after JSON unescaping
-//! (`"e\u006dail"` is `email`). Examples: `$.user.email`, `$.items[*].card`,
-//! `$.data[0].ssn`, `$..password`, `$['x.y'].z`, `$` (the whole document).
-//!
-//! # Limits
-//!
-//! Memory is bounded by [`JsonLimits`]: a string or number longer than `max_string` bytes
-//! (as written, escapes included; 1 MiB by default) and nesting deeper than `max_depth` (512)
-//! are errors, whatever the chunking. Any invalid JSON is a [`JsonError`] with the byte
-//! offset where it was found, and a document cut short is one at [`JsonMasker::finish`]. On
-//! an error nothing of the failing chunk is written, and the masker refuses everything after:
-//! the caller must end the response rather than pass the rest unmasked.
+//! Memory is bounded by [`JsonLimits`] (the longest string or number, 1 MiB by default; the
+//! deepest nesting, 512). Invalid JSON is a [`JsonError`] with its byte offset, a document cut
+//! short one at [`JsonMasker::finish`]; after an error the masker refuses everything, so the
+//! caller ends the response rather than pass the rest unmasked.
 //!
 //! # Example
 //!
@@ -89,7 +53,31 @@ use crate::mask::{Masked, Masker, Strategy};
 
 // ---- paths ---------------------------------------------------------------------------------
 
-/// A path for a rule (see the module documentation for the syntax).
+/// A path for a rule.
+///
+/// A path starts with `$`, the top-level value (of each document in a stream), followed by
+/// steps:
+///
+/// | step | selects |
+/// |------|---------|
+/// | `.name` | the member `name` of an object |
+/// | `['name']`, `["name"]` | the same, for names with `.`, `[` or `]` (`\` escapes the next character) |
+/// | `.*`, `[*]` | every member of an object and every element of an array |
+/// | `[3]` | the element at index 3 of an array |
+/// | `..name`, `..*`, `..[…]` | the same selections at any depth below: `$..email` is every member `email`, however deep, `$.email` included |
+///
+/// An unquoted name may hold the globs `*` (any characters) and `?` (one character), as
+/// column rules do: `$..*_token`. Names are compared with the keys after JSON unescaping
+/// (`"e\u006dail"` is `email`).
+///
+/// ```
+/// use portcullis_mask::JsonPath;
+///
+/// for path in ["$", "$.user.email", "$.items[*].card", "$.data[0].ssn", "$..password", "$['x.y'].z", "$..*_token"] {
+///     assert!(JsonPath::parse(path).is_ok(), "{path}");
+/// }
+/// assert_eq!(JsonPath::parse("$.items[").unwrap_err().position, 8);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonPath {
     text: String,
@@ -370,8 +358,25 @@ impl Compiled {
 
 // ---- policy, limits, errors, statistics ------------------------------------------------------
 
-/// What to mask in JSON: a [`Masker`] for content detection and path rules. Built once and
+/// What to mask in JSON: path rules, and a [`Masker`] for content detection. Built once and
 /// shared (in an [`Arc`]) by every [`JsonMasker`].
+///
+/// * **Path rules** — a [`JsonPath`] and a [`Strategy`]. A string under a rule is masked
+///   whole with [`Masker::mask_whole`] (`redact` → `"[redacted]"`, `partial` → the detector's
+///   partial form or all but the last four characters starred, `hash` → `"tok_…"`, `null` →
+///   `null`). A number or a boolean under a rule cannot keep its type masked: it becomes
+///   `null`, whatever the strategy (as a number column does in result rows); `null` stays.
+///   A rule that matches an object or an array applies to every string, number and boolean
+///   inside it. The nearest match applies — a rule matching the value itself before one
+///   matching a container around it — and among rules matching the same value, the first in
+///   the order given.
+/// * **Content detection** — every other string value is unescaped (`\uXXXX` escapes and
+///   surrogate pairs decoded; a lone surrogate reads as U+FFFD) and given to the masker; what
+///   it finds is masked (`"contact jane@example.com"` → `"contact j***@example.com"`) and the
+///   result written back as a JSON string, escaped minimally (`"`, `\`, control characters).
+///   A detector whose strategy is `null` turns the whole string into `null`. Numbers are not
+///   scanned, except integers of 12 to 19 digits (a card number sent as a number): when the
+///   detectors find something there, the number becomes `null`. Keys are never scanned.
 #[derive(Debug, Clone)]
 pub struct JsonPolicy {
     masker: Masker,
@@ -392,8 +397,9 @@ impl JsonPolicy {
         }
     }
 
-    /// Add a rule: values at `path` are masked with `strategy`. Rules apply in the order
-    /// they are added (the first that matches a value).
+    /// Add a rule: values at `path` are masked with `strategy`. Of the rules matching the
+    /// same value, the first added applies (a rule matching the value itself wins over one
+    /// matching a container around it).
     pub fn with_rule(mut self, path: JsonPath, strategy: Strategy) -> Self {
         self.rules.push((path, strategy));
         self.compiled = Compiled::new(&self.rules);
@@ -427,7 +433,8 @@ impl JsonPolicy {
     }
 }
 
-/// Bounds on what a [`JsonMasker`] holds.
+/// Bounds on what a [`JsonMasker`] holds: past them the input is refused
+/// ([`JsonErrorKind::TooLong`], [`JsonErrorKind::TooDeep`]), whatever the chunking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JsonLimits {
     /// The longest string or number, in bytes as written (escapes included).
@@ -611,12 +618,37 @@ enum Partial {
     },
 }
 
-/// Masks a stream of JSON as it passes (see the [module documentation](self)).
+/// Masks a stream of JSON as it passes, as its [`JsonPolicy`] says.
 ///
-/// One per response body; the [`JsonPolicy`] is shared. Feed the body's chunks in order with
-/// [`feed`](Self::feed), then call [`finish`](Self::finish); the output is the same whatever
-/// the chunking. After a successful `finish` it is ready for another stream (statistics keep
-/// adding up until [`take_stats`](Self::take_stats)).
+/// One per response body; the policy is shared. Feed the body's chunks in order with
+/// [`feed`](Self::feed), then call [`finish`](Self::finish). Everything that is not a masked
+/// value is copied unchanged; a value cut by a chunk's end is held until it is complete, so
+/// the output is the same whatever the chunking. A stream may hold several documents
+/// separated by whitespace (NDJSON); an empty stream is not an error
+/// ([`documents`](Self::documents) counts them). After a successful `finish` the masker is
+/// ready for another stream (statistics keep adding up until
+/// [`take_stats`](Self::take_stats)).
+///
+/// ```
+/// use std::sync::Arc;
+/// use portcullis_mask::{Detectors, JsonErrorKind, JsonMasker, JsonPolicy, Masker, Strategy};
+///
+/// let policy = Arc::new(JsonPolicy::new(Masker::new(Detectors::all(), Strategy::Redact)));
+/// let mut json = JsonMasker::new(policy.clone());
+/// let mut out = Vec::new();
+/// json.feed(b"{\"m\":\"jane@example.com\"}\n{\"m\":\"no", &mut out)?;
+/// assert_eq!(out, b"{\"m\":\"[email]\"}\n{\"m\":", "the cut value is held");
+/// json.feed(b"ne\"}\n", &mut out)?;
+/// json.finish(&mut out)?;
+/// assert_eq!(out, b"{\"m\":\"[email]\"}\n{\"m\":\"none\"}\n");
+/// assert_eq!(json.documents(), 2);
+///
+/// // A document cut short is an error at `finish`.
+/// let mut json = JsonMasker::new(policy);
+/// json.feed(b"[1, 2", &mut Vec::new())?;
+/// assert_eq!(json.finish(&mut Vec::new()).unwrap_err().kind, JsonErrorKind::Truncated);
+/// # Ok::<(), portcullis_mask::JsonError>(())
+/// ```
 #[derive(Debug)]
 pub struct JsonMasker {
     policy: Arc<JsonPolicy>,
@@ -1263,6 +1295,7 @@ impl JsonMasker {
 
 /// The states and rule of a child of `frame`, computed into `states` after the frame's: the
 /// rule the child itself matches, else the one of the container.
+#[inline(always)]
 fn enter(
     compiled: &Compiled,
     states: &mut Vec<usize>,
@@ -1313,6 +1346,7 @@ fn stops(w: u64) -> u64 {
 
 /// Scan string content for its closing quote: `Ok(Some(at))`, `Ok(None)` when `b` ends
 /// first, `Err(at)` at a raw control character. Plain bytes are skipped eight at a time.
+#[inline(always)]
 fn scan_string(b: &[u8], st: &mut StrScan) -> Result<Option<usize>, usize> {
     let mut i = 0;
     if st.escape {
@@ -1466,13 +1500,23 @@ fn unescape(raw: &[u8], out: &mut Vec<u8>) -> Result<(), usize> {
     Ok(())
 }
 
-/// `v` (UTF-8) as a JSON string, escaping only what must be.
+/// `v` (UTF-8) as a JSON string, escaping only what must be (`"`, `\\`, control
+/// characters); plain runs are found eight bytes at a time and copied whole.
 fn write_string(v: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.reserve(v.len() + 2);
     out.push(b'"');
-    let mut run = 0;
-    for (i, &b) in v.iter().enumerate() {
+    let (mut i, mut run) = (0, 0);
+    while i < v.len() {
+        if let Some(word) = v[i..].first_chunk::<8>() {
+            let stop = stops(u64::from_le_bytes(*word));
+            if stop == 0 {
+                i += 8;
+                continue;
+            }
+            i += (stop.trailing_zeros() / 8) as usize;
+        }
+        let b = v[i];
         let short: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -1482,7 +1526,10 @@ fn write_string(v: &[u8], out: &mut Vec<u8>) {
             0x08 => b"\\b",
             0x0c => b"\\f",
             0..=0x1f => b"",
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.extend_from_slice(&v[run..i]);
         if short.is_empty() {
@@ -1492,7 +1539,8 @@ fn write_string(v: &[u8], out: &mut Vec<u8>) {
         } else {
             out.extend_from_slice(short);
         }
-        run = i + 1;
+        i += 1;
+        run = i;
     }
     out.extend_from_slice(&v[run..]);
     out.push(b'"');
@@ -2288,6 +2336,24 @@ mod tests {
             if let Ok(Some(end)) = found {
                 prop_assert_eq!(scan.high, padded[..end].iter().any(|&c| c >= 0x80));
             }
+        }
+
+        /// Names with globs match as column rules do.
+        #[test]
+        fn globs_match_like_column_rules(pattern in "[ab*?é]{0,6}", text in "[abé]{0,8}") {
+            prop_assert_eq!(
+                glob(pattern.as_bytes(), text.as_bytes()),
+                portcullis_core::wildcard(&pattern, &text)
+            );
+        }
+
+        /// Any text written as a JSON string reads back as itself.
+        #[test]
+        fn strings_are_written_as_json(text in "(\\PC|[\\x00-\\x1f\"\\\\]){0,40}") {
+            let mut out = Vec::new();
+            write_string(text.as_bytes(), &mut out);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            prop_assert_eq!(back, text);
         }
 
         /// A valid document with one byte changed: never a panic, the same result however cut.
