@@ -173,10 +173,9 @@ where
                         metrics.command_errors.fetch_add(1, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(e)));
                     }
-                    Poll::Ready(Some(Ok(HttpEvent::Data { bytes, last, .. }))) => {
-                        if last {
-                            *done = true;
-                        }
+                    Poll::Ready(Some(Ok(HttpEvent::Data { bytes, .. }))) => {
+                        // After the last piece the reply is polled once more, to its end, so
+                        // the layers see it finish (the audit records `ok`, not `abandoned`).
                         if bytes.is_empty() {
                             continue;
                         }

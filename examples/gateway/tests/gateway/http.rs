@@ -235,6 +235,11 @@ async fn http_apis_get_identity_rules_approvals_json_masking_and_audit() {
     let text = std::fs::read_to_string(&trail).unwrap();
     assert!(text.contains("\"protocol\":\"http\""), "{text}");
     assert!(text.contains("GET /v1/users"));
+    // Every response was read to its end: recorded `ok` (with the status as its tag), none
+    // `abandoned`.
+    assert!(text.contains("\"status\":\"ok\""), "{text}");
+    assert!(text.contains("\"tag\":\"200\""), "{text}");
+    assert!(!text.contains("\"status\":\"abandoned\""), "{text}");
     assert!(text.contains("no-index-delete"));
     assert!(
         !text.contains(PLANTED_EMAIL),
