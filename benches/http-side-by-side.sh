@@ -43,7 +43,11 @@
 # (1), KEEP_TMP=1 (keep the temp dir), BULK=0 (skip the big.json stream), BIG_MB (100),
 # WAIT_FOR (process names, default "rustc": before each measured run wait until none runs, at
 # most WAIT_MAX seconds, default 1200, and count the runs that overlapped one anyway; WAIT_FOR=
-# turns it off).
+# turns it off), WAIT_BUSY (25: before each measured run also wait, within the same WAIT_MAX,
+# until at most that % of all cores is busy over a second — a test or benchmark binary is not
+# rustc; 0 turns it off), RETRY_BUSY (10: a wrk run during which other processes used more
+# than that % of the machine is discarded and run again, at most RETRIES times, default 2;
+# 0 turns it off). The report gives the CPU other processes used during the wrk runs.
 #
 # Expected output: a progress line per run on stderr, then a markdown report on stdout, also
 # written to the report file.
@@ -149,6 +153,9 @@ cpu_ticks() { # utime + stime of whole processes (all their threads), summed
     done
     echo "$sum"
 }
+sys_busy() { # ticks all CPUs spent busy since boot (user nice system irq softirq steal)
+    awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+}
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "NA"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 fmt() { # printf format, value (NA passes through)
@@ -175,24 +182,46 @@ values() { tr ' ' '\n' <<<"${RESULTS["$1|$2|$3"]:-}" | grep -v '^$' | grep -v '^
 med() { values "$@" | median; }
 total() { values "$@" | awk '{ s += $1 } END { print s + 0 }'; }
 
-# Another workload on the machine (a compiler, say) skews every number: with WAIT_FOR, wait
-# until none of those processes runs before each measured run, and watch for them during it.
+# Another workload on the machine (a compiler, a test or benchmark binary) skews every number:
+# before each measured run, wait until none of the WAIT_FOR processes runs and the rest of the
+# machine is quiet (at most WAIT_BUSY % of all cores busy over a second), and watch for
+# WAIT_FOR processes during the run.
 WAIT_RE=${WAIT_FOR// /|}
+WAIT_BUSY=${WAIT_BUSY:-25}
+RETRY_BUSY=${RETRY_BUSY:-10}
+RETRIES=${RETRIES:-2}
 WAITED=0 OVERLAPS=0 MEASURED=0 WAIT_TIMEOUTS=0
+machine_busy() { # % of all cores busy over about a second
+    local b0 b1 n0 n1
+    b0=$(sys_busy); n0=$(date +%s%N)
+    sleep 1
+    b1=$(sys_busy); n1=$(date +%s%N)
+    awk -v b=$((b1 - b0)) -v hz="$CLK_TCK" -v ns=$((n1 - n0)) -v cores="$(nproc)" \
+        'BEGIN { printf "%.0f", b / hz / (ns / 1e9 * cores) * 100 }'
+}
 wait_idle() {
-    [[ -n $WAIT_RE ]] || return 0
-    local waited=0
-    while pgrep -x "$WAIT_RE" >/dev/null; do
+    [[ -n $WAIT_RE ]] || (( WAIT_BUSY > 0 )) || return 0
+    local waited=0 why busy said= since
+    since=$(date +%s)
+    while :; do
+        why=
+        if [[ -n $WAIT_RE ]] && pgrep -x "$WAIT_RE" >/dev/null; then
+            why="$WAIT_FOR to finish"
+        elif (( WAIT_BUSY > 0 )); then
+            busy=$(machine_busy)
+            (( busy > WAIT_BUSY )) && why="the machine to quieten (${busy}% busy: $(top -b -n1 -w 256 | awk 'NR > 7 && $9 + 0 >= 10 { printf "%s%s %s%%", n++ ? ", " : "", $12, $9 }' | head -c 120))"
+        fi
+        [[ -z $why ]] && break
         if (( waited >= WAIT_MAX )); then
-            log "  $WAIT_FOR still running after ${WAIT_MAX}s: going ahead"
+            log "  still waiting for $why after ${WAIT_MAX}s: going ahead"
             (( WAIT_TIMEOUTS++ ))
             break
         fi
-        (( waited == 0 )) && log "  waiting for $WAIT_FOR to finish"
+        [[ $said == "${why%% (*}" ]] || { log "  waiting for $why"; said=${why%% (*}; }
         sleep 3
-        (( waited += 3 ))
+        waited=$(( $(date +%s) - since ))
     done
-    (( WAITED += waited ))
+    (( WAITED += $(date +%s) - since ))
 }
 watch_start() {
     (( MEASURED++ ))
@@ -410,13 +439,26 @@ note_peak() {
     (( ${hwm:-0} > ${PEAK_KB[$1]:-0} )) && PEAK_KB[$1]=$hwm
 }
 
+# A measured wrk run during which other processes used more than RETRY_BUSY % of the machine
+# is discarded and run again (after waiting for quiet), at most RETRIES times.
+DISCARDED=0
 run_wrk() { # workload connections path record(0|1)
+    local tries=0 rc
+    while :; do
+        RETRY_OK=$(( tries < RETRIES ))
+        run_wrk_once "$@"; rc=$?
+        (( rc == 2 )) || return "$rc"
+        (( tries++ ))
+    done
+}
+run_wrk_once() { # workload connections path record(0|1); 2 = discarded, run it again
     local wl=$1 c=$2 path=$3 rec=$4 out="$WORK/wrk.out" pid=${PID_OF[$3]}
-    local t0=0 t1=0 d0 d1 rps n avg p50 p99 non2xx sockerr client TIMEFORMAT='%U %S'
+    local t0=0 t1=0 d0 d1 b0 b1 s0 s1 other rps n avg p50 p99 non2xx sockerr client TIMEFORMAT='%U %S'
     local t=$(( c == 1 ? 1 : THREADS ))
     (( rec )) && { wait_idle; watch_start; }
     [[ $path != direct ]] && t0=$(cpu_ticks "$pid")
     d0=$(cpu_ticks "${NGINX_PIDS[@]}")
+    b0=$(sys_busy); s0=$(date +%s%N)
     if ! { time "$WRK" -t"$t" -c"$c" -d"${DURATION}s" --latency -H "Authorization: Bearer $TOKEN" \
         "$(url "$path" small.json)" >"$out" 2>&1; } 2>"$WORK/time.out"; then
         (( rec )) && watch_stop
@@ -424,6 +466,7 @@ run_wrk() { # workload connections path record(0|1)
         (( rec )) && record rps "$wl" "$path" NA
         return 1
     fi
+    b1=$(sys_busy); s1=$(date +%s%N)
     d1=$(cpu_ticks "${NGINX_PIDS[@]}")
     [[ $path != direct ]] && t1=$(cpu_ticks "$pid")
     (( rec )) && watch_stop
@@ -435,6 +478,10 @@ run_wrk() { # workload connections path record(0|1)
     non2xx=$(awk '/^ *Non-2xx or 3xx responses:/ { print $NF }' "$out")
     sockerr=$(awk '/^ *Socket errors:/ { gsub(/,/, ""); print $4 + $6 + $8 + $10 }' "$out")
     client=$(awk '{ print $1 + $2 }' "$WORK/time.out")
+    # What the rest of the machine used meanwhile: all CPUs' busy time less the gateway's,
+    # nginx's and wrk's, as a share of every core over the run's wall time.
+    other=$(awk -v b=$((b1 - b0)) -v g=$((t1 - t0)) -v d=$((d1 - d0)) -v w="$client" -v hz="$CLK_TCK" \
+        -v ns=$((s1 - s0)) -v cores="$(nproc)" 'BEGIN { v = (b - g - d - w * hz) / hz / (ns / 1e9 * cores) * 100; print (v < 0 ? 0 : v) }')
     if [[ -z $n || -z $rps || $n == 0 ]]; then
         log "  $wl via $path FAILED: no requests (wrk said: $(tail -3 "$out" | tr '\n' ' '))"
         (( rec )) && record rps "$wl" "$path" NA
@@ -443,6 +490,12 @@ run_wrk() { # workload connections path record(0|1)
     (( ${non2xx:-0} > 0 )) && log "  $wl via $path: ${non2xx} responses not 2xx/3xx"
     (( ${sockerr:-0} > 0 )) && log "  $wl via $path: ${sockerr} socket errors ($(grep 'Socket errors' "$out" | sed 's/^ *//'))"
     (( rec )) || { [[ ${non2xx:-0} == 0 ]]; return; }
+    if (( RETRY_OK )) && awk -v o="$other" -v m="$RETRY_BUSY" 'BEGIN { exit !(m > 0 && o > m) }'; then
+        log "  $wl via $path: discarded (other processes used $(fmt %.0f "$other")% of the machine${OVERLAP_NOTE:-}); again"
+        (( DISCARDED++ )); (( MEASURED-- ))
+        [[ -n ${OVERLAP_NOTE:-} ]] && (( OVERLAPS-- ))
+        return 2
+    fi
     record rps "$wl" "$path" "$rps"
     record requests "$wl" "$path" "$n"
     record avg "$wl" "$path" "${avg:-NA}"
@@ -452,9 +505,10 @@ run_wrk() { # workload connections path record(0|1)
     record sockerr "$wl" "$path" "${sockerr:-0}"
     record upcpu "$wl" "$path" "$(per $((d1 - d0)) "$CLK_TCK" "$n" 1e6)"
     record clientcpu "$wl" "$path" "$(per "$client" 1 "$n" 1e6)"
+    record othercpu all all "$other"
     [[ $path != direct ]] && record cpu "$wl" "$path" "$(per $((t1 - t0)) "$CLK_TCK" "$n" 1e6)"
     note_peak "$path"
-    log "  $wl via $path: rps=$rps lat_avg=$(fmt %.1f "${avg:-NA}")us p50=$(fmt %.1f "${p50:-NA}")us p99=$(fmt %.1f "${p99:-NA}")us${non2xx:+ non-2xx=$non2xx}${OVERLAP_NOTE:-}"
+    log "  $wl via $path: rps=$rps lat_avg=$(fmt %.1f "${avg:-NA}")us p50=$(fmt %.1f "${p50:-NA}")us p99=$(fmt %.1f "${p99:-NA}")us${non2xx:+ non-2xx=$non2xx} other-cpu=$(fmt %.0f "$other")%${OVERLAP_NOTE:-}"
 }
 
 run_stream() { # workload path
@@ -614,9 +668,10 @@ if has_path gateway-all; then
         TRAIL_NOTE="NOT INTACT: $(grep 'NOT INTACT' <<<"$out" || tail -3 <<<"$out")"
     fi
     TRAIL_SUMMARY=$(python3 - "$t" <<'PY' 2>&1
-import collections, json, sys
+import collections, json, re, sys
 C = collections.Counter
-types, statuses, verdicts, refused, texts, masked = C(), C(), C(), C(), C(), 0
+types, statuses, tags, verdicts, refused, texts, layers = C(), C(), C(), C(), C(), C(), C()
+masked_outcome = masked_decision = 0
 for line in open(sys.argv[1], encoding="utf-8"):
     try:
         r = json.loads(line)
@@ -627,8 +682,16 @@ for line in open(sys.argv[1], encoding="utf-8"):
     if t == "command":
         for s in r.get("statements") or []:
             texts[" ".join(str(s.get("text", "?")).split())[:70]] += 1
+    elif t == "decision":
+        # HTTP: a layer's verdict on a request, e.g. the mask layer's "masked 4 value(s); ...".
+        layers[f'{r.get("layer")} {r.get("verdict")}'] += 1
+        m = re.match(r"masked (\d+) value", str(r.get("detail") or ""))
+        if m:
+            masked_decision += int(m.group(1))
     elif t == "outcome":
         statuses[r.get("status", "?")] += 1
+        if r.get("tag") is not None:
+            tags[str(r.get("tag"))] += 1
         for d in r.get("decisions") or []:
             if d.get("verdict") not in (None, "allow"):
                 verdicts[f'{d.get("layer")} {d.get("verdict")} "{d.get("rule")}"'] += 1
@@ -637,11 +700,13 @@ for line in open(sys.argv[1], encoding="utf-8"):
         m = r.get("masking")
         if isinstance(m, dict):
             v = m.get("values")
-            masked += sum(v.values()) if isinstance(v, dict) else int(v or 0)
+            masked_outcome += sum(v.values()) if isinstance(v, dict) else int(v or 0)
 fmt = lambda c, n=None: ", ".join(f"{k} {v}" for k, v in c.most_common(n)) or "none"
-print(f"records by type: {fmt(types)}; outcomes by status: {fmt(statuses)};"
-      f" decisions other than allow: {fmt(verdicts)}; refusals: {fmt(refused)};"
-      f" masked values: {masked}; requests (most frequent): {fmt(C({f'`{k}`': v for k, v in texts.items()}), 6)}")
+print(f"records by type: {fmt(types)}; outcomes by status: {fmt(statuses)}; outcomes by tag (HTTP status):"
+      f" {fmt(tags)}; decision records by layer and verdict: {fmt(layers)}; decisions other than allow in"
+      f" outcomes: {fmt(verdicts)}; refusals: {fmt(refused)}; masked values: {masked_decision} in decision"
+      f" records, {masked_outcome} in outcomes' `masking`; requests (most frequent):"
+      f" {fmt(C({f'`{k}`': v for k, v in texts.items()}), 6)}")
 PY
 )
 fi
@@ -658,10 +723,18 @@ report() {
         "BIG_MB=$BIG_MB (big.json $BIG_BYTES bytes, $BIG_ITEMS objects; small.json $SMALL_BYTES bytes)," \
         "paths: ${PATH_LIST[*]}; gateway log level: $GATEWAY_LOG; wall time ${ELAPSED}s." \
         "Values are medians over the rounds; paths alternate within each round."
-    if [[ -n $WAIT_RE ]]; then
-        echo "Waited ${WAITED}s in all for \`$WAIT_FOR\` to finish before measured runs ($WAIT_TIMEOUTS waits gave up" \
-            "after ${WAIT_MAX}s); $OVERLAPS of $MEASURED measured runs overlapped a \`$WAIT_FOR\` process (sampled every second)."
+    if [[ -n $WAIT_RE ]] || (( WAIT_BUSY > 0 )); then
+        local quiet="the machine to be at most ${WAIT_BUSY}% busy"
+        (( WAIT_BUSY > 0 )) || quiet=
+        [[ -n $WAIT_RE && -n $quiet ]] && quiet=" and $quiet"
+        echo "Waited ${WAITED}s in all before measured runs for${WAIT_RE:+ \`$WAIT_FOR\` to finish}${quiet:+ ${quiet# }}" \
+            "($WAIT_TIMEOUTS waits gave up after ${WAIT_MAX}s)${WAIT_RE:+; $OVERLAPS of $MEASURED measured runs overlapped a \`$WAIT_FOR\` process (sampled every second)}."
     fi
+    echo "CPU used by other processes during the wrk runs (all cores' busy time from /proc/stat less the" \
+        "gateway's, nginx's and wrk's, as a share of the machine): median $(fmt %.1f "$(med othercpu all all)")%," \
+        "max $(fmt %.1f "$(values othercpu all all | sort -g | tail -1)")%; $(values othercpu all all | awk '$1 > 10 { n++ } END { print n + 0 }')" \
+        "of $(values othercpu all all | wc -l) runs above 10%; $DISCARDED runs discarded and run again because other" \
+        "processes used more than ${RETRY_BUSY}% (at most $RETRIES retries a run)."
     echo
     echo "Every path gets \`Authorization: Bearer <token>\` (nginx ignores it). gateway: an [[http]] listener," \
         "static token only, the upstream key injected as x-api-key, no policy layer. gateway-all: the same plus" \
