@@ -2,10 +2,22 @@
 //! and per identity), counters for `/metrics`, and why a handshake failed.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::ConnectionEventKind;
+use crate::{ConnectionEventKind, SessionId};
+
+/// Whether `peer` is on this machine (IPv4 or IPv6 loopback, or IPv4 loopback mapped into
+/// IPv6): where `allow_plaintext_tokens_on_loopback` lets a token travel without TLS.
+pub fn is_loopback(peer: &SocketAddr) -> bool {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
 
 /// Counters of a listener, for `/metrics`.
 #[derive(Debug, Default)]
@@ -29,14 +41,24 @@ pub struct ListenerMetrics {
     pub cancels_forwarded: AtomicU64,
 }
 
-/// Open sessions of a listener, counted against its caps.
+/// Open sessions of a listener, counted against its caps, and the ids they get.
 #[derive(Debug, Default)]
 pub struct SessionCaps {
     slots: AtomicUsize,
     per_identity: Mutex<HashMap<String, usize>>,
+    next_id: AtomicU64,
 }
 
 impl SessionCaps {
+    /// A new session's id: random across processes, its low 16 bits counting up within the
+    /// listener (so two sessions of one listener never share an id).
+    pub fn new_session_id(&self) -> SessionId {
+        SessionId(
+            rand::random::<u64>() & !0xffff
+                | (self.next_id.fetch_add(1, Ordering::Relaxed) & 0xffff),
+        )
+    }
+
     /// Count a session (or a login in progress) against `max`: `None` when the listener is
     /// full.
     pub fn reserve(self: &Arc<Self>, max: Option<usize>) -> Option<SessionSlot> {

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,10 +18,12 @@ use http::{HeaderValue, Request as HttpRequest, Response as HttpResponse, Status
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use portcullis_core::listener::{IdentitySlot, ListenerMetrics, SessionCaps, SessionSlot};
+use portcullis_core::listener::{
+    IdentitySlot, ListenerMetrics, SessionCaps, SessionSlot, is_loopback,
+};
 use portcullis_core::{
     ConnectionEvent, ConnectionEventKind, ConnectionObserver, Credentials, Error, Identity,
-    NewService, Protocol, ReplyBody, Request, Response, Session, SessionId, Target, UploadSender,
+    NewService, Protocol, ReplyBody, Request, Response, Session, Target, UploadSender,
     upload_channel,
 };
 use tokio::sync::Mutex as AsyncMutex;
@@ -76,7 +78,6 @@ pub type HttpMetrics = ListenerMetrics;
 struct Shared {
     caps: Arc<SessionCaps>,
     metrics: Arc<HttpMetrics>,
-    next_session: AtomicU64,
 }
 
 /// The HTTP protocol server: one per listener, shared by its connections.
@@ -195,15 +196,6 @@ type Reply<B> = HttpResponse<OutBody<B>>;
 
 fn full<B>(response: HttpResponse<Bytes>) -> Reply<B> {
     response.map(|b| OutBody::Full(Some(b)))
-}
-
-fn is_loopback(peer: &SocketAddr) -> bool {
-    match peer.ip() {
-        std::net::IpAddr::V4(ip) => ip.is_loopback(),
-        std::net::IpAddr::V6(ip) => {
-            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
 }
 
 impl<A, N, S, B> ServeHttp<A, N>
@@ -519,10 +511,7 @@ where
                 None,
             )));
         };
-        let id = SessionId(
-            rand::random::<u64>() & !0xffff
-                | (self.shared.next_session.fetch_add(1, Ordering::Relaxed) & 0xffff),
-        );
+        let id = self.shared.caps.new_session_id();
         let mut session = Session::new(id, Protocol::Http, cfg.name.clone(), peer, identity);
         session.upstream = self.upstream.address();
         session.tls = tls;

@@ -105,6 +105,44 @@ pub fn encode_packet(seq: u8, payload: &[u8], dst: &mut BytesMut) -> u8 {
     packet_to_chunks(seq, &mut buf, dst)
 }
 
+/// Why a packet could not be read from a stream.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The stream failed or ended (`UnexpectedEof`).
+    Io(std::io::Error),
+    /// The bytes are not a packet within the limit.
+    Packet(PacketError),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => e.fmt(f),
+            ReadError::Packet(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Read the next packet from `io`, buffering in `rbuf` (what follows the packet stays there).
+pub(crate) async fn read_packet(
+    io: &mut crate::BoxIo,
+    rbuf: &mut BytesMut,
+    max: usize,
+) -> Result<Packet, ReadError> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        match decode_packet(rbuf, max) {
+            Ok(Some(p)) => return Ok(p),
+            Ok(None) => {}
+            Err(e) => return Err(ReadError::Packet(e)),
+        }
+        rbuf.reserve(8192);
+        if io.read_buf(rbuf).await.map_err(ReadError::Io)? == 0 {
+            return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}
+
 /// Append a length-encoded integer.
 pub(crate) fn put_lenenc_int(out: &mut Vec<u8>, n: u64) {
     match n {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,13 +23,13 @@ use mysql_common::io::ParseBuf;
 use mysql_common::packets::{AuthPlugin, HandshakePacket, HandshakeResponse};
 use mysql_common::proto::MySerialize;
 use portcullis_core::listener::{
-    HandshakeError, IdentitySlot, ListenerMetrics, SessionCaps, SessionSlot,
+    HandshakeError, IdentitySlot, ListenerMetrics, SessionCaps, SessionSlot, is_loopback,
 };
 use portcullis_core::upstream::UpstreamConfig;
 use portcullis_core::{
     CancelSignal, CommandKind, CommandView, ConnectionEvent, ConnectionEventKind,
     ConnectionObserver, Credentials, Error, Identity, NewService, Protocol, ReplyBody, Request,
-    RescueKind, Response, Session, SessionId, Target, UploadSender, rescue, upload_channel,
+    RescueKind, Response, Session, Target, UploadSender, rescue, upload_channel,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_service::Service;
@@ -38,7 +38,9 @@ use tracing::{info, warn};
 use crate::command::{MyCommand, Prepareds, Unrunnable, com};
 use crate::conn::MyUpstream;
 use crate::event::{MyEvent, What, err_payload};
-use crate::packet::{DEFAULT_MAX_PACKET, Packet, PacketError, decode_packet, encode_packet};
+use crate::packet::{
+    DEFAULT_MAX_PACKET, Packet, PacketError, ReadError, encode_packet, read_packet,
+};
 use crate::upstream::{self, ConnectError, Login, carried};
 use crate::{BoxIo, Io};
 
@@ -103,7 +105,6 @@ const WRITE_HIGH: usize = 64 * 1024;
 struct Shared {
     caps: Arc<SessionCaps>,
     metrics: Arc<MyMetrics>,
-    next_session: AtomicU64,
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Open sessions by the database connection id they were given, so a `KILL` of one
     /// also ends what it waits for in the gateway (an approval).
@@ -115,7 +116,6 @@ impl Default for Shared {
         Shared {
             caps: Arc::default(),
             metrics: Arc::default(),
-            next_session: AtomicU64::new(0),
             shutdown: tokio::sync::watch::channel(false).0,
             sessions: Mutex::default(),
         }
@@ -251,26 +251,6 @@ impl Client {
     }
 }
 
-#[derive(Debug)]
-enum ReadError {
-    Io(std::io::Error),
-    Packet(PacketError),
-}
-
-async fn read_packet(io: &mut BoxIo, rbuf: &mut BytesMut, max: usize) -> Result<Packet, ReadError> {
-    loop {
-        match decode_packet(rbuf, max) {
-            Ok(Some(p)) => return Ok(p),
-            Ok(None) => {}
-            Err(e) => return Err(ReadError::Packet(e)),
-        }
-        rbuf.reserve(8192);
-        if io.read_buf(rbuf).await.map_err(ReadError::Io)? == 0 {
-            return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-    }
-}
-
 impl From<ReadError> for HandshakeError {
     fn from(e: ReadError) -> Self {
         match e {
@@ -302,15 +282,6 @@ impl Drop for KillGuard {
     }
 }
 
-fn is_loopback(peer: &SocketAddr) -> bool {
-    match peer.ip() {
-        std::net::IpAddr::V4(ip) => ip.is_loopback(),
-        std::net::IpAddr::V6(ip) => {
-            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
-}
-
 /// A scramble of printable bytes (some clients treat a NUL as its end).
 fn scramble() -> [u8; 20] {
     let mut out = [0u8; 20];
@@ -327,12 +298,10 @@ fn kill_target(sql: &str) -> Option<u32> {
         return None;
     }
     let mut word = words.next()?;
-    for modifier in ["hard", "soft", "query", "connection"] {
-        if word.eq_ignore_ascii_case(modifier) {
-            word = words.next()?;
-        }
-    }
-    if word.eq_ignore_ascii_case("query") || word.eq_ignore_ascii_case("connection") {
+    while ["hard", "soft", "query", "connection"]
+        .iter()
+        .any(|m| word.eq_ignore_ascii_case(m))
+    {
         word = words.next()?;
     }
     word.trim_end_matches(';').parse().ok()
@@ -727,10 +696,7 @@ where
             }
         };
 
-        let id = SessionId(
-            rand::random::<u64>() & !0xffff
-                | (self.shared.next_session.fetch_add(1, Ordering::Relaxed) & 0xffff),
-        );
+        let id = self.shared.caps.new_session_id();
         let connection_id = connected.greeting.connection_id;
         let mut session = Session::new(id, Protocol::MySql, cfg.name.clone(), peer, identity);
         session.claimed_user = user;
@@ -1212,7 +1178,7 @@ async fn forward_file(
     loop {
         let p = read_packet(io, rbuf, max)
             .await
-            .map_err(|e| format!("reading the client's file: {e:?}"))?;
+            .map_err(|e| format!("reading the client's file: {e}"))?;
         let end = p.payload.is_empty();
         std::future::poll_fn(|cx| tx.poll_reserve(cx))
             .await

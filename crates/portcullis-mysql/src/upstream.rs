@@ -18,12 +18,12 @@ use mysql_common::packets::{AuthPlugin, HandshakePacket, HandshakeResponse, SslR
 use mysql_common::proto::MySerialize;
 use portcullis_core::tls::{UpstreamTlsMode, server_name};
 use portcullis_core::upstream::UpstreamConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::BoxIo;
 use crate::event::err_fields;
-use crate::packet::{Packet, decode_packet, encode_packet};
+use crate::packet::{Packet, ReadError, encode_packet};
 
 /// Capabilities the gateway can carry between a client and the database: what changes the
 /// shape of packets it must read (compression, query attributes, optional metadata, MariaDB's
@@ -208,28 +208,18 @@ async fn read_packet(
     rbuf: &mut BytesMut,
     address: &str,
 ) -> Result<Packet, ConnectError> {
-    loop {
-        match decode_packet(rbuf, 1 << 20) {
-            Ok(Some(p)) => return Ok(p),
-            Ok(None) => {}
-            Err(e) => {
-                return Err(ConnectError::Protocol {
-                    address: address.into(),
-                    message: e.to_string(),
-                });
-            }
-        }
-        let n = io.read_buf(rbuf).await.map_err(|source| ConnectError::Io {
-            address: address.into(),
-            source,
-        })?;
-        if n == 0 {
-            return Err(ConnectError::Io {
+    crate::packet::read_packet(io, rbuf, 1 << 20)
+        .await
+        .map_err(|e| match e {
+            ReadError::Io(source) => ConnectError::Io {
                 address: address.into(),
-                source: std::io::ErrorKind::UnexpectedEof.into(),
-            });
-        }
-    }
+                source,
+            },
+            ReadError::Packet(e) => ConnectError::Protocol {
+                address: address.into(),
+                message: e.to_string(),
+            },
+        })
 }
 
 /// Connect to the database and read its greeting.

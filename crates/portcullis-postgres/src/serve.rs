@@ -8,16 +8,18 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use portcullis_core::listener::{HandshakeError, IdentitySlot, SessionCaps, SessionSlot};
+use portcullis_core::listener::{
+    HandshakeError, IdentitySlot, SessionCaps, SessionSlot, is_loopback,
+};
 use portcullis_core::{
     CommandKind, ConnectionEvent, ConnectionEventKind, ConnectionObserver, Credentials, Error,
     Identity, NewService, Protocol, Refusal, ReplyBody, Request, RescueKind, Response, Session,
-    SessionId, Target, UploadSender, rescue, upload_channel,
+    Target, UploadSender, rescue, upload_channel,
 };
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
@@ -107,7 +109,6 @@ struct Shared {
     /// Sessions counted against `max_sessions` (including those still logging in) and
     /// `max_sessions_per_identity`.
     caps: Arc<SessionCaps>,
-    next_session: AtomicU64,
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Source columns of results, for every session of the listener.
     catalog: crate::catalog::Catalog,
@@ -119,7 +120,6 @@ impl Default for Shared {
             cancel: CancelRegistry::default(),
             metrics: Arc::default(),
             caps: Arc::default(),
-            next_session: AtomicU64::new(0),
             shutdown: tokio::sync::watch::channel(false).0,
             catalog: crate::catalog::Catalog::default(),
         }
@@ -444,13 +444,7 @@ where
         }
         // A token is a secret in clear: refuse before asking for it where it would travel
         // unencrypted, unless the config allows loopback.
-        let loopback = match peer.ip() {
-            std::net::IpAddr::V4(ip) => ip.is_loopback(),
-            std::net::IpAddr::V6(ip) => {
-                ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-            }
-        };
-        let plaintext_allowed = loopback && cfg.allow_plaintext_tokens_on_loopback;
+        let plaintext_allowed = is_loopback(&peer) && cfg.allow_plaintext_tokens_on_loopback;
         if !(client.tls || plaintext_allowed) {
             let msg = if cfg.tls.is_some() {
                 "this gateway accepts tokens only over TLS: connect with sslmode=require"
@@ -574,10 +568,7 @@ where
             }
         };
 
-        let id = SessionId(
-            rand::random::<u64>() & !0xffff
-                | (self.shared.next_session.fetch_add(1, Ordering::Relaxed) & 0xffff),
-        );
+        let id = self.shared.caps.new_session_id();
         let mut session = Session::new(id, Protocol::Postgres, cfg.name.clone(), peer, identity);
         session.claimed_user = user;
         session.database = Some(database);

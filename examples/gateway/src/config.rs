@@ -910,27 +910,13 @@ impl Resolver<'_> {
             .map(|b| (Proto::Postgres, b))
             .chain(raw.mysql.iter().map(|b| (Proto::MySql, b)));
         for (proto, block) in blocks {
-            let section = proto.block();
-            let name = self.required_text(&format!("{section} name"), &block.name);
-            if let Some(name) = &name {
-                self.unique_name(section, "listener", name, &block.name, &mut names);
-            }
-            let listen = self.socket_addr(&format!("{section} listen"), &block.listen);
-            if let Some(addr) = listen {
-                let here = format!("{section} on line {}", self.line(&block.listen));
-                match addrs.entry(addr) {
-                    Entry::Occupied(first) => self.at(
-                        block.listen.span(),
-                        format!(
-                            "{section} listen: address {addr} is already used by {}",
-                            first.get()
-                        ),
-                    ),
-                    Entry::Vacant(slot) => {
-                        slot.insert(here);
-                    }
-                }
-            }
+            let (name, listen) = self.listener_identity(
+                proto.block(),
+                &block.name,
+                &block.listen,
+                &mut names,
+                &mut addrs,
+            );
             let name = name.as_deref().unwrap_or_default();
             match proto {
                 Proto::Postgres => {
@@ -947,26 +933,13 @@ impl Resolver<'_> {
         }
         let mut http = Vec::new();
         for block in &raw.http {
-            let name = self.required_text("[[http]] name", &block.name);
-            if let Some(name) = &name {
-                self.unique_name("[[http]]", "listener", name, &block.name, &mut names);
-            }
-            let listen = self.socket_addr("[[http]] listen", &block.listen);
-            if let Some(addr) = listen {
-                let here = format!("[[http]] on line {}", self.line(&block.listen));
-                match addrs.entry(addr) {
-                    Entry::Occupied(first) => self.at(
-                        block.listen.span(),
-                        format!(
-                            "[[http]] listen: address {addr} is already used by {}",
-                            first.get()
-                        ),
-                    ),
-                    Entry::Vacant(slot) => {
-                        slot.insert(here);
-                    }
-                }
-            }
+            let (name, listen) = self.listener_identity(
+                "[[http]]",
+                &block.name,
+                &block.listen,
+                &mut names,
+                &mut addrs,
+            );
             let name = name.as_deref().unwrap_or_default();
             if let (Some(listen), Some(serve)) = (listen, self.http(block, name)) {
                 http.push(HttpListener { listen, serve });
@@ -1729,31 +1702,82 @@ impl Resolver<'_> {
         Some(digest)
     }
 
-    /// What every listener block has, `None` if any part of it is wrong (every problem is
-    /// recorded).
-    fn listener(&mut self, proto: Proto, block: &RawListener, name: &str) -> Option<Common> {
-        let section = proto.block();
-        let before = self.problems.len();
-        let tls = block.tls.as_ref().and_then(|tls| {
-            let cert = self.path(&format!("{section} tls.cert"), &tls.get_ref().cert);
-            let key = self.path(&format!("{section} tls.key"), &tls.get_ref().key);
-            let (cert, key) = (cert?, key?);
-            match portcullis_postgres::tls::server_config(&cert, &key) {
-                Ok(config) => Some(config),
-                Err(e) => {
-                    self.at(tls.span(), format!("{section} tls: {e}"));
-                    None
+    /// A listener block's `name` (unique) and `listen` (valid, not taken by another
+    /// listener or the admin server).
+    fn listener_identity(
+        &mut self,
+        section: &str,
+        name_value: &Text,
+        listen_value: &Text,
+        names: &mut HashMap<String, usize>,
+        addrs: &mut HashMap<SocketAddr, String>,
+    ) -> (Option<String>, Option<SocketAddr>) {
+        let name = self.required_text(&format!("{section} name"), name_value);
+        if let Some(name) = &name {
+            self.unique_name(section, "listener", name, name_value, names);
+        }
+        let listen = self.socket_addr(&format!("{section} listen"), listen_value);
+        if let Some(addr) = listen {
+            let here = format!("{section} on line {}", self.line(listen_value));
+            match addrs.entry(addr) {
+                Entry::Occupied(first) => self.at(
+                    listen_value.span(),
+                    format!(
+                        "{section} listen: address {addr} is already used by {}",
+                        first.get()
+                    ),
+                ),
+                Entry::Vacant(slot) => {
+                    slot.insert(here);
                 }
             }
-        });
-        if block.tls.is_none() && !block.allow_plaintext_tokens_on_loopback {
+        }
+        (name, listen)
+    }
+
+    /// A listener's client TLS (`tls = { cert, key }`), and the check that without it tokens
+    /// are allowed at all (on loopback).
+    fn server_tls(
+        &mut self,
+        section: &str,
+        name: &str,
+        name_value: &Text,
+        tls: Option<&Spanned<RawServerTls>>,
+        allow_plaintext_on_loopback: bool,
+    ) -> Option<Arc<rustls::ServerConfig>> {
+        if tls.is_none() && !allow_plaintext_on_loopback {
             self.at(
-                block.name.span(),
+                name_value.span(),
                 format!(
                     "{section} \"{name}\": without `tls`, every token would be refused; configure tls = {{ cert, key }} or set allow_plaintext_tokens_on_loopback = true for loopback clients"
                 ),
             );
         }
+        let tls = tls?;
+        let cert = self.path(&format!("{section} tls.cert"), &tls.get_ref().cert);
+        let key = self.path(&format!("{section} tls.key"), &tls.get_ref().key);
+        let (cert, key) = (cert?, key?);
+        match portcullis_postgres::tls::server_config(&cert, &key) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                self.at(tls.span(), format!("{section} tls: {e}"));
+                None
+            }
+        }
+    }
+
+    /// What every listener block has, `None` if any part of it is wrong (every problem is
+    /// recorded).
+    fn listener(&mut self, proto: Proto, block: &RawListener, name: &str) -> Option<Common> {
+        let section = proto.block();
+        let before = self.problems.len();
+        let tls = self.server_tls(
+            section,
+            name,
+            &block.name,
+            block.tls.as_ref(),
+            block.allow_plaintext_tokens_on_loopback,
+        );
         let databases = block.databases.as_ref().and_then(|list| {
             if list.get_ref().is_empty() {
                 self.at(
@@ -1832,26 +1856,13 @@ impl Resolver<'_> {
     /// The protocol server's settings for one `[[http]]` block.
     fn http(&mut self, block: &RawHttp, name: &str) -> Option<ServeHttpConfig> {
         let before = self.problems.len();
-        let tls = block.tls.as_ref().and_then(|tls| {
-            let cert = self.path("[[http]] tls.cert", &tls.get_ref().cert);
-            let key = self.path("[[http]] tls.key", &tls.get_ref().key);
-            let (cert, key) = (cert?, key?);
-            match portcullis_postgres::tls::server_config(&cert, &key) {
-                Ok(config) => Some(config),
-                Err(e) => {
-                    self.at(tls.span(), format!("[[http]] tls: {e}"));
-                    None
-                }
-            }
-        });
-        if block.tls.is_none() && !block.allow_plaintext_tokens_on_loopback {
-            self.at(
-                block.name.span(),
-                format!(
-                    "[[http]] \"{name}\": without `tls`, every token would be refused; configure tls = {{ cert, key }} or set allow_plaintext_tokens_on_loopback = true for loopback clients"
-                ),
-            );
-        }
+        let tls = self.server_tls(
+            "[[http]]",
+            name,
+            &block.name,
+            block.tls.as_ref(),
+            block.allow_plaintext_tokens_on_loopback,
+        );
         let max_sessions = self.count("[[http]] max_sessions", block.max_sessions.as_ref());
         let max_sessions_per_identity = self.count(
             "[[http]] max_sessions_per_identity",

@@ -2,14 +2,13 @@
 //! approvals, JSON masking as the body streams, and the audit trail — through curl.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use portcullis_identity::hash_token;
 use portcullis_testkit::{
     HttpUpstream, NEAR_MISS_CARD, PLANTED, PLANTED_EMAIL, PLANTED_SSN, free_port, stream_email,
 };
 
-use super::policy::{ALICE, DANA};
+use super::policy::{ALICE, DANA, approvals, first_pending};
 use super::{Gateway, cli, verify};
 
 fn config(gw: u16, admin: u16, api: &HttpUpstream, trail: &std::path::Path) -> String {
@@ -191,40 +190,10 @@ async fn http_apis_get_identity_rules_approvals_json_masking_and_audit() {
             &["-X", "POST", "--data", "{}", &format!("{b}/admin/reindex")],
         )
     });
-    let url = format!("http://127.0.0.1:{admin}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let id = loop {
-        let (code, out, err) = cli(&[
-            "approvals",
-            "list",
-            "--json",
-            "--admin",
-            &url,
-            "--token",
-            DANA,
-        ]);
-        assert_eq!(code, Some(0), "{out}{err}");
-        let listed: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-        if let Some(r) = listed.first() {
-            assert_eq!(r["statement"], "POST /admin/reindex");
-            break r["id"].as_str().unwrap().to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no approval request\n{}",
-            gateway.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let (code, out, err) = cli(&[
-        "approvals",
-        "approve",
-        &id,
-        "--admin",
-        &url,
-        "--token",
-        DANA,
-    ]);
+    let r = first_pending(&mut gateway, admin, DANA).await;
+    assert_eq!(r["statement"], "POST /admin/reindex");
+    let id = r["id"].as_str().unwrap();
+    let (code, out, err) = approvals(admin, DANA, &["approve", id]);
     assert_eq!(code, Some(0), "{out}{err}");
     let (code, body) = waiting.join().unwrap();
     assert_eq!(code, 200, "{body}");

@@ -3,13 +3,12 @@
 //! mysql-connector-python (binary protocol).
 
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use portcullis_identity::hash_token;
 use portcullis_testkit::{CertFiles, Certs, MariaDb, free_port};
 
 use super::corpus::{MYSQL_MUST_BLOCK, MYSQL_MUST_PASS};
-use super::policy::{ALICE, DANA};
+use super::policy::{ALICE, DANA, approvals, first_pending};
 use super::{Gateway, cli, verify};
 
 /// An application identity: not exempt from masking, allowed the `SET NAMES` its driver
@@ -331,40 +330,10 @@ path = "{}"
     // Approvals: an UPDATE without WHERE waits (no notice channel in MySQL: the client just
     // waits) until a DBA approves, then completes.
     let waiting = std::thread::spawn(move || mysql(gw, ALICE, "UPDATE victims SET name = 'x'"));
-    let url = format!("http://127.0.0.1:{admin}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let id = loop {
-        let (code, out, err) = cli(&[
-            "approvals",
-            "list",
-            "--json",
-            "--admin",
-            &url,
-            "--token",
-            DANA,
-        ]);
-        assert_eq!(code, Some(0), "{out}{err}");
-        let listed: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-        if let Some(r) = listed.first() {
-            assert_eq!(r["statement"], "UPDATE victims SET name = 'x'", "{r}");
-            break r["id"].as_str().unwrap().to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no approval request\n{}",
-            gateway.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let (code, out, err) = cli(&[
-        "approvals",
-        "approve",
-        &id,
-        "--admin",
-        &url,
-        "--token",
-        DANA,
-    ]);
+    let r = first_pending(&mut gateway, admin, DANA).await;
+    assert_eq!(r["statement"], "UPDATE victims SET name = 'x'", "{r}");
+    let id = r["id"].as_str().unwrap();
+    let (code, out, err) = approvals(admin, DANA, &["approve", id]);
     assert_eq!(code, Some(0), "{out}{err}");
     let done = waiting.join().unwrap();
     assert!(done.status.success(), "{}", stderr(&done));
@@ -432,7 +401,7 @@ approvers = ["dba"]
 [approvals]
 timeout = "2m"
 "#;
-    let (_gateway, gw, admin, _dir) = start(&db, extra).await;
+    let (mut gateway, gw, admin, _dir) = start(&db, extra).await;
     // alice's session says its connection id, then waits for an approval.
     let mut child = Command::new("mariadb")
         .args([
@@ -461,24 +430,8 @@ timeout = "2m"
     let id = tokio::task::spawn_blocking(move || lines.next().unwrap().unwrap())
         .await
         .unwrap();
-    let url = format!("http://127.0.0.1:{admin}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, out, _) = cli(&[
-            "approvals",
-            "list",
-            "--json",
-            "--admin",
-            &url,
-            "--token",
-            DANA,
-        ]);
-        if out.contains("UPDATE victims") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no approval request: {out}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let r = first_pending(&mut gateway, admin, DANA).await;
+    assert_eq!(r["statement"], "UPDATE victims SET name = 'z'", "{r}");
     // dana kills alice's query: the database has nothing running for it, the gateway ends
     // the wait.
     let out = mysql(gw, DANA, &format!("KILL QUERY {id}"));

@@ -139,7 +139,7 @@ async fn next_notice(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
         .expect("the connection ended")
 }
 
-fn approvals(admin: u16, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
+pub(super) fn approvals(admin: u16, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let url = format!("http://127.0.0.1:{admin}");
     let mut all = vec!["approvals"];
     all.extend_from_slice(args);
@@ -155,6 +155,26 @@ fn listed(admin: u16, token: &str, all: bool) -> Vec<serde_json::Value> {
     let (code, out, err) = approvals(admin, token, &args);
     assert_eq!(code, Some(0), "{out}{err}");
     serde_json::from_str(&out).unwrap()
+}
+
+/// The first pending approval request `token` can see, once there is one (30 s at most).
+pub(super) async fn first_pending(
+    gateway: &mut Gateway,
+    admin: u16,
+    token: &str,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(r) = listed(admin, token, false).into_iter().next() {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no approval request\n{}",
+            gateway.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
