@@ -35,6 +35,9 @@ pub(crate) struct Conn {
     io: crate::BoxIo,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// Bytes were written since the last flush that finished (a TLS stream holds them until
+    /// flushed, so a pending flush must be retried even with nothing new to write).
+    unflushed: bool,
     caps: CapabilityFlags,
     /// MariaDB's extended metadata in column definitions.
     extended: bool,
@@ -95,14 +98,19 @@ impl Conn {
                     self.failed = Some(why.clone());
                     return Poll::Ready(Err(lost(why)));
                 }
-                Ok(n) => self.wbuf.advance(n),
+                Ok(n) => {
+                    self.wbuf.advance(n);
+                    self.unflushed = true;
+                }
             }
         }
-        Pin::new(&mut self.io).poll_flush(cx).map_err(|e| {
+        ready!(Pin::new(&mut self.io).poll_flush(cx)).map_err(|e| {
             let why = format!("lost the connection to the database: {e}");
             self.failed = Some(why.clone());
             lost(why)
-        })
+        })?;
+        self.unflushed = false;
+        Poll::Ready(Ok(()))
     }
 
     fn deprecate_eof(&self) -> bool {
@@ -130,6 +138,7 @@ impl MyUpstream {
                 io: connected.io,
                 rbuf: connected.rbuf,
                 wbuf: BytesMut::with_capacity(16 * 1024),
+                unflushed: false,
                 caps: connected.caps,
                 extended: connected
                     .mariadb_caps
@@ -597,7 +606,7 @@ impl ReplyBody for MyReply {
                         Some(upload) => match upload.poll_chunk(cx) {
                             Poll::Ready(chunk) => chunk.unwrap_or_default(),
                             Poll::Pending => {
-                                if !conn.wbuf.is_empty() {
+                                if !conn.wbuf.is_empty() || conn.unflushed {
                                     if let Err(e) = ready!(conn.poll_flush(cx)) {
                                         this.state = St::Done;
                                         return Poll::Ready(Some(Err(e)));

@@ -343,6 +343,12 @@ impl UnitBuilder {
                     let frame = buf.split_to(len).freeze();
                     return Ok(Frame::from_bytes(frame).map(Item::Copy));
                 }
+                b'F' | b'X' if self.scanned != 0 => {
+                    // Terminate and FunctionCall never share a unit with the messages before
+                    // them: those end here as a unit of their own (judged and recorded as
+                    // what they are), and the Terminate or FunctionCall comes next.
+                    return Ok(Some(Item::Unit(self.finish(buf, b'H'))));
+                }
                 b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H' | b'Q' | b'F' | b'X' => {}
                 other => return Err(CodecError::UnknownTag(other as char)),
             }

@@ -84,6 +84,8 @@ struct Unit {
     described: bool,
     /// The reply body was dropped before the end: discard the rest of its reply.
     abandoned: bool,
+    /// The unit came with an upload (it may start `COPY … FROM STDIN`).
+    upload: bool,
 }
 
 struct Conn {
@@ -98,6 +100,8 @@ struct Conn {
     saw_fatal: bool,
     max_message: usize,
     idle_waker: Option<Waker>,
+    /// Bytes were written since the last flush that finished.
+    unflushed: bool,
     /// Ids of units whose reply has fully arrived (the newest few).
     finished_below: u64,
     /// What the database described, so rows of a prepared statement executed again (which
@@ -265,6 +269,7 @@ impl PgUpstream {
                 saw_fatal: false,
                 max_message,
                 idle_waker: None,
+                unflushed: false,
                 finished_below: 1,
                 described: Described::default(),
                 resolved_shapes: HashSet::new(),
@@ -320,6 +325,7 @@ impl tower_service::Service<Request<PgCommand>> for PgUpstream {
                 .writes
                 .push_back(Segment::Data(BytesMut::from(&req.command.bytes()[..]))),
         }
+        let upload = req.upload.is_some();
         if let Some(upload) = req.upload {
             conn.writes.push_back(Segment::Upload(upload));
         }
@@ -331,6 +337,7 @@ impl tower_service::Service<Request<PgCommand>> for PgUpstream {
             details,
             described: false,
             abandoned: false,
+            upload,
         });
         std::future::ready(Ok(Response::new(PgReply {
             conn: self.conn.clone(),
@@ -430,8 +437,17 @@ impl Conn {
                 },
             }
         }
-        if wrote && let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_flush(cx) {
-            return Err(self.fail(UpstreamError::Lost(e.to_string())));
+        // A TLS stream takes bytes into its own buffer and writes them out on flush; a flush
+        // that could not finish must be retried on every later pull, whether or not that
+        // pull writes anything itself, or the bytes stay in the buffer for ever (the lost
+        // COPY of issue 16: the database waits for data the gateway holds).
+        self.unflushed |= wrote;
+        if self.unflushed {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Err(self.fail(UpstreamError::Lost(e.to_string()))),
+                Poll::Pending => {}
+            }
         }
         Ok(())
     }
@@ -634,6 +650,14 @@ impl Conn {
             Ok(f) => f,
             Err(e) => return Poll::Ready(Some(Err(e))),
         };
+        if frame.tag() == b'G' && !self.units.front().is_some_and(|u| u.upload) {
+            // The database waits for COPY data the gateway has no upload for: it would wait
+            // for ever. Fail closed rather than hang.
+            let e = UpstreamError::Protocol(
+                "the database started COPY FROM STDIN for a command the gateway did not read as a COPY".into(),
+            );
+            return Poll::Ready(Some(Err(self.fail(e))));
+        }
         if let Step::Last = self.step(&frame) {
             self.finish_front();
         }
@@ -953,5 +977,128 @@ impl EventView for Frame {
     }
     fn wire_len(&self) -> usize {
         self.as_bytes().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Item, UnitBuilder};
+    use portcullis_core::{AuthMethod, Identity, Protocol, Session, SessionId};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+    use tokio::io::{AsyncRead, ReadBuf};
+    use tower_service::Service as _;
+
+    /// A stream that behaves as a TLS stream over a full socket: writes are taken into its
+    /// own buffer and reach the peer only on a flush, and the first `blocked` flushes cannot
+    /// finish (they will be woken, as a socket's write readiness would).
+    struct TlsLike {
+        buffered: Vec<u8>,
+        delivered: Arc<Mutex<Vec<u8>>>,
+        blocked: usize,
+    }
+
+    impl AsyncRead for TlsLike {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            _buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for TlsLike {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.buffered.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            if self.blocked > 0 {
+                self.blocked -= 1;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let bytes = std::mem::take(&mut self.buffered);
+            self.delivered.lock().unwrap().extend_from_slice(&bytes);
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct CountWakes(AtomicUsize);
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn unit(bytes: &[u8]) -> PgCommand {
+        let mut buf = BytesMut::from(bytes);
+        match UnitBuilder::new(1 << 20).next(&mut buf).unwrap() {
+            Some(Item::Unit(u)) => u,
+            other => panic!("not a unit: {other:?}"),
+        }
+    }
+
+    /// Issue 16's lost COPY: a flush that could not finish was only retried after another
+    /// write, so the last bytes of an upload stayed in the TLS buffer while the database
+    /// waited for them. Every pull now retries it.
+    #[test]
+    fn a_pending_flush_is_retried_on_the_next_pull_without_new_writes() {
+        for blocked in 1..4 {
+            let delivered = Arc::new(Mutex::new(Vec::new()));
+            let io = TlsLike {
+                buffered: Vec::new(),
+                delivered: delivered.clone(),
+                blocked,
+            };
+            let mut upstream = PgUpstream::new(
+                Connected {
+                    io: Box::new(io),
+                    leftover: BytesMut::new(),
+                    pid: 1,
+                    key: 1,
+                    parameters: Vec::new(),
+                    tls: true,
+                },
+                1 << 20,
+            );
+            let session = Arc::new(Session::new(
+                SessionId(1),
+                Protocol::Postgres,
+                "t",
+                "127.0.0.1:1".parse().unwrap(),
+                Identity::new("a", Vec::new(), AuthMethod::StaticToken),
+            ));
+            let query = b"Q\0\0\0\x0dselect 1\0";
+            let response = upstream
+                .call(Request::new(session, unit(query)))
+                .into_inner()
+                .unwrap();
+            let mut body = Box::pin(response.body);
+            let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+            let waker = Waker::from(wakes.clone());
+            let mut cx = Context::from_waker(&waker);
+            let mut polls = 0;
+            // Poll only when woken, as an executor would.
+            while delivered.lock().unwrap().is_empty() {
+                assert!(body.as_mut().poll_event(&mut cx).is_pending());
+                polls += 1;
+                assert!(
+                    wakes.0.swap(0, Ordering::SeqCst) > 0 || !delivered.lock().unwrap().is_empty(),
+                    "blocked {blocked}: no wake-up and nothing delivered after poll {polls}"
+                );
+            }
+            assert_eq!(&delivered.lock().unwrap()[..], &query[..]);
+            assert_eq!(polls, blocked + 1);
+        }
     }
 }

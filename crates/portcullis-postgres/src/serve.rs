@@ -653,6 +653,7 @@ where
             client: client.io,
             rbuf: client.rbuf,
             wbuf: BytesMut::with_capacity(16 * 1024),
+            client_unflushed: false,
             service,
             builder: UnitBuilder::new(self.config.max_message),
             call: None,
@@ -834,6 +835,8 @@ struct Driver<S: Service<Request<PgCommand>>, B> {
     client: BoxIo,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// Bytes were written to the client since the last flush that finished.
+    client_unflushed: bool,
     service: S,
     builder: UnitBuilder,
     /// The unit being handed to the stack (at most one: units enter in order).
@@ -1042,20 +1045,25 @@ where
                             .bytes_to_clients
                             .fetch_add(n as u64, Ordering::Relaxed);
                         self.wbuf.advance(n);
+                        self.client_unflushed = true;
                         progress = true;
-                        if self.wbuf.is_empty()
-                            && let Poll::Ready(Err(e)) = Pin::new(&mut self.client).poll_flush(cx)
-                        {
-                            return Poll::Ready(format!("client write failed: {e}"));
-                        }
                     }
+                    Poll::Ready(Err(e)) => return Poll::Ready(format!("client write failed: {e}")),
+                    Poll::Pending => {}
+                }
+            }
+            // A TLS stream holds written bytes until flushed; a flush that could not finish is
+            // retried on every later poll until it does, not only after the next write.
+            if self.wbuf.is_empty() && self.client_unflushed {
+                match Pin::new(&mut self.client).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.client_unflushed = false,
                     Poll::Ready(Err(e)) => return Poll::Ready(format!("client write failed: {e}")),
                     Poll::Pending => {}
                 }
             }
 
             if self.closing {
-                if self.wbuf.is_empty() {
+                if self.wbuf.is_empty() && !self.client_unflushed {
                     return Poll::Ready(self.end.take().unwrap_or_else(|| "closed".into()));
                 }
                 if !progress {

@@ -137,6 +137,7 @@ mod oidc;
 mod server;
 mod sys;
 mod template;
+pub mod wire;
 
 use std::net::{Ipv4Addr, TcpListener};
 

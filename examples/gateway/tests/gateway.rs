@@ -20,6 +20,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 mod corpus;
 #[path = "gateway/docs.rs"]
 mod docs;
+#[path = "gateway/hostile.rs"]
+mod hostile;
 #[path = "gateway/http.rs"]
 mod http;
 #[path = "gateway/mask.rs"]

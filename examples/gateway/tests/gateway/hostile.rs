@@ -1,0 +1,170 @@
+//! Hostile raw-protocol cases: each is first run on a direct connection to prove it does the
+//! damage (a table dropped, rows deleted), then through the gateway as an identity whose
+//! rules forbid it, where it must do none — and the trail must hold what was judged.
+
+use std::time::Duration;
+
+use portcullis_testkit::PgCluster;
+use portcullis_testkit::wire::{PgWire, msg};
+
+use super::policy::{ALICE, cluster_with_victims, start};
+use super::recorded_statements;
+
+const RULES: &str = r#"
+[policy]
+on_unparsed = "deny"
+[[policy.rules]]
+name = "no-drops"
+statements = ["drop"]
+action = "deny"
+[[policy.rules]]
+name = "no-admin"
+statements = ["admin"]
+action = "deny"
+[[policy.rules]]
+name = "unbounded-writes"
+statements = ["delete", "update"]
+without_where = true
+action = "approve"
+approvers = ["dba"]
+[approvals]
+timeout = "1s"
+"#;
+
+/// Rows of `sql` straight from the database.
+fn direct(cluster: &PgCluster, sql: &str) -> String {
+    let out = cluster
+        .psql("app")
+        .args(["-At", "-c", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn exists(cluster: &PgCluster, table: &str) -> bool {
+    direct(
+        cluster,
+        &format!("select to_regclass('public.{table}') is not null"),
+    ) == "t"
+}
+
+fn direct_wire(cluster: &PgCluster) -> PgWire {
+    PgWire::connect(cluster.port(), cluster.user(), "app", cluster.password()).unwrap()
+}
+
+/// One write: everything the attack sends, then read until the server closes or goes quiet.
+fn attack(wire: &mut PgWire, bytes: &[u8]) {
+    wire.send(bytes).unwrap();
+    let _ = wire.until_closed(Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_hidden_behind_terminate_function_call_or_a_reused_name_are_judged() {
+    let cluster = cluster_with_victims().await;
+    let dir = tempfile::tempdir().unwrap();
+    let trail = dir.path().join("trail.jsonl");
+    let extra = format!(
+        "{RULES}\n[audit]\non_failure = \"refuse\"\n[[audit.sinks]]\nkind = \"jsonl\"\npath = \"{}\"\n",
+        trail.display()
+    );
+    let (gateway, gw, _admin, _dir) = start(&cluster, &extra).await;
+    let via_gateway = || PgWire::connect(gw, "alice", "app", ALICE).unwrap();
+
+    // 1. A batch ending in Terminate: P/B/E DROP, P/B/E COMMIT, Terminate, in one write.
+    let batch = |table: &str| {
+        [
+            msg::pbe(&format!("DROP TABLE {table}")),
+            msg::pbe("COMMIT"),
+            msg::terminate(),
+        ]
+        .concat()
+    };
+    direct(&cluster, "create table scratch1 (id int)");
+    attack(&mut direct_wire(&cluster), &batch("scratch1"));
+    assert!(
+        !exists(&cluster, "scratch1"),
+        "the attack does no damage directly"
+    );
+    attack(&mut via_gateway(), &batch("victims"));
+    assert!(exists(&cluster, "victims"), "DROP behind Terminate ran");
+    assert!(
+        !recorded_statements(&trail, "DROP TABLE victims").is_empty(),
+        "the statement behind Terminate is not in the trail"
+    );
+
+    // 2. The same batch followed by a FunctionCall (pg_backend_pid, OID 2026).
+    let batch = |table: &str| {
+        [
+            msg::pbe(&format!("DROP TABLE {table}")),
+            msg::pbe("COMMIT"),
+            msg::function_call(2026, &[]),
+        ]
+        .concat()
+    };
+    direct(&cluster, "create table scratch2 (id int)");
+    let mut d = direct_wire(&cluster);
+    d.send(&batch("scratch2")).unwrap();
+    d.until_ready().unwrap();
+    assert!(
+        !exists(&cluster, "scratch2"),
+        "the attack does no damage directly"
+    );
+    let mut g = via_gateway();
+    g.send(&batch("victims")).unwrap();
+    let _ = g.until_closed(Duration::from_secs(3));
+    assert!(
+        exists(&cluster, "victims"),
+        "DROP behind a FunctionCall ran"
+    );
+
+    // 3. A statement name re-used: the server keeps the first text (42P05 for the second
+    // Parse), so Bind/Execute runs the DELETE the gateway must judge.
+    let reuse = [
+        msg::parse("s1", "DELETE FROM victims"),
+        msg::sync(),
+        msg::parse("s1", "SELECT 1"),
+        msg::sync(),
+        msg::bind("", "s1", &[]),
+        msg::execute(""),
+        msg::sync(),
+    ];
+    direct(
+        &cluster,
+        "create table scratch3 (id int); insert into scratch3 values (1)",
+    );
+    let mut d = direct_wire(&cluster);
+    for m in [
+        msg::parse("s1", "DELETE FROM scratch3"),
+        msg::sync(),
+        msg::parse("s1", "SELECT 1"),
+        msg::sync(),
+        msg::bind("", "s1", &[]),
+        msg::execute(""),
+        msg::sync(),
+    ] {
+        d.send(&m).unwrap();
+    }
+    for _ in 0..3 {
+        d.until_ready().unwrap();
+    }
+    assert_eq!(direct(&cluster, "select count(*) from scratch3"), "0");
+    let mut g = via_gateway();
+    for m in &reuse {
+        g.send(m).unwrap();
+    }
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        replies.extend(g.until_ready().unwrap());
+    }
+    assert_eq!(
+        direct(&cluster, "select count(*) from victims"),
+        "3",
+        "the DELETE ran without approval: {replies:?}"
+    );
+    drop(gateway);
+}
