@@ -80,6 +80,13 @@ pub enum Refusal {
         /// What limit.
         message: String,
     },
+    /// The statement nests too deeply or is too long to be read safely; this one statement
+    /// is refused and the session goes on. PostgreSQL `54001`, MySQL `1436`, HTTP 413.
+    #[error("statement too complex: {message}")]
+    TooComplex {
+        /// Why.
+        message: String,
+    },
 }
 
 /// What kind of reply a refusal becomes; protocol crates map it to their own codes.
@@ -102,6 +109,8 @@ pub enum RescueKind {
     UpstreamUnavailable,
     /// PostgreSQL 53300/54000, MySQL 1040, HTTP 503.
     Limit,
+    /// PostgreSQL 54001, MySQL 1436, HTTP 413: too deep or too long to read safely.
+    TooComplex,
     /// PostgreSQL XX000, MySQL 1105, HTTP 500: an error that is not a refusal.
     Internal,
 }
@@ -150,6 +159,7 @@ pub fn rescue(error: &Error) -> Rescue {
             Refusal::Protocol { .. } => (RescueKind::ProtocolViolation, true),
             Refusal::UpstreamUnavailable { .. } => (RescueKind::UpstreamUnavailable, true),
             Refusal::Limit { .. } => (RescueKind::Limit, false),
+            Refusal::TooComplex { .. } => (RescueKind::TooComplex, false),
         };
         return Rescue {
             kind,

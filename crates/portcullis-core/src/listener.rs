@@ -39,6 +39,11 @@ pub struct ListenerMetrics {
     /// Cancel requests (PostgreSQL CancelRequest, MySQL KILL QUERY of a waiting session)
     /// delivered.
     pub cancels_forwarded: AtomicU64,
+    /// Sessions ended by a panic in their handler (the process went on).
+    pub session_panics: AtomicU64,
+    /// Stalls: a session held data a peer could take and did not move it for longer than
+    /// the stall threshold (see the protocol server's stall detector).
+    pub sessions_stalled: AtomicU64,
 }
 
 /// Open sessions of a listener, counted against its caps, and the ids they get.

@@ -239,6 +239,10 @@ pub enum ConnectionEventKind {
     ProtocolError,
     /// The database could not be reached or refused the gateway's login.
     UpstreamFailure,
+    /// A live session stalled: the gateway held data a peer could take and did not move it
+    /// for longer than the stall threshold (a lost wake-up; the session's state is in the
+    /// reason). Counted in `portcullis_sessions_stalled_total`.
+    Stalled,
 }
 
 impl fmt::Display for ConnectionEventKind {
@@ -250,6 +254,7 @@ impl fmt::Display for ConnectionEventKind {
             ConnectionEventKind::TlsFailure => "tls_failure",
             ConnectionEventKind::ProtocolError => "protocol_error",
             ConnectionEventKind::UpstreamFailure => "upstream_failure",
+            ConnectionEventKind::Stalled => "stalled",
         })
     }
 }

@@ -35,6 +35,10 @@ pub struct Statement<'a> {
     pub prepared_name: Option<&'a str>,
     /// Whether the unit executes the statement (as opposed to only preparing or describing it).
     pub executes: bool,
+    /// The gateway does not know the text: the unit names a prepared statement (or portal)
+    /// it did not see prepared, or whose text it cannot tell; `text` is empty. Policy must
+    /// not take such a statement for harmless.
+    pub unknown: bool,
 }
 
 impl<'a> Statement<'a> {
@@ -44,7 +48,14 @@ impl<'a> Statement<'a> {
             text,
             prepared_name: None,
             executes: true,
+            unknown: false,
         }
+    }
+
+    /// Mark the statement's text as unknown to the gateway.
+    pub fn unknown(mut self) -> Self {
+        self.unknown = true;
+        self
     }
 
     /// With a prepared statement name.

@@ -15,6 +15,7 @@ pub fn status(kind: RescueKind) -> StatusCode {
         RescueKind::AuditFailure | RescueKind::Limit => StatusCode::SERVICE_UNAVAILABLE,
         RescueKind::ProtocolViolation => StatusCode::BAD_REQUEST,
         RescueKind::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+        RescueKind::TooComplex => StatusCode::PAYLOAD_TOO_LARGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -172,6 +172,7 @@ pub fn errno(kind: RescueKind, sql: Option<&str>) -> (u16, &'static str) {
         RescueKind::ProtocolViolation => (1047, "08S01"),
         RescueKind::UpstreamUnavailable => (1927, "08S01"),
         RescueKind::Limit => (1040, "08004"),
+        RescueKind::TooComplex => (1436, "HY000"),
         _ => (1105, "HY000"),
     }
 }

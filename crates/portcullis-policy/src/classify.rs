@@ -115,6 +115,44 @@ impl Classified {
 pub struct Unparsed {
     /// The parser's message.
     pub message: String,
+    /// The statement is too deep or too long to be read safely (PostgreSQL `54001`): refused
+    /// whatever `on_unparsed` says.
+    pub too_complex: bool,
+}
+
+impl Unparsed {
+    /// A parser's error; one that says the statement nests too deeply is [`too_complex`].
+    ///
+    /// [`too_complex`]: Unparsed::too_complex
+    pub fn new(message: impl Into<String>) -> Self {
+        let message = message.into();
+        let too_complex = [
+            "recursion limit",
+            "failed to decode Protobuf message",
+            "memory exhausted",
+            "stack depth limit exceeded",
+        ]
+        .iter()
+        .any(|m| message.contains(m));
+        if too_complex {
+            // The parsers' own words name internals (a protobuf path, bison's stack).
+            return Unparsed::too_complex(
+                "the statement nests more deeply than the gateway reads (about 50 levels of subqueries, parentheses with operators, or chained operators such as + or ||); split it or simplify it",
+            );
+        }
+        Unparsed {
+            message,
+            too_complex,
+        }
+    }
+
+    /// A statement refused as too deep or too long to read safely.
+    pub fn too_complex(message: impl Into<String>) -> Self {
+        Unparsed {
+            message: message.into(),
+            too_complex: true,
+        }
+    }
 }
 
 /// Functions classified `admin` by [`Classifier::default`]: server file access, large
@@ -188,15 +226,21 @@ impl Classifier {
     /// Classify every statement of `sql` (a query string may hold several, separated by
     /// `;`). An empty string gives no statements.
     pub fn classify(&self, sql: &str) -> Result<Vec<Classified>, Unparsed> {
-        let parsed = pg_query::parse(sql).map_err(|e| Unparsed {
-            message: e.to_string(),
-        })?;
+        if sql.len() <= crate::stack::INLINE_PARSE {
+            return self.classify_here(sql);
+        }
+        let this = self.clone();
+        crate::stack::parse_safely(sql, move |sql| this.classify_here(sql))
+    }
+
+    /// [`Classifier::classify`] on this thread (`sql` is short enough for any stack).
+    fn classify_here(&self, sql: &str) -> Result<Vec<Classified>, Unparsed> {
+        let parsed = pg_query::parse(sql).map_err(|e| Unparsed::new(e.to_string()))?;
         let mut out = Vec::with_capacity(parsed.protobuf.stmts.len());
         for raw in &parsed.protobuf.stmts {
             let text = slice(sql, raw.stmt_location, raw.stmt_len);
-            let tree = serde_json::to_value(&raw.stmt).map_err(|e| Unparsed {
-                message: format!("parse tree not readable: {e}"),
-            })?;
+            let tree = serde_json::to_value(&raw.stmt)
+                .map_err(|e| Unparsed::new(format!("parse tree not readable: {e}")))?;
             let mut walk = Walk {
                 classifier: self,
                 found: Classified::reading(text.trim().to_owned()),

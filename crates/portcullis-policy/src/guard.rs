@@ -141,7 +141,7 @@ fn judge(
     if let Some(refusal) = unreadable(session, &statements) {
         return Judgement {
             verdict: refusal,
-            detected: Vec::new(),
+            ..Judgement::default()
         };
     }
     let mut judgement = Judgement::default();
@@ -157,9 +157,27 @@ fn judge(
         .server_param("connection_id")
         .map(|id| format!("kill:{id}"));
     for statement in &statements {
+        if statement.unknown {
+            // Nothing runs unless the unit executes it; then the gateway must know what.
+            if statement.executes {
+                let known = statement.prepared_name.and_then(|n| prepared.get(n));
+                let one = match known {
+                    Some(c) => policy.judge_classified(&session.identity, &c),
+                    None => unknown_statement(statement.prepared_name),
+                };
+                raise(&mut judgement, one, true);
+            }
+            continue;
+        }
         let classified = policy.classify_in(dialect, statement.text);
         let list = match &*classified {
             Ok(list) => list,
+            Err(e) if e.too_complex => {
+                judgement
+                    .too_complex
+                    .get_or_insert_with(|| e.message.clone());
+                continue;
+            }
             Err(e) => {
                 let one = policy.judge_unparsed(e);
                 raise(&mut judgement, one, true);
@@ -167,8 +185,22 @@ fn judge(
             }
         };
         for s in list {
-            // EXECUTE of a statement prepared in this session: judge what it runs.
-            let mut seen = s.executes_prepared.as_deref().and_then(|n| prepared.get(n));
+            // EXECUTE of a statement prepared in this session (earlier in this unit, or in
+            // an earlier one): judge what it runs; of one the guard never saw: refuse.
+            let mut seen = s.executes_prepared.as_deref().and_then(|n| {
+                prepares
+                    .iter()
+                    .rev()
+                    .find(|p: &&Classified| p.prepares.as_deref() == Some(n))
+                    .cloned()
+                    .or_else(|| prepared.get(n))
+            });
+            if let Some(name) = s.executes_prepared.as_deref()
+                && seen.is_none()
+            {
+                raise(&mut judgement, unknown_statement(Some(name)), true);
+                continue;
+            }
             // MySQL `KILL <id>` of the session's own connection is not another backend.
             if let Some(own) = &own_kill
                 && s.has_kind(own)
@@ -188,6 +220,20 @@ fn judge(
         prepared.remember(prepares);
     }
     judgement
+}
+
+/// The judgement for executing a prepared statement whose text the gateway does not know.
+fn unknown_statement(name: Option<&str>) -> Judgement {
+    Judgement {
+        verdict: Verdict::deny(
+            "unknown-statement",
+            format!(
+                "the command runs prepared statement {:?}, which the gateway did not see prepared (or cannot tell which text it holds); prepare it again through the gateway",
+                name.unwrap_or("")
+            ),
+        ),
+        ..Judgement::default()
+    }
 }
 
 /// Fold one statement's judgement into the command's. A statement only prepared or described
@@ -260,6 +306,9 @@ where
             );
         }
         let refusal = match judgement.verdict {
+            _ if judgement.too_complex.is_some() => Refusal::TooComplex {
+                message: judgement.too_complex.unwrap_or_default(),
+            },
             Verdict::Deny { rule, message } => Refusal::Blocked { rule, message },
             Verdict::Approve {
                 rule,

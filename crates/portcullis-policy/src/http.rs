@@ -14,9 +14,7 @@ use crate::classify::{Class, Classified, Unparsed};
 
 /// Classify `METHOD /path?query`.
 pub fn classify_http(text: &str) -> Result<Vec<Classified>, Unparsed> {
-    let bad = |why: &str| Unparsed {
-        message: format!("HTTP request {text:?}: {why}"),
-    };
+    let bad = |why: &str| Unparsed::new(format!("HTTP request {text:?}: {why}"));
     let (method, target) = text.split_once(' ').ok_or_else(|| bad("no method"))?;
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
         return Err(bad("invalid method"));

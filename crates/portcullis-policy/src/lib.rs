@@ -54,6 +54,7 @@ mod http;
 mod mysql;
 mod normalize;
 mod rules;
+mod stack;
 
 pub use classify::{Class, Classified, Classifier, DANGEROUS_FUNCTIONS, Unparsed};
 pub use guard::{Guard, GuardLayer};
@@ -64,6 +65,7 @@ pub use rules::{
     Action, Dialect, Judgement, KINDS, Mode, OWN_BACKEND_RULE, OnUnparsed, Policy, PolicyError,
     Rule,
 };
+pub use stack::{INLINE_PARSE, MAX_PARSED};
 
 #[cfg(test)]
 mod corpus;

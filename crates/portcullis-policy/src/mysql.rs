@@ -49,10 +49,17 @@ pub const MYSQL_DANGEROUS_FUNCTIONS: &[&str] = &["load_file", "sys_exec", "sys_e
 
 /// Classify every statement of `sql` as a MySQL server in `mode` would read it.
 pub fn classify_mysql(sql: &str, mode: MySqlMode) -> Result<Vec<Classified>, Unparsed> {
+    if sql.len() <= crate::stack::INLINE_PARSE {
+        return classify_mysql_here(sql, mode);
+    }
+    crate::stack::parse_safely(sql, move |sql| classify_mysql_here(sql, mode))
+}
+
+/// [`classify_mysql`] on this thread (`sql` is short enough for any stack).
+fn classify_mysql_here(sql: &str, mode: MySqlMode) -> Result<Vec<Classified>, Unparsed> {
     let text = rewrite(sql, mode)?;
-    let statements = Parser::parse_sql(&MySqlDialect {}, &text).map_err(|e| Unparsed {
-        message: e.to_string(),
-    })?;
+    let statements =
+        Parser::parse_sql(&MySqlDialect {}, &text).map_err(|e| Unparsed::new(e.to_string()))?;
     let mut out = Vec::with_capacity(statements.len());
     for statement in &statements {
         let mut walk = MyWalk(Classified::reading(statement.to_string()));
@@ -72,9 +79,7 @@ fn rewrite(sql: &str, mode: MySqlMode) -> Result<Cow<'_, str>, Unparsed> {
     if !needs {
         return Ok(Cow::Borrowed(sql));
     }
-    let unterminated = |what: &str| Unparsed {
-        message: format!("unterminated {what}"),
-    };
+    let unterminated = |what: &str| Unparsed::new(format!("unterminated {what}"));
     let chars: Vec<char> = sql.chars().collect();
     let mut out = String::with_capacity(sql.len() + 8);
     let mut i = 0;

@@ -381,6 +381,9 @@ pub struct Judgement {
     pub verdict: Verdict,
     /// Verdicts of `detect` rules that matched, not enforced.
     pub detected: Vec<Verdict>,
+    /// A statement is too deep or too long to read safely: the command is refused as such
+    /// (PostgreSQL `54001`), whatever the verdict.
+    pub too_complex: Option<String>,
 }
 
 /// Which SQL a statement is written in.
@@ -550,7 +553,10 @@ impl Policy {
     /// The judgement for text the parser could not read (`on_unparsed`).
     pub fn judge_unparsed(&self, error: &Unparsed) -> Judgement {
         let mut judgement = Judgement::default();
-        if self.inner.on_unparsed == OnUnparsed::Deny {
+        if error.too_complex {
+            judgement.too_complex = Some(error.message.clone());
+            judgement.verdict = Verdict::deny("too-complex", error.to_string());
+        } else if self.inner.on_unparsed == OnUnparsed::Deny {
             judgement.verdict = Verdict::deny("on_unparsed", error.to_string());
         }
         judgement

@@ -101,3 +101,52 @@ fn statements_are_split_and_described() {
         Class::Read
     );
 }
+
+/// Issue 16: statements deep enough to overflow a thread's stack in the parsers (libpg_query
+/// recurses per level in C, sqlparser in Rust) are refused as too complex, on a thread with
+/// the ordinary 2 MiB stack, and the thread lives on.
+#[test]
+fn deep_statements_are_refused_as_too_complex_without_exhausting_the_stack() {
+    let forms: Vec<String> = vec![
+        format!("SELECT {}1{}", "(SELECT ".repeat(2500), ")".repeat(2500)),
+        format!("SELECT {}1{}", "(SELECT ".repeat(9000), ")".repeat(9000)),
+        format!("SELECT 1{}", "+1".repeat(60_000)),
+        format!("SELECT 'a'{}", "||'a'".repeat(30_000)),
+        format!("SELECT {} true", "NOT ".repeat(12_000)),
+        format!("SELECT 1{}", " UNION ALL SELECT 1".repeat(5_000)),
+    ];
+    let handle = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            let classifier = Classifier::default();
+            let mut out = Vec::new();
+            for sql in &forms {
+                let pg = classifier.classify(sql);
+                let my = crate::mysql::classify_mysql(sql, MySqlMode::default());
+                out.push((
+                    sql.len(),
+                    pg.map(|v| v.len()).map_err(|e| e.too_complex),
+                    my.map(|v| v.len()).map_err(|e| e.too_complex),
+                ));
+            }
+            out
+        })
+        .unwrap();
+    for (len, pg, my) in handle.join().expect("the parsing thread survived") {
+        assert_eq!(pg, Err(true), "PostgreSQL, {len} bytes");
+        // sqlparser reads some deep forms (a flat UNION chain), refuses others as too deep.
+        assert!(
+            my == Err(true) || my == Ok(1) || my == Err(false),
+            "MySQL, {len} bytes: {my:?}"
+        );
+    }
+    let huge = format!("SELECT 1{}", ",1".repeat(crate::MAX_PARSED));
+    let e = Classifier::default().classify(&huge).unwrap_err();
+    assert!(e.too_complex && e.message.contains("MiB"), "{e:?}");
+    // Ordinary long statements still parse (on the parser thread).
+    let long = format!("SELECT 1 WHERE 1 IN (1{})", ",1".repeat(20_000));
+    assert_eq!(
+        Classifier::default().classify(&long).map(|v| v.len()),
+        Ok(1)
+    );
+}

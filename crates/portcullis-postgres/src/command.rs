@@ -29,7 +29,56 @@ struct StatementRef {
     text: Bytes,
     name: Option<Bytes>,
     executes: bool,
+    /// The gateway does not know what the server holds under `name`.
+    unknown: bool,
 }
+
+impl StatementRef {
+    fn new(text: Bytes, name: Option<Bytes>, executes: bool) -> Self {
+        StatementRef {
+            text,
+            name,
+            executes,
+            unknown: false,
+        }
+    }
+
+    fn unknown(name: &[u8], executes: bool) -> Self {
+        StatementRef {
+            text: Bytes::new(),
+            name: (!name.is_empty()).then(|| Bytes::copy_from_slice(name)),
+            executes,
+            unknown: true,
+        }
+    }
+}
+
+/// What a unit did to the server's named statements and portals, in order: applied to the
+/// gateway's view by [`UnitBuilder::confirm`] once the server answered the whole unit
+/// without an error (so every message in it took effect).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Ledger {
+    /// The unit's place in the session.
+    seq: u64,
+    ops: Vec<LedgerOp>,
+}
+
+#[derive(Debug, Clone)]
+enum LedgerOp {
+    Parsed(Bytes, Bytes),
+    Bound(Bytes, Vec<Bytes>),
+    ClosedStatement(Bytes),
+    ClosedPortal(Bytes),
+}
+
+/// The texts the server may hold under one name, each with the unit that may have put it
+/// there. A `Parse` of a name already held fails on the server (42P05) and the old text
+/// stays, unless the old one had failed itself or was closed: until the server confirms, a
+/// name may hold any of several texts, and a `Bind` of it is judged as all of them.
+type Held = Vec<(u64, Bytes)>;
+
+/// Most texts one name may hold before the gateway refuses another `Parse` of it.
+const MAX_TEXTS_PER_NAME: usize = 8;
 
 /// One PostgreSQL command unit: a simple `Query`, an extended-protocol batch up to `Sync` or
 /// `Flush`, a `FunctionCall`, `Terminate`, or the session's event stream.
@@ -46,6 +95,9 @@ pub struct PgCommand {
     /// A refusal carried out in place: the database's error in the reply is replaced by this
     /// one (see [`RefuseInPlace`]).
     pub(crate) error_override: Option<Frame>,
+    /// What the unit does to named statements and portals, for the driver to confirm once
+    /// the server answered it without an error (taken before the unit enters the stack).
+    pub(crate) ledger: Option<Ledger>,
 }
 
 impl PgCommand {
@@ -59,6 +111,7 @@ impl PgCommand {
             ends_with_sync: false,
             may_copy_in: false,
             error_override: None,
+            ledger: None,
         }
     }
 
@@ -149,6 +202,7 @@ impl RefuseInPlace for PgCommand {
             ends_with_sync: self.ends_with_sync,
             may_copy_in: false,
             error_override: Some(error_message(Severity::Error, code, &rescued.message).to_frame()),
+            ledger: None,
         })
     }
 }
@@ -187,7 +241,10 @@ impl CommandView for PgCommand {
         self.statements
             .iter()
             .map(|s| {
-                let st = Statement::text(text_of(&s.text)).executes(s.executes);
+                let mut st = Statement::text(text_of(&s.text)).executes(s.executes);
+                if s.unknown {
+                    st = st.unknown();
+                }
                 match &s.name {
                     Some(n) => st.prepared(text_of(n)),
                     None => st,
@@ -278,17 +335,75 @@ pub(crate) struct UnitBuilder {
     slots: Vec<Slot>,
     statements: Vec<StatementRef>,
     executes: bool,
-    prepared: HashMap<Bytes, Bytes>,
-    /// Portal name → its statement's text, so an `Execute` in a later unit than its `Bind`
-    /// still names the statement it runs.
-    portals: HashMap<Bytes, Bytes>,
-    /// Portals bound in the unit being built → index in `statements`.
-    bound_here: Vec<(Bytes, usize)>,
+    /// Statement name → the texts the server may hold under it.
+    prepared: HashMap<Bytes, Held>,
+    /// Portal name → the statement texts it may run, so an `Execute` in a later unit than
+    /// its `Bind` still names what it runs.
+    portals: HashMap<Bytes, Held>,
+    /// Portals bound in the unit being built → indexes in `statements`.
+    bound_here: Vec<(Bytes, Vec<usize>)>,
+    /// The unit being built's place in the session.
+    seq: u64,
+    ledger: Vec<LedgerOp>,
 }
 
-/// Most prepared statements remembered per session (a client that prepares more without
-/// closing them loses the oldest names' texts, and policy sees them as unknown).
+/// Most named statements (or portals) a session may hold at once, as far as the gateway
+/// knows (closes the server confirmed free their places); a `Parse` of one more is refused.
 const MAX_PREPARED: usize = 10_000;
+
+/// Add `text` (from unit `seq`) to what `name` may hold: a `Parse`/`Bind` of the unnamed
+/// statement or portal replaces it (or destroys it when it fails); of a named one, adds a
+/// possibility until the server confirms.
+fn hold(
+    map: &mut HashMap<Bytes, Held>,
+    name: &[u8],
+    texts: impl IntoIterator<Item = Bytes>,
+    seq: u64,
+    what: &'static str,
+) -> Result<(), CodecError> {
+    if name.is_empty() {
+        map.insert(Bytes::new(), texts.into_iter().map(|t| (seq, t)).collect());
+        return Ok(());
+    }
+    if !map.contains_key(name) && map.len() >= MAX_PREPARED {
+        return Err(CodecError::Malformed {
+            what,
+            why: "more than 10000 named prepared statements or portals open in one session; close some",
+        });
+    }
+    let held = map.entry(Bytes::copy_from_slice(name)).or_default();
+    for text in texts {
+        if !held.iter().any(|(_, t)| *t == text) {
+            held.push((seq, text));
+        }
+    }
+    if held.len() > MAX_TEXTS_PER_NAME {
+        return Err(CodecError::Malformed {
+            what,
+            why: "one name re-used for too many different statements without the server confirming which it holds; close it first",
+        });
+    }
+    Ok(())
+}
+
+/// The server confirmed that unit `seq` set `name` to exactly `texts`: what later units
+/// (not yet confirmed) may have added stays possible.
+fn settle(map: &mut HashMap<Bytes, Held>, name: &Bytes, texts: Option<&[Bytes]>, seq: u64) {
+    let mut held: Held = map
+        .remove(name)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(s, _)| *s > seq)
+        .collect();
+    for text in texts.unwrap_or_default() {
+        if !held.iter().any(|(_, t)| t == text) {
+            held.push((seq, text.clone()));
+        }
+    }
+    if !held.is_empty() {
+        map.insert(name.clone(), held);
+    }
+}
 
 impl UnitBuilder {
     pub(crate) fn new(max_message: usize) -> Self {
@@ -302,7 +417,63 @@ impl UnitBuilder {
             prepared: HashMap::new(),
             portals: HashMap::new(),
             bound_here: Vec::new(),
+            seq: 0,
+            ledger: Vec::new(),
         }
+    }
+
+    /// The server answered unit `ledger` without an error: every Parse, Bind and Close in
+    /// it took effect, so the names it touched hold exactly what it put there.
+    pub(crate) fn confirm(&mut self, ledger: Ledger) {
+        for op in ledger.ops {
+            match op {
+                LedgerOp::Parsed(name, text) => {
+                    settle(&mut self.prepared, &name, Some(&[text]), ledger.seq);
+                }
+                LedgerOp::Bound(portal, texts) => {
+                    settle(&mut self.portals, &portal, Some(&texts), ledger.seq);
+                }
+                LedgerOp::ClosedStatement(name) => {
+                    settle(&mut self.prepared, &name, None, ledger.seq);
+                }
+                LedgerOp::ClosedPortal(name) => settle(&mut self.portals, &name, None, ledger.seq),
+            }
+        }
+    }
+
+    /// Statement refs for what `name` may hold, reusing this unit's refs to the same text;
+    /// their indexes in `statements`.
+    fn refs_for(&mut self, name: &[u8], executes: bool, from_portal: bool) -> Vec<usize> {
+        let map = if from_portal {
+            &self.portals
+        } else {
+            &self.prepared
+        };
+        let Some(held) = map.get(name) else {
+            self.statements.push(StatementRef::unknown(name, executes));
+            return vec![self.statements.len() - 1];
+        };
+        let texts: Vec<Bytes> = held.iter().map(|(_, t)| t.clone()).collect();
+        let name = (!name.is_empty() && !from_portal).then(|| Bytes::copy_from_slice(name));
+        let mut out = Vec::new();
+        for text in texts {
+            let found = self
+                .statements
+                .iter()
+                .position(|s| !s.unknown && s.text == text && s.name == name);
+            match found {
+                Some(i) => {
+                    self.statements[i].executes |= executes;
+                    out.push(i);
+                }
+                None => {
+                    self.statements
+                        .push(StatementRef::new(text, name.clone(), executes));
+                    out.push(self.statements.len() - 1);
+                }
+            }
+        }
+        out
     }
 
     fn cstr_at(frame: &Bytes, at: usize) -> Result<(Bytes, usize), CodecError> {
@@ -359,15 +530,20 @@ impl UnitBuilder {
                     let f = Bytes::copy_from_slice(&buf[body_at..end]);
                     let (name, at) = Self::cstr_at(&f, 0)?;
                     let (query, _) = Self::cstr_at(&f, at)?;
-                    if self.prepared.len() >= MAX_PREPARED && !self.prepared.contains_key(&name) {
-                        self.prepared.clear();
-                    }
-                    self.prepared.insert(name.clone(), query.clone());
-                    self.statements.push(StatementRef {
-                        text: query,
-                        name: (!name.is_empty()).then_some(name),
-                        executes: false,
-                    });
+                    hold(
+                        &mut self.prepared,
+                        &name,
+                        [query.clone()],
+                        self.seq,
+                        "Parse",
+                    )?;
+                    self.ledger
+                        .push(LedgerOp::Parsed(name.clone(), query.clone()));
+                    self.statements.push(StatementRef::new(
+                        query,
+                        (!name.is_empty()).then_some(name),
+                        false,
+                    ));
                     self.slots.push(Slot::Parse);
                     false
                 }
@@ -376,33 +552,29 @@ impl UnitBuilder {
                     let portal = first_cstr(f).unwrap_or_default();
                     let rest = f.get(portal.len() + 1..).unwrap_or_default();
                     let stmt = first_cstr(rest).unwrap_or_default();
-                    let parsed_here = self
-                        .statements
-                        .last()
-                        .is_some_and(|s| s.name.as_deref().unwrap_or_default() == stmt);
-                    if !parsed_here {
-                        let text = self
-                            .prepared
-                            .get(stmt)
-                            .cloned()
-                            .unwrap_or_else(|| Bytes::from_static(b""));
-                        self.statements.push(StatementRef {
-                            text,
-                            name: (!stmt.is_empty()).then(|| Bytes::copy_from_slice(stmt)),
-                            executes: false,
-                        });
-                    }
                     let portal = Bytes::copy_from_slice(portal);
-                    if let Some(last) = self.statements.last() {
-                        if self.portals.len() >= MAX_PREPARED && !self.portals.contains_key(&portal)
-                        {
-                            self.portals.clear();
-                        }
-                        self.portals.insert(portal.clone(), last.text.clone());
+                    let stmt = Bytes::copy_from_slice(stmt);
+                    let indexes = self.refs_for(&stmt, false, false);
+                    let texts: Vec<Bytes> = indexes
+                        .iter()
+                        .filter(|&&i| !self.statements[i].unknown)
+                        .map(|&i| self.statements[i].text.clone())
+                        .collect();
+                    if texts.len() == indexes.len() {
+                        hold(
+                            &mut self.portals,
+                            &portal,
+                            texts.iter().cloned(),
+                            self.seq,
+                            "Bind",
+                        )?;
+                    } else {
+                        // Bound to a statement the gateway does not know: the portal too.
+                        self.portals.remove(&portal);
                     }
+                    self.ledger.push(LedgerOp::Bound(portal.clone(), texts));
                     self.bound_here.retain(|(p, _)| *p != portal);
-                    self.bound_here
-                        .push((portal, self.statements.len().saturating_sub(1)));
+                    self.bound_here.push((portal, indexes));
                     self.slots.push(Slot::Bind);
                     false
                 }
@@ -415,10 +587,15 @@ impl UnitBuilder {
                     false
                 }
                 b'C' => {
-                    if buf.get(body_at) == Some(&b'S')
-                        && let Some(name) = first_cstr(&buf[body_at + 1..end])
-                    {
-                        self.prepared.remove(name);
+                    // The server drops the name only if this unit goes through: the gateway
+                    // forgets it when the server confirms (see `confirm`).
+                    if let Some(name) = first_cstr(&buf[body_at + 1..end]) {
+                        let name = Bytes::copy_from_slice(name);
+                        self.ledger.push(if buf.get(body_at) == Some(&b'S') {
+                            LedgerOp::ClosedStatement(name)
+                        } else {
+                            LedgerOp::ClosedPortal(name)
+                        });
                     }
                     self.slots.push(Slot::Close);
                     false
@@ -430,21 +607,19 @@ impl UnitBuilder {
                         .bound_here
                         .iter()
                         .find(|(p, _)| p.as_ref() == portal)
-                        .map(|&(_, i)| i);
-                    match here.and_then(|i| self.statements.get_mut(i)) {
-                        Some(statement) => statement.executes = true,
-                        // Bound in an earlier unit: the statement it runs, as bound.
+                        .map(|(_, i)| i.clone());
+                    match here {
+                        Some(indexes) => {
+                            for i in indexes {
+                                if let Some(s) = self.statements.get_mut(i) {
+                                    s.executes = true;
+                                }
+                            }
+                        }
+                        // Bound in an earlier unit: the statements it may run, as bound.
                         None => {
-                            let text = self
-                                .portals
-                                .get(portal)
-                                .cloned()
-                                .unwrap_or_else(|| Bytes::from_static(b""));
-                            self.statements.push(StatementRef {
-                                text,
-                                name: None,
-                                executes: true,
-                            });
+                            let portal = portal.to_vec();
+                            self.refs_for(&portal, true, true);
                         }
                     }
                     self.slots.push(Slot::Execute);
@@ -457,11 +632,11 @@ impl UnitBuilder {
                 b'H' => true,
                 b'Q' => {
                     let sql = first_cstr(&buf[body_at..end]).unwrap_or_default();
-                    self.statements.push(StatementRef {
-                        text: Bytes::copy_from_slice(sql),
-                        name: None,
-                        executes: true,
-                    });
+                    self.statements.push(StatementRef::new(
+                        Bytes::copy_from_slice(sql),
+                        None,
+                        true,
+                    ));
                     self.executes = true;
                     self.slots.push(Slot::UntilReady);
                     true
@@ -483,6 +658,11 @@ impl UnitBuilder {
     fn finish(&mut self, buf: &mut BytesMut, last: u8) -> PgCommand {
         let bytes = buf.split_to(self.scanned).freeze();
         self.scanned = 0;
+        let ledger = Ledger {
+            seq: self.seq,
+            ops: std::mem::take(&mut self.ledger),
+        };
+        self.seq += 1;
         let statements = std::mem::take(&mut self.statements);
         self.bound_here.clear();
         let executes = std::mem::replace(&mut self.executes, false);
@@ -504,6 +684,7 @@ impl UnitBuilder {
             ends_with_sync: matches!(last, b'S' | b'Q' | b'F'),
             may_copy_in,
             error_override: None,
+            ledger: Some(ledger),
         }
     }
 }

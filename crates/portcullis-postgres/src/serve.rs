@@ -671,6 +671,10 @@ where
             metrics: metrics.clone(),
             end: None,
             notices: session.notices.take_receiver(),
+            watchdog: Box::pin(tokio::time::sleep(STALL_TICK)),
+            last_progress: std::time::Instant::now(),
+            moved: false,
+            stall_observer: self.observer.clone(),
             shutdown: {
                 let mut rx = self.shared.shutdown.subscribe();
                 Box::pin(async move {
@@ -688,7 +692,33 @@ where
                     Box::pin(tokio::time::sleep(left))
                 }),
         };
-        let end = std::future::poll_fn(|cx| driver.poll(cx)).await;
+        // The session boundary: a panic anywhere in this session's stack ends this session
+        // (with an error to its client and its end in the trail), never the process or the
+        // other sessions on its thread.
+        let mut panicked = false;
+        let end = std::future::poll_fn(|cx| {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.poll(cx))) {
+                Ok(polled) => polled,
+                Err(_) => {
+                    panicked = true;
+                    Poll::Ready("internal gateway error: the session's handler panicked".into())
+                }
+            }
+        })
+        .await;
+        if panicked {
+            metrics.session_panics.fetch_add(1, Ordering::Relaxed);
+            warn!(target: "portcullis::postgres", session = %session.id, "a panic ended the session");
+            let mut fatal = BytesMut::new();
+            error_message(
+                Severity::Fatal,
+                "XX000",
+                "internal gateway error: this session was ended (the gateway goes on serving others)",
+            )
+            .encode(&mut fatal);
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), driver.client.write_all(&fatal)).await;
+        }
         // Before the stack is dropped, so layers that observe the drop can say why.
         session.set_end_reason(end.to_string());
         let _ = driver.client.shutdown().await;
@@ -814,12 +844,19 @@ pub fn sqlstate(kind: RescueKind) -> &'static str {
         RescueKind::ProtocolViolation => "08P01",
         RescueKind::UpstreamUnavailable => "08006",
         RescueKind::Limit => "53300",
+        RescueKind::TooComplex => "54001",
         _ => "XX000",
     }
 }
 
 /// Stop pulling replies into the client buffer above this; write first.
 const HIGH_WATER: usize = 256 * 1024;
+
+/// How often a busy session's watchdog polls it.
+const STALL_TICK: Duration = Duration::from_secs(1);
+
+/// A busy session that could have moved data but made no progress for this long stalled.
+const STALL_AFTER: Duration = Duration::from_secs(2);
 
 type CallFuture<S> = Pin<Box<<S as Service<Request<PgCommand>>>::Future>>;
 
@@ -828,7 +865,15 @@ struct Reply<B> {
     /// replies, so the client sees answers in order).
     body: Result<Pin<Box<B>>, Option<Error>>,
     expects_ready: bool,
+    /// What the unit did to named statements and portals, confirmed to the unit builder if
+    /// the reply ends without an error.
+    ledger: Option<crate::command::Ledger>,
+    /// The reply carried an error.
+    failed: bool,
 }
+
+/// A unit handed to the stack: its call, whether it expects ReadyForQuery, its ledger.
+type Call<S> = (CallFuture<S>, bool, Option<crate::command::Ledger>);
 
 struct Driver<S: Service<Request<PgCommand>>, B> {
     session: Arc<Session>,
@@ -840,7 +885,7 @@ struct Driver<S: Service<Request<PgCommand>>, B> {
     service: S,
     builder: UnitBuilder,
     /// The unit being handed to the stack (at most one: units enter in order).
-    call: Option<(CallFuture<S>, bool)>,
+    call: Option<Call<S>>,
     replies: VecDeque<Reply<B>>,
     events: Option<Pin<Box<B>>>,
     events_call: Option<CallFuture<S>>,
@@ -864,6 +909,14 @@ struct Driver<S: Service<Request<PgCommand>>, B> {
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Notices layers send the client outside any reply (an approval wait).
     notices: Option<tokio::sync::mpsc::Receiver<portcullis_core::ClientNotice>>,
+    /// Polls a busy session every [`STALL_TICK`] (the stall detector).
+    watchdog: Pin<Box<tokio::time::Sleep>>,
+    /// When the session last made progress (or was last idle).
+    last_progress: std::time::Instant,
+    /// This poll made progress.
+    moved: bool,
+    /// Where stalls are reported.
+    stall_observer: Option<ConnectionObserver>,
 }
 
 impl<S, B> Driver<S, B>
@@ -921,7 +974,83 @@ where
         self.push_rescue(&err, false);
     }
 
+    /// Whether the session has work in flight: data the gateway holds for a peer, or a
+    /// command whose reply is not finished.
+    fn busy(&self) -> bool {
+        self.pending_copy.is_some()
+            || self.upload.is_some()
+            || !self.wbuf.is_empty()
+            || self.client_unflushed
+            || self.call.is_some()
+            || !self.replies.is_empty()
+    }
+
+    /// The stall detector around [`Driver::poll_session`]: while the session is busy a
+    /// watchdog polls it every [`STALL_TICK`]. A poll that only the watchdog caused and that
+    /// moves data after [`STALL_AFTER`] without progress means a wake-up was lost (the data
+    /// could have moved earlier): it is counted, logged with the session's state and
+    /// reported as a `stalled` connection event — and the watchdog's poll has already got
+    /// the session going again.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<String> {
+        let busy = self.busy();
+        let mut tick = false;
+        if busy {
+            if self.watchdog.as_mut().poll(cx).is_ready() {
+                tick = true;
+                self.watchdog
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + STALL_TICK);
+                let _ = self.watchdog.as_mut().poll(cx);
+            }
+        } else {
+            self.last_progress = std::time::Instant::now();
+        }
+        let quiet_for = self.last_progress.elapsed();
+        let state = tick.then(|| self.state());
+        self.moved = false;
+        let out = self.poll_session(cx);
+        if self.moved {
+            if let Some(state) = state
+                && quiet_for >= STALL_AFTER
+            {
+                self.metrics
+                    .sessions_stalled
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(target: "portcullis::postgres", session = %self.session.id, quiet_ms = quiet_for.as_millis() as u64, %state, "session stalled: data could move but the session was not woken; the watchdog resumed it");
+                if let Some(observer) = &self.stall_observer {
+                    observer(ConnectionEvent::new(
+                        ConnectionEventKind::Stalled,
+                        Protocol::Postgres,
+                        &self.session.target,
+                        self.session.peer,
+                        format!(
+                            "session {} stalled for {} ms ({state})",
+                            self.session.id,
+                            quiet_for.as_millis()
+                        ),
+                    ));
+                }
+            }
+            self.last_progress = std::time::Instant::now();
+        }
+        out
+    }
+
+    /// The session's state, for a stall report.
+    fn state(&self) -> String {
+        format!(
+            "replies={} call={} copy_frame={} upload={} client_buffer={} unflushed={} closing={}",
+            self.replies.len(),
+            self.call.is_some(),
+            self.pending_copy.is_some(),
+            self.upload.is_some(),
+            self.wbuf.len(),
+            self.client_unflushed,
+            self.closing
+        )
+    }
+
+    fn poll_session(&mut self, cx: &mut Context<'_>) -> Poll<String> {
         if !self.closing && self.shutdown.as_mut().poll(cx).is_ready() {
             // Whole frames only are ever buffered, so the FATAL can follow whatever is there.
             self.replies.clear();
@@ -984,6 +1113,7 @@ where
                 };
                 match body.as_mut().poll_event(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
+                        front.failed |= frame.tag() == b'E';
                         self.push_frame(&frame);
                         progress = true;
                     }
@@ -994,7 +1124,12 @@ where
                         progress = true;
                     }
                     Poll::Ready(None) => {
-                        self.replies.pop_front();
+                        if let Some(done) = self.replies.pop_front()
+                            && !done.failed
+                            && let Some(ledger) = done.ledger
+                        {
+                            self.builder.confirm(ledger);
+                        }
                         progress = true;
                     }
                     Poll::Pending => break,
@@ -1073,25 +1208,24 @@ where
             }
 
             // The unit being handed to the stack.
-            if let Some((fut, expects_ready)) = self.call.as_mut() {
+            if let Some((fut, _, _)) = self.call.as_mut() {
                 match fut.as_mut().poll(cx) {
-                    Poll::Ready(Ok(response)) => {
-                        let expects_ready = *expects_ready;
-                        self.call = None;
-                        self.replies.push_back(Reply {
-                            body: Ok(Box::pin(response.body)),
-                            expects_ready,
-                        });
-                        progress = true;
-                    }
-                    Poll::Ready(Err(e)) => {
-                        let expects_ready = *expects_ready;
-                        self.call = None;
-                        // Replies before this unit go first; the refusal is queued after them.
-                        self.replies.push_back(Reply {
-                            body: Err(Some(e)),
-                            expects_ready,
-                        });
+                    Poll::Ready(result) => {
+                        if let Some((_, expects_ready, ledger)) = self.call.take() {
+                            let refused = result.as_ref().is_ok_and(|r| {
+                                r.extensions
+                                    .get::<portcullis_core::RefusedInPlace>()
+                                    .is_some()
+                            });
+                            // Replies before this unit go first; a refusal is queued after them.
+                            self.replies.push_back(Reply {
+                                body: result.map(|r| Box::pin(r.body)).map_err(Some),
+                                expects_ready,
+                                // A unit refused in place never reached the server as sent.
+                                ledger: ledger.filter(|_| !refused),
+                                failed: false,
+                            });
+                        }
                         progress = true;
                     }
                     Poll::Pending => {}
@@ -1186,6 +1320,7 @@ where
             if !progress {
                 return Poll::Pending;
             }
+            self.moved = true;
         }
     }
 
@@ -1267,13 +1402,15 @@ where
             .bytes_from_clients
             .fetch_add(unit.bytes().len() as u64, Ordering::Relaxed);
         let expects_ready = unit.expects_ready();
+        let mut unit = unit;
+        let ledger = unit.ledger.take();
         let mut req = Request::new(self.session.clone(), unit);
         if req.command.may_copy_in() {
             let (tx, rx) = upload_channel(16);
             self.upload = Some(tx);
             req = req.with_upload(rx);
         }
-        self.call = Some((Box::pin(self.service.call(req)), expects_ready));
+        self.call = Some((Box::pin(self.service.call(req)), expects_ready, ledger));
         if terminate {
             self.end = Some("the client terminated the session".into());
         }

@@ -5,7 +5,37 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::Duration;
+
+/// TCP, or a Unix socket (a testkit cluster trusts local socket connections).
+#[derive(Debug)]
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(buf),
+            Stream::Unix(s) => s.write_all(buf),
+        }
+    }
+}
 
 /// One backend message: its type byte and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,7 +191,7 @@ pub mod msg {
 /// A raw connection to PostgreSQL or the gateway, past authentication.
 #[derive(Debug)]
 pub struct PgWire {
-    tcp: TcpStream,
+    tcp: Stream,
     buf: Vec<u8>,
 }
 
@@ -186,10 +216,30 @@ impl PgWire {
         password: &str,
     ) -> std::io::Result<PgWire> {
         let tcp = TcpStream::connect(("127.0.0.1", port))?;
-        tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
         tcp.set_nodelay(true)?;
+        Self::start(Stream::Tcp(tcp), params, password)
+    }
+
+    /// Connect through the Unix socket `.s.PGSQL.{port}` in `dir` (a testkit cluster's
+    /// [`socket_dir`](crate::PgCluster::socket_dir), where local connections are trusted).
+    pub fn connect_unix(
+        dir: &Path,
+        port: u16,
+        user: &str,
+        database: &str,
+    ) -> std::io::Result<PgWire> {
+        let unix = UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))?;
+        Self::start(
+            Stream::Unix(unix),
+            &[("user", user), ("database", database)],
+            "",
+        )
+    }
+
+    fn start(stream: Stream, params: &[(&str, &str)], password: &str) -> std::io::Result<PgWire> {
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut w = PgWire {
-            tcp,
+            tcp: stream,
             buf: Vec::new(),
         };
         let mut body = 196_608u32.to_be_bytes().to_vec();

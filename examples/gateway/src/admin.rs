@@ -100,6 +100,18 @@ const FAMILIES: &[Family] = &[
         help: "Cancel requests forwarded to the database.",
         read: |m| load(&m.cancels_forwarded),
     },
+    Family {
+        name: "portcullis_session_panics_total",
+        kind: "counter",
+        help: "Sessions ended by a panic in the gateway (the process goes on serving).",
+        read: |m| load(&m.session_panics),
+    },
+    Family {
+        name: "portcullis_sessions_stalled_total",
+        kind: "counter",
+        help: "Stalls: a session held data a peer could take and did not move it for longer than the stall threshold.",
+        read: |m| load(&m.sessions_stalled),
+    },
 ];
 
 impl Metrics {

@@ -54,7 +54,7 @@ fn exists(cluster: &PgCluster, table: &str) -> bool {
 }
 
 fn direct_wire(cluster: &PgCluster) -> PgWire {
-    PgWire::connect(cluster.port(), cluster.user(), "app", cluster.password()).unwrap()
+    PgWire::connect_unix(cluster.socket_dir(), cluster.port(), cluster.user(), "app").unwrap()
 }
 
 /// One write: everything the attack sends, then read until the server closes or goes quiet.
