@@ -168,6 +168,9 @@ pub const DANGEROUS_FUNCTIONS: &[&str] = &[
     "pg_ls_waldir",
     "pg_ls_tmpdir",
     "pg_ls_archive_statusdir",
+    "pg_ls_logicalsnapdir",
+    "pg_ls_logicalmapdir",
+    "pg_ls_replslotdir",
     "pg_file_write",
     "pg_file_rename",
     "pg_file_unlink",
@@ -200,6 +203,49 @@ pub const DANGEROUS_FUNCTIONS: &[&str] = &[
     "ts_stat",
     "ts_rewrite",
 ];
+
+/// Functions with side effects, classified `write` (kind `function:<name>`) even inside a
+/// SELECT: large objects, sequences, advisory locks, notifications. (`set_config` and the
+/// remote-database functions are in [`DANGEROUS_FUNCTIONS`].)
+pub const SIDE_EFFECT_FUNCTIONS: &[&str] = &[
+    "lo_unlink",
+    "lo_put",
+    "lo_create",
+    "lo_creat",
+    "lo_from_bytea",
+    "lo_truncate",
+    "lo_truncate64",
+    "lowrite",
+    "lo_open",
+    "setval",
+    "nextval",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+    "pg_notify",
+    "txid_current",
+    "pg_current_xact_id",
+];
+
+/// Whether `v` (part of a parse tree) refers to a column: a condition that refers to none
+/// is the same for every row (`WHERE true`, `WHERE 1 = 1`), so it bounds nothing.
+fn mentions_column(v: &Value) -> bool {
+    match v {
+        Value::Object(map) => map
+            .iter()
+            .any(|(k, inner)| k == "ColumnRef" || mentions_column(inner)),
+        Value::Array(items) => items.iter().any(mentions_column),
+        _ => false,
+    }
+}
 
 /// Classifies SQL with PostgreSQL's own parser.
 #[derive(Debug, Clone)]
@@ -346,17 +392,45 @@ impl Walk<'_> {
                     );
                 }
             }
-            "InsertStmt" => self.kind("insert", Class::Write, "INSERT"),
+            "InsertStmt" => {
+                self.kind("insert", Class::Write, "INSERT");
+                let conflict = n.get("on_conflict_clause");
+                if conflict
+                    .and_then(|c| c.get("action"))
+                    .and_then(Value::as_i64)
+                    == Some(pg_query::protobuf::OnConflictAction::OnconflictUpdate as i64)
+                {
+                    self.kind("update", Class::Write, "INSERT ... ON CONFLICT DO UPDATE");
+                    // Every conflicting row is updated unless the clause's WHERE bounds it.
+                    if !conflict
+                        .and_then(|c| c.get("where_clause"))
+                        .is_some_and(mentions_column)
+                    {
+                        self.without_where = true;
+                    }
+                }
+            }
             "UpdateStmt" => {
                 self.kind("update", Class::Write, "UPDATE");
-                if !has("where_clause") {
+                if !n.get("where_clause").is_some_and(mentions_column) {
                     self.without_where = true;
                 }
             }
             "DeleteStmt" => {
                 self.kind("delete", Class::Write, "DELETE");
-                if !has("where_clause") {
+                if !n.get("where_clause").is_some_and(mentions_column) {
                     self.without_where = true;
+                }
+            }
+            "IndexStmt" => self.kind("create", Class::Ddl, "CREATE INDEX changes the schema"),
+            "AlterTableCmd" => {
+                let subtype = n.get("subtype").and_then(Value::as_i64);
+                use pg_query::protobuf::AlterTableType as T;
+                if [T::AtDropColumn, T::AtDropConstraint, T::AtDropExpression]
+                    .iter()
+                    .any(|t| subtype == Some(*t as i64))
+                {
+                    self.kind("drop", Class::Ddl, "ALTER TABLE ... DROP");
                 }
             }
             "MergeStmt" => self.kind("merge", Class::Write, "MERGE"),
@@ -521,6 +595,12 @@ impl Walk<'_> {
                 {
                     self.kinds.insert(format!("function:{bare}"));
                     self.raise(Class::Admin, format!("function {bare}"));
+                }
+                if let Some(bare) = parts.last()
+                    && SIDE_EFFECT_FUNCTIONS.contains(bare)
+                {
+                    self.kinds.insert(format!("function:{bare}"));
+                    self.raise(Class::Write, format!("function {bare} has side effects"));
                 }
                 if matches!(
                     parts.last().copied(),

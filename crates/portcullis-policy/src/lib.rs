@@ -56,7 +56,9 @@ mod normalize;
 mod rules;
 mod stack;
 
-pub use classify::{Class, Classified, Classifier, DANGEROUS_FUNCTIONS, Unparsed};
+pub use classify::{
+    Class, Classified, Classifier, DANGEROUS_FUNCTIONS, SIDE_EFFECT_FUNCTIONS, Unparsed,
+};
 pub use guard::{Guard, GuardLayer};
 pub use http::{classify_http, path_matches};
 pub use mysql::{MYSQL_DANGEROUS_FUNCTIONS, MySqlMode, classify_mysql};

@@ -150,3 +150,54 @@ fn deep_statements_are_refused_as_too_complex_without_exhausting_the_stack() {
         Ok(1)
     );
 }
+
+/// Issue 17, classes 6 and 8: statement meaning and side effects.
+#[test]
+fn side_effects_and_unbounded_writes_are_classified_as_what_they_do() {
+    let one = |sql: &str| {
+        let mut v = Classifier::default().classify(sql).unwrap();
+        assert_eq!(v.len(), 1, "{sql}");
+        v.remove(0)
+    };
+    for sql in [
+        "select lo_unlink(16385)",
+        "select lo_put(16385, 0, '\\x00')",
+        "select setval('s', 1)",
+        "select nextval('s')",
+        "select pg_advisory_lock(1)",
+        "select pg_notify('c', 'x')",
+    ] {
+        assert!(one(sql).class >= Class::Write, "{sql}: {:?}", one(sql));
+    }
+    for sql in [
+        "select pg_ls_logicalsnapdir()",
+        "select pg_ls_logicalmapdir()",
+        "select * from pg_ls_replslotdir('s')",
+    ] {
+        assert_eq!(one(sql).class, Class::Admin, "{sql}");
+    }
+    for sql in [
+        "delete from t where true",
+        "delete from t where 1 = 1",
+        "update t set a = 1 where 'x' = 'x'",
+        "update t set a = 1 where exists (select 1)",
+        "insert into t values (1) on conflict (id) do update set a = 2",
+    ] {
+        assert!(one(sql).without_where, "{sql}");
+    }
+    for sql in [
+        "delete from t where id = 1",
+        "update t set a = 1 where id in (select id from u)",
+        "insert into t values (1) on conflict (id) do update set a = 2 where t.a < 5",
+    ] {
+        assert!(!one(sql).without_where, "{sql}");
+    }
+    assert!(
+        one("insert into t values (1) on conflict (id) do update set a = 2").has_kind("update")
+    );
+    assert!(!one("insert into t values (1) on conflict do nothing").has_kind("update"));
+    assert!(one("create index i on t (a)").class >= Class::Ddl);
+    assert!(one("alter table t drop column a").has_kind("drop"));
+    assert!(one("alter table t drop constraint c").has_kind("drop"));
+    assert!(!one("alter table t add column b int").has_kind("drop"));
+}

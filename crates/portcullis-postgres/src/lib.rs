@@ -68,5 +68,5 @@ pub use conn::{PgReply, PgUpstream, UpstreamError};
 pub use portcullis_core::io::{BoxIo, Io};
 pub use portcullis_core::listener::HandshakeError;
 pub use portcullis_core::tls::{self, UpstreamTls, UpstreamTlsMode};
-pub use serve::{PgMetrics, ServePg, ServePgConfig, sqlstate};
+pub use serve::{PgMetrics, STARTUP_PARAMETERS, ServePg, ServePgConfig, sqlstate};
 pub use upstream::{ConnectError, Connected, UpstreamConfig, UpstreamRole, connect, send_cancel};

@@ -430,6 +430,25 @@ where
             let _ = client.fatal("42501", msg).await;
             return Err(HandshakeError::Refused(msg.into()));
         }
+        // Startup parameters set session state before any statement is judged: a `role` would
+        // give the session a role `SET ROLE` is refused for, a `search_path` would change what
+        // names resolve to, and PostgreSQL uses the last of two same-named ones. Only these
+        // pass; anything else is refused (set it with SET, which the guard judges).
+        for (i, (k, _)) in params.iter().enumerate() {
+            if params[..i].iter().any(|(p, _)| p.eq_ignore_ascii_case(k)) {
+                let msg = format!("the startup parameter \"{k}\" is given twice");
+                let _ = client.fatal("08P01", &msg).await;
+                return Err(HandshakeError::Refused(msg));
+            }
+            if !STARTUP_PARAMETERS.iter().any(|p| p.eq_ignore_ascii_case(k)) {
+                let msg = format!(
+                    "the startup parameter \"{k}\" is not allowed through the gateway (allowed: {}); set it with SET after connecting",
+                    STARTUP_PARAMETERS.join(", ")
+                );
+                let _ = client.fatal("42501", &msg).await;
+                return Err(HandshakeError::Refused(msg));
+            }
+        }
         if param("options").is_some_and(|o| !o.trim().is_empty()) && !cfg.allow_startup_options {
             let msg = "the startup parameter \"options\" is not allowed by this gateway listener";
             let _ = client.fatal("42501", msg).await;
@@ -848,6 +867,31 @@ pub fn sqlstate(kind: RescueKind) -> &'static str {
         _ => "XX000",
     }
 }
+
+/// The startup parameters a client may send (matched ignoring case); the session settings
+/// among them do not change how SQL is read or what names resolve to (`client_encoding` does,
+/// and the guard follows the value the database reports).
+pub const STARTUP_PARAMETERS: &[&str] = &[
+    "user",
+    "database",
+    "replication",
+    "options",
+    "application_name",
+    "fallback_application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "bytea_output",
+    "geqo",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+];
 
 /// Stop pulling replies into the client buffer above this; write first.
 const HIGH_WATER: usize = 256 * 1024;
@@ -1538,6 +1582,61 @@ mod tests {
             let io = Builder::new()
                 .read(&startup(&params))
                 .write(&fatal(code, message))
+                .build();
+            server(|c| c.allow_plaintext_tokens_on_loopback = true)
+                .serve_connection(io, LOCAL.parse().unwrap())
+                .await;
+        }
+    }
+
+    /// Issue 17, class 7: startup parameters are an allow-list, and duplicates (PostgreSQL
+    /// uses the last one: an empty first `options` hid the second) are refused.
+    #[tokio::test]
+    async fn startup_parameters_outside_the_allow_list_or_given_twice_are_refused() {
+        let not_allowed = |k: &str| {
+            format!(
+                "the startup parameter \"{k}\" is not allowed through the gateway (allowed: {}); set it with SET after connecting",
+                STARTUP_PARAMETERS.join(", ")
+            )
+        };
+        for (params, code, message) in [
+            (
+                vec![("user", "a"), ("role", "app_priv")],
+                "42501",
+                not_allowed("role"),
+            ),
+            (
+                vec![("user", "a"), ("search_path", "evil,public")],
+                "42501",
+                not_allowed("search_path"),
+            ),
+            (
+                vec![("user", "a"), ("session_authorization", "postgres")],
+                "42501",
+                not_allowed("session_authorization"),
+            ),
+            (
+                vec![
+                    ("user", "a"),
+                    ("options", ""),
+                    ("options", "-c role=app_priv"),
+                ],
+                "08P01",
+                "the startup parameter \"options\" is given twice".to_owned(),
+            ),
+            (
+                vec![
+                    ("user", "a"),
+                    ("application_name", "x"),
+                    ("APPLICATION_NAME", "y"),
+                ],
+                "08P01",
+                "the startup parameter \"APPLICATION_NAME\" is given twice".to_owned(),
+            ),
+        ] {
+            let io = Builder::new()
+                .read(&startup(&params))
+                .write(&fatal(code, &message))
                 .build();
             server(|c| c.allow_plaintext_tokens_on_loopback = true)
                 .serve_connection(io, LOCAL.parse().unwrap())

@@ -32,6 +32,8 @@ mod mysql;
 mod oidc;
 #[path = "gateway/policy.rs"]
 mod policy;
+#[path = "gateway/soak.rs"]
+mod soak;
 
 // ---------------------------------------------------------------------------------------
 // token hash

@@ -168,3 +168,48 @@ async fn statements_hidden_behind_terminate_function_call_or_a_reused_name_are_j
     );
     drop(gateway);
 }
+
+/// Issue 16: a 2,500-level statement (which once overflowed a session thread's stack and
+/// aborted the process) is refused with 54001 for that one statement; the session and the
+/// gateway go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_nested_2500_deep_is_refused_and_the_gateway_keeps_serving() {
+    let cluster = cluster_with_victims().await;
+    let dir = tempfile::tempdir().unwrap();
+    let trail = dir.path().join("trail.jsonl");
+    let extra = format!(
+        "{RULES}\n[audit]\n[[audit.sinks]]\nkind = \"jsonl\"\npath = \"{}\"\n",
+        trail.display()
+    );
+    let (gateway, gw, _admin, _dir) = start(&cluster, &extra).await;
+    let deep = format!("SELECT {}1{}", "(SELECT ".repeat(2500), ")".repeat(2500));
+    let plus = format!("SELECT 1{}", "+1".repeat(100_000));
+    let mut wire = PgWire::connect(gw, "alice", "app", ALICE).unwrap();
+    for sql in [&deep, &plus] {
+        let replies = wire.simple(sql).unwrap();
+        let error = replies.iter().find(|m| m.tag == b'E').expect("an error");
+        assert_eq!(error.sqlstate().as_deref(), Some("54001"), "{error:?}");
+        assert!(
+            error.field(b'M').unwrap().contains("too complex"),
+            "{error:?}"
+        );
+    }
+    // The same session goes on, and so does a new one.
+    let replies = wire.simple("select 7").unwrap();
+    assert!(replies.iter().any(|m| m.tag == b'D'), "{replies:?}");
+    let mut other = PgWire::connect(gw, "alice", "app", ALICE).unwrap();
+    assert!(
+        other
+            .simple("select 8")
+            .unwrap()
+            .iter()
+            .any(|m| m.tag == b'D')
+    );
+    drop(wire);
+    drop(other);
+    drop(gateway);
+    assert!(
+        !recorded_statements(&trail, "(SELECT (SELECT (SELECT").is_empty(),
+        "the refused statement is not in the trail"
+    );
+}

@@ -274,7 +274,7 @@ path = "{}"
     );
 
     // SQL-level PREPARE / EXECUTE: EXECUTE is judged as what it runs when the PREPARE was
-    // seen in this session, and as `admin` otherwise.
+    // seen in this session, and refused (rule `unknown-statement`) otherwise.
     client
         .batch_execute("prepare sel as select * from victims")
         .await
@@ -290,7 +290,10 @@ path = "{}"
     );
     let e = client.batch_execute("execute del").await.unwrap_err();
     assert!(
-        e.as_db_error().unwrap().message().contains("no-admin"),
+        e.as_db_error()
+            .unwrap()
+            .message()
+            .contains("unknown-statement"),
         "{e:?}"
     );
 

@@ -1,0 +1,445 @@
+//! The soak (issue 16): many concurrent PostgreSQL sessions with every layer on, both cores
+//! kept busy by two shell busy loops, mixing pgbench `-S` and `-N`, COPY in and out of
+//! 100,000 rows, 10 MB bytea round trips, cancels, backends terminated from another
+//! connection, clients killed mid-result and slow readers. Every operation has a deadline.
+//!
+//! Passing means: no operation stuck, no stall counted, no session panic, the gateway's RSS
+//! within 16 MB of its value after warm-up, and every `pgbench_accounts` statement the
+//! database logged (`log_statement = all`) present in the trail.
+//!
+//! `PORTCULLIS_SOAK_SECS` sets the length (default 60, the CI run). What this version does
+//! not do yet: MySQL and HTTP sessions, and 200 sessions (it runs about 20 at once).
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use portcullis_testkit::wire::PgWire;
+use portcullis_testkit::{PgCluster, free_port};
+use tokio_postgres::NoTls;
+
+use super::{
+    Gateway, audit_config, cli, config_text, logged_statements, metric, recorded_statements,
+};
+
+const TOKEN: &str = "soak-token-0123456789";
+
+/// Stop the busy loops when dropped.
+struct Busy(Vec<std::process::Child>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Counts {
+    ok: AtomicU64,
+    expected_errors: AtomicU64,
+    stuck: AtomicU64,
+}
+
+async fn within<T>(
+    counts: &Counts,
+    what: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match tokio::time::timeout(Duration::from_secs(60), fut).await {
+        Ok(v) => Some(v),
+        Err(_) => {
+            eprintln!("soak: STUCK: {what}");
+            counts.stuck.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+async fn connect(gw: u16) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let conninfo = format!("host=127.0.0.1 port={gw} user=alice password={TOKEN} dbname=app");
+    let (client, connection) = tokio_postgres::connect(&conninfo, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+fn psql(cluster: &PgCluster, gw: u16) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::from(cluster.psql("app"));
+    cmd.env("PGHOST", "127.0.0.1")
+        .env("PGPORT", gw.to_string())
+        .env("PGUSER", "alice")
+        .env("PGPASSWORD", TOKEN)
+        .env("PGSSLMODE", "disable")
+        .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_every_layer_under_load_loses_nothing_and_never_stalls() {
+    let secs: u64 = std::env::var("PORTCULLIS_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .unwrap()
+        .expect("PostgreSQL is needed for this test");
+    let pgbench = PgCluster::bin("pgbench").expect("pgbench is needed for this test");
+    let superuser = portcullis_testkit::SUPERUSER;
+    let init = Command::new(&pgbench)
+        .args(["-i", "-s", "2", "-q", "-h", cluster.host()])
+        .args(["-p", &cluster.port().to_string(), "-U", superuser.0, "app"])
+        .env("PGPASSWORD", superuser.1)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let setup = cluster
+        .psql("app")
+        .args([
+            "-c",
+            "create table soak_copy (id int, name text, email text);
+             create table soak_blob (id serial, b bytea);
+             grant all on soak_copy, soak_blob, soak_blob_id_seq to public",
+            "-c",
+            "alter system set log_statement = 'all'",
+            "-c",
+            "select pg_reload_conf()",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("audit.key");
+    assert_eq!(
+        cli(&["audit", "keygen", "--out", key.to_str().unwrap()]).0,
+        Some(0)
+    );
+    let trail = dir.path().join("trail.jsonl");
+    let copies = dir.path().join("checkpoints.jsonl");
+    let (gw, admin) = (free_port(), free_port());
+    let base = config_text(gw, admin, &cluster, &[("alice", TOKEN)]);
+    let layers = "\n[policy]\non_unparsed = \"deny\"\n[[policy.rules]]\nname = \"no-drop\"\nstatements = [\"drop\"]\naction = \"deny\"\n\n[masking]\n[[masking.columns]]\nmatch = \"email\"\nstrategy = \"partial\"\n";
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, audit_config(base, &key, &trail, &copies, layers)).unwrap();
+    let mut gateway = Gateway::started(&path, dir.path(), cluster.password(), admin).await;
+    let pid = gateway.child.id();
+
+    let rows = dir.path().join("rows.txt");
+    let mut text = String::new();
+    for i in 0..100_000 {
+        text += &format!("{i}\tname {i}\tuser{i}@example.com\n");
+    }
+    std::fs::write(&rows, text).unwrap();
+
+    let _busy = Busy(
+        (0..2)
+            .map(|_| {
+                Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+    let counts = Arc::new(Counts::default());
+
+    let bench = |mode: &str, clients: &str| {
+        tokio::process::Command::new(&pgbench)
+            .args([
+                mode,
+                "-n",
+                "-c",
+                clients,
+                "-j",
+                "2",
+                "-T",
+                &secs.to_string(),
+            ])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &gw.to_string(),
+                "-U",
+                "alice",
+                "app",
+            ])
+            .env("PGPASSWORD", TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let select_bench = bench("-S", "6");
+    let write_bench = bench("-N", "2");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    // COPY in and out of 100,000 rows.
+    for _ in 0..2 {
+        let (counts, cmd, rows) = (counts.clone(), psql(&cluster, gw), rows.clone());
+        tasks.spawn(async move {
+            while Instant::now() < deadline {
+                let file = std::fs::File::open(&rows).unwrap();
+                let copy_in = tokio::process::Command::from(clone_cmd(&cmd))
+                    .args(["-c", "COPY soak_copy FROM STDIN"])
+                    .stdin(file)
+                    .stdout(Stdio::null())
+                    .output();
+                if let Some(out) = within(&counts, "COPY FROM STDIN", copy_in).await {
+                    assert!(out.unwrap().status.success());
+                    counts.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                let copy_out = tokio::process::Command::from(clone_cmd(&cmd))
+                    .args([
+                        "-c",
+                        "COPY (select * from soak_copy limit 100000) TO STDOUT",
+                    ])
+                    .stdout(Stdio::null())
+                    .output();
+                if let Some(out) = within(&counts, "COPY TO STDOUT", copy_out).await {
+                    assert!(out.unwrap().status.success());
+                    counts.ok.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    // 10 MB bytea round trips.
+    {
+        let counts = counts.clone();
+        tasks.spawn(async move {
+            let blob: Vec<u8> = (0..10 << 20).map(|i| (i % 251) as u8).collect();
+            while Instant::now() < deadline {
+                let round = async {
+                    let client = connect(gw).await.unwrap();
+                    let row = client
+                        .query_one(
+                            "insert into soak_blob (b) values ($1) returning id",
+                            &[&blob],
+                        )
+                        .await
+                        .unwrap();
+                    let id: i32 = row.get(0);
+                    let back = client
+                        .query_one("select b from soak_blob where id = $1", &[&id])
+                        .await
+                        .unwrap();
+                    let got: Vec<u8> = back.get(0);
+                    assert_eq!(got.len(), blob.len());
+                    client
+                        .execute("delete from soak_blob where id = $1", &[&id])
+                        .await
+                        .unwrap();
+                };
+                if within(&counts, "10 MB bytea round trip", round)
+                    .await
+                    .is_some()
+                {
+                    counts.ok.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    // Cancels, and backends terminated from another connection.
+    {
+        let counts = counts.clone();
+        let direct = cluster.config_string("app");
+        tasks.spawn(async move {
+            let (killer, conn) = tokio_postgres::connect(&direct, NoTls).await.unwrap();
+            tokio::spawn(conn);
+            while Instant::now() < deadline {
+                let round = async {
+                    let client = connect(gw).await.unwrap();
+                    let token = client.cancel_token();
+                    let sleeping = client.simple_query("select pg_sleep(10)");
+                    let cancel = async {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        token.cancel_query(NoTls).await.unwrap();
+                    };
+                    let (slept, ()) = tokio::join!(sleeping, cancel);
+                    assert!(slept.is_err(), "the cancel did not reach the database");
+                    let pid: i32 = client
+                        .query_one("select pg_backend_pid()", &[])
+                        .await
+                        .unwrap()
+                        .get(0);
+                    killer
+                        .execute("select pg_terminate_backend($1)", &[&pid])
+                        .await
+                        .unwrap();
+                    // The database ends the backend; the gateway passes its FATAL on and
+                    // ends the session.
+                    while client.simple_query("select 1").await.is_ok() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                };
+                if within(&counts, "cancel and terminate", round)
+                    .await
+                    .is_some()
+                {
+                    counts.expected_errors.fetch_add(2, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    // Clients killed mid-result, and slow readers.
+    {
+        let (counts, cmd) = (counts.clone(), psql(&cluster, gw));
+        tasks.spawn(async move {
+            while Instant::now() < deadline {
+                let mut child = tokio::process::Command::from(clone_cmd(&cmd))
+                    .args([
+                        "-c",
+                        "select repeat('x', 100) from generate_series(1, 2000000)",
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = child.kill().await;
+                counts.expected_errors.fetch_add(1, Ordering::Relaxed);
+                let slow = tokio::task::spawn_blocking(move || {
+                    let mut w = PgWire::connect(gw, "alice", "app", TOKEN).unwrap();
+                    w.send(&portcullis_testkit::wire::msg::query(
+                        "select repeat('y', 1000) from generate_series(1, 20000)",
+                    ))
+                    .unwrap();
+                    // About 64 KB/s for two seconds, then gone.
+                    let until = Instant::now() + Duration::from_secs(2);
+                    while Instant::now() < until {
+                        let _ = w.recv();
+                        std::thread::sleep(Duration::from_millis(15));
+                    }
+                });
+                if within(&counts, "slow reader", slow).await.is_some() {
+                    counts.ok.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+
+    // RSS after warm-up, then every few seconds.
+    let warm = started + Duration::from_secs(secs / 4);
+    tokio::time::sleep_until(warm.into()).await;
+    let base_rss = rss_kib(pid);
+    let mut curve = vec![base_rss];
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        curve.push(rss_kib(pid));
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let select = select_bench.wait_with_output().await.unwrap();
+    let write = write_bench.wait_with_output().await.unwrap();
+    let tps = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find(|l| l.starts_with("tps"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let stalled = metric(
+        admin,
+        "portcullis_sessions_stalled_total{listener=\"main\"}",
+    )
+    .await;
+    let panics = metric(admin, "portcullis_session_panics_total{listener=\"main\"}").await;
+    let end_rss = rss_kib(pid);
+    eprintln!(
+        "soak: {secs} s; operations ok {} expected errors {} stuck {}; pgbench -S {} ; -N {}; stalls {stalled:?}; panics {panics:?}; RSS KiB after warm-up {base_rss}, curve {curve:?}, end {end_rss}",
+        counts.ok.load(Ordering::Relaxed),
+        counts.expected_errors.load(Ordering::Relaxed),
+        counts.stuck.load(Ordering::Relaxed),
+        tps(&select),
+        tps(&write),
+    );
+    assert_eq!(
+        counts.stuck.load(Ordering::Relaxed),
+        0,
+        "{}",
+        gateway.logs()
+    );
+    assert!(
+        select.status.success(),
+        "{}",
+        String::from_utf8_lossy(&select.stderr)
+    );
+    assert!(
+        write.status.success(),
+        "{}",
+        String::from_utf8_lossy(&write.stderr)
+    );
+    assert_eq!(stalled, Some(0), "{}", gateway.logs());
+    assert_eq!(panics, Some(0), "{}", gateway.logs());
+    let peak = curve.iter().copied().max().unwrap_or(0).max(end_rss);
+    assert!(
+        peak <= base_rss + 16 * 1024,
+        "RSS grew from {base_rss} KiB to {peak} KiB: {curve:?}"
+    );
+
+    // Everything the database ran is in the trail.
+    gateway.signal("TERM");
+    let _ = gateway
+        .wait_exit(Duration::from_secs(30), "no exit after SIGTERM")
+        .await;
+    let ran = logged_statements(&cluster.log_path(), "pgbench_accounts");
+    let recorded = recorded_statements(&trail, "pgbench_accounts");
+    assert!(!ran.is_empty());
+    let mut left: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for s in &recorded {
+        *left.entry(s.as_str()).or_default() += 1;
+    }
+    for s in &ran {
+        let n = left.get_mut(s.as_str()).filter(|n| **n > 0);
+        assert!(
+            n.is_some(),
+            "the database ran {s:?} but the trail has no record of it"
+        );
+        if let Some(n) = n {
+            *n -= 1;
+        }
+    }
+}
+
+/// A copy of `cmd` (program, arguments and environment) to run once more.
+fn clone_cmd(cmd: &tokio::process::Command) -> Command {
+    let std = cmd.as_std();
+    let mut out = Command::new(std.get_program());
+    out.args(std.get_args());
+    for (k, v) in std.get_envs() {
+        match v {
+            Some(v) => {
+                out.env(k, v);
+            }
+            None => {
+                out.env_remove(k);
+            }
+        }
+    }
+    out
+}
