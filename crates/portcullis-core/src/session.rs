@@ -139,6 +139,9 @@ pub struct Session {
     end_reason: std::sync::OnceLock<String>,
     /// Run-time parameters as the database last reported them.
     server_params: std::sync::RwLock<Vec<(String, String)>>,
+    /// A command that may change how SQL is read is in flight (see
+    /// [`Session::settings_may_change`]).
+    settings_barrier: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -168,7 +171,30 @@ impl Session {
             notices: crate::Notices::default(),
             end_reason: std::sync::OnceLock::new(),
             server_params: std::sync::RwLock::new(Vec::new()),
+            settings_barrier: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// A layer let through a command that may change a setting which changes how SQL is
+    /// read (`standard_conforming_strings`, `client_encoding`, …): the database reports the
+    /// change only at the end of that command, so commands after it must not be judged
+    /// until it is answered. The protocol server holds the next command until every reply
+    /// before it is complete, then calls [`Session::settings_settled`].
+    pub fn settings_may_change(&self) {
+        self.settings_barrier
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a command that may change how SQL is read is still unanswered.
+    pub fn settings_unsettled(&self) -> bool {
+        self.settings_barrier
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Every command before now is answered, with its parameter reports.
+    pub fn settings_settled(&self) {
+        self.settings_barrier
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// A run-time parameter as the database last reported it (PostgreSQL `ParameterStatus`

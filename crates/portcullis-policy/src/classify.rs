@@ -347,6 +347,18 @@ impl Walk<'_> {
             );
         }
         self.value(tree);
+        // Writing pg_settings is set_config: it changes settings, some of which change how
+        // SQL is read.
+        if self
+            .tables
+            .iter()
+            .any(|t| t == "pg_settings" || t.ends_with(".pg_settings"))
+            && ["update", "insert", "delete", "merge"]
+                .iter()
+                .any(|k| self.has_kind(k))
+        {
+            self.kind("set", Class::Admin, "writing pg_settings changes settings");
+        }
     }
 
     fn value(&mut self, v: &Value) {

@@ -146,6 +146,7 @@ fn judge(
     }
     let mut judgement = Judgement::default();
     let mut prepares = Vec::new();
+    let mut may_change_reading = false;
     let dialect = match session.protocol {
         Protocol::MySql => Dialect::MySql(MySqlMode::from_sql_mode(
             &session.server_param("sql_mode").unwrap_or_default(),
@@ -185,6 +186,7 @@ fn judge(
             }
         };
         for s in list {
+            may_change_reading |= changes_reading(s);
             // EXECUTE of a statement prepared in this session (earlier in this unit, or in
             // an earlier one): judge what it runs; of one the guard never saw: refuse.
             let mut seen = s.executes_prepared.as_deref().and_then(|n| {
@@ -218,8 +220,24 @@ fn judge(
     }
     if !matches!(judgement.verdict, Verdict::Deny { .. }) {
         prepared.remember(prepares);
+        if may_change_reading {
+            session.settings_may_change();
+        }
     }
     judgement
+}
+
+/// Whether running `s` may change a setting that changes how later SQL is read: a `SET`, any
+/// function call (`set_config`, or a function that calls it), code (`DO`, `CALL`, EXECUTE),
+/// `pg_settings`. The protocol server then answers it before judging the next command.
+fn changes_reading(s: &Classified) -> bool {
+    s.has_kind("set")
+        || s.class == Class::Admin
+        || !s.functions.is_empty()
+        || s.executes_prepared.is_some()
+        || s.tables
+            .iter()
+            .any(|t| t == "pg_settings" || t.ends_with(".pg_settings"))
 }
 
 /// The judgement for executing a prepared statement whose text the gateway does not know.

@@ -1339,8 +1339,15 @@ where
                 }
             }
 
+            // A command that may change how SQL is read is answered (with its parameter
+            // reports) before the next one is judged.
+            if self.replies.is_empty() && self.call.is_none() && self.session.settings_unsettled() {
+                self.session.settings_settled();
+            }
+
             // The next unit from the client.
             if self.call.is_none()
+                && !self.session.settings_unsettled()
                 && self.pending_copy.is_none()
                 && self.events_requested
                 && self.events_call.is_none()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use portcullis_testkit::PgCluster;
 use portcullis_testkit::wire::{PgWire, msg};
 
-use super::policy::{ALICE, cluster_with_victims, start};
+use super::policy::{ALICE, DANA, cluster_with_victims, start};
 use super::recorded_statements;
 
 const RULES: &str = r#"
@@ -211,5 +211,67 @@ async fn a_statement_nested_2500_deep_is_refused_and_the_gateway_keeps_serving()
     assert!(
         !recorded_statements(&trail, "(SELECT (SELECT (SELECT").is_empty(),
         "the refused statement is not in the trail"
+    );
+}
+
+/// Issue 17, class 3: a setting that changes how SQL is read, changed by one command and
+/// followed — pipelined, before the server reported the change — by a statement that reads
+/// as a harmless string with `standard_conforming_strings = on` and as a DROP with `off`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_pipelined_behind_a_settings_change_is_read_with_the_new_setting() {
+    let cluster = cluster_with_victims().await;
+    let rules = r#"
+[policy]
+on_unparsed = "deny"
+[[policy.rules]]
+name = "dba-may-set"
+groups = ["dba"]
+statements = ["set"]
+action = "allow"
+[[policy.rules]]
+name = "no-drops"
+statements = ["drop"]
+action = "deny"
+[[policy.rules]]
+name = "no-admin"
+statements = ["admin"]
+action = "deny"
+"#;
+    let (_gateway, gw, _admin, _dir) = start(&cluster, rules).await;
+    let attack = |table: &str| {
+        [
+            msg::query("SET standard_conforming_strings = off; SELECT pg_sleep(0.3)"),
+            msg::query(&format!("SELECT 'x\\'\n'; DROP TABLE {table}; --'")),
+        ]
+        .concat()
+    };
+    direct(&cluster, "create table scratch4 (id int)");
+    let mut d = direct_wire(&cluster);
+    d.send(&attack("scratch4")).unwrap();
+    d.until_ready().unwrap();
+    d.until_ready().unwrap();
+    assert!(
+        !exists(&cluster, "scratch4"),
+        "the attack does no damage directly"
+    );
+
+    let mut g = PgWire::connect(gw, "dana", "app", DANA).unwrap();
+    g.send(&attack("victims")).unwrap();
+    let first = g.until_ready().unwrap();
+    let second = g.until_ready().unwrap();
+    assert!(
+        exists(&cluster, "victims"),
+        "the DROP ran: {first:?} {second:?}"
+    );
+    let refused = second
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("the second is refused");
+    assert!(
+        refused
+            .field(b'M')
+            .unwrap_or_default()
+            .contains("standard_conforming_strings"),
+        "{refused:?}"
     );
 }
