@@ -32,5 +32,7 @@ mod upstream;
 
 pub use command::HttpCommand;
 pub use event::HttpEvent;
-pub use serve::{HttpMetrics, OutBody, ServeHttp, ServeHttpConfig};
+pub use serve::{
+    HttpMetrics, OVERRIDE_HEADERS, OutBody, OverrideHeaders, ServeHttp, ServeHttpConfig,
+};
 pub use upstream::{HttpReply, HttpUpstream, HttpUpstreamConfig, UpstreamUpgrade};

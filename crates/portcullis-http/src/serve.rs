@@ -54,6 +54,34 @@ pub struct ServeHttpConfig {
     /// Pass protocol upgrades (WebSocket) through, spliced once the API switches; refused
     /// (`403`, recorded) by default.
     pub allow_upgrades: bool,
+    /// What to do with request headers through which frameworks act on another method or
+    /// path than the request's own ([`OVERRIDE_HEADERS`]): strip them (the default), refuse
+    /// the request, or pass them.
+    pub override_headers: OverrideHeaders,
+}
+
+/// Headers some frameworks honour to act on another method or path than the request line's
+/// (Express method-override, Symfony, IIS URL rewriting): the gateway judges the request
+/// line, so by default these never reach the API.
+pub const OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// What a listener does with [`OVERRIDE_HEADERS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OverrideHeaders {
+    /// Remove them before the request goes on (the API acts on the judged request line).
+    #[default]
+    Strip,
+    /// Refuse the request (400).
+    Refuse,
+    /// Pass them unchanged (only for an API known to ignore them).
+    Pass,
 }
 
 impl ServeHttpConfig {
@@ -67,6 +95,7 @@ impl ServeHttpConfig {
             max_sessions_per_identity: None,
             upstream,
             allow_upgrades: false,
+            override_headers: OverrideHeaders::default(),
         }
     }
 }
@@ -412,7 +441,29 @@ where
             .headers()
             .contains_key(header::UPGRADE)
             .then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        if let Some(name) = OVERRIDE_HEADERS
+            .iter()
+            .find(|h| parts.headers.contains_key(**h))
+        {
+            match self.config.override_headers {
+                OverrideHeaders::Strip => {
+                    for h in OVERRIDE_HEADERS {
+                        parts.headers.remove(*h);
+                    }
+                }
+                OverrideHeaders::Refuse => {
+                    return full(problem(
+                        StatusCode::BAD_REQUEST,
+                        &format!(
+                            "the header {name} would make the API act on another method or path than the one the gateway judges; this listener refuses it"
+                        ),
+                        None,
+                    ));
+                }
+                OverrideHeaders::Pass => {}
+            }
+        }
         let command = HttpCommand::new(parts.method, &parts.uri, parts.version, parts.headers);
         let mut request = Request::new(current.session.clone(), command);
         if !body.is_end_stream() {

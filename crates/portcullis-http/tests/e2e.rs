@@ -157,6 +157,43 @@ async fn identity_is_checked_and_the_callers_token_never_reaches_the_api() {
         "the caller's token was forwarded"
     );
     assert!(!format!("{:?}", seen.headers).contains(TOKEN));
+
+    // Issue 17, class 10: headers through which a framework would act on another method or
+    // path than the judged request line never reach the API.
+    let b = base.clone();
+    let (code, _, err) = blocking(move || {
+        curl(&[
+            "-H",
+            &format!("Authorization: Bearer {TOKEN}"),
+            "-H",
+            "X-HTTP-Method-Override: DELETE",
+            "-H",
+            "X-Original-URL: /admin/reindex",
+            "-H",
+            "X-Rewrite-URL: /admin/reindex",
+            "-X",
+            "POST",
+            "--data-binary",
+            "x",
+            &format!("{b}/v1/echo"),
+        ])
+    })
+    .await;
+    assert_eq!(code, 200, "{err}");
+    let seen = gw.api.last_request().unwrap();
+    for h in portcullis_http::OVERRIDE_HEADERS {
+        assert!(seen.header(h).is_none(), "{h} was forwarded");
+    }
+    let b = base.clone();
+    let (code, body, _) = blocking(move || {
+        curl(&[
+            "-H",
+            &format!("Authorization: Bearer {TOKEN}"),
+            &format!("{b}/v1/users;jsessionid=x/x"),
+        ])
+    })
+    .await;
+    assert_ne!(code, 200, "{}", String::from_utf8_lossy(&body));
     assert!(
         gw.metrics
             .logins_refused

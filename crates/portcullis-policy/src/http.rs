@@ -73,6 +73,11 @@ fn normalize_path(path: &str) -> Result<String, String> {
         if (s.is_empty() && n != last) || *s == "." || *s == ".." {
             return Err("an empty or dot segment in the path".into());
         }
+        // `/admin;jsessionid=x/reindex`: Tomcat and others drop path parameters when routing,
+        // other routers do not.
+        if s.contains(';') {
+            return Err("a ';' (path parameter) in a path segment".into());
+        }
     }
     Ok(decoded)
 }
@@ -133,6 +138,8 @@ mod tests {
             "GET /a%zz",
             "GET /a%00",
             "GET admin",
+            "GET /admin;jsessionid=x/reindex",
+            "POST /admin%3Bx/reindex",
         ] {
             assert!(classify_http(bad).is_err(), "{bad}");
         }

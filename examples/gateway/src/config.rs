@@ -307,6 +307,7 @@ struct RawHttp {
     max_sessions: Option<Spanned<u64>>,
     max_sessions_per_identity: Option<Spanned<u64>>,
     upgrades: Option<Text>,
+    override_headers: Option<Text>,
     upstream: RawHttpUpstream,
 }
 
@@ -1872,6 +1873,16 @@ impl Resolver<'_> {
             Some(v) => self.choice("[[http]] upgrades", v, &["refuse", "pass"]) == Some("pass"),
             None => false,
         };
+        let override_headers = match &block.override_headers {
+            Some(v) => {
+                match self.choice("[[http]] override_headers", v, &["strip", "refuse", "pass"]) {
+                    Some("refuse") => portcullis_http::OverrideHeaders::Refuse,
+                    Some("pass") => portcullis_http::OverrideHeaders::Pass,
+                    _ => portcullis_http::OverrideHeaders::Strip,
+                }
+            }
+            None => portcullis_http::OverrideHeaders::Strip,
+        };
         let up = &block.upstream;
         let url = self.required_text("[http.upstream] url", &up.url).and_then(|u| {
             match u.parse::<http::Uri>() {
@@ -1990,6 +2001,7 @@ impl Resolver<'_> {
         serve.max_sessions = max_sessions;
         serve.max_sessions_per_identity = max_sessions_per_identity;
         serve.allow_upgrades = upgrades;
+        serve.override_headers = override_headers;
         Some(serve)
     }
 
