@@ -271,19 +271,28 @@ impl Rule {
         {
             return false;
         }
-        if !self.tables.is_empty()
-            && !s
-                .tables
-                .iter()
-                .any(|t| self.tables.iter().any(|g| table_matches(g, t)))
-        {
-            return false;
+        // Names are matched as the server may resolve them. A deny or approve rule matches
+        // broadly — any table or function the statement may reach under that name, whatever
+        // the schema or the search_path; an allow rule (an exception) only where it is sure,
+        // and only when every table the statement touches is one it names.
+        let broad = self.action != Action::Allow;
+        if !self.tables.is_empty() {
+            let named = |t: &String| self.tables.iter().any(|g| table_matches(g, t, broad));
+            let hit = if broad {
+                s.tables.iter().any(named)
+            } else {
+                !s.tables.is_empty() && s.tables.iter().all(named)
+            };
+            if !hit {
+                return false;
+            }
         }
         if !self.functions.is_empty()
-            && !s
-                .functions
-                .iter()
-                .any(|f| self.functions.iter().any(|want| function_matches(want, f)))
+            && !s.functions.iter().any(|f| {
+                self.functions
+                    .iter()
+                    .any(|want| function_matches(want, f, broad))
+            })
         {
             return false;
         }
@@ -342,25 +351,52 @@ fn statement_matches(want: &str, s: &Classified) -> bool {
     }
 }
 
-/// `glob` (`*` any run, `?` one character) against a table name; an unqualified `table`
-/// matches a qualified glob by the part after the dot.
-fn table_matches(glob: &str, table: &str) -> bool {
-    if wildcard(glob, table) {
-        return true;
-    }
-    if !table.contains('.')
-        && let Some((_, name_glob)) = glob.split_once('.')
-    {
-        return wildcard(name_glob, table);
-    }
-    false
+/// `name` as `(schema, name)`: a database qualifier is dropped (PostgreSQL refuses
+/// references to another database), and so are identifier quotes.
+fn split_name(name: &str) -> (Option<&str>, &str) {
+    let mut parts: Vec<&str> = name.split('.').map(|p| p.trim_matches('"')).collect();
+    let last = parts.pop().unwrap_or_default();
+    (parts.pop(), last)
 }
 
-fn function_matches(want: &str, called: &str) -> bool {
-    if want.contains('.') {
-        return want == called;
+/// `glob` (`*` any run, `?` one character) against a table name. Broadly (deny and approve
+/// rules): the names match ignoring case, and the schemas too when both name one — an
+/// unqualified name on either side may resolve to any schema through the search_path, and
+/// `app.public.t` is `public.t`. Narrowly (allow rules): the whole names match, schema
+/// included, and an unqualified glob matches only unqualified names.
+fn table_matches(glob: &str, table: &str, broad: bool) -> bool {
+    let (gs, gn) = split_name(glob);
+    let (ts, tn) = split_name(table);
+    if broad {
+        let lower = |s: &str| s.to_ascii_lowercase();
+        return wildcard(&lower(gn), &lower(tn))
+            && match (gs, ts) {
+                (Some(gs), Some(ts)) => wildcard(&lower(gs), &lower(ts)),
+                _ => true,
+            };
     }
-    called.rsplit('.').next() == Some(want)
+    wildcard(gn, tn)
+        && match (gs, ts) {
+            (Some(gs), Some(ts)) => wildcard(gs, ts),
+            (None, None) => true,
+            _ => false,
+        }
+}
+
+/// A function a rule names against one a statement calls, as [`table_matches`] (no
+/// wildcards): broadly, `public.f` matches a call of `f` (resolved through the search_path)
+/// and `f` matches `any_schema.f`.
+fn function_matches(want: &str, called: &str, broad: bool) -> bool {
+    let (ws, wn) = split_name(want);
+    let (cs, cn) = split_name(called);
+    if broad {
+        return wn.eq_ignore_ascii_case(cn)
+            && match (ws, cs) {
+                (Some(ws), Some(cs)) => ws.eq_ignore_ascii_case(cs),
+                _ => true,
+            };
+    }
+    wn == cn && (ws.is_none() || ws == cs)
 }
 
 /// A rule's configuration is invalid.
@@ -686,6 +722,67 @@ mod tests {
         // Unparsable: denied by default.
         let j = p.judge(&anyone, ["selec 1"]);
         assert_eq!(rule_of(&j.verdict), Some("on_unparsed"));
+    }
+
+    /// Issue 17, class 4: names match as the server may resolve them.
+    #[test]
+    fn deny_rules_match_qualified_quoted_and_unqualified_names() {
+        let p = Policy::new(vec![
+            Rule::new("reports-ok", Action::Allow)
+                .tables(["public.reports"])
+                .statements(["delete"]),
+            Rule::new("protect", Action::Deny).tables(["protected"]),
+            Rule::new("secret-fn", Action::Deny).functions(["public.f_secret"]),
+            Rule::new("no-deletes", Action::Deny).statements(["delete"]),
+        ])
+        .unwrap();
+        let anyone = who(&[]);
+        for sql in [
+            "select * from protected",
+            "select * from public.protected",
+            "select * from app.public.protected",
+            "select * from \"public\".\"protected\"",
+            "select * from other.protected",
+            "select * from PROTECTED",
+        ] {
+            assert_eq!(
+                rule_of(&p.judge(&anyone, [sql]).verdict),
+                Some("protect"),
+                "{sql}"
+            );
+        }
+        for sql in [
+            "select f_secret()",
+            "select public.f_secret()",
+            "select F_SECRET()",
+        ] {
+            assert_eq!(
+                rule_of(&p.judge(&anyone, [sql]).verdict),
+                Some("secret-fn"),
+                "{sql}"
+            );
+        }
+        assert_eq!(
+            p.judge(&anyone, ["select other.f_secret()"]).verdict,
+            Verdict::Allow
+        );
+        // The allow rule is an exception only where it is sure: the qualified table, and
+        // every table the statement touches.
+        assert_eq!(
+            p.judge(&anyone, ["delete from public.reports where id = 1"])
+                .verdict,
+            Verdict::Allow
+        );
+        for sql in [
+            "delete from reports where id = 1",
+            "delete from public.reports where id in (select id from public.secrets)",
+        ] {
+            assert_eq!(
+                rule_of(&p.judge(&anyone, [sql]).verdict),
+                Some("no-deletes"),
+                "{sql}"
+            );
+        }
     }
 
     #[test]
