@@ -510,15 +510,24 @@ impl Walk<'_> {
                 Class::Admin,
                 "EXECUTE of a prepared statement the classifier cannot see",
             ),
-            "DoStmt" => self.kind("do", Class::Admin, "a DO block runs code"),
-            "CallStmt" => self.kind("call", Class::Admin, "CALL runs a procedure"),
+            "DoStmt" => {
+                self.kind("do", Class::Admin, "a DO block runs code");
+                self.kinds.insert("dynamic".into());
+            }
+            "CallStmt" => {
+                self.kind("call", Class::Admin, "CALL runs a procedure");
+                self.kinds.insert("dynamic".into());
+            }
             "CreateFunctionStmt"
             | "CreateTrigStmt"
             | "RuleStmt"
             | "CreateEventTrigStmt"
             | "CreatePLangStmt"
-            | "CreateTransformStmt" => {
-                self.kind(&snake(name), Class::Admin, "defines code that runs later")
+            | "CreateTransformStmt"
+            | "CreateCastStmt"
+            | "DefineStmt" => {
+                self.kind(&snake(name), Class::Admin, "defines code that runs later");
+                self.kinds.insert("dynamic".into());
             }
             "GrantStmt" => self.kind("grant", Class::Ddl, "GRANT / REVOKE"),
             "GrantRoleStmt" => self.kind("grant", Class::Admin, "GRANT / REVOKE of a role"),
@@ -550,7 +559,6 @@ impl Walk<'_> {
             | "CreateTableSpaceStmt"
             | "AlterOwnerStmt"
             | "AlterDefaultPrivilegesStmt"
-            | "CreateCastStmt"
             | "CreateConversionStmt" => self.kind(
                 &snake(name),
                 Class::Admin,
@@ -560,14 +568,10 @@ impl Walk<'_> {
                 let setting = n.get("name").and_then(Value::as_str).unwrap_or_default();
                 self.kinds.insert("set".into());
                 // Settings that change how later SQL is read or who runs it.
-                if matches!(
-                    setting,
-                    "standard_conforming_strings"
-                        | "client_encoding"
-                        | "role"
-                        | "session_authorization"
-                        | "backslash_quote"
-                ) || setting.is_empty()
+                if READING_SETTINGS
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(setting))
+                    || setting.is_empty()
                 {
                     let what = if setting.is_empty() {
                         "RESET ALL"
@@ -602,7 +606,18 @@ impl Walk<'_> {
             "FuncCall" => {
                 let parts = func_name(n);
                 let full = parts.join(".");
-                if let Some(bare) = parts.last()
+                // set_config of a constant, harmless setting is the SET it is; of a setting
+                // that changes how SQL is read or who runs it, or of a name the text does not
+                // show, it stays `admin`.
+                let harmless_setting = parts.last() == Some(&"set_config")
+                    && first_string_arg(n).is_some_and(|name| {
+                        !READING_SETTINGS
+                            .iter()
+                            .any(|s| s.eq_ignore_ascii_case(name))
+                    });
+                if harmless_setting {
+                    self.kinds.insert("set".into());
+                } else if let Some(bare) = parts.last()
                     && self.classifier.dangerous.contains(*bare)
                 {
                     self.kinds.insert(format!("function:{bare}"));
@@ -634,6 +649,26 @@ impl Walk<'_> {
             _ => {}
         }
     }
+}
+
+/// Settings that change how later SQL is read or who runs it: a `SET` or `set_config` of
+/// these is `admin`. (`search_path` is not among them: deny rules match names whatever the
+/// schema they resolve to.)
+const READING_SETTINGS: &[&str] = &[
+    "standard_conforming_strings",
+    "client_encoding",
+    "role",
+    "session_authorization",
+    "backslash_quote",
+];
+
+/// A call's first argument, when it is a string constant.
+fn first_string_arg(call: &Value) -> Option<&str> {
+    let arg = call.get("args")?.as_array()?.first()?;
+    let konst = arg.pointer("/node/AConst")?;
+    ["/sval/sval", "/val/Sval/sval", "/val/sval/sval"]
+        .iter()
+        .find_map(|p| konst.pointer(p).and_then(Value::as_str))
 }
 
 /// The parts of a `FuncCall` node's name (`["pg_catalog", "pg_read_file"]`).

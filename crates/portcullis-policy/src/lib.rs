@@ -64,8 +64,8 @@ pub use http::{classify_http, path_matches};
 pub use mysql::{MYSQL_DANGEROUS_FUNCTIONS, MySqlMode, classify_mysql};
 pub use normalize::cache_key;
 pub use rules::{
-    Action, Dialect, Judgement, KINDS, Mode, OWN_BACKEND_RULE, OnUnparsed, Policy, PolicyError,
-    Rule,
+    Action, DYNAMIC_SQL_RULE, Dialect, Judgement, KINDS, Mode, OWN_BACKEND_RULE, OnUnparsed,
+    Policy, PolicyError, Rule,
 };
 pub use stack::{INLINE_PARSE, MAX_PARSED};
 

@@ -118,6 +118,7 @@ pub const KINDS: &[&str] = &[
     "notify",
     "function_call",
     "signal_other_backend",
+    "dynamic",
     // HTTP methods (the request's kind; `delete` above is DELETE too).
     "get",
     "head",
@@ -460,6 +461,11 @@ struct Inner {
 /// upstream role could otherwise end each other's sessions.
 pub const OWN_BACKEND_RULE: &str = "own-backend-only";
 
+/// The built-in verdict for code the gateway cannot see (kind `dynamic`: `DO`, `CALL`,
+/// defining functions, procedures, operators, casts, aggregates, triggers, rules) when no
+/// enforcing rule matched it: denied.
+pub const DYNAMIC_SQL_RULE: &str = "dynamic-sql";
+
 impl Policy {
     /// A policy with `rules` in order, the built-in [`OWN_BACKEND_RULE`] first, the default
     /// classifier, and `on_unparsed = deny`.
@@ -618,6 +624,21 @@ impl Policy {
                     return;
                 }
             }
+        }
+        // Code whose statements the gateway cannot see (a DO block, a procedure, a function
+        // or operator being defined) takes the strictest verdict unless a rule above
+        // explicitly let it through.
+        if s.has_kind("dynamic") {
+            raise(
+                &mut judgement.verdict,
+                Verdict::deny(
+                    DYNAMIC_SQL_RULE,
+                    format!(
+                        "{} runs or defines code whose statements the gateway cannot see; a rule must allow it explicitly (for example statements = [\"dynamic\"], action = \"allow\", for the groups that may)",
+                        s.reason
+                    ),
+                ),
+            );
         }
     }
 }

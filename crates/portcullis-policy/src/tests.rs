@@ -201,3 +201,54 @@ fn side_effects_and_unbounded_writes_are_classified_as_what_they_do() {
     assert!(one("alter table t drop constraint c").has_kind("drop"));
     assert!(!one("alter table t add column b int").has_kind("drop"));
 }
+
+/// Issue 17, class 5: code whose statements the gateway cannot see is denied unless a rule
+/// allows it explicitly — under a policy whose only rule is no-drop, as in the example file.
+#[test]
+fn dynamic_sql_is_denied_unless_a_rule_allows_it() {
+    use crate::rules::{Action, Policy, Rule};
+    use portcullis_core::{AuthMethod, Identity, Verdict};
+    let p = Policy::new(vec![
+        Rule::new("dba-code", Action::Allow)
+            .groups(["dba"])
+            .statements(["dynamic"]),
+        Rule::new("no-drop", Action::Deny).statements(["drop", "truncate"]),
+    ])
+    .unwrap();
+    let analyst = Identity::new("a", vec!["analyst".into()], AuthMethod::StaticToken);
+    let dba = Identity::new("d", vec!["dba".into()], AuthMethod::StaticToken);
+    for sql in [
+        "DO $$ BEGIN EXECUTE 'DROP TABLE t'; END $$",
+        "CALL p()",
+        "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'TRUNCATE t'",
+        "CREATE OPERATOR ~~~ (RIGHTARG = text, FUNCTION = pg_read_file)",
+        "CREATE AGGREGATE a (int) (SFUNC = int4pl, STYPE = int)",
+        "CREATE CAST (text AS int) WITH FUNCTION f(text)",
+        "CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()",
+        "CREATE RULE r AS ON INSERT TO t DO INSTEAD DELETE FROM u",
+    ] {
+        let j = p.judge(&analyst, [sql]);
+        assert!(
+            matches!(&j.verdict, Verdict::Deny { rule, .. } if rule == crate::DYNAMIC_SQL_RULE),
+            "{sql}: {:?}",
+            j.verdict
+        );
+        assert_eq!(p.judge(&dba, [sql]).verdict, Verdict::Allow, "{sql}");
+    }
+    assert_eq!(p.judge(&analyst, ["select 1"]).verdict, Verdict::Allow);
+}
+
+/// Issue 17, class 9: benign statements are judged as what they run.
+#[test]
+fn harmless_settings_through_set_config_are_a_set_not_admin() {
+    let one = |sql: &str| Classifier::default().classify(sql).unwrap().remove(0);
+    let c = one("select set_config('application_name', 'x', false)");
+    assert!(c.has_kind("set") && c.class < Class::Admin, "{c:?}");
+    for sql in [
+        "select set_config('standard_conforming_strings', 'off', false)",
+        "select set_config('ROLE', 'app_priv', false)",
+        "select set_config(current_setting('x'), 'off', false)",
+    ] {
+        assert_eq!(one(sql).class, Class::Admin, "{sql}");
+    }
+}
