@@ -1177,8 +1177,8 @@ fn recorded_statements(trail: &Path, needle: &str) -> Vec<String> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_during_pgbench_loses_no_statement_the_database_ran() {
+/// A throwaway cluster with pgbench's tables at `scale`, and the pgbench binary.
+async fn pgbench_cluster(scale: u32) -> (PgCluster, PathBuf) {
     let cluster = tokio::task::spawn_blocking(PgCluster::start)
         .await
         .unwrap()
@@ -1186,19 +1186,8 @@ async fn kill_9_during_pgbench_loses_no_statement_the_database_ran() {
     let pgbench = PgCluster::bin("pgbench").expect("pgbench is needed for this test");
     let superuser = portcullis_testkit::SUPERUSER;
     let init = Command::new(&pgbench)
-        .args([
-            "-i",
-            "-s",
-            "1",
-            "-q",
-            "-h",
-            cluster.host(),
-            "-p",
-            &cluster.port().to_string(),
-            "-U",
-            superuser.0,
-            "app",
-        ])
+        .args(["-i", "-s", &scale.to_string(), "-q", "-h", cluster.host()])
+        .args(["-p", &cluster.port().to_string(), "-U", superuser.0, "app"])
         .env("PGPASSWORD", superuser.1)
         .output()
         .unwrap();
@@ -1207,6 +1196,12 @@ async fn kill_9_during_pgbench_loses_no_statement_the_database_ran() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
+    (cluster, pgbench)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_pgbench_loses_no_statement_the_database_ran() {
+    let (cluster, pgbench) = pgbench_cluster(1).await;
     let status = cluster
         .psql("app")
         .args([

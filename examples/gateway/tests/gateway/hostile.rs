@@ -7,7 +7,7 @@ use std::time::Duration;
 use portcullis_testkit::PgCluster;
 use portcullis_testkit::wire::{PgWire, msg};
 
-use super::policy::{ALICE, DANA, cluster_with_victims, start};
+use super::policy::{ALICE, DANA, cluster_with_victims, direct, start};
 use super::recorded_statements;
 
 const RULES: &str = r#"
@@ -30,21 +30,6 @@ approvers = ["dba"]
 [approvals]
 timeout = "1s"
 "#;
-
-/// Rows of `sql` straight from the database.
-fn direct(cluster: &PgCluster, sql: &str) -> String {
-    let out = cluster
-        .psql("app")
-        .args(["-At", "-c", sql])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 fn exists(cluster: &PgCluster, table: &str) -> bool {
     direct(

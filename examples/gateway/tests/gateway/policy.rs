@@ -82,7 +82,7 @@ pub(super) fn psql(cluster: &PgCluster, port: u16, user: &str, token: &str) -> C
 }
 
 /// Rows of `sql` straight from the database (not through the gateway).
-fn direct(cluster: &PgCluster, sql: &str) -> String {
+pub(super) fn direct(cluster: &PgCluster, sql: &str) -> String {
     let out = cluster
         .psql("app")
         .args(["-At", "-c", sql])

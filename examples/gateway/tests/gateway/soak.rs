@@ -92,23 +92,7 @@ async fn soak_every_layer_under_load_loses_nothing_and_never_stalls() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .unwrap()
-        .expect("PostgreSQL is needed for this test");
-    let pgbench = PgCluster::bin("pgbench").expect("pgbench is needed for this test");
-    let superuser = portcullis_testkit::SUPERUSER;
-    let init = Command::new(&pgbench)
-        .args(["-i", "-s", "2", "-q", "-h", cluster.host()])
-        .args(["-p", &cluster.port().to_string(), "-U", superuser.0, "app"])
-        .env("PGPASSWORD", superuser.1)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    let (cluster, pgbench) = super::pgbench_cluster(2).await;
     let setup = cluster
         .psql("app")
         .args([
