@@ -151,6 +151,99 @@ async fn statements_hidden_behind_terminate_function_call_or_a_reused_name_are_j
         "3",
         "the DELETE ran without approval: {replies:?}"
     );
+
+    // 4. The Close of a statement name inside a refused unit never reaches the server, so
+    // the name still holds the DELETE; re-Parse it (42P05 on the server) and execute it.
+    let mut g = via_gateway();
+    g.send(&[msg::parse("s2", "DELETE FROM victims"), msg::sync()].concat())
+        .unwrap();
+    g.until_ready().unwrap();
+    g.send(
+        &[
+            msg::close(b'S', "s2"),
+            msg::pbe("DROP TABLE victims"),
+            msg::sync(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let refused = g.until_ready().unwrap();
+    assert!(refused.iter().any(|m| m.tag == b'E'), "{refused:?}");
+    g.send(
+        &[
+            msg::parse("s2", "SELECT 1"),
+            msg::sync(),
+            msg::bind("", "s2", &[]),
+            msg::execute(""),
+            msg::sync(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let mut replies = g.until_ready().unwrap();
+    replies.extend(g.until_ready().unwrap());
+    assert_eq!(
+        direct(&cluster, "select count(*) from victims"),
+        "3",
+        "the DELETE ran: {replies:?}"
+    );
+
+    // 5. Execute of a portal bound in an earlier unit to a statement the gateway never saw
+    // (prepared at SQL level): refused, not judged as nothing.
+    let mut g = via_gateway();
+    let replies = g.simple("BEGIN").unwrap();
+    assert!(replies.iter().all(|m| m.tag != b'E'), "{replies:?}");
+    g.send(
+        &[
+            msg::bind("p", "never_prepared", &[]),
+            msg::execute("p"),
+            msg::sync(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let replies = g.until_ready().unwrap();
+    let e = replies.iter().find(|m| m.tag == b'E').expect("an error");
+    assert!(
+        e.field(b'M')
+            .unwrap_or_default()
+            .contains("unknown-statement")
+            || e.sqlstate().as_deref() == Some("26000"),
+        "{e:?}"
+    );
+
+    // 6. One write holding a Query with a DROP between allowed ones, then Terminate.
+    let mut g = via_gateway();
+    g.send(
+        &[
+            msg::query("SELECT 1; DROP TABLE victims; SELECT 2"),
+            msg::terminate(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let _ = g.until_closed(Duration::from_secs(3));
+    assert!(
+        exists(&cluster, "victims"),
+        "DROP inside a Query before Terminate ran"
+    );
+
+    // 7. A Flush-ended batch (no Sync) with the DROP, then Terminate.
+    let mut g = via_gateway();
+    g.send(
+        &[
+            msg::pbe("DROP TABLE victims"),
+            msg::flush(),
+            msg::terminate(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let _ = g.until_closed(Duration::from_secs(3));
+    assert!(
+        exists(&cluster, "victims"),
+        "DROP in a flushed batch before Terminate ran"
+    );
     drop(gateway);
 }
 

@@ -273,11 +273,16 @@ async fn soak_every_layer_under_load_loses_nothing_and_never_stalls() {
                         () = cancel => unreachable!(),
                     };
                     assert!(slept.is_err(), "the cancel did not reach the database");
-                    let pid: i32 = client
-                        .query_one("select pg_backend_pid()", &[])
-                        .await
-                        .unwrap()
-                        .get(0);
+                    // A cancel still on its way may hit the next statement: ask again.
+                    let mut pid: Option<i32> = None;
+                    for _ in 0..10 {
+                        if let Ok(row) = client.query_one("select pg_backend_pid()", &[]).await {
+                            pid = Some(row.get(0));
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    let pid = pid.expect("the session answers after a cancel");
                     killer
                         .execute("select pg_terminate_backend($1)", &[&pid])
                         .await
