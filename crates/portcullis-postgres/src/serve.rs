@@ -1345,9 +1345,10 @@ where
                 self.session.settings_settled();
             }
 
-            // The next unit from the client.
+            // The next unit from the client (while a settings change is unanswered, only the
+            // COPY data of an upload in progress: the command waits for that data).
             if self.call.is_none()
-                && !self.session.settings_unsettled()
+                && (!self.session.settings_unsettled() || self.upload.is_some())
                 && self.pending_copy.is_none()
                 && self.events_requested
                 && self.events_call.is_none()
@@ -1378,6 +1379,10 @@ where
     /// Take the next item off the client's stream and start it. `Err` ends the session.
     fn next_unit(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
         loop {
+            if self.waiting.is_some() && self.session.settings_unsettled() {
+                // Judged once the replies before it are in.
+                return Poll::Pending;
+            }
             if let Some(unit) = self.waiting.take() {
                 return self.start_unit(unit, cx);
             }
@@ -1401,6 +1406,10 @@ where
                     }
                     // A new unit ends any COPY upload still open.
                     self.upload = None;
+                    if self.session.settings_unsettled() {
+                        self.waiting = Some(unit);
+                        return Poll::Ready(Ok(()));
+                    }
                     return self.start_unit(unit, cx);
                 }
                 Ok(None) => {

@@ -352,4 +352,27 @@ action = "deny"
             .contains("standard_conforming_strings"),
         "{refused:?}"
     );
+
+    // The pause after a settings change lets the COPY data of the same command through
+    // (a `SET …; COPY … FROM STDIN` query waits for that data).
+    let mut g = PgWire::connect(gw, "dana", "app", DANA).unwrap();
+    g.send(&msg::query(
+        "SET application_name = 'copy-after-set'; COPY staging FROM STDIN",
+    ))
+    .unwrap();
+    loop {
+        let m = g.recv().unwrap();
+        assert_ne!(m.tag, b'E', "{m:?}");
+        if m.tag == b'G' {
+            break;
+        }
+    }
+    g.send(&[msg::copy_data(b"7\tseven\n"), msg::copy_done()].concat())
+        .unwrap();
+    let done = g.until_ready().unwrap();
+    assert!(done.iter().all(|m| m.tag != b'E'), "{done:?}");
+    assert_eq!(
+        direct(&cluster, "select name from staging where id = 7"),
+        "seven"
+    );
 }
