@@ -441,6 +441,26 @@ impl UnitBuilder {
         }
     }
 
+    /// Nothing of unit `ledger` reached the server (a layer refused it): the texts it added
+    /// as possible are not.
+    pub(crate) fn withdraw(&mut self, ledger: &Ledger) {
+        let drop_added = |map: &mut HashMap<Bytes, Held>, name: &Bytes| {
+            if let Some(held) = map.get_mut(name) {
+                held.retain(|(seq, _)| *seq != ledger.seq);
+                if held.is_empty() {
+                    map.remove(name);
+                }
+            }
+        };
+        for op in &ledger.ops {
+            match op {
+                LedgerOp::Parsed(name, _) => drop_added(&mut self.prepared, name),
+                LedgerOp::Bound(portal, _) => drop_added(&mut self.portals, portal),
+                LedgerOp::ClosedStatement(_) | LedgerOp::ClosedPortal(_) => {}
+            }
+        }
+    }
+
     /// Statement refs for what `name` may hold, reusing this unit's refs to the same text;
     /// their indexes in `statements`.
     fn refs_for(&mut self, name: &[u8], executes: bool, from_portal: bool) -> Vec<usize> {
@@ -765,6 +785,74 @@ mod tests {
         assert!(!us[1].may_copy_in());
         assert!(us[2].may_copy_in());
         assert!(buf.is_empty());
+    }
+
+    /// Issue 17, class 2: a name holds what the server confirmed; until then every text
+    /// it may hold; a refused unit adds nothing.
+    #[test]
+    fn statement_names_follow_what_the_server_confirmed() {
+        let parse = |name: &str, sql: &str| FrontendMessage::Parse {
+            name: name.to_owned().into(),
+            query: sql.to_owned().into(),
+            param_types: vec![],
+        };
+        let bind_exec = |name: &str| {
+            vec![
+                FrontendMessage::Bind {
+                    portal: "".into(),
+                    statement: name.to_owned().into(),
+                    param_formats: vec![],
+                    params: vec![],
+                    result_formats: vec![],
+                },
+                FrontendMessage::Execute {
+                    portal: "".into(),
+                    max_rows: 0,
+                },
+                FrontendMessage::Sync,
+            ]
+        };
+        let texts = |u: &PgCommand| -> Vec<String> {
+            u.statements()
+                .iter()
+                .filter(|s| s.executes)
+                .map(|s| {
+                    if s.unknown {
+                        "?".into()
+                    } else {
+                        s.text.to_owned()
+                    }
+                })
+                .collect()
+        };
+        let mut b = UnitBuilder::new(1 << 20);
+        let mut take = |msgs: &[FrontendMessage]| {
+            let mut buf = encode(msgs);
+            let mut us = units(&mut buf, &mut b);
+            assert_eq!(us.len(), 1);
+            us.remove(0)
+        };
+        let mut first = take(&[parse("s1", "DELETE FROM v"), FrontendMessage::Sync]);
+        // Confirmed by the server (answered without an error): exactly its text.
+        b.confirm(first.ledger.take().unwrap());
+        let mut buf = encode(&bind_exec("s1"));
+        assert_eq!(texts(&units(&mut buf, &mut b).remove(0)), ["DELETE FROM v"]);
+        // Parsed again under the same name, not confirmed (the server refuses it with 42P05
+        // unless the first was gone): either text may run.
+        let mut buf = encode(&[parse("s1", "SELECT 1"), FrontendMessage::Sync]);
+        let mut again = units(&mut buf, &mut b).remove(0);
+        let mut buf = encode(&bind_exec("s1"));
+        assert_eq!(
+            texts(&units(&mut buf, &mut b).remove(0)),
+            ["DELETE FROM v", "SELECT 1"]
+        );
+        // Had a layer refused that unit, it would add nothing.
+        b.withdraw(&again.ledger.take().unwrap());
+        let mut buf = encode(&bind_exec("s1"));
+        assert_eq!(texts(&units(&mut buf, &mut b).remove(0)), ["DELETE FROM v"]);
+        // A name never prepared is unknown.
+        let mut buf = encode(&bind_exec("nope"));
+        assert_eq!(texts(&units(&mut buf, &mut b).remove(0)), ["?"]);
     }
 
     #[test]

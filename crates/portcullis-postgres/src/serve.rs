@@ -1261,6 +1261,12 @@ where
                                     .get::<portcullis_core::RefusedInPlace>()
                                     .is_some()
                             });
+                            // Refused by a layer: nothing of it reached the server.
+                            if (refused || result.is_err())
+                                && let Some(ledger) = &ledger
+                            {
+                                self.builder.withdraw(ledger);
+                            }
                             // Replies before this unit go first; a refusal is queued after them.
                             self.replies.push_back(Reply {
                                 body: result.map(|r| Box::pin(r.body)).map_err(Some),
