@@ -77,5 +77,49 @@ fn cached(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, classify, cached);
+/// One SQL statement as a command unit.
+struct Sql<'a>(&'a str);
+
+impl portcullis_core::CommandView for Sql<'_> {
+    fn kind(&self) -> portcullis_core::CommandKind {
+        portcullis_core::CommandKind::Statements
+    }
+    fn statements(&self) -> Vec<portcullis_core::Statement<'_>> {
+        vec![portcullis_core::Statement::text(self.0)]
+    }
+}
+
+/// The guard's whole judgement of a command whose statement is cached: what a session pays
+/// per command (session settings, prepared statements, the policy, settings tracking).
+fn guard(c: &mut Criterion) {
+    use tower_layer::Layer;
+    let guard = portcullis_policy::GuardLayer::new(interface_rules()).layer(());
+    let who = Identity::new("bench", vec!["analysts".into()], AuthMethod::StaticToken);
+    let session = portcullis_core::Session::new(
+        portcullis_core::SessionId(1),
+        portcullis_core::Protocol::Postgres,
+        "bench",
+        "127.0.0.1:1".parse().expect("address"),
+        who,
+    );
+    let texts: Vec<String> = (0..1000)
+        .map(|i| {
+            format!(
+                "SELECT abalance FROM pgbench_accounts WHERE aid = {};",
+                i * 7919 + 1
+            )
+        })
+        .collect();
+    let mut i = 0;
+    let mut group = c.benchmark_group("guard");
+    group.bench_function("guard_judge_cached_pgbench_select", |b| {
+        b.iter(|| {
+            i = (i + 1) % texts.len();
+            black_box(guard.judge(&session, &Sql(black_box(&texts[i]))))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, classify, cached, guard);
 criterion_main!(benches);
