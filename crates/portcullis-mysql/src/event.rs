@@ -161,7 +161,7 @@ fn binary_value_len(ty: ColumnType, buf: &[u8]) -> Option<usize> {
         None => {
             let mut rest = buf;
             let len = usize::try_from(lenenc_int(&mut rest)?).ok()?;
-            Some(buf.len() - rest.len() + len)
+            (buf.len() - rest.len()).checked_add(len)
         }
     }
 }
@@ -394,8 +394,9 @@ impl MyEvent {
                 continue;
             }
             let len = binary_value_len(*ty, rest.get(at..)?)?;
-            let whole = rest.get(at..at + len)?;
-            at += len;
+            let end = at.checked_add(len)?;
+            let whole = rest.get(at..end)?;
+            at = end;
             // String-like values are read without their length prefix.
             let value = match binary_value_kind(*ty) {
                 ValueKind::Text => {

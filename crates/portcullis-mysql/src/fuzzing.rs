@@ -70,6 +70,19 @@ mod tests {
     use super::*;
     use crate::packet::{encode_packet, put_lenenc_str};
 
+    /// Found by `cargo fuzz run mysql_server`: a binary row value whose length-encoded
+    /// length is 2^64 - 1 overflowed the offset arithmetic (a panic, not an error).
+    #[test]
+    fn a_binary_value_with_a_huge_length_is_refused_not_a_panic() {
+        let mut data = vec![
+            65, 17, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 41, 0, 7, 7, 15, 7, 7, 253, 248, 14, 0, 0, 0,
+            0, 2, 254,
+        ];
+        data.extend(std::iter::repeat_n(0xff, 123));
+        data.extend([38, 14, 255, 36, 0, 249, 1, 0]);
+        super::server_bytes(&data);
+    }
+
     proptest! {
         #[test]
         fn any_client_bytes(data in proptest::collection::vec(any::<u8>(), 0..512)) {
