@@ -1049,12 +1049,13 @@ where
         } else {
             self.last_progress = std::time::Instant::now();
         }
-        let quiet_for = self.last_progress.elapsed();
         let state = tick.then(|| self.state());
         self.moved = false;
         let out = self.poll_session(cx);
         if self.moved {
+            // `last_progress` is only updated below: this is the quiet time before the poll.
             if let Some(state) = state
+                && let quiet_for = self.last_progress.elapsed()
                 && quiet_for >= STALL_AFTER
             {
                 self.metrics
