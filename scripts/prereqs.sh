@@ -8,7 +8,13 @@
 install_missing() {
   local missing=()
   # portcullis-policy builds PostgreSQL's parser (libpg_query); bindgen needs libclang.
-  ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+  # (libclang-cpp alone, which other packages pull in, is not enough.)
+  local found="" f
+  for f in /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
+    /usr/lib/*-linux-gnu/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so*; do
+    [ -e "$f" ] && found=1
+  done
+  [ -n "$found" ] || missing+=(libclang-dev)
   command -v cc >/dev/null 2>&1 || missing+=(build-essential)
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
   command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)

@@ -131,6 +131,17 @@ impl PgCommand {
         self.may_copy_in
     }
 
+    /// Whether how the server reads one of the unit's statements depends on the session's
+    /// settings: a backslash (`standard_conforming_strings`) or a byte outside ASCII
+    /// (`client_encoding`). Such a unit is judged only once every unit before it has been
+    /// answered, so the settings it is judged with are the server's, however they changed
+    /// (a `SET`, a function, a trigger, a transaction's end, `DISCARD ALL`).
+    pub fn reads_with_settings(&self) -> bool {
+        self.statements
+            .iter()
+            .any(|s| s.text.iter().any(|&b| b == b'\\' || !b.is_ascii()))
+    }
+
     /// The unit's frames, decoded lazily.
     pub fn frames(&self) -> impl Iterator<Item = Frame> + '_ {
         let mut rest = self.bytes.clone();
@@ -537,8 +548,17 @@ impl UnitBuilder {
                 b'F' | b'X' if self.scanned != 0 => {
                     // Terminate and FunctionCall never share a unit with the messages before
                     // them: those end here as a unit of their own (judged and recorded as
-                    // what they are), and the Terminate or FunctionCall comes next.
-                    return Ok(Some(Item::Unit(self.finish(buf, b'H'))));
+                    // what they are), and the Terminate or FunctionCall comes next. The unit
+                    // gets a Flush the client did not send: without it the server keeps its
+                    // replies buffered (and drops them at Terminate), and the gateway would
+                    // wait for them forever.
+                    // (A unit ended by Sync or Flush never reaches here: it ended there.)
+                    let mut unit = self.finish(buf, b'H');
+                    let mut bytes = BytesMut::with_capacity(unit.bytes.len() + 5);
+                    bytes.extend_from_slice(&unit.bytes);
+                    FrontendMessage::Flush.encode(&mut bytes);
+                    unit.bytes = bytes.freeze();
+                    return Ok(Some(Item::Unit(unit)));
                 }
                 b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H' | b'Q' | b'F' | b'X' => {}
                 other => return Err(CodecError::UnknownTag(other as char)),

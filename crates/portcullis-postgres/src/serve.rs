@@ -1383,10 +1383,19 @@ where
         }
     }
 
+    /// Whether `unit` must wait for the replies before it to be judged: after a command that
+    /// may change how SQL is read, and whenever the unit's own reading depends on a setting
+    /// (a backslash, a byte outside ASCII) while earlier units are unanswered — a setting can
+    /// change in ways no statement text shows (a function, a trigger, a transaction's end).
+    fn must_wait(&self, unit: &PgCommand) -> bool {
+        self.session.settings_unsettled()
+            || (!(self.replies.is_empty() && self.call.is_none()) && unit.reads_with_settings())
+    }
+
     /// Take the next item off the client's stream and start it. `Err` ends the session.
     fn next_unit(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
         loop {
-            if self.waiting.is_some() && self.session.settings_unsettled() {
+            if self.waiting.as_ref().is_some_and(|u| self.must_wait(u)) {
                 // Judged once the replies before it are in.
                 return Poll::Pending;
             }
@@ -1413,7 +1422,7 @@ where
                     }
                     // A new unit ends any COPY upload still open.
                     self.upload = None;
-                    if self.session.settings_unsettled() {
+                    if self.must_wait(&unit) {
                         self.waiting = Some(unit);
                         return Poll::Ready(Ok(()));
                     }

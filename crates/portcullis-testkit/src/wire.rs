@@ -35,6 +35,12 @@ impl Stream {
             Stream::Unix(s) => s.write_all(buf),
         }
     }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+        }
+    }
 }
 
 /// One backend message: its type byte and body.
@@ -280,6 +286,12 @@ impl PgWire {
     /// Send `bytes` in one write.
     pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.tcp.write_all(bytes)
+    }
+
+    /// Close the sending side, as a client does after `Terminate` (the other side reads the
+    /// end of the stream; replies can still be read).
+    pub fn close_write(&mut self) -> std::io::Result<()> {
+        self.tcp.shutdown_write()
     }
 
     /// The next backend message.

@@ -18,6 +18,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 #[path = "../../../crates/portcullis-policy/src/corpus.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod corpus;
+#[path = "gateway/differential.rs"]
+mod differential;
 #[path = "gateway/docs.rs"]
 mod docs;
 #[path = "gateway/hostile.rs"]

@@ -316,6 +316,44 @@ statements = ["admin"]
 action = "deny"
 "#;
     let (_gateway, gw, _admin, _dir) = start(&cluster, rules).await;
+
+    // A setting changed where no statement text shows it: a view that calls set_config. The
+    // statement after it reads differently once the view ran.
+    direct(
+        &cluster,
+        "create view sneaky as select set_config('standard_conforming_strings', 'off', false) as s, pg_sleep(0.3)::text as p",
+    );
+    let hidden = |table: &str| {
+        [
+            msg::query("SELECT * FROM sneaky"),
+            msg::query(&format!("SELECT 'x\\'\n'; DROP TABLE {table}; --'")),
+        ]
+        .concat()
+    };
+    direct(&cluster, "create table scratch5 (id int)");
+    let mut d = direct_wire(&cluster);
+    d.send(&hidden("scratch5")).unwrap();
+    d.until_ready().unwrap();
+    d.until_ready().unwrap();
+    assert!(
+        !exists(&cluster, "scratch5"),
+        "the attack does no damage directly"
+    );
+    let mut g = PgWire::connect(gw, "dana", "app", DANA).unwrap();
+    g.send(&hidden("victims")).unwrap();
+    let first = g.until_ready().unwrap();
+    let second = g.until_ready().unwrap();
+    assert!(
+        exists(&cluster, "victims"),
+        "the DROP behind a view that changes a setting ran: {first:?} {second:?}"
+    );
+    assert!(
+        second
+            .iter()
+            .any(|m| m.tag == b'E' && m.field(b'M').unwrap_or_default().contains("standard_conforming_strings")),
+        "{second:?}"
+    );
+
     let attack = |table: &str| {
         [
             msg::query("SET standard_conforming_strings = off; SELECT pg_sleep(0.3)"),
@@ -375,4 +413,71 @@ action = "deny"
         direct(&cluster, "select name from staging where id = 7"),
         "seven"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_after_terminate_whatever_came_unsynced_before_it() {
+    let cluster = cluster_with_victims().await;
+    let dir = tempfile::tempdir().unwrap();
+    let trail = dir.path().join("trail.jsonl");
+    let extra = format!(
+        "{RULES}\n[audit]\non_failure = \"refuse\"\n[[audit.sinks]]\nkind = \"jsonl\"\npath = \"{}\"\n",
+        trail.display()
+    );
+    let (_gateway, gw, _admin, _dir) = start(&cluster, &extra).await;
+    // Batches without Sync or Flush, cut by Terminate or a FunctionCall: the server keeps its
+    // replies to them buffered, so the gateway must not wait for those replies forever. The
+    // client keeps its socket open: only Terminate says the session is over.
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "Parse, Terminate",
+            [msg::parse("s1", "SELECT 'parse-then-terminate'"), msg::terminate()].concat(),
+        ),
+        (
+            // A function call: the gateway waits for the replies before judging what follows.
+            "Parse of a call, Terminate",
+            [
+                msg::parse("s1", "SELECT set_config('application_name', 'parse-call', false)"),
+                msg::terminate(),
+            ]
+            .concat(),
+        ),
+        (
+            "Parse/Bind/Execute, Terminate",
+            [msg::pbe("SELECT 'pbe-then-terminate'"), msg::terminate()].concat(),
+        ),
+        (
+            "Parse, FunctionCall, Bind, Terminate",
+            [
+                msg::parse("s2", "SELECT 'parse-then-call'"),
+                msg::function_call(2026, &[]),
+                msg::bind("p1", "s2", &[]),
+                msg::terminate(),
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let mut g = PgWire::connect(gw, "alice", "app", ALICE).unwrap();
+        g.send(&bytes).unwrap();
+        let replies = g.until_closed(Duration::from_secs(20));
+        // Closed, not timed out: the read after the end of the stream finds it again.
+        let end = g.recv().map(|m| m.tag).map_err(|e| e.kind());
+        assert_eq!(
+            end,
+            Err(std::io::ErrorKind::UnexpectedEof),
+            "{what}: the session did not end after Terminate: {replies:?}"
+        );
+    }
+    for text in [
+        "parse-then-terminate",
+        "parse-call",
+        "pbe-then-terminate",
+        "parse-then-call",
+    ] {
+        assert!(
+            !recorded_statements(&trail, text).is_empty(),
+            "{text} is not in the trail"
+        );
+    }
 }
