@@ -287,11 +287,16 @@ impl Classifier {
             let text = slice(sql, raw.stmt_location, raw.stmt_len);
             let tree = serde_json::to_value(&raw.stmt)
                 .map_err(|e| Unparsed::new(format!("parse tree not readable: {e}")))?;
+            let typed = raw
+                .stmt
+                .as_ref()
+                .and_then(|s| s.node.as_ref())
+                .and_then(crate::statements::statement_type_of);
             let mut walk = Walk {
                 classifier: self,
                 found: Classified::reading(text.trim().to_owned()),
             };
-            walk.top(&tree);
+            walk.top(&tree, typed.is_some());
             out.push(walk.found.finish());
         }
         Ok(out)
@@ -328,7 +333,7 @@ impl std::ops::DerefMut for Walk<'_> {
 
 impl Walk<'_> {
     /// The statement's own node (`{"node": {"SelectStmt": {...}}}`).
-    fn top(&mut self, tree: &Value) {
+    fn top(&mut self, tree: &Value, is_statement: bool) {
         let node = tree.get("node").and_then(Value::as_object);
         let Some((name, inner)) = node.and_then(|n| n.iter().next()) else {
             return;
@@ -339,7 +344,7 @@ impl Walk<'_> {
             "ExecuteStmt" => self.executes_prepared = named(),
             _ => {}
         }
-        if !known_statement(name) {
+        if !is_statement {
             self.kind(
                 &snake(name),
                 Class::Admin,
@@ -358,6 +363,22 @@ impl Walk<'_> {
                 .any(|k| self.has_kind(k))
         {
             self.kind("set", Class::Admin, "writing pg_settings changes settings");
+        }
+    }
+
+    /// What every statement of type `t` is.
+    fn statement_type(&mut self, t: &crate::statements::StatementType) {
+        let reason = match t.reason {
+            "administration" => format!("{} is administration", t.node),
+            "changes the schema" => format!("{} changes the schema", t.node),
+            other => other.to_owned(),
+        };
+        if !t.kind.is_empty() {
+            self.kinds.insert(t.kind.to_owned());
+        }
+        self.raise(t.class, reason);
+        if t.dynamic {
+            self.kinds.insert("dynamic".into());
         }
     }
 
@@ -387,9 +408,11 @@ impl Walk<'_> {
     fn node(&mut self, name: &str, n: &Value) {
         let flag = |key: &str| n.get(key).and_then(Value::as_bool).unwrap_or(false);
         let has = |key: &str| n.get(key).is_some_and(|v| !v.is_null());
+        if let Some(t) = crate::statements::statement_type(name) {
+            self.statement_type(&t);
+        }
         match name {
             "SelectStmt" => {
-                self.kind("select", Class::Read, "reads only");
                 if has("into_clause") {
                     self.kind("create", Class::Ddl, "SELECT INTO creates a table");
                 }
@@ -405,7 +428,6 @@ impl Walk<'_> {
                 }
             }
             "InsertStmt" => {
-                self.kind("insert", Class::Write, "INSERT");
                 let conflict = n.get("on_conflict_clause");
                 if conflict
                     .and_then(|c| c.get("action"))
@@ -423,18 +445,15 @@ impl Walk<'_> {
                 }
             }
             "UpdateStmt" => {
-                self.kind("update", Class::Write, "UPDATE");
                 if !n.get("where_clause").is_some_and(mentions_column) {
                     self.without_where = true;
                 }
             }
             "DeleteStmt" => {
-                self.kind("delete", Class::Write, "DELETE");
                 if !n.get("where_clause").is_some_and(mentions_column) {
                     self.without_where = true;
                 }
             }
-            "IndexStmt" => self.kind("create", Class::Ddl, "CREATE INDEX changes the schema"),
             "AlterTableCmd" => {
                 let subtype = n.get("subtype").and_then(Value::as_i64);
                 use pg_query::protobuf::AlterTableType as T;
@@ -445,7 +464,6 @@ impl Walk<'_> {
                     self.kind("drop", Class::Ddl, "ALTER TABLE ... DROP");
                 }
             }
-            "MergeStmt" => self.kind("merge", Class::Write, "MERGE"),
             "MergeWhenClause" => {
                 let command = n.get("command_type").and_then(Value::as_i64);
                 if command == Some(pg_query::protobuf::CmdType::CmdDelete as i64) {
@@ -476,12 +494,6 @@ impl Walk<'_> {
                     self.kind("copy_to", Class::Read, "COPY TO");
                 }
             }
-            "TruncateStmt" => self.kind("truncate", Class::Write, "TRUNCATE"),
-            "DropStmt"
-            | "DropdbStmt"
-            | "DropTableSpaceStmt"
-            | "DropOwnedStmt"
-            | "DropSubscriptionStmt" => self.kind("drop", Class::Ddl, "DROP"),
             "ExplainStmt" => {
                 // Plain EXPLAIN does not run its statement; the statement is classified
                 // anyway (fail closed: EXPLAIN ANALYZE runs it).
@@ -504,69 +516,8 @@ impl Walk<'_> {
                     "EXPLAIN",
                 );
             }
-            "PrepareStmt" => self.kind("prepare", Class::Read, "PREPARE"),
-            "ExecuteStmt" => self.kind(
-                "execute",
-                Class::Admin,
-                "EXECUTE of a prepared statement the classifier cannot see",
-            ),
-            "DoStmt" => {
-                self.kind("do", Class::Admin, "a DO block runs code");
-                self.kinds.insert("dynamic".into());
-            }
-            "CallStmt" => {
-                self.kind("call", Class::Admin, "CALL runs a procedure");
-                self.kinds.insert("dynamic".into());
-            }
-            "CreateFunctionStmt"
-            | "CreateTrigStmt"
-            | "RuleStmt"
-            | "CreateEventTrigStmt"
-            | "CreatePLangStmt"
-            | "CreateTransformStmt"
-            | "CreateCastStmt"
-            | "DefineStmt" => {
-                self.kind(&snake(name), Class::Admin, "defines code that runs later");
-                self.kinds.insert("dynamic".into());
-            }
-            "GrantStmt" => self.kind("grant", Class::Ddl, "GRANT / REVOKE"),
-            "GrantRoleStmt" => self.kind("grant", Class::Admin, "GRANT / REVOKE of a role"),
-            "SecLabelStmt" => self.kind("alter", Class::Ddl, "SECURITY LABEL"),
-            "CreateRoleStmt"
-            | "AlterRoleStmt"
-            | "AlterRoleSetStmt"
-            | "DropRoleStmt"
-            | "ReassignOwnedStmt"
-            | "AlterSystemStmt"
-            | "LoadStmt"
-            | "CreateExtensionStmt"
-            | "AlterExtensionStmt"
-            | "AlterExtensionContentsStmt"
-            | "CreateFdwStmt"
-            | "CreateForeignServerStmt"
-            | "CreateUserMappingStmt"
-            | "ImportForeignSchemaStmt"
-            | "CheckPointStmt"
-            | "VacuumStmt"
-            | "ClusterStmt"
-            | "ReindexStmt"
-            | "CreateSubscriptionStmt"
-            | "AlterSubscriptionStmt"
-            | "CreatePublicationStmt"
-            | "AlterDatabaseStmt"
-            | "AlterDatabaseSetStmt"
-            | "CreatedbStmt"
-            | "CreateTableSpaceStmt"
-            | "AlterOwnerStmt"
-            | "AlterDefaultPrivilegesStmt"
-            | "CreateConversionStmt" => self.kind(
-                &snake(name),
-                Class::Admin,
-                &format!("{name} is administration"),
-            ),
             "VariableSetStmt" => {
                 let setting = n.get("name").and_then(Value::as_str).unwrap_or_default();
-                self.kinds.insert("set".into());
                 // Settings that change how later SQL is read or who runs it.
                 if READING_SETTINGS
                     .iter()
@@ -584,11 +535,6 @@ impl Walk<'_> {
                     );
                 }
             }
-            "LockStmt" => self.kind("lock", Class::Write, "LOCK"),
-            "DeclareCursorStmt" => self.kind("cursor", Class::Read, "DECLARE CURSOR"),
-            "CreateTableAsStmt" => self.kind("create", Class::Ddl, "CREATE TABLE AS"),
-            "RefreshMatViewStmt" => self.kind("refresh", Class::Write, "REFRESH MATERIALIZED VIEW"),
-            "NotifyStmt" => self.kind("notify", Class::Write, "NOTIFY"),
             "RangeVar" => {
                 let rel = n.get("relname").and_then(Value::as_str).unwrap_or_default();
                 let schema = n
@@ -639,12 +585,6 @@ impl Walk<'_> {
                 if !full.is_empty() {
                     self.functions.insert(full);
                 }
-            }
-            n if n.starts_with("Create") || n.starts_with("Define") || n == "CompositeTypeStmt" => {
-                self.kind("create", Class::Ddl, &format!("{n} changes the schema"))
-            }
-            n if n.starts_with("Alter") || n == "RenameStmt" || n == "CommentStmt" => {
-                self.kind("alter", Class::Ddl, &format!("{n} changes the schema"))
             }
             _ => {}
         }
@@ -705,72 +645,6 @@ fn signals_own_backend(call: &Value) -> bool {
         && matches!(
             names.as_slice(),
             ["pg_backend_pid"] | ["pg_catalog", "pg_backend_pid"]
-        )
-}
-
-/// Statement node types classified by their parts (everything else at the top is `admin`).
-fn known_statement(name: &str) -> bool {
-    matches!(
-        name,
-        "SelectStmt"
-            | "InsertStmt"
-            | "UpdateStmt"
-            | "DeleteStmt"
-            | "MergeStmt"
-            | "CopyStmt"
-            | "ExplainStmt"
-            | "PrepareStmt"
-            | "DeallocateStmt"
-            | "TransactionStmt"
-            | "VariableSetStmt"
-            | "VariableShowStmt"
-            | "DiscardStmt"
-            | "ListenStmt"
-            | "UnlistenStmt"
-            | "NotifyStmt"
-            | "LockStmt"
-            | "DeclareCursorStmt"
-            | "FetchStmt"
-            | "ClosePortalStmt"
-            | "TruncateStmt"
-            | "DropStmt"
-            | "CreateStmt"
-            | "CreateTableAsStmt"
-            | "IndexStmt"
-            | "ViewStmt"
-            | "CreateSeqStmt"
-            | "AlterSeqStmt"
-            | "AlterTableStmt"
-            | "RenameStmt"
-            | "CommentStmt"
-            | "CreateSchemaStmt"
-            | "CreateEnumStmt"
-            | "CompositeTypeStmt"
-            | "CreateDomainStmt"
-            | "RefreshMatViewStmt"
-            | "ConstraintsSetStmt"
-            | "CheckPointStmt"
-    ) || name.starts_with("Create")
-        || name.starts_with("Alter")
-        || name.starts_with("Drop")
-        || name.starts_with("Grant")
-        || name.ends_with("RoleStmt")
-        || matches!(
-            name,
-            "ExecuteStmt"
-                | "DoStmt"
-                | "CallStmt"
-                | "RuleStmt"
-                | "LoadStmt"
-                | "VacuumStmt"
-                | "ClusterStmt"
-                | "ReindexStmt"
-                | "ReassignOwnedStmt"
-                | "SecLabelStmt"
-                | "DefineStmt"
-                | "ImportForeignSchemaStmt"
-                | "CreatedbStmt"
-                | "DropdbStmt"
         )
 }
 

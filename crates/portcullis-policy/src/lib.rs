@@ -55,6 +55,7 @@ mod mysql;
 mod normalize;
 mod rules;
 mod stack;
+mod statements;
 
 pub use classify::{
     Class, Classified, Classifier, DANGEROUS_FUNCTIONS, SIDE_EFFECT_FUNCTIONS, Unparsed,
@@ -68,6 +69,7 @@ pub use rules::{
     Policy, PolicyError, Rule,
 };
 pub use stack::{INLINE_PARSE, MAX_PARSED};
+pub use statements::{STATEMENT_TYPES, StatementType, statement_type};
 
 #[cfg(test)]
 mod corpus;
