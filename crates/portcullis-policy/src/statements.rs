@@ -218,7 +218,10 @@ mod tests {
         ("InsertStmt", "INSERT INTO t VALUES (1)"),
         ("DeleteStmt", "DELETE FROM t WHERE id = 1"),
         ("UpdateStmt", "UPDATE t SET a = 1 WHERE id = 1"),
-        ("MergeStmt", "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DO NOTHING"),
+        (
+            "MergeStmt",
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DO NOTHING",
+        ),
         ("SelectStmt", "SELECT 1"),
         ("CreateSchemaStmt", "CREATE SCHEMA s"),
         ("AlterTableStmt", "ALTER TABLE t ADD COLUMN b int"),
@@ -226,32 +229,74 @@ mod tests {
         ("AlterDomainStmt", "ALTER DOMAIN d SET NOT NULL"),
         ("GrantStmt", "GRANT SELECT ON t TO r"),
         ("GrantRoleStmt", "GRANT admin TO r"),
-        ("AlterDefaultPrivilegesStmt", "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO r"),
+        (
+            "AlterDefaultPrivilegesStmt",
+            "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO r",
+        ),
         ("CopyStmt", "COPY t TO STDOUT"),
         ("VariableSetStmt", "SET work_mem = '4MB'"),
         ("VariableShowStmt", "SHOW work_mem"),
         ("CreateStmt", "CREATE TABLE t (a int)"),
-        ("CreateTableSpaceStmt", "CREATE TABLESPACE ts LOCATION '/tmp/ts'"),
+        (
+            "CreateTableSpaceStmt",
+            "CREATE TABLESPACE ts LOCATION '/tmp/ts'",
+        ),
         ("DropTableSpaceStmt", "DROP TABLESPACE ts"),
-        ("AlterTableSpaceOptionsStmt", "ALTER TABLESPACE ts SET (seq_page_cost = 1)"),
-        ("AlterTableMoveAllStmt", "ALTER TABLE ALL IN TABLESPACE ts SET TABLESPACE ts2"),
+        (
+            "AlterTableSpaceOptionsStmt",
+            "ALTER TABLESPACE ts SET (seq_page_cost = 1)",
+        ),
+        (
+            "AlterTableMoveAllStmt",
+            "ALTER TABLE ALL IN TABLESPACE ts SET TABLESPACE ts2",
+        ),
         ("CreateExtensionStmt", "CREATE EXTENSION dblink"),
         ("AlterExtensionStmt", "ALTER EXTENSION dblink UPDATE"),
-        ("AlterExtensionContentsStmt", "ALTER EXTENSION e ADD TABLE t"),
+        (
+            "AlterExtensionContentsStmt",
+            "ALTER EXTENSION e ADD TABLE t",
+        ),
         ("CreateFdwStmt", "CREATE FOREIGN DATA WRAPPER w"),
         ("AlterFdwStmt", "ALTER FOREIGN DATA WRAPPER w NO VALIDATOR"),
-        ("CreateForeignServerStmt", "CREATE SERVER s FOREIGN DATA WRAPPER w"),
-        ("AlterForeignServerStmt", "ALTER SERVER s OPTIONS (host 'h')"),
-        ("CreateForeignTableStmt", "CREATE FOREIGN TABLE f (a int) SERVER s"),
-        ("CreateUserMappingStmt", "CREATE USER MAPPING FOR r SERVER s"),
-        ("AlterUserMappingStmt", "ALTER USER MAPPING FOR r SERVER s OPTIONS (password 'p')"),
+        (
+            "CreateForeignServerStmt",
+            "CREATE SERVER s FOREIGN DATA WRAPPER w",
+        ),
+        (
+            "AlterForeignServerStmt",
+            "ALTER SERVER s OPTIONS (host 'h')",
+        ),
+        (
+            "CreateForeignTableStmt",
+            "CREATE FOREIGN TABLE f (a int) SERVER s",
+        ),
+        (
+            "CreateUserMappingStmt",
+            "CREATE USER MAPPING FOR r SERVER s",
+        ),
+        (
+            "AlterUserMappingStmt",
+            "ALTER USER MAPPING FOR r SERVER s OPTIONS (password 'p')",
+        ),
         ("DropUserMappingStmt", "DROP USER MAPPING FOR r SERVER s"),
-        ("ImportForeignSchemaStmt", "IMPORT FOREIGN SCHEMA p FROM SERVER s INTO l"),
+        (
+            "ImportForeignSchemaStmt",
+            "IMPORT FOREIGN SCHEMA p FROM SERVER s INTO l",
+        ),
         ("CreatePolicyStmt", "CREATE POLICY p ON t USING (true)"),
         ("AlterPolicyStmt", "ALTER POLICY p ON t USING (false)"),
-        ("CreateAmStmt", "CREATE ACCESS METHOD a TYPE INDEX HANDLER h"),
-        ("CreateTrigStmt", "CREATE TRIGGER g BEFORE INSERT ON t EXECUTE FUNCTION f()"),
-        ("CreateEventTrigStmt", "CREATE EVENT TRIGGER e ON ddl_command_start EXECUTE FUNCTION f()"),
+        (
+            "CreateAmStmt",
+            "CREATE ACCESS METHOD a TYPE INDEX HANDLER h",
+        ),
+        (
+            "CreateTrigStmt",
+            "CREATE TRIGGER g BEFORE INSERT ON t EXECUTE FUNCTION f()",
+        ),
+        (
+            "CreateEventTrigStmt",
+            "CREATE EVENT TRIGGER e ON ddl_command_start EXECUTE FUNCTION f()",
+        ),
         ("AlterEventTrigStmt", "ALTER EVENT TRIGGER e DISABLE"),
         ("CreatePlangStmt", "CREATE LANGUAGE l HANDLER h"),
         ("CreateRoleStmt", "CREATE ROLE r"),
@@ -260,11 +305,20 @@ mod tests {
         ("DropRoleStmt", "DROP ROLE r"),
         ("CreateSeqStmt", "CREATE SEQUENCE q"),
         ("AlterSeqStmt", "ALTER SEQUENCE q RESTART"),
-        ("DefineStmt", "CREATE OPERATOR ~~~ (RIGHTARG = text, FUNCTION = pg_read_file)"),
+        (
+            "DefineStmt",
+            "CREATE OPERATOR ~~~ (RIGHTARG = text, FUNCTION = pg_read_file)",
+        ),
         ("CreateDomainStmt", "CREATE DOMAIN d AS int"),
-        ("CreateOpClassStmt", "CREATE OPERATOR CLASS c FOR TYPE int USING btree AS OPERATOR 1 <"),
+        (
+            "CreateOpClassStmt",
+            "CREATE OPERATOR CLASS c FOR TYPE int USING btree AS OPERATOR 1 <",
+        ),
         ("CreateOpFamilyStmt", "CREATE OPERATOR FAMILY f USING btree"),
-        ("AlterOpFamilyStmt", "ALTER OPERATOR FAMILY f USING btree ADD OPERATOR 1 < (int, int)"),
+        (
+            "AlterOpFamilyStmt",
+            "ALTER OPERATOR FAMILY f USING btree ADD OPERATOR 1 < (int, int)",
+        ),
         ("DropStmt", "DROP TABLE t"),
         ("TruncateStmt", "TRUNCATE t"),
         ("CommentStmt", "COMMENT ON TABLE t IS 'x'"),
@@ -275,17 +329,29 @@ mod tests {
         ("IndexStmt", "CREATE INDEX i ON t (a)"),
         ("CreateStatsStmt", "CREATE STATISTICS st ON a, b FROM t"),
         ("AlterStatsStmt", "ALTER STATISTICS st SET STATISTICS 10"),
-        ("CreateFunctionStmt", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'"),
+        (
+            "CreateFunctionStmt",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        ),
         ("AlterFunctionStmt", "ALTER FUNCTION f() SECURITY DEFINER"),
         ("DoStmt", "DO $$BEGIN END$$"),
         ("CallStmt", "CALL p()"),
         ("RenameStmt", "ALTER TABLE t RENAME TO u"),
-        ("AlterObjectDependsStmt", "ALTER FUNCTION f() DEPENDS ON EXTENSION e"),
+        (
+            "AlterObjectDependsStmt",
+            "ALTER FUNCTION f() DEPENDS ON EXTENSION e",
+        ),
         ("AlterObjectSchemaStmt", "ALTER TABLE t SET SCHEMA s"),
         ("AlterOwnerStmt", "ALTER FUNCTION f() OWNER TO r"),
-        ("AlterOperatorStmt", "ALTER OPERATOR ~~~ (NONE, text) SET (RESTRICT = NONE)"),
+        (
+            "AlterOperatorStmt",
+            "ALTER OPERATOR ~~~ (NONE, text) SET (RESTRICT = NONE)",
+        ),
         ("AlterTypeStmt", "ALTER TYPE ty SET (STORAGE = plain)"),
-        ("RuleStmt", "CREATE RULE r AS ON INSERT TO t DO INSTEAD NOTHING"),
+        (
+            "RuleStmt",
+            "CREATE RULE r AS ON INSERT TO t DO INSTEAD NOTHING",
+        ),
         ("NotifyStmt", "NOTIFY ch"),
         ("ListenStmt", "LISTEN ch"),
         ("UnlistenStmt", "UNLISTEN ch"),
@@ -298,8 +364,14 @@ mod tests {
         ("LoadStmt", "LOAD 'auto_explain'"),
         ("CreatedbStmt", "CREATE DATABASE d"),
         ("AlterDatabaseStmt", "ALTER DATABASE d CONNECTION LIMIT 1"),
-        ("AlterDatabaseRefreshCollStmt", "ALTER DATABASE d REFRESH COLLATION VERSION"),
-        ("AlterDatabaseSetStmt", "ALTER DATABASE d SET work_mem = '1MB'"),
+        (
+            "AlterDatabaseRefreshCollStmt",
+            "ALTER DATABASE d REFRESH COLLATION VERSION",
+        ),
+        (
+            "AlterDatabaseSetStmt",
+            "ALTER DATABASE d SET work_mem = '1MB'",
+        ),
         ("DropdbStmt", "DROP DATABASE d"),
         ("AlterSystemStmt", "ALTER SYSTEM SET work_mem = '1MB'"),
         ("ClusterStmt", "CLUSTER t USING i"),
@@ -312,19 +384,40 @@ mod tests {
         ("LockStmt", "LOCK TABLE t"),
         ("ConstraintsSetStmt", "SET CONSTRAINTS ALL DEFERRED"),
         ("ReindexStmt", "REINDEX TABLE t"),
-        ("CreateConversionStmt", "CREATE CONVERSION c FOR 'LATIN1' TO 'UTF8' FROM f"),
-        ("CreateCastStmt", "CREATE CAST (int AS text) WITH FUNCTION f(int)"),
-        ("CreateTransformStmt", "CREATE TRANSFORM FOR int LANGUAGE l (FROM SQL WITH FUNCTION f(internal))"),
+        (
+            "CreateConversionStmt",
+            "CREATE CONVERSION c FOR 'LATIN1' TO 'UTF8' FROM f",
+        ),
+        (
+            "CreateCastStmt",
+            "CREATE CAST (int AS text) WITH FUNCTION f(int)",
+        ),
+        (
+            "CreateTransformStmt",
+            "CREATE TRANSFORM FOR int LANGUAGE l (FROM SQL WITH FUNCTION f(internal))",
+        ),
         ("PrepareStmt", "PREPARE q AS SELECT 1"),
         ("ExecuteStmt", "EXECUTE q"),
         ("DeallocateStmt", "DEALLOCATE q"),
         ("DropOwnedStmt", "DROP OWNED BY r"),
         ("ReassignOwnedStmt", "REASSIGN OWNED BY r TO s"),
-        ("AlterTsdictionaryStmt", "ALTER TEXT SEARCH DICTIONARY d (StopWords = english)"),
-        ("AlterTsconfigurationStmt", "ALTER TEXT SEARCH CONFIGURATION c DROP MAPPING FOR word"),
-        ("CreatePublicationStmt", "CREATE PUBLICATION p FOR ALL TABLES"),
+        (
+            "AlterTsdictionaryStmt",
+            "ALTER TEXT SEARCH DICTIONARY d (StopWords = english)",
+        ),
+        (
+            "AlterTsconfigurationStmt",
+            "ALTER TEXT SEARCH CONFIGURATION c DROP MAPPING FOR word",
+        ),
+        (
+            "CreatePublicationStmt",
+            "CREATE PUBLICATION p FOR ALL TABLES",
+        ),
         ("AlterPublicationStmt", "ALTER PUBLICATION p ADD TABLE t"),
-        ("CreateSubscriptionStmt", "CREATE SUBSCRIPTION s CONNECTION 'host=h' PUBLICATION p"),
+        (
+            "CreateSubscriptionStmt",
+            "CREATE SUBSCRIPTION s CONNECTION 'host=h' PUBLICATION p",
+        ),
         ("AlterSubscriptionStmt", "ALTER SUBSCRIPTION s DISABLE"),
         ("DropSubscriptionStmt", "DROP SUBSCRIPTION s"),
     ];
@@ -348,12 +441,22 @@ mod tests {
             let row = statement_type(node).unwrap();
             assert_eq!(typed, row);
             let c = classifier.classify(sql).unwrap().remove(0);
-            assert!(c.class >= row.class, "{sql}: {:?} below {:?}", c.class, row.class);
+            assert!(
+                c.class >= row.class,
+                "{sql}: {:?} below {:?}",
+                c.class,
+                row.class
+            );
             assert!(c.classes.contains(&row.class), "{sql}: {:?}", c.classes);
             if !row.kind.is_empty() {
                 assert!(c.has_kind(row.kind), "{sql}: kinds {:?}", c.kinds);
             }
-            assert_eq!(c.has_kind("dynamic"), row.dynamic, "{sql}: kinds {:?}", c.kinds);
+            assert_eq!(
+                c.has_kind("dynamic"),
+                row.dynamic,
+                "{sql}: kinds {:?}",
+                c.kinds
+            );
             seen.insert(*node);
         }
         let missing: Vec<_> = STATEMENT_TYPES
@@ -361,7 +464,10 @@ mod tests {
             .map(|t| t.node)
             .filter(|n| !seen.contains(n))
             .collect();
-        assert!(missing.is_empty(), "statement types without an example: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "statement types without an example: {missing:?}"
+        );
         assert_eq!(seen.len(), STATEMENT_TYPES.len());
     }
 
@@ -371,7 +477,10 @@ mod tests {
         let classifier = Classifier::default();
         let class = |sql: &str| classifier.classify(sql).unwrap().remove(0).class;
         assert_eq!(class("DROP USER MAPPING FOR r SERVER s"), Class::Ddl);
-        assert_eq!(class("ALTER USER MAPPING FOR r SERVER s OPTIONS (password 'p')"), Class::Admin);
+        assert_eq!(
+            class("ALTER USER MAPPING FOR r SERVER s OPTIONS (password 'p')"),
+            Class::Admin
+        );
         assert_eq!(class("CREATE LANGUAGE l HANDLER h"), Class::Admin);
         assert_eq!(class("DISCARD ALL"), Class::Read);
         assert_eq!(class("COPY t FROM PROGRAM 'id'"), Class::Admin);

@@ -681,6 +681,7 @@ where
             events_call: None,
             events_requested: false,
             waiting: None,
+            terminated: false,
             upload: None,
             pending_copy: None,
             skip_until_sync: false,
@@ -936,6 +937,8 @@ struct Driver<S: Service<Request<PgCommand>>, B> {
     events_requested: bool,
     /// A unit waiting for the stack to be ready.
     waiting: Option<PgCommand>,
+    /// The client sent Terminate.
+    terminated: bool,
     upload: Option<UploadSender>,
     /// A COPY frame from the client waiting for room in the upload.
     pending_copy: Option<Frame>,
@@ -987,6 +990,12 @@ where
             self.closing = true;
             self.end
                 .get_or_insert_with(|| "the database ended the session".into());
+            return;
+        }
+        if self.terminated {
+            // The client said goodbye and reads nothing more: the database closing the
+            // connection after Terminate is no error to report.
+            self.closing = true;
             return;
         }
         let r = rescue(error);
@@ -1488,6 +1497,7 @@ where
         }
         self.call = Some((Box::pin(self.service.call(req)), expects_ready, ledger));
         if terminate {
+            self.terminated = true;
             self.end = Some("the client terminated the session".into());
         }
         Poll::Ready(Ok(()))

@@ -15,6 +15,8 @@ use tokio_postgres::error::SqlState;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
+#[path = "gateway/adversarial.rs"]
+mod adversarial;
 #[path = "../../../crates/portcullis-policy/src/corpus.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod corpus;

@@ -160,7 +160,10 @@ fn sequence(rng: &mut Rng) -> Vec<Step> {
         let step = match rng.below(12) {
             0..=2 => {
                 let n = 1 + rng.below(3);
-                let sql = (0..n).map(|_| statement(rng)).collect::<Vec<_>>().join("; ");
+                let sql = (0..n)
+                    .map(|_| statement(rng))
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 Step {
                     bytes: msg::query(&sql),
                     shown: format!("Query({sql:?})"),
@@ -436,10 +439,13 @@ async fn what_the_server_ran_is_what_the_gateway_judged_and_recorded() {
                      sequence: {}",
                     shown()
                 ));
-                direct.0.simple(&format!(
-                    "select pg_terminate_backend(pid) from pg_stat_activity \
+                direct
+                    .0
+                    .simple(&format!(
+                        "select pg_terminate_backend(pid) from pg_stat_activity \
                      where application_name = '{APP}'"
-                )).unwrap();
+                    ))
+                    .unwrap();
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -490,12 +496,11 @@ async fn what_the_server_ran_is_what_the_gateway_judged_and_recorded() {
         findings.len()
     );
     assert!(ran > 0, "the server ran nothing: the fuzzer tested nothing");
-    assert!(refused > 0, "nothing was refused: the fuzzer sent nothing hostile");
     assert!(
-        findings.is_empty(),
-        "seed {seed}:\n{}",
-        findings.join("\n")
+        refused > 0,
+        "nothing was refused: the fuzzer sent nothing hostile"
     );
+    assert!(findings.is_empty(), "seed {seed}:\n{}", findings.join("\n"));
 }
 
 /// `text` as the grammar pieces it was joined from (squeezed); the whole text when it is not

@@ -348,9 +348,10 @@ action = "deny"
         "the DROP behind a view that changes a setting ran: {first:?} {second:?}"
     );
     assert!(
-        second
-            .iter()
-            .any(|m| m.tag == b'E' && m.field(b'M').unwrap_or_default().contains("standard_conforming_strings")),
+        second.iter().any(|m| m.tag == b'E'
+            && m.field(b'M')
+                .unwrap_or_default()
+                .contains("standard_conforming_strings")),
         "{second:?}"
     );
 
@@ -431,13 +432,20 @@ async fn a_session_ends_after_terminate_whatever_came_unsynced_before_it() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "Parse, Terminate",
-            [msg::parse("s1", "SELECT 'parse-then-terminate'"), msg::terminate()].concat(),
+            [
+                msg::parse("s1", "SELECT 'parse-then-terminate'"),
+                msg::terminate(),
+            ]
+            .concat(),
         ),
         (
             // A function call: the gateway waits for the replies before judging what follows.
             "Parse of a call, Terminate",
             [
-                msg::parse("s1", "SELECT set_config('application_name', 'parse-call', false)"),
+                msg::parse(
+                    "s1",
+                    "SELECT set_config('application_name', 'parse-call', false)",
+                ),
                 msg::terminate(),
             ]
             .concat(),
