@@ -12,8 +12,56 @@ pub enum ValueKind {
     PrefixedText,
     /// A binary-format integer (two, four or eight bytes, big-endian).
     Integer,
-    /// Anything else in binary format: not readable as text.
+    /// A binary-format IEEE float (four or eight bytes, big-endian).
+    Float,
+    /// A PostgreSQL binary `numeric`.
+    Numeric,
+    /// A PostgreSQL binary `inet` or `cidr`.
+    Inet,
+    /// A PostgreSQL binary array: its element type is in the value.
+    PgArray,
+    /// A PostgreSQL binary record (`ROW(…)`): each field's type is in the value.
+    PgRecord,
+    /// A binary-protocol integer, little-endian (MySQL), one to eight bytes (read both as
+    /// signed and as unsigned).
+    LeInteger,
+    /// A binary-protocol IEEE float, little-endian (MySQL `FLOAT`, `DOUBLE`).
+    LeFloat,
+    /// A binary value of a type no built-in detector reads (a date, a time, a boolean, a
+    /// UUID): passed unless a custom detector (which may match anything) is on.
+    Inert,
+    /// Anything else in binary format: not readable, so masked whole (NULL) wherever
+    /// masking applies.
     Opaque,
+}
+
+impl ValueKind {
+    /// How a PostgreSQL binary-format value of type `oid` reads (built-in types only: a type
+    /// created in the database has an OID the gateway does not know, so it is opaque).
+    pub fn postgres_binary(oid: u32) -> ValueKind {
+        match oid {
+            // text, varchar, bpchar, name, char, json, xml, unknown, bytea (raw bytes)
+            25 | 1043 | 1042 | 19 | 18 | 114 | 142 | 705 | 17 => ValueKind::Text,
+            // jsonb, jsonpath: a version byte, then text
+            3802 | 4072 => ValueKind::PrefixedText,
+            // int2, int4, int8, oid, xid, cid, money, regproc, regclass, regtype, …
+            21 | 23 | 20 | 26 | 28 | 29 | 790 | 24 | 2202 | 2203 | 2204 | 2205 | 2206 | 4089
+            | 4096 | 3734 | 3769 => ValueKind::Integer,
+            700 | 701 => ValueKind::Float,
+            1700 => ValueKind::Numeric,
+            869 | 650 => ValueKind::Inet,
+            // bool, date, time, timetz, timestamp, timestamptz, interval, uuid, macaddr,
+            // macaddr8
+            16 | 1082 | 1083 | 1266 | 1114 | 1184 | 1186 | 2950 | 829 | 774 => ValueKind::Inert,
+            // record
+            2249 => ValueKind::PgRecord,
+            // arrays of the types above (and of record)
+            1009 | 1015 | 1014 | 1003 | 1002 | 199 | 143 | 1001 | 3807 | 4073 | 1005 | 1007
+            | 1016 | 1028 | 1021 | 1022 | 1231 | 1041 | 651 | 1000 | 1182 | 1183 | 1270 | 1115
+            | 1185 | 1187 | 2951 | 2287 => ValueKind::PgArray,
+            _ => ValueKind::Opaque,
+        }
+    }
 }
 
 /// One column of a result, as the protocol describes it.

@@ -328,6 +328,9 @@ struct State {
     kinds: BTreeMap<Kind, u64>,
     columns: BTreeMap<String, u64>,
     values: u64,
+    /// Values replaced whole because they could not be read (binary values of types no
+    /// detector reads).
+    unreadable: u64,
 }
 
 impl State {
@@ -342,6 +345,7 @@ impl State {
             kinds: BTreeMap::new(),
             columns: BTreeMap::new(),
             values: 0,
+            unreadable: 0,
         }
     }
 
@@ -533,32 +537,27 @@ impl State {
                     other => other,
                 }
             }
-            // A number under a column rule cannot keep its type masked: NULL.
-            (ValueKind::Integer, Some(_)) | (ValueKind::Opaque, Some(_)) => Masked::Null,
-            (ValueKind::Integer, None) => {
-                let n: Option<i64> = match v.len() {
-                    2 => Some(i64::from(i16::from_be_bytes([v[0], v[1]]))),
-                    4 => Some(i64::from(i32::from_be_bytes([v[0], v[1], v[2], v[3]]))),
-                    8 => Some(i64::from_be_bytes([
-                        v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7],
-                    ])),
-                    _ => None,
-                };
-                match n {
-                    Some(n) => match policy.masker.mask(
-                        n.to_string().as_bytes(),
-                        &mut self.scratch,
-                        &mut self.kinds,
-                    ) {
-                        Masked::Clean => Masked::Clean,
-                        _ => Masked::Null,
-                    },
-                    None => Masked::Null,
+            // A value of another type under a column rule cannot keep its type masked: NULL.
+            (_, Some(_)) => Masked::Null,
+            // Without a column rule: what the detectors can read in it; what they cannot
+            // read is NULL (fail closed) — unless no detector is on, when nothing applies.
+            (kind, None) => {
+                if policy.masker.detectors().any() {
+                    let found: u64 = self.kinds.values().sum();
+                    let masked = crate::binary::Scan {
+                        masker: &policy.masker,
+                        scratch: &mut self.scratch,
+                        counts: &mut self.kinds,
+                    }
+                    .value(kind, v);
+                    if masked == Masked::Null && self.kinds.values().sum::<u64>() == found {
+                        self.unreadable += 1;
+                    }
+                    masked
+                } else {
+                    Masked::Clean
                 }
             }
-            // Binary values of other types carry no text the detectors can read.
-            (ValueKind::Opaque, None) => Masked::Clean,
-            _ => Masked::Null,
         };
         match masked {
             Masked::Clean => None,
@@ -595,6 +594,10 @@ impl State {
         } else {
             "masked"
         };
+        let mut kinds = kinds;
+        if self.unreadable > 0 {
+            kinds.push(format!("unreadable={}", self.unreadable));
+        }
         let detail = format!(
             "{verb} {} value(s); detectors: {}; columns: {}",
             self.values,
@@ -615,6 +618,7 @@ impl State {
         self.values = 0;
         self.kinds.clear();
         self.columns.clear();
+        self.unreadable = 0;
     }
 }
 

@@ -39,6 +39,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod binary;
 mod copytext;
 mod detect;
 mod json;

@@ -47,6 +47,20 @@ enum Literal {
 pub struct BuildError(pub String);
 
 impl Detectors {
+    /// Whether any detector is on.
+    pub fn any(&self) -> bool {
+        self.enabled.iter().any(|&e| e) || self.has_custom()
+    }
+
+    /// Whether a custom detector is on (it may match any text, a date's included).
+    pub fn has_custom(&self) -> bool {
+        !self.regexes.is_empty()
+            || self
+                .literal_kinds
+                .iter()
+                .any(|l| matches!(l, Literal::Term(_)))
+    }
+
     /// The built-in detectors in `kinds` and the `custom` ones (numbered in order, as
     /// [`Kind::Custom`]).
     pub fn new(kinds: &[Kind], custom: Vec<Custom>) -> Result<Self, BuildError> {

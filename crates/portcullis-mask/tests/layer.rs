@@ -215,13 +215,13 @@ async fn rows_are_masked_by_plan_and_content() {
             Some(b"[redacted]".to_vec()),
             Some(b"j***@example.com".to_vec()),
             None, // a card number in an integer: NULL
-            Some(vec![0, 1, 2]),
+            None, // a value no detector can read: NULL (fail closed)
         ]))
     );
     assert_eq!(out[2], Ok(Ev::Text(b"call +* ***-***-**32".to_vec())));
     assert_eq!(decisions.len(), 1, "{decisions:?}");
     assert!(
-        decisions[0].starts_with("masked 4 value(s)"),
+        decisions[0].starts_with("masked 5 value(s)") && decisions[0].contains("unreadable=1"),
         "{decisions:?}"
     );
 }
@@ -276,7 +276,8 @@ async fn exempt_identities_detect_mode_and_disabled_change_nothing() {
     .await;
     assert_eq!(out, events.iter().cloned().map(Ok).collect::<Vec<_>>());
     assert!(
-        decisions[0].starts_with("would mask (mode = detect) 3 value(s)"),
+        decisions[0].starts_with("would mask (mode = detect) 4 value(s)")
+            && decisions[0].contains("unreadable=1"),
         "{decisions:?}"
     );
     let (out, _) = run(MaskLayer::disabled(), &["dev"], vec![row()], None).await;
@@ -332,7 +333,7 @@ async fn plans_are_reused_per_shape_within_a_session() {
                 Some(b"[redacted]".to_vec()),
                 Some(b"j***@example.com".to_vec()),
                 None,
-                Some(vec![0, 1, 2]),
+                None, // a value no detector can read: NULL (fail closed)
             ]),
             "a reused plan masks the same"
         );
@@ -394,7 +395,7 @@ async fn binary_copy_is_rewritten_with_known_columns() {
             Some(b"[redacted]"),
             Some(b"j***@example.com"),
             None,
-            Some(&[0, 1, 2]),
+            None, // unreadable: NULL
         ]),
     ]
     .concat();

@@ -130,6 +130,17 @@ fn binary_value_kind(ty: ColumnType) -> ValueKind {
         | MYSQL_TYPE_BLOB
         | MYSQL_TYPE_DECIMAL
         | MYSQL_TYPE_NEWDECIMAL => ValueKind::Text,
+        MYSQL_TYPE_TINY | MYSQL_TYPE_SHORT | MYSQL_TYPE_LONG | MYSQL_TYPE_INT24
+        | MYSQL_TYPE_LONGLONG | MYSQL_TYPE_YEAR => ValueKind::LeInteger,
+        MYSQL_TYPE_FLOAT | MYSQL_TYPE_DOUBLE => ValueKind::LeFloat,
+        MYSQL_TYPE_DATE
+        | MYSQL_TYPE_NEWDATE
+        | MYSQL_TYPE_TIME
+        | MYSQL_TYPE_TIME2
+        | MYSQL_TYPE_DATETIME
+        | MYSQL_TYPE_DATETIME2
+        | MYSQL_TYPE_TIMESTAMP
+        | MYSQL_TYPE_TIMESTAMP2 => ValueKind::Inert,
         _ => ValueKind::Opaque,
     }
 }
@@ -631,7 +642,8 @@ mod tests {
             )
             .unwrap(),
         );
-        assert_eq!(cols.columns[0].0.kind, ValueKind::Opaque);
+        assert_eq!(cols.columns[0].0.kind, ValueKind::LeInteger);
+        assert_eq!(cols.columns[2].0.kind, ValueKind::Inert);
         assert_eq!(cols.columns[1].0.kind, ValueKind::Text);
         // id = 7, email = "a@b.co", at = 2024-02-29 (4 bytes), n = NULL (bit 3 + 2 = 5).
         let mut payload = vec![0x00, 1 << 5];

@@ -8,32 +8,12 @@ use portcullis_core::{Column, RewriteEvent, ValueKind};
 
 use crate::codec::{Frame, first_cstr};
 
-/// Type OIDs whose binary format is their text.
-const TEXT_LIKE: &[u32] = &[
-    25,   // text
-    1043, // varchar
-    1042, // bpchar
-    19,   // name
-    18,   // char
-    114,  // json
-    142,  // xml
-    705,  // unknown
-];
-/// `jsonb`: binary format is a version byte, then text.
-const JSONB: u32 = 3802;
-/// int2, int4, int8.
-const INTEGERS: &[u32] = &[21, 23, 20];
-
 /// How a value of type `oid` in `format` (0 text, 1 binary) reads.
 pub(crate) fn value_kind(oid: u32, format: i16) -> ValueKind {
-    if format == 0 || TEXT_LIKE.contains(&oid) {
+    if format == 0 {
         ValueKind::Text
-    } else if oid == JSONB {
-        ValueKind::PrefixedText
-    } else if INTEGERS.contains(&oid) {
-        ValueKind::Integer
     } else {
-        ValueKind::Opaque
+        ValueKind::postgres_binary(oid)
     }
 }
 
@@ -247,8 +227,9 @@ mod tests {
         assert_eq!(cols[1].kind, ValueKind::Integer);
         let f = fields(t.body()).unwrap();
         assert_eq!(columns(&f, Some(&[0]))[1].kind, ValueKind::Text);
-        assert_eq!(value_kind(17, 1), ValueKind::Opaque);
-        assert_eq!(value_kind(JSONB, 1), ValueKind::PrefixedText);
+        assert_eq!(value_kind(17, 1), ValueKind::Text);
+        assert_eq!(value_kind(3802, 1), ValueKind::PrefixedText);
+        assert_eq!(value_kind(600, 1), ValueKind::Opaque);
     }
 
     #[test]

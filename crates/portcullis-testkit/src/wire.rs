@@ -127,6 +127,26 @@ pub mod msg {
         frame(b'B', &b)
     }
 
+    /// Parse/Bind/Describe/Execute/Sync of `sql` (unnamed, as libpq's `PQexecParams`), every
+    /// result column in binary format.
+    pub fn pbe_binary(sql: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, "");
+        cstr(&mut b, "");
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b.extend_from_slice(&1u16.to_be_bytes());
+        b.extend_from_slice(&1u16.to_be_bytes());
+        [
+            parse("", sql),
+            frame(b'B', &b),
+            describe(b'P', ""),
+            execute(""),
+            sync(),
+        ]
+        .concat()
+    }
+
     /// `Execute` of `portal`, all rows.
     pub fn execute(portal: &str) -> Vec<u8> {
         let mut b = Vec::new();

@@ -437,3 +437,106 @@ fn binary_copy_rows(raw: &[u8]) -> Vec<Vec<Option<Vec<u8>>>> {
         rows.push(row);
     }
 }
+
+/// The first row of `sql`'s result in binary format, through `wire`.
+fn binary_row(wire: &mut portcullis_testkit::wire::PgWire, sql: &str) -> Vec<Option<Vec<u8>>> {
+    wire.send(&portcullis_testkit::wire::msg::pbe_binary(sql))
+        .unwrap();
+    let reply = wire.until_ready().unwrap();
+    if let Some(e) = reply.iter().find(|m| m.tag == b'E') {
+        panic!("{sql}: {:?}", e.field(b'M'));
+    }
+    let row = reply.iter().find(|m| m.tag == b'D').expect("a row");
+    let body = &row.body;
+    let n = i16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut at = 2;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = i32::from_be_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
+        at += 4;
+        if len < 0 {
+            out.push(None);
+        } else {
+            out.push(Some(body[at..at + len as usize].to_vec()));
+            at += len as usize;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_results_are_read_or_masked_whole_never_passed() {
+    use portcullis_testkit::wire::PgWire;
+
+    let cluster = cluster().await;
+    let trail_dir = tempfile::tempdir().unwrap();
+    let trail = trail_dir.path().join("trail.jsonl");
+    let (_gateway, gw, _dir) = start(&cluster, &trail).await;
+    let mut direct =
+        PgWire::connect_unix(cluster.socket_dir(), cluster.port(), cluster.user(), "app").unwrap();
+    let mut wire = PgWire::connect(gw, "alice", "app", ALICE).unwrap();
+    let card_be = 4_111_111_111_111_111i64.to_be_bytes();
+    let has = |v: &[u8], needle: &[u8]| v.windows(needle.len()).any(|w| w == needle);
+
+    // Numbers holding a card number, in every numeric type: clear directly, NULL here.
+    for sql in [
+        "select card_num from customers where id = 1",
+        "select card_num::numeric from customers where id = 1",
+        "select card_num::float8 from customers where id = 1",
+    ] {
+        assert!(binary_row(&mut direct, sql)[0].is_some(), "{sql} directly");
+        assert_eq!(binary_row(&mut wire, sql)[0], None, "{sql} passed in clear");
+    }
+    // Text inside bytea, arrays and records: masked in place, the planted values gone from
+    // every byte the client receives.
+    for sql in [
+        "select email::bytea from customers where id = 1",
+        "select ARRAY[email, card, ssn] from customers where id = 1",
+        "select ROW(email, card, ssn, card_num) from customers where id = 1",
+        "select ARRAY[card_num] from customers where id = 1",
+    ] {
+        let there = binary_row(&mut direct, sql)[0].clone().unwrap();
+        assert!(
+            has(&there, EMAIL.as_bytes()) || has(&there, &card_be),
+            "{sql}: nothing planted directly"
+        );
+        let here = binary_row(&mut wire, sql)[0].clone();
+        if let Some(here) = here {
+            for secret in [EMAIL.as_bytes(), CARD.as_bytes(), SSN.as_bytes(), &card_be] {
+                assert!(!has(&here, secret), "{sql} leaked {secret:?}");
+            }
+        }
+    }
+    // Masked in place, not dropped: the array is still an array of the masked texts.
+    let array = binary_row(
+        &mut wire,
+        "select ARRAY[email, card] from customers where id = 1",
+    )[0]
+    .clone()
+    .expect("the array is masked in place");
+    assert!(has(&array, b"j***@example.com"), "{array:?}");
+    // A whole-row reference (a composite the gateway has no type for) and a type no detector
+    // reads: NULL, not passed.
+    for sql in [
+        "select c from customers c where id = 1",
+        "select point(1, 2) from customers where id = 1",
+    ] {
+        assert!(binary_row(&mut direct, sql)[0].is_some(), "{sql} directly");
+        assert_eq!(binary_row(&mut wire, sql)[0], None, "{sql} passed unread");
+    }
+    // Near-misses and values no detector could match come through byte for byte.
+    for sql in [
+        "select card_num::numeric from customers where id = 2",
+        "select card_num from customers where id = 2",
+        "select 42::numeric, 1.5::float8, true, date '2024-02-29', ARRAY['plain'] from customers where id = 2",
+    ] {
+        assert_eq!(
+            binary_row(&mut wire, sql),
+            binary_row(&mut direct, sql),
+            "{sql} changed"
+        );
+    }
+    // The trail says values were replaced unread.
+    let text = std::fs::read_to_string(&trail).unwrap();
+    assert!(text.contains("unreadable="), "{text}");
+}
