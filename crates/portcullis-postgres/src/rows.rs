@@ -124,7 +124,9 @@ impl RewriteEvent for Frame {
     fn rewrite_text(&self, f: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>) -> Option<Self> {
         match self.tag() {
             b'E' | b'N' => {
-                // Field code, NUL-terminated value; the text fields are rewritten.
+                // Field code, NUL-terminated value; every field is rewritten but the SQLSTATE
+                // and the severities (message, detail, hint, context, query, and the schema,
+                // table, column, data type and constraint names alike).
                 let mut out = Vec::with_capacity(self.body().len());
                 let mut changed = false;
                 let mut rest = self.body();
@@ -135,7 +137,7 @@ impl RewriteEvent for Frame {
                     let value = first_cstr(tail)?;
                     rest = &tail[value.len() + 1..];
                     out.push(code);
-                    match matches!(code, b'M' | b'D' | b'H' | b'W' | b'q')
+                    match (!matches!(code, b'C' | b'S' | b'V'))
                         .then(|| f(value))
                         .flatten()
                     {
@@ -162,6 +164,19 @@ impl RewriteEvent for Frame {
                 out.extend(new.iter().map(|&b| if b == 0 { b' ' } else { b }));
                 out.push(0);
                 frame(b'A', &out)
+            }
+            b'S' => {
+                // ParameterStatus: a setting's value can carry anything a session set
+                // (`application_name` by `set_config`).
+                let body = self.body();
+                let name = first_cstr(body)?;
+                let value = first_cstr(body.get(name.len() + 1..)?)?;
+                let new = f(value)?;
+                let mut out = Vec::with_capacity(body.len() + new.len());
+                out.extend_from_slice(&body[..name.len() + 1]);
+                out.extend(new.iter().map(|&b| if b == 0 { b' ' } else { b }));
+                out.push(0);
+                frame(b'S', &out)
             }
             b'd' => f(self.body()).and_then(|new| frame(b'd', &new)),
             _ => None,
@@ -256,6 +271,27 @@ mod tests {
         let new = a.rewrite_text(&mut |_| Some(b"[email]".to_vec())).unwrap();
         assert_eq!(new.body(), b"\0\0\0\x07ch\0[email]\0");
         assert!(frame(b'H', &[1, 0, 0]).unwrap().opaque_output());
+        // Every field but the code and severities: a constraint or column name too.
+        let n = frame(
+            b'N',
+            b"SNOTICE\0VNOTICE\0C00000\0Mhi\0ncheck_jane@example.com\0cjane@example.com\0\0",
+        )
+        .unwrap();
+        let new = n
+            .rewrite_text(&mut |v| {
+                v.windows(4)
+                    .any(|w| w == b"jane")
+                    .then(|| b"[email]".to_vec())
+            })
+            .unwrap();
+        assert_eq!(
+            new.body(),
+            b"SNOTICE\0VNOTICE\0C00000\0Mhi\0n[email]\0c[email]\0\0"
+        );
+        // A ParameterStatus value.
+        let s = frame(b'S', b"application_name\0jane@example.com\0").unwrap();
+        let new = s.rewrite_text(&mut |_| Some(b"[email]".to_vec())).unwrap();
+        assert_eq!(new.body(), b"application_name\0[email]\0");
     }
 
     proptest::proptest! {

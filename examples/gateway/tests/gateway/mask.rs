@@ -465,7 +465,7 @@ fn binary_row(wire: &mut portcullis_testkit::wire::PgWire, sql: &str) -> Vec<Opt
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binary_results_are_read_or_masked_whole_never_passed() {
+async fn binary_results_and_every_message_field_are_read_or_masked_never_passed() {
     use portcullis_testkit::wire::PgWire;
 
     let cluster = cluster().await;
@@ -535,6 +535,36 @@ async fn binary_results_are_read_or_masked_whole_never_passed() {
             binary_row(&mut direct, sql),
             "{sql} changed"
         );
+    }
+    // Every string field of an error (here the constraint's name) and a ParameterStatus
+    // (application_name set by set_config) pass the detectors too.
+    let out = cluster
+        .psql("app")
+        .args([
+            "-c",
+            &format!("create table cc (v int constraint \"{EMAIL}\" check (v > 0))"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for sql in [
+        "insert into cc values (-1)".to_owned(),
+        format!("select set_config('application_name', '{EMAIL}', false)"),
+    ] {
+        wire.send(&portcullis_testkit::wire::msg::query(&sql))
+            .unwrap();
+        let reply = wire.until_ready().unwrap();
+        assert!(
+            reply.iter().any(|m| m.tag == b'E' || m.tag == b'S'),
+            "{sql}: {reply:?}"
+        );
+        for m in &reply {
+            assert!(
+                !has(&m.body, EMAIL.as_bytes()),
+                "{sql}: {} leaked {EMAIL}",
+                m.tag as char
+            );
+        }
     }
     // The trail says values were replaced unread.
     let text = std::fs::read_to_string(&trail).unwrap();
