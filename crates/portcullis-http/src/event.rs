@@ -79,6 +79,67 @@ impl EventView for HttpEvent {
 }
 
 impl RewriteEvent for HttpEvent {
+    /// The head's header values (a `Location`, a custom `X-…` header), each through `f`; the
+    /// headers that frame the body are left as they are.
+    fn rewrite_text(&self, f: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>) -> Option<Self> {
+        let HttpEvent::Head {
+            parts,
+            media_type,
+            encoding,
+        } = self
+        else {
+            return None;
+        };
+        use http::header;
+        let mut new_parts: Option<Box<Parts>> = None;
+        for (name, value) in &parts.headers {
+            if [
+                header::CONTENT_TYPE,
+                header::CONTENT_LENGTH,
+                header::CONTENT_ENCODING,
+                header::TRANSFER_ENCODING,
+            ]
+            .contains(name)
+            {
+                continue;
+            }
+            let Some(masked) = f(value.as_bytes()) else {
+                continue;
+            };
+            // A header value cannot hold control characters: those become spaces.
+            let masked: Vec<u8> = masked
+                .into_iter()
+                .map(|b| if b < 0x20 || b == 0x7f { b' ' } else { b })
+                .collect();
+            let Ok(masked) = http::HeaderValue::from_bytes(&masked) else {
+                continue;
+            };
+            let target = new_parts.get_or_insert_with(|| Box::new((**parts).clone()));
+            // Every value of a repeated header is rewritten in turn: replace this one.
+            let values: Vec<http::HeaderValue> = target
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| {
+                    if v == value {
+                        masked.clone()
+                    } else {
+                        v.clone()
+                    }
+                })
+                .collect();
+            target.headers.remove(name);
+            for v in values {
+                target.headers.append(name.clone(), v);
+            }
+        }
+        new_parts.map(|parts| HttpEvent::Head {
+            parts,
+            media_type: media_type.clone(),
+            encoding: encoding.clone(),
+        })
+    }
+
     fn body_start(&self) -> Option<BodyStart<'_>> {
         match self {
             HttpEvent::Head {

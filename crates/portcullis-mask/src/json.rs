@@ -10,8 +10,10 @@
 //! A [`JsonPolicy`] says what is masked: string values at [`JsonPath`]s (`$.user.email`,
 //! `$.items[*].card`, `$..ssn`) with a [`Strategy`] each, and every other string value by
 //! what the [`Masker`]'s detectors find in it (after JSON unescaping; the result is escaped
-//! again). Numbers and booleans under a rule become `null`; integers of 12 to 19 digits are
-//! given to the detectors (a card number sent as a number becomes `null`).
+//! again). Numbers and booleans under a rule become `null`; numbers whose value is a whole
+//! number of 12 to 19 digits, however spelt (`4111111111111111.0`, `4.111111111111111e15`,
+//! negative), are given to the detectors as those digits (a card number sent as a number
+//! becomes `null`).
 //!
 //! Memory is bounded by [`JsonLimits`] (the longest string or number, 1 MiB by default; the
 //! deepest nesting, 512). Invalid JSON is a [`JsonError`] with its byte offset, a document cut
@@ -375,8 +377,10 @@ impl Compiled {
 ///   it finds is masked (`"contact jane@example.com"` → `"contact j***@example.com"`) and the
 ///   result written back as a JSON string, escaped minimally (`"`, `\`, control characters).
 ///   A detector whose strategy is `null` turns the whole string into `null`. Numbers are not
-///   scanned, except integers of 12 to 19 digits (a card number sent as a number): when the
-///   detectors find something there, the number becomes `null`. Keys are never scanned.
+///   scanned, except those whose value is a whole number of 12 to 19 digits, however spelt (a
+///   card number sent as a number, `4111111111111111.0`, `4.111111111111111e15`): when the
+///   detectors find something in those digits, the number becomes `null`. Keys are never
+///   scanned.
 #[derive(Debug, Clone)]
 pub struct JsonPolicy {
     masker: Masker,
@@ -1267,17 +1271,21 @@ impl JsonMasker {
                 }
                 true
             }
-            // A card number sent as a number.
+            // A card number sent as a number, however it is spelt (`4111111111111111.0`,
+            // `4.111111111111111e15`).
             None => {
                 number
-                    && (12..=19).contains(&raw.len())
-                    && raw.iter().all(u8::is_ascii_digit)
-                    && !matches!(
-                        self.policy
-                            .masker
-                            .mask(raw, &mut self.scratch, &mut self.kinds),
-                        Masked::Clean
-                    )
+                    && integral_digits(raw).is_some_and(|digits| {
+                        (12..=19).contains(&digits.len())
+                            && !matches!(
+                                self.policy.masker.mask(
+                                    digits.as_bytes(),
+                                    &mut self.scratch,
+                                    &mut self.kinds
+                                ),
+                                Masked::Clean
+                            )
+                    })
             }
         };
         if !masked {
@@ -1291,6 +1299,46 @@ impl JsonMasker {
         self.replacement.extend_from_slice(b"null");
         Ok(true)
     }
+}
+
+/// A valid JSON number's value as the digits of a whole number (sign dropped), when it is one
+/// of at most 40 digits: `4.111111111111111e15` and `4111111111111111.0` are
+/// `4111111111111111`; `1.5` and `1e100` are not.
+pub(crate) fn integral_digits(raw: &[u8]) -> Option<String> {
+    let raw = raw.strip_prefix(b"-").unwrap_or(raw);
+    let (mantissa, exp) = match raw.iter().position(|&b| b == b'e' || b == b'E') {
+        Some(i) => {
+            let e = std::str::from_utf8(&raw[i + 1..]).ok()?;
+            let e: i64 = e.strip_prefix('+').unwrap_or(e).parse().ok()?;
+            (&raw[..i], e)
+        }
+        None => (raw, 0),
+    };
+    if !(-64..=64).contains(&exp) {
+        return None;
+    }
+    let (int, frac) = match mantissa.iter().position(|&b| b == b'.') {
+        Some(i) => (&mantissa[..i], &mantissa[i + 1..]),
+        None => (mantissa, &b""[..]),
+    };
+    let digits: Vec<u8> = int.iter().chain(frac).copied().collect();
+    let point = usize::try_from(i64::try_from(int.len()).ok()? + exp).ok()?;
+    let mut whole: Vec<u8> = if point >= digits.len() {
+        let mut w = digits;
+        w.resize(point, b'0');
+        w
+    } else {
+        if digits[point..].iter().any(|&d| d != b'0') {
+            return None;
+        }
+        digits[..point].to_vec()
+    };
+    let zeros = whole.iter().take_while(|&&d| d == b'0').count();
+    whole.drain(..zeros.min(whole.len().saturating_sub(1)));
+    if whole.is_empty() || whole.len() > 40 {
+        return None;
+    }
+    String::from_utf8(whole).ok()
 }
 
 /// The states and rule of a child of `frame`, computed into `states` after the frame's: the
@@ -1547,6 +1595,32 @@ fn write_string(v: &[u8], out: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
+mod number_tests {
+    use super::integral_digits;
+
+    #[test]
+    fn whole_numbers_are_read_however_they_are_spelt() {
+        for (raw, want) in [
+            ("4111111111111111", Some("4111111111111111")),
+            ("4111111111111111.0", Some("4111111111111111")),
+            ("4.111111111111111e15", Some("4111111111111111")),
+            ("4.111111111111111E+15", Some("4111111111111111")),
+            ("41111111111111110e-1", Some("4111111111111111")),
+            ("-4111111111111111", Some("4111111111111111")),
+            ("0", Some("0")),
+            ("0.0", Some("0")),
+            ("1e3", Some("1000")),
+            ("1.5", None),
+            ("1e100", None),
+            ("0.5e1", Some("5")),
+            ("5e-1", None),
+        ] {
+            assert_eq!(integral_digits(raw.as_bytes()).as_deref(), want, "{raw}");
+        }
+    }
+}
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use std::fmt::Write as _;
@@ -1745,7 +1819,15 @@ mod tests {
                 &p,
                 r#"{"id":12345,"n":12,"card":4242424242424242,"order":4242424242424241,"neg":-4242424242424242,"f":1.5e10,"flags":[true,false,null,0]}"#
             ),
-            r#"{"id":null,"n":12,"card":null,"order":4242424242424241,"neg":-4242424242424242,"f":1.5e10,"flags":[null,null,null,null]}"#
+            r#"{"id":null,"n":12,"card":null,"order":4242424242424241,"neg":null,"f":1.5e10,"flags":[null,null,null,null]}"#
+        );
+        // A card number however the number is spelt.
+        assert_eq!(
+            mask(
+                &policy(&[]),
+                r#"[4242424242424242.0,4.242424242424242e15,42424242424242420E-1,4.242424242424241e15]"#
+            ),
+            r#"[null,null,null,4.242424242424241e15]"#
         );
         // A number at the very end of the input, held until `finish`.
         let p = policy(&[("$", Strategy::Redact)]);
@@ -2205,9 +2287,10 @@ mod tests {
             },
             Value::Number(n) => {
                 let text = n.to_string();
-                let card = (12..=19).contains(&text.len())
-                    && text.bytes().all(|b| b.is_ascii_digit())
-                    && masker.mask(text.as_bytes(), &mut scratch, &mut counts) != Masked::Clean;
+                let card = super::integral_digits(text.as_bytes()).is_some_and(|d| {
+                    (12..=19).contains(&d.len())
+                        && masker.mask(d.as_bytes(), &mut scratch, &mut counts) != Masked::Clean
+                });
                 if card { Value::Null } else { v.clone() }
             }
             Value::Array(items) => {

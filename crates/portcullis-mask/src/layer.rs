@@ -692,6 +692,10 @@ where
                     start.media_type.unwrap_or("untyped")
                 ));
             }
+            // The head's header values pass the detectors too.
+            if let Some(masked) = event.rewrite_text(&mut |v| state.text(v)) {
+                return Poll::Ready(Some(Ok(masked)));
+            }
             return Poll::Ready(Some(Ok(event)));
         }
         if let Some(piece) = event.body_piece() {

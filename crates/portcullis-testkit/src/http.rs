@@ -248,6 +248,7 @@ impl RecordedRequest {
 /// | `GET /v1/error` | 500, [`ERROR_JSON`] |
 /// | `GET /v1/fail-mid?n=N` | 200, chunked: the first [`fail_mid_prefix_len`]`(N)` bytes of [`stream_bytes`]`(N)`, a pause, then the connection is aborted (no final chunk) |
 /// | `GET /v1/text` | 200, `text/plain; charset=utf-8`, [`TEXT_BODY`] |
+/// | `GET /v1/redirect` | 302, `location: /v1/users?owner=`[`PLANTED_EMAIL`], `x-owner:` [`PLANTED_EMAIL`], `{"moved":true}` |
 /// | `GET /v1/binary` | 200, `application/octet-stream`, [`binary_body`] |
 /// | `GET /v1/gzip` | 200, [`USERS_JSON`] with `content-encoding: gzip` if `accept-encoding` allows gzip (q > 0, or `*`), as is otherwise; `vary: accept-encoding` |
 /// | `POST /v1/echo` | 200, `{"len":…,"sha256":"…","headers":{"lowercase-name":"value, value",…}}` of the request |
@@ -522,6 +523,7 @@ fn router() -> Router {
         .route("/v1/error", get(error))
         .route("/v1/fail-mid", get(fail_mid))
         .route("/v1/text", get(text))
+        .route("/v1/redirect", get(redirect))
         .route("/v1/binary", get(binary))
         .route("/v1/gzip", get(gzip))
         .route("/v1/echo", post(echo))
@@ -611,6 +613,22 @@ async fn text() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         TEXT_BODY,
+    )
+        .into_response()
+}
+
+async fn redirect() -> Response {
+    (
+        StatusCode::FOUND,
+        [
+            (header::CONTENT_TYPE, JSON.to_owned()),
+            (header::LOCATION, format!("/v1/users?owner={PLANTED_EMAIL}")),
+            (
+                header::HeaderName::from_static("x-owner"),
+                PLANTED_EMAIL.to_owned(),
+            ),
+        ],
+        r#"{"moved":true}"#,
     )
         .into_response()
 }

@@ -159,6 +159,19 @@ async fn http_apis_get_identity_rules_approvals_json_masking_and_audit() {
     let (code, body) = blocking(move || curl(ALICE, &[&format!("{b}/v1/text")])).await;
     assert_eq!(code, 200);
     assert!(body.contains(PLANTED_EMAIL));
+    // Header values pass the detectors: a Location or a custom header naming a person.
+    let b = base.clone();
+    let (code, head_and_body) =
+        blocking(move || curl(ALICE, &["-D", "-", &format!("{b}/v1/redirect")])).await;
+    assert_eq!(code, 302, "{head_and_body}");
+    assert!(
+        head_and_body.to_ascii_lowercase().contains("x-owner:"),
+        "{head_and_body}"
+    );
+    assert!(
+        !head_and_body.contains(PLANTED_EMAIL),
+        "a header leaked {PLANTED_EMAIL}: {head_and_body}"
+    );
     // An error body is JSON too: masked.
     let b = base.clone();
     let (code, body) = blocking(move || curl(ALICE, &[&format!("{b}/v1/error")])).await;
