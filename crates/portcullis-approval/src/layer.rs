@@ -187,11 +187,18 @@ where
             },
             session: req.session.id.0,
             target: req.session.target.clone(),
+            // Every statement of the unit, each masked on its own (literals and comments,
+            // never the code around them: the approver sees what will run).
             statement: req
                 .command
                 .statements()
                 .iter()
-                .map(|s| s.text)
+                .map(|s| match &config.redactor {
+                    Some(r) => r
+                        .redact_statement(req.session.protocol, s.text)
+                        .unwrap_or_else(|| s.text.to_owned()),
+                    None => s.text.to_owned(),
+                })
                 .collect::<Vec<_>>()
                 .join(";\n"),
             params: req.command.params().iter().map(param_text).collect(),
@@ -202,9 +209,6 @@ where
         };
         let mut new = new;
         if let Some(r) = &config.redactor {
-            if let Some(masked) = r.redact(&new.statement) {
-                new.statement = masked;
-            }
             for p in &mut new.params {
                 if let Some(masked) = r.redact(p) {
                     *p = masked;

@@ -331,9 +331,9 @@ impl Command {
 
     /// Mask personal data in the statements' text and the text parameters with `redactor`;
     /// `masked` says whether anything changed.
-    pub fn redact(&mut self, redactor: &TextRedactor) {
+    pub fn redact(&mut self, redactor: &TextRedactor, protocol: portcullis_core::Protocol) {
         for s in &mut self.statements {
-            if let Some(masked) = redactor.redact(&s.text) {
+            if let Some(masked) = redactor.redact_statement(protocol, &s.text) {
                 s.text = masked;
                 self.masked = true;
             }

@@ -250,7 +250,7 @@ where
         // Numbered when sent (below), so a session's records appear in `sseq` order.
         let mut command = Command::of(audit.session_ref(0), number, &req.command);
         if let Some(redactor) = &audit.redactor {
-            command.redact(redactor);
+            command.redact(redactor, req.session.protocol);
         }
         let recorder = audit.recorder.clone();
         let mut outcome = OutcomeRecorder {

@@ -227,20 +227,48 @@ pub enum CopyLayout {
 /// trail or shown in approval listings): returns the masked text, or `None` when there is
 /// nothing to mask. Built by a masking layer from the same detectors as results.
 #[derive(Clone)]
-pub struct TextRedactor(std::sync::Arc<RedactFn>);
+pub struct TextRedactor {
+    values: std::sync::Arc<RedactFn>,
+    statements: Option<std::sync::Arc<StatementFn>>,
+}
 
 /// The function inside a [`TextRedactor`].
 type RedactFn = dyn Fn(&str) -> Option<String> + Send + Sync;
+/// The function a [`TextRedactor`] masks statement text with, given the session's protocol.
+type StatementFn = dyn Fn(crate::Protocol, &str) -> Option<String> + Send + Sync;
 
 impl TextRedactor {
-    /// A redactor calling `f`.
+    /// A redactor calling `f` (for statement text too).
     pub fn new(f: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
-        TextRedactor(std::sync::Arc::new(f))
+        TextRedactor {
+            values: std::sync::Arc::new(f),
+            statements: None,
+        }
     }
 
-    /// `text` masked, or `None` when nothing in it is personal data.
+    /// Statement text is masked with `f` instead, given the session's protocol: a statement
+    /// must stay readable as what it runs (literals and comments masked, never the code
+    /// around them).
+    pub fn with_statements(
+        mut self,
+        f: impl Fn(crate::Protocol, &str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.statements = Some(std::sync::Arc::new(f));
+        self
+    }
+
+    /// `text` (a value: a parameter) masked, or `None` when nothing in it is personal data.
     pub fn redact(&self, text: &str) -> Option<String> {
-        (self.0)(text)
+        (self.values)(text)
+    }
+
+    /// `text` (one statement of a `protocol` session) masked, or `None` when nothing in it
+    /// is personal data.
+    pub fn redact_statement(&self, protocol: crate::Protocol, text: &str) -> Option<String> {
+        match &self.statements {
+            Some(f) => f(protocol, text),
+            None => (self.values)(text),
+        }
     }
 }
 

@@ -162,8 +162,11 @@ fn boundary_after(v: &[u8], at: usize) -> bool {
 
 // ---- e-mail -------------------------------------------------------------------------------
 
+/// A character of an address's local part as people write addresses: RFC 5322 allows
+/// `= / ' { }` and more, but text around an address uses them too (`val=vince@…`,
+/// `'bob@…'`), and taking them would eat the text before the address.
 fn is_local(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~.-".contains(&b)
+    b.is_ascii_alphanumeric() || b"%+_.-".contains(&b)
 }
 
 fn is_domain(b: u8) -> bool {
@@ -602,6 +605,9 @@ mod tests {
         assert_eq!(ipv6_around(b"addr 2001:db8::1 end", 9), Some((5, 16)));
         assert!(ipv6_around(b"12:30", 2).is_none());
         assert_eq!(email_at(b"mail j.doe@example.com now", 10), Some((5, 22)));
+        // The address, not the text around it.
+        assert_eq!(email_at(b"row 1 val=vince@example.com", 15), Some((10, 27)));
+        assert_eq!(email_at(b"'bob+x@example.com'", 6), Some((1, 18)));
         assert!(email_at(b"user@localhost", 4).is_none());
         assert!(email_at(b"@example.com", 0).is_none());
         assert!(phone_at(b"+1 415-555-0132", 0).is_some());

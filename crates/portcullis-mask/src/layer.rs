@@ -107,6 +107,7 @@ impl MaskPolicy {
     /// the same detectors as results. In detect mode nothing is changed.
     pub fn redactor(&self) -> TextRedactor {
         let masker = self.masker.clone();
+        let for_statements = self.masker.clone();
         let detect_only = self.detect_only;
         TextRedactor::new(move |text| {
             if detect_only {
@@ -118,6 +119,12 @@ impl MaskPolicy {
                 Masked::Rewritten(out) => Some(String::from_utf8_lossy(&out).into_owned()),
                 Masked::Null => Some("[redacted]".to_owned()),
             }
+        })
+        .with_statements(move |protocol, text| {
+            if detect_only {
+                return None;
+            }
+            crate::statement::mask_statement(&for_statements, protocol, text)
         })
     }
 

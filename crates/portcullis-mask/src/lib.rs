@@ -46,6 +46,7 @@ mod json;
 mod layer;
 mod mask;
 mod scan;
+mod statement;
 
 pub use detect::{Finding, Kind};
 pub use json::{
