@@ -199,7 +199,7 @@ impl Scan<'_> {
         }
     }
 
-    fn items<'v>(&mut self, items: Vec<(ValueKind, Option<&'v [u8]>)>, depth: usize) -> Items {
+    fn items(&mut self, items: Vec<(ValueKind, Option<&[u8]>)>, depth: usize) -> Items {
         let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(items.len());
         let mut changed = false;
         for (kind, item) in &items {

@@ -444,15 +444,9 @@ impl Walk<'_> {
                     }
                 }
             }
-            "UpdateStmt" => {
-                if !n.get("where_clause").is_some_and(mentions_column) {
-                    self.without_where = true;
-                }
-            }
-            "DeleteStmt" => {
-                if !n.get("where_clause").is_some_and(mentions_column) {
-                    self.without_where = true;
-                }
+            // Every row is touched unless the WHERE refers to a column.
+            "UpdateStmt" | "DeleteStmt" if !n.get("where_clause").is_some_and(mentions_column) => {
+                self.without_where = true;
             }
             "AlterTableCmd" => {
                 let subtype = n.get("subtype").and_then(Value::as_i64);

@@ -139,11 +139,12 @@ impl Rng {
 }
 
 fn statement(rng: &mut Rng) -> &'static str {
-    match rng.below(10) {
-        0..=5 => *rng.pick(BENIGN),
-        6..=7 => *rng.pick(CONTEXTUAL),
-        _ => *rng.pick(DENIED),
-    }
+    let pool = match rng.below(10) {
+        0..=5 => BENIGN,
+        6..=7 => CONTEXTUAL,
+        _ => DENIED,
+    };
+    pool[rng.below(pool.len())]
 }
 
 /// One frontend message of a sequence, with a readable form for the report.

@@ -569,7 +569,8 @@ async fn binary_results_and_every_message_field_are_read_or_masked_never_passed(
     // Statement text in the trail is masked piece by piece: a finding in a comment never
     // hides the code on the next line.
     let sql = format!("SELECT 1; -- -----BEGIN PRIVATE KEY-----\nSELECT 'hidden: {EMAIL}'");
-    wire.send(&portcullis_testkit::wire::msg::query(&sql)).unwrap();
+    wire.send(&portcullis_testkit::wire::msg::query(&sql))
+        .unwrap();
     wire.until_ready().unwrap();
     let recorded = super::recorded_statements(&trail, "hidden: ");
     assert_eq!(recorded.len(), 1, "{recorded:?}");
