@@ -73,6 +73,10 @@ pub struct Column {
     /// The source column as `[schema.]table.column`, when the protocol (or a catalog lookup)
     /// knows it; `None` for computed expressions.
     pub source: Option<String>,
+    /// The source's table may not be a base table (MySQL names a derived table, a CTE or a
+    /// view the same way as a table): a rule naming a table's column then matches by the
+    /// column's name alone (masking more rather than less).
+    pub source_uncertain: bool,
     /// How values read.
     pub kind: ValueKind,
 }
@@ -83,6 +87,7 @@ impl Column {
         Column {
             label: label.into(),
             source: None,
+            source_uncertain: false,
             kind,
         }
     }
@@ -90,6 +95,13 @@ impl Column {
     /// With its source column.
     pub fn with_source(mut self, source: impl Into<String>) -> Self {
         self.source = Some(source.into());
+        self
+    }
+
+    /// With a source whose table may be a derived table, a CTE or a view.
+    pub fn with_uncertain_source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self.source_uncertain = true;
         self
     }
 }

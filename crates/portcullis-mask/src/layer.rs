@@ -159,6 +159,12 @@ fn column_matches(pattern: &str, c: &Column) -> bool {
                     || source
                         .split_once('.')
                         .is_some_and(|(_, rest)| wildcard(pattern, rest))
+                    // The table may be a derived table, a CTE or a view over the rule's
+                    // table: the column part against the source column's name.
+                    || (c.source_uncertain
+                        && source
+                            .rsplit_once('.')
+                            .is_some_and(|(_, name)| wildcard(column, name)))
             }
             // Source unknown (a computed value, or not resolved): the column part of the
             // pattern against the label — masking more rather than less.
@@ -920,5 +926,11 @@ mod tests {
         );
         assert!(!column_matches("orders.email", &sourced));
         assert!(!column_matches("name", &label));
+        // MySQL `SELECT full_name FROM (SELECT full_name FROM customers) x`: the source says
+        // `x`, which may be a derived table: the rule's column name decides.
+        let derived =
+            Column::new("full_name", ValueKind::Text).with_uncertain_source("app.x.full_name");
+        assert!(column_matches("customers.full_name", &derived));
+        assert!(!column_matches("customers.email", &derived));
     }
 }

@@ -44,11 +44,19 @@ impl Columns {
                     String::from_utf8_lossy(parsed.org_table),
                     String::from_utf8_lossy(parsed.org_name),
                 );
-                column = column.with_source(if schema.is_empty() {
+                let source = if schema.is_empty() {
                     format!("{table}.{name}")
                 } else {
                     format!("{schema}.{table}.{name}")
-                });
+                };
+                // MariaDB reports a derived table, a CTE or a view as its own `org_table`,
+                // exactly like an unaliased base table: only an alias that differs from
+                // `org_table` proves the column comes from a base table.
+                column = if parsed.table == parsed.org_table {
+                    column.with_uncertain_source(source)
+                } else {
+                    column.with_source(source)
+                };
             }
             columns.push((column, parsed.ty));
             shape.extend_from_slice(&(def.len() as u32).to_le_bytes());
@@ -81,6 +89,8 @@ impl Columns {
 /// A column definition (protocol 4.1), as far as the gateway reads it.
 struct ColumnDef<'a> {
     schema: &'a [u8],
+    /// The table as the query names it (an alias, a derived table, a CTE, a view).
+    table: &'a [u8],
     org_table: &'a [u8],
     name: &'a [u8],
     org_name: &'a [u8],
@@ -91,7 +101,7 @@ impl<'a> ColumnDef<'a> {
     fn parse(mut buf: &'a [u8], extended: bool) -> Option<ColumnDef<'a>> {
         let _catalog = lenenc_str(&mut buf)?;
         let schema = lenenc_str(&mut buf)?;
-        let _table = lenenc_str(&mut buf)?;
+        let table = lenenc_str(&mut buf)?;
         let org_table = lenenc_str(&mut buf)?;
         let name = lenenc_str(&mut buf)?;
         let org_name = lenenc_str(&mut buf)?;
@@ -106,6 +116,7 @@ impl<'a> ColumnDef<'a> {
         let ty = ColumnType::try_from(*buf.get(6)?).ok()?;
         Some(ColumnDef {
             schema,
+            table,
             org_table,
             name,
             org_name,

@@ -11,7 +11,9 @@ use portcullis_testkit::wire::{BackendMsg, PgWire, msg};
 
 use super::policy::{ALICE, cluster_with_victims, start};
 
-const RULES: &str = r#"
+/// The rules of the hostile suites (this one and the differential fuzzer): drops, TRUNCATE
+/// and `admin` denied, unbounded writes held for an approval that times out.
+pub(super) const RULES: &str = r#"
 [policy]
 on_unparsed = "deny"
 [[policy.rules]]
@@ -29,7 +31,7 @@ without_where = true
 action = "approve"
 approvers = ["dba"]
 [approvals]
-timeout = "200ms"
+timeout = "300ms"
 "#;
 
 /// An attack on table `{t}` (`{f}` is a name unique to the case).

@@ -19,33 +19,13 @@ use std::time::{Duration, Instant};
 use portcullis_testkit::PgCluster;
 use portcullis_testkit::wire::{PgWire, msg};
 
+use super::adversarial::RULES;
 use super::policy::{ALICE, cluster_with_victims, start};
 
 /// Sequences in the suite's short run.
 const SHORT_RUN: usize = 120;
 /// The application name the fuzz sessions use, and the server log's line prefix shows.
 const APP: &str = "fuzz";
-
-const RULES: &str = r#"
-[policy]
-on_unparsed = "deny"
-[[policy.rules]]
-name = "no-drops"
-statements = ["drop", "truncate"]
-action = "deny"
-[[policy.rules]]
-name = "no-admin"
-statements = ["admin"]
-action = "deny"
-[[policy.rules]]
-name = "unbounded-writes"
-statements = ["delete", "update"]
-without_where = true
-action = "approve"
-approvers = ["dba"]
-[approvals]
-timeout = "300ms"
-"#;
 
 /// Statements a rule above always refuses: none may ever appear in the server's log.
 const DENIED: &[&str] = &[

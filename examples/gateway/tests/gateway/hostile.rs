@@ -317,80 +317,55 @@ action = "deny"
 "#;
     let (_gateway, gw, _admin, _dir) = start(&cluster, rules).await;
 
-    // A setting changed where no statement text shows it: a view that calls set_config. The
-    // statement after it reads differently once the view ran.
+    // The setting changed by a SET the guard sees, and where no statement text shows it: a
+    // view that calls set_config. The statement pipelined after it reads differently.
     direct(
         &cluster,
         "create view sneaky as select set_config('standard_conforming_strings', 'off', false) as s, pg_sleep(0.3)::text as p",
     );
-    let hidden = |table: &str| {
-        [
-            msg::query("SELECT * FROM sneaky"),
-            msg::query(&format!("SELECT 'x\\'\n'; DROP TABLE {table}; --'")),
-        ]
-        .concat()
-    };
-    direct(&cluster, "create table scratch5 (id int)");
-    let mut d = direct_wire(&cluster);
-    d.send(&hidden("scratch5")).unwrap();
-    d.until_ready().unwrap();
-    d.until_ready().unwrap();
-    assert!(
-        !exists(&cluster, "scratch5"),
-        "the attack does no damage directly"
-    );
-    let mut g = PgWire::connect(gw, "dana", "app", DANA).unwrap();
-    g.send(&hidden("victims")).unwrap();
-    let first = g.until_ready().unwrap();
-    let second = g.until_ready().unwrap();
-    assert!(
-        exists(&cluster, "victims"),
-        "the DROP behind a view that changes a setting ran: {first:?} {second:?}"
-    );
-    assert!(
-        second.iter().any(|m| m.tag == b'E'
-            && m.field(b'M')
+    for (first, scratch) in [
+        (
+            "SET standard_conforming_strings = off; SELECT pg_sleep(0.3)",
+            "scratch4",
+        ),
+        ("SELECT * FROM sneaky", "scratch5"),
+    ] {
+        let attack = |table: &str| {
+            [
+                msg::query(first),
+                msg::query(&format!("SELECT 'x\\'\n'; DROP TABLE {table}; --'")),
+            ]
+            .concat()
+        };
+        direct(&cluster, &format!("create table {scratch} (id int)"));
+        let mut d = direct_wire(&cluster);
+        d.send(&attack(scratch)).unwrap();
+        d.until_ready().unwrap();
+        d.until_ready().unwrap();
+        assert!(
+            !exists(&cluster, scratch),
+            "{first}: the attack does no damage directly"
+        );
+        let mut g = PgWire::connect(gw, "dana", "app", DANA).unwrap();
+        g.send(&attack("victims")).unwrap();
+        let before = g.until_ready().unwrap();
+        let after = g.until_ready().unwrap();
+        assert!(
+            exists(&cluster, "victims"),
+            "{first}: the DROP ran: {before:?} {after:?}"
+        );
+        let refused = after
+            .iter()
+            .find(|m| m.tag == b'E')
+            .expect("the second is refused");
+        assert!(
+            refused
+                .field(b'M')
                 .unwrap_or_default()
-                .contains("standard_conforming_strings")),
-        "{second:?}"
-    );
-
-    let attack = |table: &str| {
-        [
-            msg::query("SET standard_conforming_strings = off; SELECT pg_sleep(0.3)"),
-            msg::query(&format!("SELECT 'x\\'\n'; DROP TABLE {table}; --'")),
-        ]
-        .concat()
-    };
-    direct(&cluster, "create table scratch4 (id int)");
-    let mut d = direct_wire(&cluster);
-    d.send(&attack("scratch4")).unwrap();
-    d.until_ready().unwrap();
-    d.until_ready().unwrap();
-    assert!(
-        !exists(&cluster, "scratch4"),
-        "the attack does no damage directly"
-    );
-
-    let mut g = PgWire::connect(gw, "dana", "app", DANA).unwrap();
-    g.send(&attack("victims")).unwrap();
-    let first = g.until_ready().unwrap();
-    let second = g.until_ready().unwrap();
-    assert!(
-        exists(&cluster, "victims"),
-        "the DROP ran: {first:?} {second:?}"
-    );
-    let refused = second
-        .iter()
-        .find(|m| m.tag == b'E')
-        .expect("the second is refused");
-    assert!(
-        refused
-            .field(b'M')
-            .unwrap_or_default()
-            .contains("standard_conforming_strings"),
-        "{refused:?}"
-    );
+                .contains("standard_conforming_strings"),
+            "{first}: {refused:?}"
+        );
+    }
 
     // The pause after a settings change lets the COPY data of the same command through
     // (a `SET …; COPY … FROM STDIN` query waits for that data).

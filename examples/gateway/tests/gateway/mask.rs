@@ -515,6 +515,24 @@ async fn binary_results_and_every_message_field_are_read_or_masked_never_passed(
     .clone()
     .expect("the array is masked in place");
     assert!(has(&array, b"j***@example.com"), "{array:?}");
+    // A client library decodes the masked binary values without error (tokio-postgres reads
+    // results in binary format).
+    let (client, _notices) = connect(gw, "alice", ALICE).await;
+    let row = client
+        .query_one(
+            "select ARRAY[email, card], email::bytea, card_num, ARRAY[card_num, 7] from customers where id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let texts: Vec<String> = row.try_get(0).expect("a masked text[] decodes");
+    assert!(texts.iter().all(|t| t != EMAIL && t != CARD), "{texts:?}");
+    let bytes: Vec<u8> = row.try_get(1).expect("a masked bytea decodes");
+    assert!(!has(&bytes, EMAIL.as_bytes()));
+    let number: Option<i64> = row.try_get(2).expect("a NULLed int8 decodes");
+    assert_eq!(number, None);
+    let numbers: Vec<Option<i64>> = row.try_get(3).expect("an int8[] with a NULL decodes");
+    assert_eq!(numbers, vec![None, Some(7)]);
     // A whole-row reference (a composite the gateway has no type for) and a type no detector
     // reads: NULL, not passed.
     for sql in [
