@@ -142,7 +142,16 @@ pub struct Session {
     /// A command that may change how SQL is read is in flight (see
     /// [`Session::settings_may_change`]).
     settings_barrier: std::sync::atomic::AtomicBool,
+    /// The reported settings that change how SQL is read, folded into bits as they are
+    /// reported ([`READ_BACKSLASHES`], [`READ_NOT_UTF8`]): read on every command without a
+    /// lock.
+    reading: std::sync::atomic::AtomicU8,
 }
+
+/// `standard_conforming_strings` is `off`: backslashes escape in plain strings.
+const READ_BACKSLASHES: u8 = 1;
+/// The client encoding (`client_encoding`, MySQL `character_set_client`) is not UTF-8.
+const READ_NOT_UTF8: u8 = 2;
 
 impl Session {
     /// A session for `identity` on `target`; fill the other public fields as known.
@@ -172,6 +181,7 @@ impl Session {
             end_reason: std::sync::OnceLock::new(),
             server_params: std::sync::RwLock::new(Vec::new()),
             settings_barrier: std::sync::atomic::AtomicBool::new(false),
+            reading: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
@@ -223,6 +233,26 @@ impl Session {
     /// Record a parameter the database reported (the protocol server does, as the report
     /// passes to the client).
     pub fn set_server_param(&self, name: &str, value: &str) {
+        let bit = match name {
+            "standard_conforming_strings" => {
+                Some((READ_BACKSLASHES, value.eq_ignore_ascii_case("off")))
+            }
+            "client_encoding" | "character_set_client" => Some((
+                READ_NOT_UTF8,
+                !["UTF8", "UNICODE", "UTF-8", "utf8mb4", "utf8mb3"]
+                    .iter()
+                    .any(|u| value.eq_ignore_ascii_case(u)),
+            )),
+            _ => None,
+        };
+        if let Some((bit, on)) = bit {
+            use std::sync::atomic::Ordering::Release;
+            if on {
+                self.reading.fetch_or(bit, Release);
+            } else {
+                self.reading.fetch_and(!bit, Release);
+            }
+        }
         let mut params = self
             .server_params
             .write()
@@ -234,6 +264,18 @@ impl Session {
             }
             None => params.push((name.to_owned(), value.to_owned())),
         }
+    }
+
+    /// Whether the database reported `standard_conforming_strings = off` (a backslash in a
+    /// plain string literal escapes), without a lock.
+    pub fn reads_backslash_escapes(&self) -> bool {
+        self.reading.load(std::sync::atomic::Ordering::Acquire) & READ_BACKSLASHES != 0
+    }
+
+    /// Whether the database reported a client encoding other than UTF-8 (PostgreSQL
+    /// `client_encoding`, MySQL `character_set_client`), without a lock.
+    pub fn client_encoding_not_utf8(&self) -> bool {
+        self.reading.load(std::sync::atomic::Ordering::Acquire) & READ_NOT_UTF8 != 0
     }
 
     /// Record why the session ended (the protocol server does, before it drops the session's

@@ -154,8 +154,10 @@ fn judge(
         Protocol::Http => Dialect::Http,
         _ => Dialect::Postgres,
     };
-    let own_kill = session
-        .server_param("connection_id")
+    // MySQL only: no other protocol reports a connection id.
+    let own_kill = (session.protocol == Protocol::MySql)
+        .then(|| session.server_param("connection_id"))
+        .flatten()
         .map(|id| format!("kill:{id}"));
     for statement in &statements {
         if statement.unknown {
@@ -269,10 +271,7 @@ fn raise(judgement: &mut Judgement, mut one: Judgement, executes: bool) {
 /// Session settings under which the database would read a statement differently from the
 /// classifier: refuse rather than guess.
 fn unreadable(session: &Session, statements: &[portcullis_core::Statement<'_>]) -> Option<Verdict> {
-    let scs_off = session.server_param_is("standard_conforming_strings", |v| {
-        v.eq_ignore_ascii_case("off")
-    });
-    if scs_off && statements.iter().any(|s| s.text.contains('\\')) {
+    if session.reads_backslash_escapes() && statements.iter().any(|s| s.text.contains('\\')) {
         return Some(Verdict::deny(
             "standard_conforming_strings",
             "with standard_conforming_strings = off a backslash in a string changes how the statement is read; run SET standard_conforming_strings = on",
@@ -283,12 +282,7 @@ fn unreadable(session: &Session, statements: &[portcullis_core::Statement<'_>]) 
         Protocol::MySql => "character_set_client",
         _ => "client_encoding",
     };
-    let not_utf8 = session.server_param_is(charset, |enc| {
-        !["UTF8", "UNICODE", "UTF-8", "utf8mb4", "utf8mb3"]
-            .iter()
-            .any(|u| enc.eq_ignore_ascii_case(u))
-    });
-    if not_utf8 && statements.iter().any(|s| !s.text.is_ascii()) {
+    if session.client_encoding_not_utf8() && statements.iter().any(|s| !s.text.is_ascii()) {
         let enc = session.server_param(charset).unwrap_or_default();
         return Some(Verdict::deny(
             charset,
