@@ -361,9 +361,19 @@ fn statement_matches(want: &str, s: &Classified) -> bool {
 /// `name` as `(schema, name)`: a database qualifier is dropped (PostgreSQL refuses
 /// references to another database), and so are identifier quotes.
 fn split_name(name: &str) -> (Option<&str>, &str) {
-    let mut parts: Vec<&str> = name.split('.').map(|p| p.trim_matches('"')).collect();
-    let last = parts.pop().unwrap_or_default();
-    (parts.pop(), last)
+    let mut parts = name.rsplit('.').map(|p| p.trim_matches('"'));
+    let last = parts.next().unwrap_or_default();
+    (parts.next(), last)
+}
+
+/// `s` in ASCII lower case, borrowed when it already is (rules and unquoted names usually
+/// are: the judgement of a cached statement allocates nothing).
+fn lower(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
 }
 
 /// `glob` (`*` any run, `?` one character) against a table name. Broadly (deny and approve
@@ -375,7 +385,6 @@ fn table_matches(glob: &str, table: &str, broad: bool) -> bool {
     let (gs, gn) = split_name(glob);
     let (ts, tn) = split_name(table);
     if broad {
-        let lower = |s: &str| s.to_ascii_lowercase();
         return wildcard(&lower(gn), &lower(tn))
             && match (gs, ts) {
                 (Some(gs), Some(ts)) => wildcard(&lower(gs), &lower(ts)),
