@@ -77,6 +77,10 @@ pub struct Column {
     /// view the same way as a table): a rule naming a table's column then matches by the
     /// column's name alone (masking more rather than less).
     pub source_uncertain: bool,
+    /// The value may be a whole row (a record, a table's row type, a type created in the
+    /// database): column rules cannot be checked on its fields, so under any column rule a
+    /// value that reads as a row is masked whole.
+    pub composite: bool,
     /// How values read.
     pub kind: ValueKind,
 }
@@ -88,6 +92,7 @@ impl Column {
             label: label.into(),
             source: None,
             source_uncertain: false,
+            composite: false,
             kind,
         }
     }
@@ -95,6 +100,12 @@ impl Column {
     /// With its source column.
     pub fn with_source(mut self, source: impl Into<String>) -> Self {
         self.source = Some(source.into());
+        self
+    }
+
+    /// Its values may be whole rows (see [`Column::composite`]).
+    pub fn composite(mut self) -> Self {
+        self.composite = true;
         self
     }
 

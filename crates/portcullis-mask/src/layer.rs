@@ -134,6 +134,10 @@ impl MaskPolicy {
 
     /// The plan for a result with `columns`, for `identity`.
     fn plan(&self, columns: Vec<Column>, identity: &Identity) -> Vec<Action> {
+        let ruled = self
+            .columns
+            .iter()
+            .any(|r| r.groups.is_empty() || identity.in_any_group(&r.groups));
         columns
             .into_iter()
             .map(|c| {
@@ -144,6 +148,10 @@ impl MaskPolicy {
                 Action {
                     kind: c.kind,
                     whole: rule.map(|r| r.strategy),
+                    // Column rules cannot be checked on a row's fields (the catalog lookup
+                    // from a row type to its table's columns is not done): under any rule, a
+                    // value that reads as a row is masked whole.
+                    rows_whole: ruled && c.composite,
                     label: c.label,
                 }
             })
@@ -190,6 +198,8 @@ struct Action {
     label: String,
     kind: ValueKind,
     whole: Option<Strategy>,
+    /// A value that reads as a row (`(…)` in text, any binary value) is masked whole.
+    rows_whole: bool,
 }
 
 /// Masks reply bodies ([`MaskPolicy`]); `MaskLayer::disabled()` costs one branch.
@@ -536,7 +546,16 @@ impl State {
     #[allow(clippy::type_complexity)]
     fn value(&mut self, action: &Action, v: &[u8]) -> Option<Option<Vec<u8>>> {
         let policy = &self.watch.policy;
-        let masked = match (action.kind, action.whole) {
+        let whole = match action.whole {
+            None if action.rows_whole
+                && (action.kind != ValueKind::Text
+                    || (v.first() == Some(&b'(') && v.last() == Some(&b')'))) =>
+            {
+                Some(Strategy::Redact)
+            }
+            other => other,
+        };
+        let masked = match (action.kind, whole) {
             (ValueKind::Text, Some(strategy)) => policy.masker.mask_whole(v, strategy),
             (ValueKind::Text, None) => policy.masker.mask(v, &mut self.scratch, &mut self.kinds),
             (ValueKind::PrefixedText, whole) => {

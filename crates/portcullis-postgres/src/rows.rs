@@ -8,6 +8,11 @@ use portcullis_core::{Column, RewriteEvent, ValueKind};
 
 use crate::codec::{Frame, first_cstr};
 
+/// The `record` type.
+const RECORD: u32 = 2249;
+/// The first OID of an object created in a database (PostgreSQL's `FirstNormalObjectId`).
+const FIRST_NORMAL_OID: u32 = 16_384;
+
 /// How a value of type `oid` in `format` (0 text, 1 binary) reads.
 pub(crate) fn value_kind(oid: u32, format: i16) -> ValueKind {
     if format == 0 {
@@ -63,7 +68,14 @@ pub(crate) fn columns(fields: &[Field], formats: Option<&[i16]>) -> Vec<Column> 
                 Some([one]) => *one,
                 Some(all) => all.get(i).copied().unwrap_or(0),
             };
-            Column::new(f.name.clone(), value_kind(f.type_oid, format))
+            let column = Column::new(f.name.clone(), value_kind(f.type_oid, format));
+            // `record`, and any type created in the database (OIDs from 16384 on): a table's
+            // row type in a whole-row reference (`SELECT c FROM customers c`), a composite.
+            if f.type_oid == RECORD || f.type_oid >= FIRST_NORMAL_OID {
+                column.composite()
+            } else {
+                column
+            }
         })
         .collect()
 }
