@@ -18,6 +18,8 @@ pub(crate) struct Scan<'a> {
     pub(crate) masker: &'a Masker,
     pub(crate) scratch: &'a mut Vec<Finding>,
     pub(crate) counts: &'a mut BTreeMap<Kind, u64>,
+    /// A detector found something (a NULL without a finding is a value not read).
+    pub(crate) found: bool,
 }
 
 impl Scan<'_> {
@@ -28,10 +30,10 @@ impl Scan<'_> {
 
     fn at(&mut self, kind: ValueKind, v: &[u8], depth: usize) -> Masked {
         match kind {
-            ValueKind::Text => self.masker.mask(v, self.scratch, self.counts),
+            ValueKind::Text => self.text(v),
             ValueKind::PrefixedText => {
                 let (head, rest) = v.split_at(v.len().min(1));
-                match self.masker.mask(rest, self.scratch, self.counts) {
+                match self.text(rest) {
                     Masked::Rewritten(out) => Masked::Rewritten([head, &out].concat()),
                     other => other,
                 }
@@ -39,12 +41,10 @@ impl Scan<'_> {
             ValueKind::Integer => match v.len() {
                 2 => self.numbers(&[i64::from(i16::from_be_bytes([v[0], v[1]])).to_string()]),
                 4 => {
-                    let b = [v[0], v[1], v[2], v[3]];
-                    // Signed (int4) or unsigned (oid, xid): both spellings are scanned.
-                    self.numbers(&[
-                        i32::from_be_bytes(b).to_string(),
-                        u32::from_be_bytes(b).to_string(),
-                    ])
+                    // Signed (int4) or unsigned (oid, xid): both spellings of a negative
+                    // int4 are scanned.
+                    let n = i32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+                    self.signed(i64::from(n), u64::from(n as u32))
                 }
                 8 => self.numbers(&[i64::from_be_bytes(eight(v)).to_string()]),
                 _ => Masked::Null,
@@ -69,7 +69,7 @@ impl Scan<'_> {
                     8 => (i64::from_le_bytes(eight(v)), u64::from_le_bytes(eight(v))),
                     _ => return Masked::Null,
                 };
-                self.numbers(&[signed.to_string(), unsigned.to_string()])
+                self.signed(signed, unsigned)
             }
             ValueKind::Float => match v.len() {
                 4 => self.numbers(&[f32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string()]),
@@ -102,10 +102,25 @@ impl Scan<'_> {
         }
     }
 
+    fn text(&mut self, v: &[u8]) -> Masked {
+        let masked = self.masker.mask(v, self.scratch, self.counts);
+        self.found |= masked != Masked::Clean;
+        masked
+    }
+
+    /// An integer read both as signed and as unsigned (the same spelling unless negative).
+    fn signed(&mut self, signed: i64, unsigned: u64) -> Masked {
+        if signed >= 0 {
+            self.numbers(&[signed.to_string()])
+        } else {
+            self.numbers(&[signed.to_string(), unsigned.to_string()])
+        }
+    }
+
     /// A value that cannot hold a masked form: NULL when any spelling has a finding.
     fn numbers(&mut self, spellings: &[String]) -> Masked {
         for s in spellings {
-            if self.masker.mask(s.as_bytes(), self.scratch, self.counts) != Masked::Clean {
+            if self.text(s.as_bytes()) != Masked::Clean {
                 return Masked::Null;
             }
         }
@@ -396,6 +411,7 @@ mod tests {
             masker: &m,
             scratch: &mut scratch,
             counts: &mut counts,
+            found: false,
         }
         .value(kind, v)
     }

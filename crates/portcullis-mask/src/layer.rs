@@ -575,14 +575,14 @@ impl State {
             // read is NULL (fail closed) — unless no detector is on, when nothing applies.
             (kind, None) => {
                 if policy.masker.detectors().any() {
-                    let found: u64 = self.kinds.values().sum();
-                    let masked = crate::binary::Scan {
+                    let mut scan = crate::binary::Scan {
                         masker: &policy.masker,
                         scratch: &mut self.scratch,
                         counts: &mut self.kinds,
-                    }
-                    .value(kind, v);
-                    if masked == Masked::Null && self.kinds.values().sum::<u64>() == found {
+                        found: false,
+                    };
+                    let masked = scan.value(kind, v);
+                    if masked == Masked::Null && !scan.found {
                         self.unreadable += 1;
                     }
                     masked
@@ -611,7 +611,7 @@ impl State {
         if self.values == 0 {
             return;
         }
-        let kinds: Vec<String> = self
+        let mut kinds: Vec<String> = self
             .kinds
             .iter()
             .map(|(k, n)| format!("{}={n}", k.name()))
@@ -626,7 +626,6 @@ impl State {
         } else {
             "masked"
         };
-        let mut kinds = kinds;
         if self.unreadable > 0 {
             kinds.push(format!("unreadable={}", self.unreadable));
         }
