@@ -11,7 +11,7 @@ use portcullis_testkit::wire::{BackendMsg, PgWire, msg};
 
 use super::policy::{ALICE, cluster_with_victims, start};
 
-/// The rules of the hostile suites (this one and the differential fuzzer): drops, TRUNCATE
+/// The rules of the hostile suites (this one, hostile.rs and the differential fuzzer): drops, TRUNCATE
 /// and `admin` denied, unbounded writes held for an approval that times out.
 pub(super) const RULES: &str = r#"
 [policy]

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use portcullis_testkit::PgCluster;
 use portcullis_testkit::wire::{PgWire, msg};
 
-use super::adversarial::RULES;
 use super::policy::{ALICE, cluster_with_victims, start};
 
 /// Sequences in the suite's short run.
@@ -358,10 +357,7 @@ async fn what_the_server_ran_is_what_the_gateway_judged_and_recorded() {
 
     let dir = tempfile::tempdir().unwrap();
     let trail = dir.path().join("trail.jsonl");
-    let extra = format!(
-        "{RULES}\n[audit]\non_failure = \"refuse\"\n[[audit.sinks]]\nkind = \"jsonl\"\npath = \"{}\"\n",
-        trail.display()
-    );
+    let extra = super::hostile::rules_with_trail(&trail);
     let (_gateway, gw, _admin, _dir) = start(&cluster, &extra).await;
     let log = cluster.log_path();
     let mut rng = Rng(seed);

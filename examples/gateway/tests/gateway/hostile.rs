@@ -7,29 +7,18 @@ use std::time::Duration;
 use portcullis_testkit::PgCluster;
 use portcullis_testkit::wire::{PgWire, msg};
 
+use super::adversarial::RULES;
 use super::policy::{ALICE, DANA, cluster_with_victims, direct, start};
 use super::recorded_statements;
 
-const RULES: &str = r#"
-[policy]
-on_unparsed = "deny"
-[[policy.rules]]
-name = "no-drops"
-statements = ["drop"]
-action = "deny"
-[[policy.rules]]
-name = "no-admin"
-statements = ["admin"]
-action = "deny"
-[[policy.rules]]
-name = "unbounded-writes"
-statements = ["delete", "update"]
-without_where = true
-action = "approve"
-approvers = ["dba"]
-[approvals]
-timeout = "1s"
-"#;
+/// `RULES` (the hostile suites' rules), and a JSONL trail at `trail` that must hold every
+/// record before a command runs.
+pub(super) fn rules_with_trail(trail: &std::path::Path) -> String {
+    format!(
+        "{RULES}\n[audit]\non_failure = \"refuse\"\n[[audit.sinks]]\nkind = \"jsonl\"\npath = \"{}\"\n",
+        trail.display()
+    )
+}
 
 fn exists(cluster: &PgCluster, table: &str) -> bool {
     direct(
@@ -53,10 +42,7 @@ async fn statements_hidden_behind_terminate_function_call_or_a_reused_name_are_j
     let cluster = cluster_with_victims().await;
     let dir = tempfile::tempdir().unwrap();
     let trail = dir.path().join("trail.jsonl");
-    let extra = format!(
-        "{RULES}\n[audit]\non_failure = \"refuse\"\n[[audit.sinks]]\nkind = \"jsonl\"\npath = \"{}\"\n",
-        trail.display()
-    );
+    let extra = rules_with_trail(&trail);
     let (gateway, gw, _admin, _dir) = start(&cluster, &extra).await;
     let via_gateway = || PgWire::connect(gw, "alice", "app", ALICE).unwrap();
 
@@ -255,10 +241,7 @@ async fn a_statement_nested_2500_deep_is_refused_and_the_gateway_keeps_serving()
     let cluster = cluster_with_victims().await;
     let dir = tempfile::tempdir().unwrap();
     let trail = dir.path().join("trail.jsonl");
-    let extra = format!(
-        "{RULES}\n[audit]\n[[audit.sinks]]\nkind = \"jsonl\"\npath = \"{}\"\n",
-        trail.display()
-    );
+    let extra = rules_with_trail(&trail);
     let (gateway, gw, _admin, _dir) = start(&cluster, &extra).await;
     let deep = format!("SELECT {}1{}", "(SELECT ".repeat(2500), ")".repeat(2500));
     let plus = format!("SELECT 1{}", "+1".repeat(100_000));
@@ -396,10 +379,7 @@ async fn a_session_ends_after_terminate_whatever_came_unsynced_before_it() {
     let cluster = cluster_with_victims().await;
     let dir = tempfile::tempdir().unwrap();
     let trail = dir.path().join("trail.jsonl");
-    let extra = format!(
-        "{RULES}\n[audit]\non_failure = \"refuse\"\n[[audit.sinks]]\nkind = \"jsonl\"\npath = \"{}\"\n",
-        trail.display()
-    );
+    let extra = rules_with_trail(&trail);
     let (_gateway, gw, _admin, _dir) = start(&cluster, &extra).await;
     // Batches without Sync or Flush, cut by Terminate or a FunctionCall: the server keeps its
     // replies to them buffered, so the gateway must not wait for those replies forever. The
