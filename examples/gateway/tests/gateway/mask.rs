@@ -620,3 +620,62 @@ async fn binary_results_and_every_message_field_are_read_or_masked_never_passed(
     let text = std::fs::read_to_string(&trail).unwrap();
     assert!(text.contains("unreadable="), "{text}");
 }
+
+/// The planted values through asyncpg and psycopg 3 with binary results: what Python
+/// applications receive (`repr` of every row) holds none of them, and every value decodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_drivers_in_binary_format_receive_no_planted_value() {
+    let cluster = cluster().await;
+    let trail_dir = tempfile::tempdir().unwrap();
+    let trail = trail_dir.path().join("trail.jsonl");
+    let (_gateway, gw, _dir) = start(&cluster, &trail).await;
+    let queries = [
+        "select card_num, card_num::numeric, card_num::float8 from customers where id = 1",
+        "select email::bytea, ARRAY[email, card, ssn], ARRAY[card_num] from customers where id = 1",
+        "select ROW(email, card, ssn, card_num) from customers where id = 1",
+        "select c from customers c where id = 1",
+        "select name, email, card, ssn from customers where id = 1",
+    ];
+    let script = format!(
+        r#"
+import asyncio, sys
+import asyncpg, psycopg
+from psycopg.rows import tuple_row
+QUERIES = {queries:?}
+DSN = "postgresql://alice:{ALICE}@127.0.0.1:{gw}/app?sslmode=disable"
+async def with_asyncpg():
+    conn = await asyncpg.connect(DSN)
+    for q in QUERIES:
+        print("asyncpg", repr(await conn.fetch(q)))
+    await conn.close()
+asyncio.run(with_asyncpg())
+with psycopg.connect(DSN) as conn:
+    for q in QUERIES:
+        cur = conn.cursor(binary=True, row_factory=tuple_row)
+        cur.execute(q)
+        print("psycopg", repr(cur.fetchall()))
+"#
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().count(),
+        2 * queries.len(),
+        "every query answered: {stdout}"
+    );
+    no_leak("asyncpg and psycopg 3 (binary)", &stdout);
+    // The masked forms arrive, not only NULLs: the e-mail masked in place in the array.
+    assert!(stdout.contains("j***@example.com"), "{stdout}");
+}
