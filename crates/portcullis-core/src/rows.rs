@@ -81,6 +81,9 @@ pub struct Column {
     /// database): column rules cannot be checked on its fields, so under any column rule a
     /// value that reads as a row is masked whole.
     pub composite: bool,
+    /// For a row type the catalog resolved (a table's row type): the source of each field,
+    /// in order (`schema.table.column`), so column rules apply to the row's fields.
+    pub fields: Option<std::sync::Arc<[String]>>,
     /// How values read.
     pub kind: ValueKind,
 }
@@ -93,6 +96,7 @@ impl Column {
             source: None,
             source_uncertain: false,
             composite: false,
+            fields: None,
             kind,
         }
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use portcullis_core::ValueKind;
 
 use crate::detect::{Finding, Kind};
-use crate::mask::{Masked, Masker};
+use crate::mask::{Masked, Masker, Strategy};
 
 /// Arrays of records of arrays…: deeper than this is not read (NULL).
 const MAX_DEPTH: usize = 8;
@@ -97,7 +97,7 @@ impl Scan<'_> {
                 }
             }
             ValueKind::PgArray if depth < MAX_DEPTH => self.array(v, depth),
-            ValueKind::PgRecord if depth < MAX_DEPTH => self.record(v, depth),
+            ValueKind::PgRecord if depth < MAX_DEPTH => self.record(v, depth, &[]),
             _ => Masked::Null,
         }
     }
@@ -165,7 +165,7 @@ impl Scan<'_> {
         if !r.0.is_empty() {
             return Masked::Null;
         }
-        match self.items(elements, depth) {
+        match self.items(elements, depth, &[]) {
             Items::Clean => Masked::Clean,
             Items::Null => Masked::Null,
             Items::Changed(items) => {
@@ -180,9 +180,15 @@ impl Scan<'_> {
         }
     }
 
+    /// A record of a table's row type whose fields' column rules are `rules` (one per
+    /// field): a ruled field is masked whole, the others as any value.
+    pub(crate) fn ruled_record(&mut self, v: &[u8], rules: &[Option<Strategy>]) -> Masked {
+        self.record(v, 0, rules)
+    }
+
     /// A binary record: the field count, then each field as type OID, length (-1 NULL) and
-    /// bytes.
-    fn record(&mut self, v: &[u8], depth: usize) -> Masked {
+    /// bytes. `rules` (empty, or one per field) mask fields whole.
+    fn record(&mut self, v: &[u8], depth: usize, rules: &[Option<Strategy>]) -> Masked {
         let mut r = Reader(v);
         let Some(n) = r.i32().and_then(|n| usize::try_from(n).ok()) else {
             return Masked::Null;
@@ -196,10 +202,10 @@ impl Scan<'_> {
             oids.push(oid);
             fields.push((ValueKind::postgres_binary(oid), item));
         }
-        if !r.0.is_empty() {
+        if !r.0.is_empty() || !(rules.is_empty() || rules.len() == n) {
             return Masked::Null;
         }
-        match self.items(fields, depth) {
+        match self.items(fields, depth, rules) {
             Items::Clean => Masked::Clean,
             Items::Null => Masked::Null,
             Items::Changed(items) => {
@@ -214,15 +220,32 @@ impl Scan<'_> {
         }
     }
 
-    fn items(&mut self, items: Vec<(ValueKind, Option<&[u8]>)>, depth: usize) -> Items {
+    fn items(
+        &mut self,
+        items: Vec<(ValueKind, Option<&[u8]>)>,
+        depth: usize,
+        rules: &[Option<Strategy>],
+    ) -> Items {
         let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(items.len());
         let mut changed = false;
-        for (kind, item) in &items {
+        for (i, (kind, item)) in items.iter().enumerate() {
             let Some(bytes) = item else {
                 out.push(None);
                 continue;
             };
-            match self.at(*kind, bytes, depth + 1) {
+            let masked = match rules.get(i).copied().flatten() {
+                // Under a column rule: text masked whole by its strategy; a value of another
+                // type cannot keep its type masked (NULL).
+                Some(strategy) => {
+                    self.found = true;
+                    match kind {
+                        ValueKind::Text => self.masker.mask_whole(bytes, strategy),
+                        _ => Masked::Null,
+                    }
+                }
+                None => self.at(*kind, bytes, depth + 1),
+            };
+            match masked {
                 Masked::Clean => out.push(Some(bytes.to_vec())),
                 Masked::Rewritten(new) => {
                     changed = true;
@@ -230,7 +253,9 @@ impl Scan<'_> {
                 }
                 Masked::Null => {
                     // An element that cannot be read at all: the whole value is not read.
-                    if matches!(kind, ValueKind::Opaque) {
+                    if matches!(kind, ValueKind::Opaque)
+                        && rules.get(i).copied().flatten().is_none()
+                    {
                         return Items::Null;
                     }
                     changed = true;

@@ -145,13 +145,32 @@ impl MaskPolicy {
                     (r.groups.is_empty() || identity.in_any_group(&r.groups))
                         && column_matches(&r.pattern, &c)
                 });
+                // A table's row type the catalog resolved: the column rules of its fields.
+                let fields = c.fields.as_ref().map(|sources| {
+                    sources
+                        .iter()
+                        .map(|source| {
+                            let name = source.rsplit('.').next().unwrap_or(source);
+                            let field =
+                                Column::new(name, ValueKind::Text).with_source(source.clone());
+                            self.columns
+                                .iter()
+                                .find(|r| {
+                                    (r.groups.is_empty() || identity.in_any_group(&r.groups))
+                                        && column_matches(&r.pattern, &field)
+                                })
+                                .map(|r| r.strategy)
+                        })
+                        .collect::<Vec<_>>()
+                });
                 Action {
                     kind: c.kind,
                     whole: rule.map(|r| r.strategy),
-                    // Column rules cannot be checked on a row's fields (the catalog lookup
-                    // from a row type to its table's columns is not done): under any rule, a
-                    // value that reads as a row is masked whole.
-                    rows_whole: ruled && c.composite,
+                    // Column rules cannot be checked on the fields of a row whose type the
+                    // catalog did not resolve: under any rule, a value that reads as a row is
+                    // masked whole.
+                    rows_whole: ruled && c.composite && fields.is_none(),
+                    fields,
                     label: c.label,
                 }
             })
@@ -200,6 +219,8 @@ struct Action {
     whole: Option<Strategy>,
     /// A value that reads as a row (`(…)` in text, any binary value) is masked whole.
     rows_whole: bool,
+    /// For a table's row type: each field's column rule.
+    fields: Option<Vec<Option<Strategy>>>,
 }
 
 /// Masks reply bodies ([`MaskPolicy`]); `MaskLayer::disabled()` costs one branch.
@@ -546,6 +567,31 @@ impl State {
     #[allow(clippy::type_complexity)]
     fn value(&mut self, action: &Action, v: &[u8]) -> Option<Option<Vec<u8>>> {
         let policy = &self.watch.policy;
+        // A whole row of a table: its fields' column rules, field by field.
+        if let (None, Some(rules)) = (action.whole, &action.fields) {
+            let masked = match action.kind {
+                ValueKind::Text => Some(crate::record::mask_row(
+                    v,
+                    rules,
+                    &policy.masker,
+                    &mut self.scratch,
+                    &mut self.kinds,
+                )),
+                ValueKind::PgRecord => Some(
+                    crate::binary::Scan {
+                        masker: &policy.masker,
+                        scratch: &mut self.scratch,
+                        counts: &mut self.kinds,
+                        found: false,
+                    }
+                    .ruled_record(v, rules),
+                ),
+                _ => None,
+            };
+            if let Some(masked) = masked {
+                return self.count(action, masked);
+            }
+        }
         let whole = match action.whole {
             None if action.rows_whole
                 && (action.kind != ValueKind::Text
@@ -591,12 +637,19 @@ impl State {
                 }
             }
         };
+        self.count(action, masked)
+    }
+
+    /// Count a masked value of `action`'s column, and say what replaces it (`None`:
+    /// unchanged, `Some(None)`: NULL).
+    #[allow(clippy::type_complexity)]
+    fn count(&mut self, action: &Action, masked: Masked) -> Option<Option<Vec<u8>>> {
         match masked {
             Masked::Clean => None,
             changed => {
                 self.values += 1;
                 *self.columns.entry(action.label.clone()).or_default() += 1;
-                if policy.detect_only {
+                if self.watch.policy.detect_only {
                     return None;
                 }
                 match changed {

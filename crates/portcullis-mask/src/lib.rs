@@ -45,6 +45,7 @@ mod detect;
 mod json;
 mod layer;
 mod mask;
+mod record;
 mod scan;
 mod statement;
 

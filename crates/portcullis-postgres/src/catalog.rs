@@ -25,6 +25,11 @@ use crate::upstream::{self, UpstreamConfig};
 const MAX_TABLES: usize = 10_000;
 
 type Names = Arc<HashMap<i16, String>>;
+type Fields = Arc<[String]>;
+
+/// The first OID of an object created in a database: types from here on may be a table's
+/// row type.
+const FIRST_NORMAL_OID: u32 = 16_384;
 
 /// Resolves table OIDs to names; shared by every session of a listener.
 #[derive(Clone, Default)]
@@ -36,6 +41,9 @@ pub(crate) struct Catalog {
 struct Inner {
     /// Database → table OID → attribute number → `schema.table.column`.
     names: Mutex<HashMap<String, HashMap<u32, Names>>>,
+    /// Database → type OID → the sources of a row type's fields, in order (empty: not a
+    /// table's row type).
+    types: Mutex<HashMap<String, HashMap<u32, Fields>>>,
     /// Database → the side connection.
     side: tokio::sync::Mutex<HashMap<String, PgUpstream>>,
 }
@@ -60,6 +68,90 @@ impl Catalog {
             .get(database)?
             .get(&field.table_oid)
             .and_then(|cols| cols.get(&field.attnum).cloned())
+    }
+
+    fn types(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u32, Fields>>> {
+        self.inner.types.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sources of the fields of row type `type_oid`, when it is a table's row type.
+    pub(crate) fn fields(&self, database: &str, type_oid: u32) -> Option<Fields> {
+        self.types()
+            .get(database)?
+            .get(&type_oid)
+            .filter(|f| !f.is_empty())
+            .cloned()
+    }
+
+    /// Type OIDs of `fields` that may be a table's row type, not resolved yet.
+    pub(crate) fn missing_types(&self, database: &str, fields: &[Field]) -> Vec<u32> {
+        let types = self.types();
+        let known = types.get(database);
+        let mut out: Vec<u32> = fields
+            .iter()
+            .map(|f| f.type_oid)
+            .filter(|&oid| oid >= FIRST_NORMAL_OID && !known.is_some_and(|k| k.contains_key(&oid)))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Look the types `oids` up in `database`: which are a table's row type, and the
+    /// sources of their fields.
+    pub(crate) async fn resolve_types(
+        &self,
+        config: Arc<UpstreamConfig>,
+        max_message: usize,
+        database: String,
+        oids: Vec<u32>,
+    ) -> Result<(), String> {
+        let list = oids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "select t.oid, n.nspname, c.relname, a.attname \
+             from pg_catalog.pg_type t \
+             join pg_catalog.pg_class c on c.oid = t.typrelid \
+             join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
+             join pg_catalog.pg_attribute a on a.attrelid = c.oid \
+             where t.oid in ({list}) and a.attnum > 0 and not a.attisdropped \
+             order by t.oid, a.attnum"
+        );
+        let mut buf = BytesMut::new();
+        FrontendMessage::Query { sql: sql.into() }.encode(&mut buf);
+        let frames = self.side_run(&config, max_message, &database, buf).await?;
+        let mut found: HashMap<u32, Vec<String>> = oids.iter().map(|&o| (o, Vec::new())).collect();
+        for values in frames
+            .iter()
+            .filter(|f| f.tag() == b'D')
+            .filter_map(|f| f.row_values())
+        {
+            let row: Vec<String> = values
+                .into_iter()
+                .map(|v| String::from_utf8_lossy(v.unwrap_or_default()).into_owned())
+                .collect();
+            let [oid, schema, table, column] = row.as_slice() else {
+                continue;
+            };
+            if let Ok(oid) = oid.parse::<u32>() {
+                found
+                    .entry(oid)
+                    .or_default()
+                    .push(format!("{schema}.{table}.{column}"));
+            }
+        }
+        let mut types = self.types();
+        let known = types.entry(database).or_default();
+        if known.len() + found.len() > MAX_TABLES {
+            known.clear();
+        }
+        for (oid, fields) in found {
+            known.insert(oid, fields.into());
+        }
+        Ok(())
     }
 
     /// Table OIDs of `fields` not resolved yet.

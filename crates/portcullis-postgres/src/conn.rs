@@ -235,6 +235,14 @@ impl Sources {
             if let Some(source) = self.catalog.source(&self.database, field) {
                 col.source = Some(source);
             }
+            // A table's row type: its fields' sources, and in binary format the record the
+            // value is (rather than a value of a type the gateway cannot read).
+            if let Some(sources) = self.catalog.fields(&self.database, field.type_oid) {
+                col.fields = Some(sources);
+                if col.kind == portcullis_core::ValueKind::Opaque {
+                    col.kind = portcullis_core::ValueKind::PgRecord;
+                }
+            }
         }
         cols
     }
@@ -820,19 +828,33 @@ impl PgReply {
                 }
                 if let (Some(src), Some(f)) = (&self.sources, fields(frame.body())) {
                     let missing = src.catalog.missing(&src.database, &f);
-                    if !missing.is_empty() {
+                    let types = src.catalog.missing_types(&src.database, &f);
+                    if !missing.is_empty() || !types.is_empty() {
                         let src = src.clone();
                         self.lookup = Some(Box::pin(async move {
-                            src.catalog
-                                .clone()
-                                .resolve(
-                                    src.config.clone(),
-                                    src.max_message,
-                                    src.database.clone(),
-                                    missing,
-                                )
-                                .await
-                                .map(|()| None)
+                            if !missing.is_empty() {
+                                src.catalog
+                                    .clone()
+                                    .resolve(
+                                        src.config.clone(),
+                                        src.max_message,
+                                        src.database.clone(),
+                                        missing,
+                                    )
+                                    .await?;
+                            }
+                            if !types.is_empty() {
+                                src.catalog
+                                    .clone()
+                                    .resolve_types(
+                                        src.config.clone(),
+                                        src.max_message,
+                                        src.database.clone(),
+                                        types,
+                                    )
+                                    .await?;
+                            }
+                            Ok(None)
                         }));
                         self.held = Some(frame);
                         return Err(());
