@@ -173,3 +173,94 @@ impl ApprovalStore for MemoryStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{Answer, Requester};
+    use portcullis_core::AuthMethod;
+    use portcullis_core::stall::every_poll_order;
+
+    fn filed(store: &MemoryStore, min: u32) -> String {
+        let new = NewRequest {
+            identity: Requester {
+                subject: "alice".into(),
+                display: None,
+                groups: vec!["dev".into()],
+            },
+            session: 1,
+            target: "pg".into(),
+            statement: "delete from t".into(),
+            params: Vec::new(),
+            rule: "unbounded-writes".into(),
+            approvers: vec!["dba".into()],
+            min_approvals: min,
+            timeout: Duration::from_secs(60),
+        };
+        let mut filing = store.file(new);
+        match filing
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        {
+            std::task::Poll::Ready(r) => r.unwrap().id,
+            std::task::Poll::Pending => unreachable!("the memory store files at once"),
+        }
+    }
+
+    /// A held statement's wait sees every decision, whatever the order of polls between the
+    /// waiting session and the approvers (two approvals for a quorum of two, or an approval
+    /// racing the request's expiry).
+    #[test]
+    fn a_held_statement_sees_its_decision_under_every_poll_order() {
+        let approver =
+            |name: &str| Identity::new(name, vec!["dba".to_owned()], AuthMethod::StaticToken);
+        let schedules = every_poll_order(
+            || {
+                let store = MemoryStore::new();
+                let id = filed(&store, 2);
+                let (waiter, id_w) = (store.clone(), id.clone());
+                let (first, id_1) = (store.clone(), id.clone());
+                let (second, id_2) = (store, id);
+                let (bob, carol) = (approver("bob"), approver("carol"));
+                vec![
+                    Box::pin(async move {
+                        let r = wait_decided(&waiter, &id_w).await.unwrap();
+                        assert_eq!(r.state, State::Approved);
+                    }),
+                    Box::pin(async move {
+                        tokio::task::yield_now().await;
+                        first.decide(&id_1, &bob, Answer::Approve).await.unwrap();
+                    }),
+                    Box::pin(async move {
+                        second.decide(&id_2, &carol, Answer::Approve).await.unwrap();
+                    }),
+                ]
+            },
+            50,
+        );
+        assert!(schedules > 3, "{schedules}");
+        every_poll_order(
+            || {
+                let store = MemoryStore::new();
+                let id = filed(&store, 1);
+                let (waiter, id_w) = (store.clone(), id.clone());
+                let (decider, id_d) = (store.clone(), id.clone());
+                let (closer, id_c) = (store, id);
+                let bob = approver("bob");
+                vec![
+                    Box::pin(async move {
+                        let r = wait_decided(&waiter, &id_w).await.unwrap();
+                        assert!(matches!(r.state, State::Approved | State::Expired));
+                    }),
+                    Box::pin(async move {
+                        let _ = decider.decide(&id_d, &bob, Answer::Approve).await;
+                    }),
+                    Box::pin(async move {
+                        closer.close(&id_c, State::Expired).await.unwrap();
+                    }),
+                ]
+            },
+            50,
+        );
+    }
+}

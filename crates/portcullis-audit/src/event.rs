@@ -21,6 +21,23 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// Bound parameter values longer than this are recorded cut, with their full length.
 pub const MAX_PARAM_BYTES: usize = 4096;
 
+/// Statement text longer than this is recorded as its first bytes (cut at a character
+/// boundary), its length and its SHA-256: a 10 MB literal costs the trail 64 KiB, not a
+/// 10 MB line that every later record waits behind.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+
+/// The first [`MAX_TEXT_BYTES`] of `text`, at most, cut at a character boundary.
+fn cut_text(text: &str) -> &str {
+    if text.len() <= MAX_TEXT_BYTES {
+        return text;
+    }
+    let mut end = MAX_TEXT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// One audit event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -227,13 +244,37 @@ impl SessionStart {
 /// One statement of a command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatementRecord {
-    /// The text as the client sent it.
+    /// The text as the client sent it — its first [`MAX_TEXT_BYTES`] when longer (then
+    /// `bytes` and `sha256` describe the whole).
     pub text: String,
+    /// A text longer than [`MAX_TEXT_BYTES`]: its full length in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// A text longer than [`MAX_TEXT_BYTES`]: the SHA-256 (hex) of the whole text as the
+    /// client sent it, to match against the database's own log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// The prepared statement's name, when it was prepared under one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepared: Option<String>,
     /// Whether the command executes it (rather than only preparing or describing it).
     pub executes: bool,
+}
+
+impl StatementRecord {
+    /// The record of a statement: `text` cut to [`MAX_TEXT_BYTES`] when longer, with its
+    /// length and SHA-256.
+    pub fn new(text: &str, prepared: Option<&str>, executes: bool) -> Self {
+        let long = text.len() > MAX_TEXT_BYTES;
+        StatementRecord {
+            text: cut_text(text).to_owned(),
+            bytes: long.then_some(text.len() as u64),
+            sha256: long
+                .then(|| hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()))),
+            prepared: prepared.map(str::to_owned),
+            executes,
+        }
+    }
 }
 
 /// A bound parameter value.
@@ -318,11 +359,7 @@ impl Command {
             statements: command
                 .statements()
                 .iter()
-                .map(|s| StatementRecord {
-                    text: s.text.to_owned(),
-                    prepared: s.prepared_name.map(str::to_owned),
-                    executes: s.executes,
-                })
+                .map(|s| StatementRecord::new(s.text, s.prepared_name, s.executes))
                 .collect(),
             params: command.params().iter().map(ParamRecord::from).collect(),
             masked: false,
@@ -607,4 +644,37 @@ pub struct Checkpoint {
     pub key: Option<String>,
     /// The signature (hex) over this record's `seq` and `prev` (see [`crate::chain`]).
     pub sig: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_statement_is_recorded_as_its_start_length_and_digest() {
+        let short = StatementRecord::new("select 1", None, true);
+        assert_eq!(
+            (short.text.as_str(), short.bytes, short.sha256.as_deref()),
+            ("select 1", None, None)
+        );
+        // A multi-byte character across the cut: the text ends before it.
+        let long = format!(
+            "insert into t values ('{}é{}')",
+            "x".repeat(MAX_TEXT_BYTES - 25),
+            "y".repeat(1 << 20)
+        );
+        let r = StatementRecord::new(&long, Some("s1"), true);
+        assert!(r.text.len() <= MAX_TEXT_BYTES && long.starts_with(&r.text));
+        assert!(r.text.len() >= MAX_TEXT_BYTES - 1);
+        assert_eq!(r.bytes, Some(long.len() as u64));
+        assert_eq!(
+            r.sha256.as_deref(),
+            Some(
+                hex::encode(ring::digest::digest(&ring::digest::SHA256, long.as_bytes())).as_str()
+            )
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"bytes\":") && json.contains("\"sha256\":"));
+        assert!(!serde_json::to_string(&short).unwrap().contains("sha256"));
+    }
 }

@@ -190,6 +190,25 @@ impl SinkShared {
     fn total(&self) -> u64 {
         self.lost.lock().unwrap_or_else(|p| p.into_inner()).count
     }
+
+    /// Wait until fewer than `limit` records are queued. Subscribes before it looks, so room
+    /// made between the look and the wait is not missed.
+    async fn room_for(&self, limit: usize) {
+        loop {
+            let notified = self.room.notified();
+            if self.queued.load(Ordering::Acquire) < limit {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The writer took `count` records off the queue (written or failed): wake every wait
+    /// for room.
+    fn taken(&self, count: usize) {
+        self.queued.fetch_sub(count, Ordering::AcqRel);
+        self.room.notify_waiters();
+    }
 }
 
 struct SinkHandle {
@@ -460,16 +479,7 @@ impl Recorder {
     /// confirmation together, stays within that sink's bound.
     pub(crate) async fn room(&self, since: Instant) -> Result<(), String> {
         for sink in self.inner.sinks.iter().filter(|s| s.options.required) {
-            let shared = &sink.shared;
-            let wait = async {
-                loop {
-                    let notified = shared.room.notified();
-                    if shared.queued.load(Ordering::Acquire) < sink.options.queue {
-                        return;
-                    }
-                    notified.await;
-                }
-            };
+            let wait = sink.shared.room_for(sink.options.queue);
             let deadline = tokio::time::Instant::from_std(since + sink.options.timeout);
             if tokio::time::timeout_at(deadline, wait).await.is_err() {
                 return Err(format!(
@@ -692,8 +702,7 @@ async fn run_sink(
         // Counted off only once written (or failed): inline writers rely on "nothing queued"
         // meaning "nothing waiting to be written".
         if count > 0 {
-            shared.queued.fetch_sub(count as usize, Ordering::AcqRel);
-            shared.room.notify_waiters();
+            shared.taken(count as usize);
         }
         shared.failing.store(result.is_err(), Ordering::Relaxed);
         match result {
@@ -732,6 +741,67 @@ async fn run_sink(
                 warn!(target: "portcullis::audit", sink = %name, lost, "audit sink closed with records it could not write");
             }
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_core::stall::every_poll_order;
+
+    /// A command waits for room in a full required sink while the writer takes records off:
+    /// every waiter gets through, whatever the order of polls (two sessions waiting, the
+    /// writer taking one record, then another).
+    #[test]
+    fn waits_for_room_end_when_the_writer_takes_records_under_every_poll_order() {
+        let schedules = every_poll_order(
+            || {
+                let shared = Arc::new(SinkShared::default());
+                shared.queued.store(3, Ordering::Release);
+                let (a, b, writer) = (shared.clone(), shared.clone(), shared);
+                vec![
+                    Box::pin(async move { a.room_for(3).await }),
+                    Box::pin(async move { b.room_for(2).await }),
+                    Box::pin(async move {
+                        writer.taken(1);
+                        tokio::task::yield_now().await;
+                        writer.taken(1);
+                    }),
+                ]
+            },
+            50,
+        );
+        assert!(schedules > 3, "{schedules}");
+    }
+
+    /// The statement waits for its record's acknowledgement (`Pending`/`confirm`): a written
+    /// record, a failed write, and a writer that went away all end the wait.
+    #[test]
+    fn acknowledgements_end_the_wait_under_every_poll_order() {
+        for outcome in [Some(Ok(())), Some(Err(Arc::from("disk full"))), None] {
+            every_poll_order(
+                || {
+                    let (tx, rx): (Ack, AckWait) = oneshot::channel();
+                    let sent = outcome.clone();
+                    let expected = outcome.clone();
+                    vec![
+                        Box::pin(async move {
+                            match sent {
+                                Some(result) => {
+                                    let _ = tx.send(result);
+                                }
+                                None => drop(tx),
+                            }
+                        }),
+                        Box::pin(async move {
+                            let got = rx.await.ok();
+                            assert_eq!(got, expected);
+                        }),
+                    ]
+                },
+                20,
+            );
         }
     }
 }

@@ -57,6 +57,7 @@ mod reply;
 mod rows;
 mod session;
 mod stack;
+pub mod stall;
 #[cfg(feature = "tls")]
 pub mod tls;
 #[cfg(feature = "tls")]

@@ -8,6 +8,57 @@ use std::sync::{Arc, Mutex};
 
 use crate::{ConnectionEventKind, SessionId};
 
+pin_project_lite::pin_project! {
+    /// A session's boundary: a panic while `inner` is polled ends it with `Err` (the panic's
+    /// message) instead of unwinding into the runtime — which would end the task without a
+    /// word to the client, or with `panic = "abort"` the process. The protocol server then
+    /// tells its client, counts it in [`ListenerMetrics::session_panics`] and lets the
+    /// session end through the normal path (so its end is recorded).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use portcullis_core::listener::catch_panic;
+    ///
+    /// let end = catch_panic(async {
+    ///     if 1 + 1 == 2 {
+    ///         panic!("a bug");
+    ///     }
+    /// })
+    /// .await;
+    /// assert_eq!(end.unwrap_err(), "a bug");
+    /// # });
+    /// ```
+    #[derive(Debug)]
+    pub struct CatchPanic<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+/// `inner`, with a panic caught at its boundary (see [`CatchPanic`]).
+pub fn catch_panic<F: std::future::Future>(inner: F) -> CatchPanic<F> {
+    CatchPanic { inner }
+}
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.project().inner;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(polled) => polled.map(Ok),
+            Err(panic) => std::task::Poll::Ready(Err(panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned()))),
+        }
+    }
+}
+
 /// Whether `peer` is on this machine (IPv4 or IPv6 loopback, or IPv4 loopback mapped into
 /// IPv6): where `allow_plaintext_tokens_on_loopback` lets a token travel without TLS.
 pub fn is_loopback(peer: &SocketAddr) -> bool {

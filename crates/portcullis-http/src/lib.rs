@@ -29,6 +29,7 @@ mod event;
 pub mod problem;
 mod serve;
 mod upstream;
+mod watch;
 
 pub use command::HttpCommand;
 pub use event::HttpEvent;

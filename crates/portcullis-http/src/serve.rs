@@ -17,9 +17,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Request as HttpRequest, Response as HttpResponse, StatusCode, header};
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use portcullis_core::listener::{
-    IdentitySlot, ListenerMetrics, SessionCaps, SessionSlot, is_loopback,
+    IdentitySlot, ListenerMetrics, SessionCaps, SessionSlot, catch_panic, is_loopback,
 };
 use portcullis_core::{
     ConnectionEvent, ConnectionEventKind, ConnectionObserver, Credentials, Error, Identity,
@@ -34,6 +34,8 @@ use crate::command::HttpCommand;
 use crate::event::HttpEvent;
 use crate::problem::{for_error, problem};
 use crate::upstream::{HttpUpstream, HttpUpstreamConfig};
+use crate::watch::Watched;
+use portcullis_core::stall::StallReport;
 
 /// Settings of one HTTP listener (`[[http]]`).
 #[derive(Clone, Debug)]
@@ -301,6 +303,17 @@ where
     ) -> impl Future<Output = ()> + Send + 'static {
         let this = self.clone();
         async move {
+            // Reads and writes count as progress for the stall detector.
+            let io = portcullis_core::stall::Metered::new(io);
+            let watched = Watched {
+                stalls: Some(StallReport::new(
+                    this.shared.metrics.clone(),
+                    this.observer.clone(),
+                    Protocol::Http,
+                    &this.config.name,
+                    peer,
+                )),
+            };
             let io: portcullis_core::io::BoxIo = match &this.tls {
                 Some(tls) => {
                     let accept = tokio_rustls::TlsAcceptor::from(tls.clone()).accept(io);
@@ -326,16 +339,19 @@ where
             let live: Arc<Mutex<Option<Arc<Live<S>>>>> = Arc::default();
             let handler = this.clone();
             let conn_live = live.clone();
+            let conn_watched = watched.clone();
             let service = hyper::service::service_fn(move |req: HttpRequest<Incoming>| {
                 let handler = handler.clone();
                 let live = conn_live.clone();
-                async move { Ok::<_, Infallible>(handler.handle(req, peer, tls, live).await) }
+                let watched = conn_watched.clone();
+                async move {
+                    let handled = catch_panic(handler.handle(req, peer, tls, live, watched)).await;
+                    Ok::<_, Infallible>(handled.unwrap_or_else(|panic| handler.panicked(&panic)))
+                }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(io), service)
-                .await
-            {
+            let builder = hyper_util::server::conn::auto::Builder::new(watched.clone());
+            let serve = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            if let Err(e) = watched.watch("an HTTP connection", serve).await {
                 debug!(target: "portcullis::http", %peer, error = %e, "connection ended");
             }
             // The session ends with its connection.
@@ -361,6 +377,7 @@ where
         peer: SocketAddr,
         tls: bool,
         live: Arc<Mutex<Option<Arc<Live<S>>>>>,
+        watched: Watched,
     ) -> Reply<B> {
         let cfg = &self.config;
         if !(tls || (is_loopback(&peer) && cfg.allow_plaintext_tokens_on_loopback)) {
@@ -424,7 +441,7 @@ where
                     None,
                 ));
             }
-            None => match self.open_session(identity, peer, tls) {
+            None => match self.open_session(identity, peer, tls, &watched) {
                 Ok(l) => {
                     *live.lock().unwrap_or_else(|p| p.into_inner()) = Some(l.clone());
                     l
@@ -469,7 +486,10 @@ where
         if !body.is_end_stream() {
             let (tx, upload) = upload_channel(8);
             request = request.with_upload(upload);
-            tokio::spawn(forward_body(body, tx, self.shared.metrics.clone()));
+            watched.spawn(
+                "a request body's upload",
+                forward_body(body, tx, self.shared.metrics.clone()),
+            );
         }
         let call = {
             let mut service = current.service.lock().await;
@@ -508,7 +528,7 @@ where
         *out.headers_mut() = parts.headers;
         if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
             // The API switched protocols: once the client has too, join the two.
-            tokio::spawn(async move {
+            watched.spawn("a spliced upgrade", async move {
                 let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
                     return;
                 };
@@ -521,6 +541,25 @@ where
         // A masking layer may change the body's length: stream it without one.
         out.headers_mut().remove(header::CONTENT_LENGTH);
         out
+    }
+
+    /// The session boundary: a panic while handling a request ends that request with a
+    /// 500 and its connection; the process and the other connections go on.
+    fn panicked(&self, panic: &str) -> Reply<B> {
+        self.shared
+            .metrics
+            .session_panics
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(target: "portcullis::http", panic = %panic, "a panic ended a request");
+        let mut response = problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal gateway error: this request was ended (the gateway goes on serving others)",
+            None,
+        );
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        full(response)
     }
 
     fn refused(&self, error: &Error) -> Reply<B> {
@@ -542,6 +581,7 @@ where
         identity: Identity,
         peer: SocketAddr,
         tls: bool,
+        watched: &Watched,
     ) -> Result<Arc<Live<S>>, Box<HttpResponse<Bytes>>> {
         let cfg = &self.config;
         let Some(session_slot) = self.shared.caps.reserve(cfg.max_sessions) else {
@@ -567,7 +607,9 @@ where
         session.upstream = self.upstream.address();
         session.tls = tls;
         let session = Arc::new(session);
-        let upstream = HttpUpstream::new(self.upstream.clone()).allow_upgrades(cfg.allow_upgrades);
+        let upstream = HttpUpstream::new(self.upstream.clone())
+            .allow_upgrades(cfg.allow_upgrades)
+            .watched(watched.clone());
         let service = self
             .stack
             .new_service(Target::new(session.clone(), upstream));

@@ -128,6 +128,8 @@ pub struct HttpUpstream {
     config: Arc<HttpUpstreamConfig>,
     conn: Arc<tokio::sync::Mutex<Option<Sender>>>,
     allow_upgrades: bool,
+    /// Runs the connection's tasks (under the stall detector, when the server gave one).
+    watched: crate::watch::Watched,
 }
 
 /// A connection to the API.
@@ -160,7 +162,14 @@ impl HttpUpstream {
             config,
             conn: Arc::default(),
             allow_upgrades: false,
+            watched: crate::watch::Watched::default(),
         }
+    }
+
+    /// Run the upstream connection's tasks under the session's stall detector.
+    pub(crate) fn watched(mut self, watched: crate::watch::Watched) -> Self {
+        self.watched = watched;
+        self
     }
 
     /// Pass protocol upgrades (WebSocket) through instead of refusing them.
@@ -169,7 +178,10 @@ impl HttpUpstream {
         self
     }
 
-    async fn connect(config: &HttpUpstreamConfig) -> Result<Sender, Error> {
+    async fn connect(
+        config: &HttpUpstreamConfig,
+        watched: &crate::watch::Watched,
+    ) -> Result<Sender, Error> {
         let address = config.address();
         let host = config.url.host().unwrap_or_default().to_owned();
         let https = config.url.scheme_str() == Some("https");
@@ -178,6 +190,8 @@ impl HttpUpstream {
                 .await
                 .map_err(|e| unavailable(format!("could not connect to {address}: {e}")))?;
             let _ = tcp.set_nodelay(true);
+            // Reads and writes count as progress for the stall detector.
+            let tcp = portcullis_core::stall::Metered::new(tcp);
             let io: portcullis_core::io::BoxIo = match (https, config.tls.client_config()) {
                 (false, _) => Box::new(tcp),
                 (true, Some(client)) if config.tls.mode != UpstreamTlsMode::Disable => {
@@ -202,13 +216,13 @@ impl HttpUpstream {
                 }
             };
             if config.http2 {
-                let (sender, connection) = hyper::client::conn::http2::handshake(
-                    hyper_util::rt::TokioExecutor::new(),
-                    TokioIo::new(io),
-                )
-                .await
-                .map_err(|e| unavailable(format!("HTTP/2 handshake with {address}: {e}")))?;
-                tokio::spawn(async move {
+                let (sender, connection) =
+                    hyper::client::conn::http2::handshake(watched.clone(), TokioIo::new(io))
+                        .await
+                        .map_err(|e| {
+                            unavailable(format!("HTTP/2 handshake with {address}: {e}"))
+                        })?;
+                watched.spawn("the upstream HTTP/2 connection", async move {
                     let _ = connection.await;
                 });
                 return Ok::<_, Error>(Sender::H2(sender));
@@ -216,7 +230,7 @@ impl HttpUpstream {
             let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
                 .await
                 .map_err(|e| unavailable(format!("HTTP handshake with {address}: {e}")))?;
-            tokio::spawn(async move {
+            watched.spawn("the upstream HTTP connection", async move {
                 let _ = connection.with_upgrades().await;
             });
             Ok::<_, Error>(Sender::H1(sender))
@@ -266,17 +280,17 @@ impl HttpUpstream {
             let mut guard = self.conn.lock().await;
             let reuse = guard.as_ref().is_some_and(|s| !s.is_closed());
             if !reuse {
-                *guard = Some(HttpUpstream::connect(&self.config).await?);
+                *guard = Some(HttpUpstream::connect(&self.config, &self.watched).await?);
             }
             match guard.as_mut() {
                 Some(Sender::H1(sender)) => {
                     if sender.ready().await.is_err() {
-                        *guard = Some(HttpUpstream::connect(&self.config).await?);
+                        *guard = Some(HttpUpstream::connect(&self.config, &self.watched).await?);
                     }
                 }
                 Some(Sender::H2(sender)) => {
                     if sender.ready().await.is_err() {
-                        *guard = Some(HttpUpstream::connect(&self.config).await?);
+                        *guard = Some(HttpUpstream::connect(&self.config, &self.watched).await?);
                     }
                 }
                 None => return Err(unavailable("no connection to the upstream")),

@@ -135,7 +135,8 @@ impl MyUpstream {
     pub(crate) fn new(connected: Connected, max_packet: usize) -> Self {
         MyUpstream {
             conn: Arc::new(Mutex::new(Conn {
-                io: connected.io,
+                // Reads and writes count as progress for the stall detector.
+                io: Box::new(portcullis_core::stall::Metered::new(connected.io)),
                 rbuf: connected.rbuf,
                 wbuf: BytesMut::with_capacity(16 * 1024),
                 unflushed: false,
@@ -347,7 +348,7 @@ impl MyReply {
 
     /// Handle one packet in the current state: the event to return, if any.
     fn on_packet(&mut self, conn: &mut Conn, p: Packet) -> Result<Option<MyEvent>, Error> {
-        self.seq = p.seq;
+        self.seq = p.last_seq;
         let payload = p.payload;
         let head = payload.first().copied();
         let bad = |what: &str| lost(format!("the database sent an unexpected packet ({what})"));

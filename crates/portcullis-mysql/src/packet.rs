@@ -21,6 +21,9 @@ pub const DEFAULT_MAX_PACKET: usize = 64 * 1024 * 1024;
 pub struct Packet {
     /// Sequence id (of the first chunk).
     pub seq: u8,
+    /// Sequence id of the last chunk (`seq` for a packet of one chunk): the reply to it
+    /// continues from `last_seq + 1`.
+    pub last_seq: u8,
     /// The payload, chunks joined.
     pub payload: Bytes,
 }
@@ -75,6 +78,7 @@ pub fn decode_packet(src: &mut BytesMut, max: usize) -> Result<Option<Packet>, P
         let _ = whole.split_to(4);
         return Ok(Some(Packet {
             seq,
+            last_seq: seq,
             payload: whole.freeze(),
         }));
     }
@@ -94,6 +98,7 @@ pub fn decode_packet(src: &mut BytesMut, max: usize) -> Result<Option<Packet>, P
     }
     Ok(Some(Packet {
         seq,
+        last_seq: seq.wrapping_add((chunks - 1) as u8),
         payload: payload.freeze(),
     }))
 }
@@ -230,6 +235,9 @@ mod tests {
             assert_eq!(partial.len(), wire.len() - 1);
             let p = decode_packet(&mut wire, usize::MAX).unwrap().unwrap();
             assert_eq!(p.payload.len(), len);
+            // The reply continues after the last chunk's sequence id (a client that split
+            // its statement expects the answer numbered after its last chunk).
+            assert_eq!((p.seq, p.last_seq.wrapping_add(1)), (0, next), "len {len}");
             assert!(p.payload[..] == payload[..]);
             assert!(wire.is_empty());
         }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,8 +23,10 @@ use mysql_common::io::ParseBuf;
 use mysql_common::packets::{AuthPlugin, HandshakePacket, HandshakeResponse};
 use mysql_common::proto::MySerialize;
 use portcullis_core::listener::{
-    HandshakeError, IdentitySlot, ListenerMetrics, SessionCaps, SessionSlot, is_loopback,
+    HandshakeError, IdentitySlot, ListenerMetrics, SessionCaps, SessionSlot, catch_panic,
+    is_loopback,
 };
+use portcullis_core::stall::{StallReport, StallWatch};
 use portcullis_core::upstream::UpstreamConfig;
 use portcullis_core::{
     CancelSignal, CommandKind, CommandView, ConnectionEvent, ConnectionEventKind,
@@ -381,7 +383,7 @@ where
         let this = self.clone();
         async move {
             let mut client = Client {
-                io: Box::new(io),
+                io: Box::new(portcullis_core::stall::Metered::new(io)),
                 rbuf: BytesMut::with_capacity(8192),
                 wbuf: BytesMut::with_capacity(16 * 1024),
                 tls: false,
@@ -507,7 +509,7 @@ where
         client.flush().await?;
 
         let mut p = client.read_packet(MAX_TOKEN_PACKET).await?;
-        client.seq = p.seq.wrapping_add(1);
+        client.seq = p.last_seq.wrapping_add(1);
         let short_caps = |p: &Packet| {
             p.payload
                 .get(..4)
@@ -537,7 +539,7 @@ where
             );
             client.tls = true;
             p = client.read_packet(MAX_TOKEN_PACKET).await?;
-            client.seq = p.seq.wrapping_add(1);
+            client.seq = p.last_seq.wrapping_add(1);
         }
         let response: HandshakeResponse<'_> = match ParseBuf(&p.payload).parse(()) {
             Ok(r) => r,
@@ -600,7 +602,7 @@ where
             client.flush().await?;
             match client.read_packet(MAX_TOKEN_PACKET).await {
                 Ok(p) => {
-                    client.seq = p.seq.wrapping_add(1);
+                    client.seq = p.last_seq.wrapping_add(1);
                     p.payload.to_vec()
                 }
                 Err(ReadError::Packet(PacketError::TooLarge { len, max })) => {
@@ -750,8 +752,41 @@ where
             prepared: Prepareds::default(),
             metrics: metrics.clone(),
             shutdown: self.shared.shutdown.subscribe(),
+            phase: Arc::default(),
         };
-        let end = driver.run(&mut client).await;
+        let stalls = StallReport::new(
+            metrics.clone(),
+            self.observer.clone(),
+            Protocol::MySql,
+            &session.target,
+            session.peer,
+        );
+        let phase = driver.phase.clone();
+        let id = session.id;
+        let end = catch_panic(StallWatch::new(driver.run(&mut client), |quiet| {
+            let state = PHASES[usize::from(phase.load(Ordering::Relaxed)).min(PHASES.len() - 1)];
+            let reason = stalls.stalled(&format!("session {id}"), quiet, state);
+            warn!(target: "portcullis::mysql", session = %id, "{reason}");
+        }))
+        .await;
+        let end = match end {
+            Ok(end) => end,
+            Err(panic) => {
+                // The session boundary: this session ends with an error to its client; the
+                // process and the other sessions on this thread go on.
+                metrics.session_panics.fetch_add(1, Ordering::Relaxed);
+                warn!(target: "portcullis::mysql", session = %id, panic = %panic, "a panic ended the session");
+                client.seq = 1;
+                client.wbuf.clear();
+                client.push(&err_payload(
+                    1105,
+                    "HY000",
+                    "internal gateway error: this session was ended (the gateway goes on serving others)",
+                ));
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
+                "internal gateway error: the session's handler panicked".to_owned()
+            }
+        };
         session.set_end_reason(end.clone());
         drop(driver);
         let _ = client.io.shutdown().await;
@@ -776,6 +811,22 @@ struct Driver<'a, A, N, S> {
     prepared: Prepareds,
     metrics: Arc<MyMetrics>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// What the session is doing, an index into [`PHASES`] (for a stall report).
+    phase: Arc<AtomicU8>,
+}
+
+/// What a MySQL session can be doing, for a stall report.
+const PHASES: [&str; 4] = [
+    "waiting for the client's next command",
+    "the command is in the stack (judged, held for approval, or sent)",
+    "streaming the reply to the client",
+    "forwarding the client's LOAD DATA LOCAL file",
+];
+
+impl<A, N, S> Driver<'_, A, N, S> {
+    fn set_phase(&self, phase: usize) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
 }
 
 impl<A, N, S, B> Driver<'_, A, N, S>
@@ -814,6 +865,7 @@ where
             });
         let mut expiry = expiry.map(|left| Box::pin(tokio::time::sleep(left)));
         loop {
+            self.set_phase(0);
             let idle = {
                 let shutdown = self.shutdown.wait_for(|stop| *stop);
                 let event = async {
@@ -901,7 +953,7 @@ where
             self.metrics
                 .bytes_from_clients
                 .fetch_add(packet.payload.len() as u64 + 4, Ordering::Relaxed);
-            client.seq = packet.seq.wrapping_add(1);
+            client.seq = packet.last_seq.wrapping_add(1);
             let com_byte = packet.payload.first().copied().unwrap_or_default();
             let command = match self.prepared.command(packet.payload) {
                 Ok(c) => c,
@@ -950,9 +1002,13 @@ where
                 req = req.with_upload(upload);
                 upload_tx = Some(tx);
             }
+            self.set_phase(1);
             let response = self.call_watching(client, req).await;
             let outcome = match response {
-                Ok(r) => self.stream(client, r.body, upload_tx, sql.as_deref()).await,
+                Ok(r) => {
+                    self.set_phase(2);
+                    self.stream(client, r.body, upload_tx, sql.as_deref()).await
+                }
                 Err(e) => Err(e),
             };
             if quit {
@@ -1111,6 +1167,7 @@ where
                 if client.flush().await.is_err() {
                     return Err("the client went away during LOAD DATA LOCAL INFILE".into());
                 }
+                self.set_phase(3);
                 let max = self.server.config.max_packet;
                 let forward = forward_file(&mut client.io, &mut client.rbuf, tx, max);
                 let (sent_file, next) = tokio::join!(
@@ -1122,6 +1179,7 @@ where
                     Err(e) => return Err(e.into()),
                 };
                 client.seq = seq.wrapping_add(1);
+                self.set_phase(2);
                 match next {
                     Some(Ok(event)) => {
                         for p in event.payloads() {
@@ -1186,7 +1244,7 @@ async fn forward_file(
             .map_err(|e| e.to_string())?;
         tx.send_item(p.payload).map_err(|e| e.to_string())?;
         if end {
-            return Ok(p.seq);
+            return Ok(p.last_seq);
         }
     }
 }

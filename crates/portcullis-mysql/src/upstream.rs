@@ -416,7 +416,7 @@ impl Opened {
                 return Err(proto("authentication did not finish".into()));
             }
             let p = read_packet(&mut io, &mut rbuf, &address).await?;
-            seq = p.seq.wrapping_add(1);
+            seq = p.last_seq.wrapping_add(1);
             let reply = match p.payload.first() {
                 Some(0x00) => {
                     return Ok(Connected {

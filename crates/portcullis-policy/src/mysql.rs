@@ -58,6 +58,9 @@ pub fn classify_mysql(sql: &str, mode: MySqlMode) -> Result<Vec<Classified>, Unp
 /// [`classify_mysql`] on this thread (`sql` is short enough for any stack).
 fn classify_mysql_here(sql: &str, mode: MySqlMode) -> Result<Vec<Classified>, Unparsed> {
     let text = rewrite(sql, mode)?;
+    if let Some(load) = load_data(&text) {
+        return load.map(|c| vec![c]);
+    }
     let statements =
         Parser::parse_sql(&MySqlDialect {}, &text).map_err(|e| Unparsed::new(e.to_string()))?;
     let mut out = Vec::with_capacity(statements.len());
@@ -220,6 +223,107 @@ impl std::ops::DerefMut for MyWalk {
     fn deref_mut(&mut self) -> &mut Classified {
         &mut self.0
     }
+}
+
+/// `LOAD DATA` / `LOAD XML`, which the parser does not read: recognised from the
+/// tokens (as the parser's tokenizer reads them, executable comments included) when it has
+/// the shape the server accepts:
+///
+/// `LOAD {DATA | XML} [LOW_PRIORITY | CONCURRENT] [LOCAL] INFILE 'file' [REPLACE | IGNORE]
+/// INTO TABLE name …` — the options after the name (`FIELDS`, `LINES`, `IGNORE n LINES`,
+/// `CHARACTER SET`, a column list) only say how to read the file.
+///
+/// It is an `insert` into `name` (kinds `insert` and `load_data`); without `LOCAL` the
+/// server reads a file of its own, which is `admin` (like `COPY … FROM 'file'`). A `SET`
+/// clause (expressions run per row), a second statement, or any other shape is not read:
+/// `Some(Err)`, and `on_unparsed` decides. `None`: not a `LOAD` statement.
+fn load_data(text: &str) -> Option<Result<Classified, Unparsed>> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = Tokenizer::new(&MySqlDialect {}, text).tokenize().ok()?;
+    let mut words = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .peekable();
+    let keyword = |t: Option<&Token>, k: &str| matches!(t, Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(k));
+    if !keyword(words.next(), "load") {
+        return None;
+    }
+    let unread = |why: &str| Some(Err(Unparsed::new(format!("LOAD: {why}"))));
+    let what = match words.next() {
+        Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("data") => "LOAD DATA",
+        Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("xml") => "LOAD XML",
+        _ => return unread("only LOAD DATA and LOAD XML are read"),
+    };
+    if keyword(words.peek().copied(), "low_priority")
+        || keyword(words.peek().copied(), "concurrent")
+    {
+        words.next();
+    }
+    let local = keyword(words.peek().copied(), "local");
+    if local {
+        words.next();
+    }
+    if !keyword(words.next(), "infile") {
+        return unread("INFILE expected");
+    }
+    if !matches!(
+        words.next(),
+        Some(Token::SingleQuotedString(_) | Token::DoubleQuotedString(_))
+    ) {
+        return unread("a file name expected after INFILE");
+    }
+    if keyword(words.peek().copied(), "replace") || keyword(words.peek().copied(), "ignore") {
+        words.next();
+    }
+    if !keyword(words.next(), "into") || !keyword(words.next(), "table") {
+        return unread("INTO TABLE expected");
+    }
+    let mut name = Vec::new();
+    loop {
+        match words.next() {
+            Some(Token::Word(w)) => name.push(sqlparser::ast::Ident {
+                value: w.value.clone(),
+                quote_style: w.quote_style,
+                span: sqlparser::tokenizer::Span::empty(),
+            }),
+            _ => return unread("a table name expected after INTO TABLE"),
+        }
+        if words.peek() == Some(&&Token::Period) {
+            words.next();
+        } else {
+            break;
+        }
+    }
+    let mut previous: Option<&Token> = None;
+    while let Some(t) = words.next() {
+        match t {
+            Token::Word(w)
+                if w.quote_style.is_none()
+                    && w.value.eq_ignore_ascii_case("set")
+                    && !keyword(previous, "character") =>
+            {
+                return unread("a SET clause runs expressions the classifier does not read");
+            }
+            Token::SemiColon if words.next().is_some() => {
+                return unread("more than one statement");
+            }
+            _ => {}
+        }
+        previous = Some(t);
+    }
+    let mut c = Classified::reading(text.trim().trim_end_matches(';').trim_end().to_owned());
+    c.kinds.insert("load_data".to_owned());
+    c.tables.insert(name_of(&ObjectName::from(name)));
+    if local {
+        c.kind("insert", Class::Write, &format!("{what} LOCAL INFILE"));
+    } else {
+        c.kind("insert", Class::Write, &format!("{what} INFILE"));
+        c.raise(
+            Class::Admin,
+            format!("{what} INFILE reads a file on the database server"),
+        );
+    }
+    Some(Ok(c.finish()))
 }
 
 fn name_of(name: &ObjectName) -> String {
@@ -495,5 +599,39 @@ mod tests {
         assert!(s[1].has_kind("delete") && !s[1].without_where);
         let k = classify_mysql("kill 42", MySqlMode::default()).unwrap();
         assert!(k[0].has_kind("kill:42") && k[0].has_kind("signal_other_backend"));
+    }
+
+    #[test]
+    fn load_data_is_an_insert_into_its_table_or_unread() {
+        let mode = MySqlMode::default();
+        for sql in [
+            "LOAD DATA LOCAL INFILE '/tmp/rows.txt' INTO TABLE soak_load",
+            "load data low_priority local infile \"f.csv\" replace into table app.soak_load character set utf8mb4 fields terminated by ',' ignore 1 lines (id, @x);",
+            "LOAD XML LOCAL INFILE 'p.xml' INTO TABLE `soak_load` ROWS IDENTIFIED BY '<row>'",
+            "/*!50000 LOAD DATA LOCAL INFILE 'f' INTO TABLE soak_load */",
+        ] {
+            let s = classify_mysql(sql, mode).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert_eq!(s.len(), 1, "{sql}");
+            assert!(
+                s[0].has_kind("insert") && s[0].has_kind("load_data"),
+                "{sql}: {s:?}"
+            );
+            assert_eq!(s[0].class, Class::Write, "{sql}");
+            let table = s[0].tables.iter().next().unwrap();
+            assert!(table.ends_with("soak_load"), "{sql}: {table}");
+        }
+        // The server reads a file of its own: admin.
+        let s = classify_mysql("LOAD DATA INFILE '/etc/passwd' INTO TABLE t", mode).unwrap();
+        assert_eq!(s[0].class, Class::Admin);
+        // Expressions, a second statement, odd shapes: not read (on_unparsed decides).
+        for sql in [
+            "LOAD DATA LOCAL INFILE 'f' INTO TABLE t (a, @b) SET c = sys_exec(@b)",
+            "LOAD DATA LOCAL INFILE 'f' INTO TABLE t; DROP TABLE victims",
+            "LOAD DATA LOCAL INFILE 'f' INTO TABLE t /*! SET c = 1 */",
+            "LOAD INDEX INTO CACHE t",
+            "LOAD DATA LOCAL 'f' INTO TABLE t",
+        ] {
+            assert!(classify_mysql(sql, mode).is_err(), "{sql} was read");
+        }
     }
 }

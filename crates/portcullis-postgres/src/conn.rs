@@ -267,7 +267,8 @@ impl PgUpstream {
         rbuf.reserve(READ_CHUNK);
         PgUpstream {
             conn: Arc::new(Mutex::new(Conn {
-                io: connected.io,
+                // Reads and writes count as progress for the stall detector.
+                io: Box::new(portcullis_core::stall::Metered::new(connected.io)),
                 rbuf,
                 writes: VecDeque::new(),
                 units: VecDeque::new(),

@@ -35,6 +35,7 @@ use crate::command::{Item, PgCommand, UnitBuilder};
 use crate::conn::{PgUpstream, UpstreamError};
 use crate::upstream::{self, ConnectError, UpstreamConfig};
 use portcullis_core::io::{BoxIo, Prefixed};
+use portcullis_core::stall::{StallReport, Watchdog};
 
 /// Settings of one PostgreSQL listener (`[[postgres]]`).
 #[derive(Clone, Debug)]
@@ -231,7 +232,7 @@ where
         let this = self.clone();
         async move {
             let mut client = Client {
-                io: Box::new(io),
+                io: Box::new(portcullis_core::stall::Metered::new(io)),
                 rbuf: BytesMut::with_capacity(8192),
                 tls: false,
                 claimed_user: None,
@@ -691,10 +692,14 @@ where
             metrics: metrics.clone(),
             end: None,
             notices: session.notices.take_receiver(),
-            watchdog: Box::pin(tokio::time::sleep(STALL_TICK)),
-            last_progress: std::time::Instant::now(),
-            moved: false,
-            stall_observer: self.observer.clone(),
+            watchdog: Watchdog::new(),
+            stalls: StallReport::new(
+                metrics.clone(),
+                self.observer.clone(),
+                Protocol::Postgres,
+                &session.target,
+                session.peer,
+            ),
             shutdown: {
                 let mut rx = self.shared.shutdown.subscribe();
                 Box::pin(async move {
@@ -897,12 +902,6 @@ pub const STARTUP_PARAMETERS: &[&str] = &[
 /// Stop pulling replies into the client buffer above this; write first.
 const HIGH_WATER: usize = 256 * 1024;
 
-/// How often a busy session's watchdog polls it.
-const STALL_TICK: Duration = Duration::from_secs(1);
-
-/// A busy session that could have moved data but made no progress for this long stalled.
-const STALL_AFTER: Duration = Duration::from_secs(2);
-
 type CallFuture<S> = Pin<Box<<S as Service<Request<PgCommand>>>::Future>>;
 
 struct Reply<B> {
@@ -956,14 +955,10 @@ struct Driver<S: Service<Request<PgCommand>>, B> {
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Notices layers send the client outside any reply (an approval wait).
     notices: Option<tokio::sync::mpsc::Receiver<portcullis_core::ClientNotice>>,
-    /// Polls a busy session every [`STALL_TICK`] (the stall detector).
-    watchdog: Pin<Box<tokio::time::Sleep>>,
-    /// When the session last made progress (or was last idle).
-    last_progress: std::time::Instant,
-    /// This poll made progress.
-    moved: bool,
+    /// The stall detector (`portcullis_core::stall`).
+    watchdog: Watchdog,
     /// Where stalls are reported.
-    stall_observer: Option<ConnectionObserver>,
+    stalls: StallReport,
 }
 
 impl<S, B> Driver<S, B>
@@ -1027,65 +1022,21 @@ where
         self.push_rescue(&err, false);
     }
 
-    /// Whether the session has work in flight: data the gateway holds for a peer, or a
-    /// command whose reply is not finished.
-    fn busy(&self) -> bool {
-        self.pending_copy.is_some()
-            || self.upload.is_some()
-            || !self.wbuf.is_empty()
-            || self.client_unflushed
-            || self.call.is_some()
-            || !self.replies.is_empty()
-    }
-
-    /// The stall detector around [`Driver::poll_session`]: while the session is busy a
-    /// watchdog polls it every [`STALL_TICK`]. A poll that only the watchdog caused and that
-    /// moves data after [`STALL_AFTER`] without progress means a wake-up was lost (the data
-    /// could have moved earlier): it is counted, logged with the session's state and
-    /// reported as a `stalled` connection event — and the watchdog's poll has already got
-    /// the session going again.
+    /// The stall detector around [`Driver::poll_session`] (`portcullis_core::stall`): a
+    /// poll that only the watchdog caused and that moves data is a lost wake-up. It is
+    /// counted, logged with the session's state before the poll and reported as a `stalled`
+    /// connection event; the watchdog's poll has already got the session going again.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<String> {
-        let busy = self.busy();
-        let mut tick = false;
-        if busy {
-            if self.watchdog.as_mut().poll(cx).is_ready() {
-                tick = true;
-                self.watchdog
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + STALL_TICK);
-                let _ = self.watchdog.as_mut().poll(cx);
-            }
-        } else {
-            self.last_progress = std::time::Instant::now();
-        }
-        let state = tick.then(|| self.state());
-        self.moved = false;
-        let out = self.poll_session(cx);
-        if self.moved {
-            // `last_progress` is only updated below: this is the quiet time before the poll.
-            if let Some(state) = state
-                && let quiet_for = self.last_progress.elapsed()
-                && quiet_for >= STALL_AFTER
-            {
-                self.metrics
-                    .sessions_stalled
-                    .fetch_add(1, Ordering::Relaxed);
-                warn!(target: "portcullis::postgres", session = %self.session.id, quiet_ms = quiet_for.as_millis() as u64, %state, "session stalled: data could move but the session was not woken; the watchdog resumed it");
-                if let Some(observer) = &self.stall_observer {
-                    observer(ConnectionEvent::new(
-                        ConnectionEventKind::Stalled,
-                        Protocol::Postgres,
-                        &self.session.target,
-                        self.session.peer,
-                        format!(
-                            "session {} stalled for {} ms ({state})",
-                            self.session.id,
-                            quiet_for.as_millis()
-                        ),
-                    ));
-                }
-            }
-            self.last_progress = std::time::Instant::now();
+        let turn = self.watchdog.begin(cx);
+        let state = turn.watchdog_only().then(|| self.state());
+        let out = self.poll_session(&mut Context::from_waker(turn.waker()));
+        if let Some(quiet) = self.watchdog.end(turn) {
+            let reason = self.stalls.stalled(
+                &format!("session {}", self.session.id),
+                quiet,
+                &state.unwrap_or_default(),
+            );
+            warn!(target: "portcullis::postgres", session = %self.session.id, "{reason}");
         }
         out
     }
@@ -1388,7 +1339,7 @@ where
             if !progress {
                 return Poll::Pending;
             }
-            self.moved = true;
+            portcullis_core::stall::progress();
         }
     }
 

@@ -1,15 +1,23 @@
-//! The soak (issue 16): many concurrent PostgreSQL sessions with every layer on, both cores
-//! kept busy by two shell busy loops, mixing pgbench `-S` and `-N`, COPY in and out of
-//! 100,000 rows, 10 MB bytea round trips, cancels, backends terminated from another
-//! connection, clients killed mid-result and slow readers. Every operation has a deadline.
+//! The soak (issue 16): many concurrent sessions on PostgreSQL, MySQL and HTTP listeners
+//! with every layer on, both cores kept busy by two shell busy loops.
 //!
-//! Passing means: no operation stuck, no stall counted, no session panic, every
-//! `pgbench_accounts` statement the database logged (`log_statement = all`) present in the
-//! trail, and — on runs of 300 s or more — the gateway's RSS within 16 MB of its value after
-//! warm-up (a 60 s run only reports it).
+//! - PostgreSQL: pgbench `-S` and `-N`, COPY in and out of 100,000 rows, 10 MB bytea round
+//!   trips, cancels, backends terminated from another connection, clients killed mid-result,
+//!   slow readers, and light sessions (a masked query every 0.1–0.4 s);
+//! - MySQL (MariaDB): `LOAD DATA LOCAL INFILE` of 100,000 rows, 10 MB BLOB round trips (large
+//!   packets), `KILL QUERY` and `KILL CONNECTION` from a second session, clients killed
+//!   mid-result, slow readers, and light sessions (`soak_clients.py`, PyMySQL);
+//! - HTTP: 10 MB streamed responses, 10 MB request bodies, slow readers at 1 KB/s, streams
+//!   broken off by the API, and light keep-alive connections.
 //!
-//! `PORTCULLIS_SOAK_SECS` sets the length (default 60, the CI run). What this version does
-//! not do yet: MySQL and HTTP sessions, and 200 sessions (it runs about 20 at once).
+//! Every operation has a deadline. Passing means: no operation stuck, no stall counted on
+//! any listener, no session panic, every `pgbench_accounts` statement the database logged
+//! (`log_statement = all`) present in the trail, and — on runs of 300 s or more — the
+//! gateway's RSS within 16 MB of its value after warm-up (a 60 s run only reports it).
+//!
+//! `PORTCULLIS_SOAK_SECS` sets the length (default 60, the CI run) and
+//! `PORTCULLIS_SOAK_SESSIONS` the number of light sessions (default 200, split between the
+//! three protocols; the heavy operations add about 25 more).
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -17,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use portcullis_testkit::wire::PgWire;
-use portcullis_testkit::{PgCluster, free_port};
+use portcullis_testkit::{HttpUpstream, MariaDb, PgCluster, free_port};
 use tokio_postgres::NoTls;
 
 use super::{
@@ -93,14 +101,38 @@ async fn soak_every_layer_under_load_loses_nothing_and_never_stalls() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
+    let sessions: usize = std::env::var("PORTCULLIS_SOAK_SESSIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    // PostgreSQL allows 100 connections and the heavy operations take about 16: at most 60
+    // light sessions there; MariaDB allows 151.
+    let pg_light = (sessions * 3 / 10).min(60);
+    let my_light = ((sessions - pg_light) * 4 / 7).min(110);
+    let http_light = sessions - pg_light - my_light;
     let (cluster, pgbench) = super::pgbench_cluster(2).await;
+    let (db, api) = tokio::join!(
+        tokio::task::spawn_blocking(MariaDb::start),
+        HttpUpstream::start()
+    );
+    let db = db.unwrap().expect("MariaDB is needed for the soak");
+    let api = api.expect("the test API starts");
+    db.sql(
+        "CREATE TABLE soak_people (id INT PRIMARY KEY, email TEXT);
+         INSERT INTO soak_people SELECT seq, CONCAT('user', seq, '@example.com') FROM seq_1_to_1000;
+         CREATE TABLE soak_blob (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB);
+         CREATE TABLE soak_load (id INT, name TEXT, email TEXT);",
+    )
+    .unwrap();
     let setup = cluster
         .psql("app")
         .args([
             "-c",
             "create table soak_copy (id int, name text, email text);
              create table soak_blob (id serial, b bytea);
-             grant all on soak_copy, soak_blob, soak_blob_id_seq to public",
+             create table soak_people (id int primary key, email text);
+             insert into soak_people select g, 'user' || g || '@example.com' from generate_series(1, 1000) g;
+             grant all on soak_copy, soak_blob, soak_blob_id_seq, soak_people to public",
             "-c",
             "alter system set log_statement = 'all'",
             "-c",
@@ -125,8 +157,56 @@ async fn soak_every_layer_under_load_loses_nothing_and_never_stalls() {
     let (gw, admin) = (free_port(), free_port());
     let base = config_text(gw, admin, &cluster, &[("alice", TOKEN)]);
     let layers = "\n[policy]\non_unparsed = \"deny\"\n[[policy.rules]]\nname = \"no-drop\"\nstatements = [\"drop\"]\naction = \"deny\"\n\n[masking]\n[[masking.columns]]\nmatch = \"email\"\nstrategy = \"partial\"\n";
+    let (my_gw, http_gw) = (free_port(), free_port());
+    let listeners = format!(
+        "\n[[mysql]]\nname = \"maria\"\nlisten = \"127.0.0.1:{my_gw}\"\nallow_plaintext_tokens_on_loopback = true\nlocal_infile = true\n[mysql.upstream]\nhost = \"{}\"\nport = {}\nuser = \"{}\"\npassword = \"{}\"\n\n[[http]]\nname = \"api\"\nlisten = \"127.0.0.1:{http_gw}\"\nallow_plaintext_tokens_on_loopback = true\n[http.upstream]\nurl = \"{}\"\n",
+        db.host(),
+        db.port(),
+        db.user(),
+        db.password(),
+        api.url()
+    );
     let path = dir.path().join("portcullis.toml");
-    std::fs::write(&path, audit_config(base, &key, &trail, &copies, layers)).unwrap();
+    std::fs::write(
+        &path,
+        audit_config(
+            base,
+            &key,
+            &trail,
+            &copies,
+            &(layers.to_owned() + &listeners),
+        ),
+    )
+    .unwrap();
+    let clients = dir.path().join("soak_clients.py");
+    std::fs::write(&clients, include_str!("soak_clients.py")).unwrap();
+    let python = |mode: &str, extra: &[String]| {
+        let mut cmd = tokio::process::Command::new("python3");
+        cmd.arg(&clients)
+            .args([
+                mode.to_owned(),
+                my_gw.to_string(),
+                http_gw.to_string(),
+                TOKEN.to_owned(),
+                secs.to_string(),
+            ])
+            .args(extra)
+            .env(
+                "SOAK_DIRECT",
+                format!(
+                    "{}:{}:{}:{}",
+                    db.host(),
+                    db.port(),
+                    db.user(),
+                    db.password()
+                ),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd.spawn()
+            .expect("python3 runs the MySQL and HTTP soak clients")
+    };
     let mut gateway = Gateway::started(&path, dir.path(), cluster.password(), admin).await;
     let pid = gateway.child.id();
 
@@ -182,7 +262,156 @@ async fn soak_every_layer_under_load_loses_nothing_and_never_stalls() {
     let select_bench = bench("-S", "6");
     let write_bench = bench("-N", "2");
 
+    // Light sessions: MySQL and HTTP in one Python process, PostgreSQL here.
+    let mut pythons = vec![
+        python("light", &[my_light.to_string(), http_light.to_string()]),
+        python("blob", &[]),
+        python("kill", &[]),
+        python("slow", &[]),
+    ];
     let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..pg_light {
+        let counts = counts.clone();
+        tasks.spawn(async move {
+            let mut seed = 0x9e37_79b9_u64.wrapping_mul(i as u64 + 1);
+            let mut next = move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            let Some(Ok(client)) = within(&counts, "postgres light connect", connect(gw)).await
+            else {
+                panic!("a light PostgreSQL session could not connect");
+            };
+            while Instant::now() < deadline {
+                let id = (next() % 1000 + 1) as i32;
+                let query = "select id, email from soak_people where id = $1";
+                if let Some(row) = within(
+                    &counts,
+                    "postgres light query",
+                    client.query_one(query, &[&id]),
+                )
+                .await
+                {
+                    let email: String = row.unwrap().get(1);
+                    assert!(
+                        email.ends_with("@example.com") && !email.starts_with("user"),
+                        "not masked: {email}"
+                    );
+                    counts.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100 + next() % 300)).await;
+            }
+        });
+    }
+    // MySQL: LOAD DATA LOCAL INFILE of 100,000 rows, and a client killed mid-result.
+    {
+        let (counts, rows) = (counts.clone(), rows.clone());
+        tasks.spawn(async move {
+            while Instant::now() < deadline {
+                let load = format!(
+                    "LOAD DATA LOCAL INFILE '{}' INTO TABLE soak_load; DELETE FROM soak_load",
+                    rows.display()
+                );
+                let out = mariadb(my_gw, &load).output();
+                if let Some(out) = within(&counts, "LOAD DATA LOCAL INFILE", out).await {
+                    let out = out.unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    counts.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut child = mariadb(my_gw, "SELECT REPEAT('x', 100) FROM seq_1_to_2000000")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = child.kill().await;
+                counts.expected_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    // HTTP: 10 MB streamed out and in, a slow reader at 1 KB/s, a stream the API breaks off.
+    {
+        let counts = counts.clone();
+        let upload = dir.path().join("upload.bin");
+        std::fs::write(
+            &upload,
+            (0..10u32 << 20)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<u8>>(),
+        )
+        .unwrap();
+        tasks.spawn(async move {
+            let base = format!("http://127.0.0.1:{http_gw}");
+            // About 10 MB of JSON objects, each with an e-mail address the gateway masks.
+            let n = 10 * 1024 * 1024 / (portcullis_testkit::stream_len(1000) / 1000);
+            let full = portcullis_testkit::stream_len(n) as usize;
+            while Instant::now() < deadline {
+                let mut cmd = curl(&[&format!("{base}/v1/stream?n={n}")]);
+                if let Some(out) = within(&counts, "HTTP 10 MB stream", cmd.output()).await {
+                    let out = out.unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    let body = &out.stdout;
+                    assert!(
+                        body.len() > full * 8 / 10 && body.ends_with(b"]"),
+                        "{} bytes of {full}: {}",
+                        body.len(),
+                        String::from_utf8_lossy(&body[..body.len().min(300)])
+                    );
+                    assert!(
+                        !body.windows(12).any(|w| w == b"\"email\":\"user"),
+                        "an unmasked e-mail address in the stream"
+                    );
+                    counts.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                let data = format!("@{}", upload.display());
+                let mut cmd = curl(&[
+                    &format!("{base}/v1/echo"),
+                    "--data-binary",
+                    &data,
+                    "-H",
+                    "content-type: application/octet-stream",
+                ]);
+                if let Some(out) = within(&counts, "HTTP 10 MB upload", cmd.output()).await {
+                    let out = out.unwrap();
+                    let body = String::from_utf8_lossy(&out.stdout);
+                    assert!(body.contains("\"len\":10485760"), "{body:.300}");
+                    counts.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut cmd = curl(&[
+                    &format!("{base}/v1/stream?n=1048576"),
+                    "-o",
+                    "/dev/null",
+                    "--limit-rate",
+                    "1K",
+                    "-m",
+                    "3",
+                ]);
+                if let Some(out) = within(&counts, "HTTP slow reader", cmd.output()).await {
+                    assert_eq!(
+                        out.unwrap().status.code(),
+                        Some(28),
+                        "curl's own deadline ends it"
+                    );
+                    counts.expected_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut cmd = curl(&[&format!("{base}/v1/fail-mid"), "-o", "/dev/null"]);
+                if let Some(out) = within(&counts, "HTTP stream broken off", cmd.output()).await {
+                    assert!(!out.unwrap().status.success());
+                    counts.expected_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
     // COPY in and out of 100,000 rows.
     for _ in 0..2 {
         let (counts, cmd, rows) = (counts.clone(), psql(&cluster, gw), rows.clone());
@@ -352,6 +581,35 @@ async fn soak_every_layer_under_load_loses_nothing_and_never_stalls() {
     while let Some(done) = tasks.join_next().await {
         done.unwrap();
     }
+    let mut unexpected = Vec::new();
+    for child in pythons.drain(..) {
+        let done = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .expect("the Python soak clients end after their deadline")
+            .unwrap();
+        let report = String::from_utf8_lossy(&done.stdout);
+        assert!(
+            done.status.success(),
+            "{report}{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        let field = |name: &str| -> u64 {
+            report
+                .split(&format!("\"{name}\": "))
+                .nth(1)
+                .and_then(|rest| rest.split([',', '}']).next())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        counts.ok.fetch_add(field("ok"), Ordering::Relaxed);
+        counts
+            .expected_errors
+            .fetch_add(field("expected_errors"), Ordering::Relaxed);
+        counts.stuck.fetch_add(field("stuck"), Ordering::Relaxed);
+        if !report.contains("\"errors\": {}") {
+            unexpected.push(report.trim().to_owned());
+        }
+    }
     let select = select_bench.wait_with_output().await.unwrap();
     let write = write_bench.wait_with_output().await.unwrap();
     let tps = |o: &std::process::Output| {
@@ -361,15 +619,25 @@ async fn soak_every_layer_under_load_loses_nothing_and_never_stalls() {
             .unwrap_or_default()
             .to_owned()
     };
-    let stalled = metric(
-        admin,
-        "portcullis_sessions_stalled_total{listener=\"main\"}",
-    )
-    .await;
-    let panics = metric(admin, "portcullis_session_panics_total{listener=\"main\"}").await;
+    let mut stalled = Some(0);
+    let mut panics = Some(0);
+    for listener in ["main", "maria", "api"] {
+        let s = metric(
+            admin,
+            &format!("portcullis_sessions_stalled_total{{listener=\"{listener}\"}}"),
+        )
+        .await;
+        let p = metric(
+            admin,
+            &format!("portcullis_session_panics_total{{listener=\"{listener}\"}}"),
+        )
+        .await;
+        stalled = stalled.zip(s).map(|(a, b)| a + b);
+        panics = panics.zip(p).map(|(a, b)| a + b);
+    }
     let end_rss = rss_kib(pid);
     eprintln!(
-        "soak: {secs} s; operations ok {} expected errors {} stuck {}; pgbench -S {} ; -N {}; stalls {stalled:?}; panics {panics:?}; RSS KiB after warm-up {base_rss}, curve {curve:?}, end {end_rss}",
+        "soak: {secs} s, {sessions} light sessions ({pg_light} PostgreSQL, {my_light} MySQL, {http_light} HTTP); operations ok {} expected errors {} stuck {}; unexpected errors {unexpected:?}; pgbench -S {} ; -N {}; stalls {stalled:?}; panics {panics:?}; RSS KiB after warm-up {base_rss}, curve {curve:?}, end {end_rss}",
         counts.ok.load(Ordering::Relaxed),
         counts.expected_errors.load(Ordering::Relaxed),
         counts.stuck.load(Ordering::Relaxed),
@@ -382,6 +650,7 @@ async fn soak_every_layer_under_load_loses_nothing_and_never_stalls() {
         "{}",
         gateway.logs()
     );
+    assert!(unexpected.is_empty(), "{unexpected:?}\n{}", gateway.logs());
     assert!(
         select.status.success(),
         "{}",
@@ -427,6 +696,38 @@ async fn soak_every_layer_under_load_loses_nothing_and_never_stalls() {
             *n -= 1;
         }
     }
+}
+
+/// The mariadb client through the gateway's MySQL listener, allowed to send a local file.
+fn mariadb(port: u16, sql: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("mariadb");
+    cmd.args([
+        "--no-defaults",
+        "--protocol=tcp",
+        "-h127.0.0.1",
+        "--local-infile=1",
+        "--skip-ssl",
+        "-ualice",
+        "-Dapp",
+        "-N",
+        "-B",
+    ])
+    .arg(format!("-P{port}"))
+    .arg(format!("-p{TOKEN}"))
+    .args(["-e", sql])
+    .stdin(Stdio::null())
+    .kill_on_drop(true);
+    cmd
+}
+
+/// curl with the token, silent but for errors.
+fn curl(args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args(["-sS", "-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
 }
 
 /// A copy of `cmd` (program, arguments and environment) to run once more.
