@@ -203,11 +203,21 @@ struct Gateway {
 
 impl Gateway {
     fn spawn(config: &Path, dir: &Path, upstream_password: &str) -> Gateway {
+        Gateway::spawn_with_env(config, dir, upstream_password, &[])
+    }
+
+    fn spawn_with_env(
+        config: &Path,
+        dir: &Path,
+        upstream_password: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let stdout = std::fs::File::create(dir.join("stdout.log")).unwrap();
         let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
         let child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("PG_PASSWORD", upstream_password)
             .env("PORTCULLIS_LOG", "info")
             .stdin(Stdio::null())
@@ -245,7 +255,18 @@ impl Gateway {
 
     /// Spawn the gateway and wait until its admin server answers `/healthz` with 200.
     async fn started(config: &Path, dir: &Path, upstream_password: &str, admin: u16) -> Gateway {
-        let mut gateway = Gateway::spawn(config, dir, upstream_password);
+        Gateway::started_with_env(config, dir, upstream_password, admin, &[]).await
+    }
+
+    /// [`Gateway::started`], with `env` added to the process's environment.
+    async fn started_with_env(
+        config: &Path,
+        dir: &Path,
+        upstream_password: &str,
+        admin: u16,
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        let mut gateway = Gateway::spawn_with_env(config, dir, upstream_password, env);
         wait_for(&mut gateway, "/healthz", || async {
             matches!(http_get(admin, "/healthz").await, Ok((200, _)))
         })
