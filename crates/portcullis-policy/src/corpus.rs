@@ -165,6 +165,11 @@ pub(crate) const MUST_PASS: &[&str] = &[
 /// MySQL / MariaDB statements the same policy must catch: bypass spellings, executable
 /// comments (`/*! */`, `/*M! */`), file access, `PREPARE … FROM`, `HANDLER`, `KILL`.
 pub(crate) const MYSQL_MUST_BLOCK: &[&str] = &[
+    // REPLACE deletes the row it replaces (issue 19).
+    "replace into victims values (1, 'a')",
+    "execute immediate 'drop table victims'",
+    "rename table victims to gone",
+    "alter table victims drop column name",
     "delete from victims",
     "DeLeTe FrOm victims",
     "delete/**/from victims",
@@ -215,7 +220,6 @@ pub(crate) const MYSQL_MUST_PASS: &[&str] = &[
     "select /* delete from victims */ 1",
     "select `delete` from odd",
     "insert into victims values (1, 'a')",
-    "replace into victims values (1, 'a')",
     "update victims set name = 'b' where id = 1",
     "select * from victims for update",
     "select 1 into @x",

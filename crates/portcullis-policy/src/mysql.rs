@@ -63,10 +63,24 @@ fn classify_mysql_here(sql: &str, mode: MySqlMode) -> Result<Vec<Classified>, Un
     }
     let statements =
         Parser::parse_sql(&MySqlDialect {}, &text).map_err(|e| Unparsed::new(e.to_string()))?;
+    // A change to how SQL is read, followed by more in the same packet: the server reads
+    // the rest with the new setting, which this reading did not. Only text whose reading no
+    // such setting changes (ASCII, no backslash, no double quote) may follow it.
+    if let Some(at) = statements.iter().position(changes_reading)
+        && at + 1 < statements.len()
+        && (!sql.is_ascii() || sql.contains('\\') || sql.contains('"'))
+    {
+        return Err(Unparsed::new(
+            "a statement that changes how SQL is read (sql_mode, the character set) is followed by more statements in the same query, which the server reads with the new setting: send it alone",
+        ));
+    }
     let mut out = Vec::with_capacity(statements.len());
     for statement in &statements {
-        let mut walk = MyWalk(Classified::reading(statement.to_string()));
+        let mut walk = MyWalk(Classified::reading(statement.to_string()), mode, None);
         let _ = statement.visit(&mut walk);
+        if let Some(why) = walk.2 {
+            return Err(Unparsed::new(why));
+        }
         out.push(walk.0.finish());
     }
     Ok(out)
@@ -77,6 +91,7 @@ fn classify_mysql_here(sql: &str, mode: MySqlMode) -> Result<Vec<Classified>, Un
 /// string is doubled; with `ANSI_QUOTES` `"…"` becomes `` `…` ``.
 fn rewrite(sql: &str, mode: MySqlMode) -> Result<Cow<'_, str>, Unparsed> {
     let needs = sql.contains("/*M!")
+        || sql.contains("--")
         || (mode.no_backslash_escapes && sql.contains('\\'))
         || (mode.ansi_quotes && sql.contains('"'));
     if !needs {
@@ -172,15 +187,22 @@ fn rewrite(sql: &str, mode: MySqlMode) -> Result<Cow<'_, str>, Unparsed> {
                     i += 1;
                 }
             }
-            '-' if next == Some('-')
-                && chars
-                    .get(i + 2)
-                    .is_none_or(|c| c.is_whitespace() || c.is_control()) =>
-            {
+            // MariaDB starts a `--` comment only before an ASCII space or control character
+            // (or the end); the parser also before any Unicode whitespace (U+00A0, U+3000,
+            // U+0085), where the server reads two minus signs and goes on.
+            '-' if next == Some('-') && chars.get(i + 2).is_none_or(|c| is_comment_space(*c)) => {
+                // Written so the parser reads a comment too (it wants whitespace after the
+                // dashes, where the server takes any control character or the end).
+                out.push_str("-- ");
+                i += 2;
                 while i < chars.len() && chars[i] != '\n' {
                     out.push(chars[i]);
                     i += 1;
                 }
+            }
+            '-' if next == Some('-') => {
+                out.push_str("- ");
+                i += 1;
             }
             '/' if next == Some('*') => {
                 let executable = chars.get(i + 2) == Some(&'!')
@@ -208,9 +230,37 @@ fn rewrite(sql: &str, mode: MySqlMode) -> Result<Cow<'_, str>, Unparsed> {
     Ok(Cow::Owned(out))
 }
 
+/// What follows `--` for MariaDB to read a comment: an ASCII space or control character.
+fn is_comment_space(c: char) -> bool {
+    c == ' ' || c.is_ascii_control()
+}
+
+/// Whether a statement changes how the server reads the statements after it (`sql_mode`:
+/// backslashes, `"`; the client character set: multi-byte sequences).
+fn changes_reading(s: &Statement) -> bool {
+    let Statement::Set(set) = s else {
+        return false;
+    };
+    let text = set.to_string().to_ascii_lowercase();
+    [
+        "sql_mode",
+        "names",
+        "character set",
+        "charset",
+        "character_set",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+}
+
 /// The walk over one statement: what it found so far.
 #[derive(Debug)]
-struct MyWalk(Classified);
+struct MyWalk(
+    Classified,
+    MySqlMode,
+    /// Why the statement cannot be read after all (dynamic SQL the text does not show).
+    Option<String>,
+);
 
 impl std::ops::Deref for MyWalk {
     type Target = Classified;
@@ -357,7 +407,24 @@ impl MyWalk {
                     );
                 }
             }
-            S::Insert(_) => self.kind("insert", Class::Write, "INSERT"),
+            S::Insert(insert) => {
+                self.kind("insert", Class::Write, "INSERT");
+                if insert.replace_into {
+                    // REPLACE deletes the rows whose keys the new ones take.
+                    self.kind(
+                        "delete",
+                        Class::Write,
+                        "REPLACE deletes the rows it replaces",
+                    );
+                }
+                if let Some(sqlparser::ast::OnInsert::DuplicateKeyUpdate(_)) = &insert.on {
+                    self.kind(
+                        "update",
+                        Class::Write,
+                        "INSERT … ON DUPLICATE KEY UPDATE updates existing rows",
+                    );
+                }
+            }
             S::Update(u) => {
                 self.kind("update", Class::Write, "UPDATE");
                 if u.selection.is_none() {
@@ -378,7 +445,15 @@ impl MyWalk {
             | S::DropTrigger(_)
             | S::DropDomain(_)
             | S::DropExtension(_)
-            | S::DropPolicy(_) => self.kind("drop", Class::Ddl, "DROP"),
+            | S::DropPolicy(_) => {
+                self.kind("drop", Class::Ddl, "DROP");
+                // The names a DROP takes are its tables, for table rules.
+                if let S::Drop { names, .. } = s {
+                    for name in names {
+                        self.tables.insert(name_of(name));
+                    }
+                }
+            }
             S::CreateView(_)
             | S::CreateTable(_)
             | S::CreateIndex(_)
@@ -386,11 +461,36 @@ impl MyWalk {
             | S::CreateDatabase { .. }
             | S::CreateSequence { .. }
             | S::CreateType { .. } => self.kind("create", Class::Ddl, "CREATE"),
-            S::AlterTable(_)
-            | S::AlterView(_)
-            | S::AlterIndex { .. }
-            | S::RenameTable(_)
-            | S::Comment { .. } => self.kind("alter", Class::Ddl, "ALTER"),
+            S::AlterTable(alter) => {
+                self.kind("alter", Class::Ddl, "ALTER");
+                use sqlparser::ast::AlterTableOperation as Op;
+                if alter.operations.iter().any(|op| {
+                    matches!(
+                        op,
+                        Op::DropColumn { .. }
+                            | Op::DropConstraint { .. }
+                            | Op::DropPrimaryKey { .. }
+                            | Op::DropForeignKey { .. }
+                            | Op::DropIndex { .. }
+                            | Op::DropPartitions { .. }
+                            | Op::DropProjection { .. }
+                    )
+                }) {
+                    self.kind(
+                        "drop",
+                        Class::Ddl,
+                        "ALTER TABLE … DROP drops part of a table",
+                    );
+                }
+            }
+            S::RenameTable(_) => {
+                // The old name is gone, as after a DROP.
+                self.kind("alter", Class::Ddl, "RENAME TABLE");
+                self.kind("drop", Class::Ddl, "RENAME TABLE takes a table's name away");
+            }
+            S::AlterView(_) | S::AlterIndex { .. } | S::Comment { .. } => {
+                self.kind("alter", Class::Ddl, "ALTER")
+            }
             S::Grant(_) | S::Revoke(_) => self.kind("grant", Class::Ddl, "GRANT / REVOKE"),
             S::Set(set) => {
                 self.kinds.insert("set".into());
@@ -448,6 +548,43 @@ impl MyWalk {
             | S::Deallocate { .. } => self.kind("transaction", Class::Read, "session control"),
             S::LockTables { .. } | S::Lock(_) => self.kind("lock", Class::Write, "LOCK TABLES"),
             S::Prepare { .. } => self.kind("prepare", Class::Read, "PREPARE"),
+            S::Execute {
+                immediate,
+                name,
+                parameters,
+                ..
+            } if *immediate
+                || name.is_none()
+                || name
+                    .as_ref()
+                    .is_some_and(|n| n.to_string().eq_ignore_ascii_case("immediate")) =>
+            {
+                // EXECUTE IMMEDIATE runs the SQL in its argument (the parser may read
+                // IMMEDIATE as a statement's name): a literal is read as what it runs;
+                // anything else (a variable, an expression) the gateway cannot see.
+                match parameters.first().and_then(string_literal) {
+                    Some(inner) => match classify_mysql_here(&inner, self.1) {
+                        Ok(inner) => {
+                            self.kind("execute", Class::Read, "EXECUTE IMMEDIATE");
+                            for c in inner {
+                                self.absorb(c);
+                            }
+                        }
+                        Err(e) => {
+                            self.2 = Some(format!(
+                                "EXECUTE IMMEDIATE of SQL the gateway cannot read: {}",
+                                e.message
+                            ))
+                        }
+                    },
+                    None => {
+                        self.2 = Some(
+                            "EXECUTE IMMEDIATE of an expression runs SQL the gateway cannot see"
+                                .into(),
+                        )
+                    }
+                }
+            }
             S::Execute { name, .. } => {
                 self.executes_prepared = name.as_ref().map(name_of);
                 self.kind(
@@ -491,6 +628,31 @@ impl MyWalk {
                 );
             }
         }
+    }
+}
+
+impl MyWalk {
+    /// Take in what a statement run by this one does (EXECUTE IMMEDIATE's argument).
+    fn absorb(&mut self, c: Classified) {
+        for class in &c.classes {
+            self.raise(*class, c.reason.clone());
+        }
+        self.kinds.extend(c.kinds);
+        self.tables.extend(c.tables);
+        self.functions.extend(c.functions);
+        self.without_where |= c.without_where;
+    }
+}
+
+/// The text of a string literal.
+fn string_literal(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            sqlparser::ast::Value::SingleQuotedString(s)
+            | sqlparser::ast::Value::DoubleQuotedString(s) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -599,6 +761,80 @@ mod tests {
         assert!(s[1].has_kind("delete") && !s[1].without_where);
         let k = classify_mysql("kill 42", MySqlMode::default()).unwrap();
         assert!(k[0].has_kind("kill:42") && k[0].has_kind("signal_other_backend"));
+    }
+
+    /// Issue 19, class 1: MariaDB reads `--` as a comment only before an ASCII space or
+    /// control character; before U+00A0, U+3000 or U+0085 it reads two minus signs, and the
+    /// statements after them run.
+    #[test]
+    fn a_double_dash_before_unicode_space_is_no_comment() {
+        let mode = MySqlMode::default();
+        for space in ['\u{a0}', '\u{3000}', '\u{85}'] {
+            let sql = format!("SELECT 1 --{space} FROM (SELECT 2 AS `{space}`) x; DROP TABLE t");
+            // Read with its DROP, or unread (which `on_unparsed` refuses by default).
+            assert!(
+                !classify_mysql(&sql, mode).is_ok_and(|s| !s.iter().any(|s| s.has_kind("drop"))),
+                "{sql:?} read without its DROP"
+            );
+        }
+        // An ASCII space or control character, or the end: a comment, as on the server.
+        for sql in [
+            "SELECT 1 -- ; DROP TABLE t",
+            "SELECT 1 --\t; DROP TABLE t",
+            "SELECT 1 --",
+        ] {
+            let s = classify_mysql(sql, mode).unwrap();
+            assert!(!s.iter().any(|s| s.has_kind("drop")), "{sql:?}");
+        }
+        // Not a comment: two minus signs.
+        let s = classify_mysql("SELECT 1 --1", mode).unwrap();
+        assert_eq!(s.len(), 1);
+    }
+
+    /// Issue 19, class 2: a setting that changes how SQL is read, then more in one packet.
+    #[test]
+    fn a_reading_change_followed_by_more_in_one_packet_is_unread() {
+        let mode = MySqlMode::default();
+        for sql in [
+            "SET sql_mode = 'NO_BACKSLASH_ESCAPES'; SELECT 'x\\'; DROP TABLE t; -- '",
+            "SET NAMES gbk; SELECT '中\\'; DROP TABLE t; -- '",
+            "SET @@session.sql_mode = 'ANSI_QUOTES'; SELECT \"a\" FROM t",
+            "SET character_set_client = sjis; SELECT 'ソ'",
+        ] {
+            assert!(classify_mysql(sql, mode).is_err(), "{sql} was read");
+        }
+        // Alone, or followed by text no setting reads differently: read.
+        for sql in [
+            "SET sql_mode = 'NO_BACKSLASH_ESCAPES'",
+            "SET NAMES utf8mb4; SELECT 1",
+            "SET autocommit = 1; SELECT 'x\\n'",
+        ] {
+            assert!(classify_mysql(sql, mode).is_ok(), "{sql} was not read");
+        }
+    }
+
+    /// Issue 19, class 3, and the statement kinds MySQL adds.
+    #[test]
+    fn dynamic_sql_replace_upserts_renames_and_alter_drops() {
+        let mode = MySqlMode::default();
+        let s = classify_mysql("EXECUTE IMMEDIATE 'DROP TABLE t'", mode).unwrap();
+        assert!(s[0].has_kind("drop") && s[0].tables.contains("t"), "{s:?}");
+        assert!(classify_mysql("EXECUTE IMMEDIATE @sql", mode).is_err());
+        assert!(classify_mysql("EXECUTE IMMEDIATE CONCAT('DROP ', 'TABLE t')", mode).is_err());
+        let s = classify_mysql("REPLACE INTO t VALUES (1)", mode).unwrap();
+        assert!(s[0].has_kind("insert") && s[0].has_kind("delete"));
+        let s = classify_mysql(
+            "INSERT INTO t VALUES (1) ON DUPLICATE KEY UPDATE a = 2",
+            mode,
+        )
+        .unwrap();
+        assert!(s[0].has_kind("insert") && s[0].has_kind("update"));
+        let s = classify_mysql("RENAME TABLE t TO gone", mode).unwrap();
+        assert!(s[0].has_kind("drop"));
+        let s = classify_mysql("ALTER TABLE t DROP COLUMN a", mode).unwrap();
+        assert!(s[0].has_kind("drop") && s[0].has_kind("alter"));
+        let s = classify_mysql("ALTER TABLE t ADD COLUMN b INT", mode).unwrap();
+        assert!(!s[0].has_kind("drop"));
     }
 
     #[test]

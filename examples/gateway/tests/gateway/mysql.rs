@@ -704,3 +704,110 @@ print(len(got), hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdiges
     );
     assert_eq!(stdout(&out).trim(), "10485760 True");
 }
+
+/// Issue 19: statements MariaDB reads differently from a naive parser, or whose damage hides
+/// in another kind — each proven to do its damage on a direct connection, then refused
+/// through the gateway for an identity allowed to `SET` but denied drops and deletes. Sent
+/// with PyMySQL as one COM_QUERY each (multi-statements on), as an attacker would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_mariadb_reads_otherwise_are_refused_where_they_would_do_damage() {
+    let db = mariadb().await;
+    let rules = r#"
+[policy]
+on_unparsed = "deny"
+[[policy.rules]]
+name = "app-may-set"
+groups = ["app"]
+statements = ["set"]
+action = "allow"
+[[policy.rules]]
+name = "no-deletes"
+statements = ["delete", "truncate"]
+action = "deny"
+[[policy.rules]]
+name = "no-drops"
+statements = ["drop"]
+action = "deny"
+"#;
+    let (gateway, gw, _admin, _dir) = start(&db, rules).await;
+    let attacks = [
+        "SELECT 1 --\u{a0} FROM (SELECT 2 AS `\u{a0}`) x; DROP TABLE victims",
+        "SELECT 1 --\u{3000} FROM (SELECT 2 AS `\u{3000}`) x; DROP TABLE victims",
+        "SET sql_mode = 'NO_BACKSLASH_ESCAPES'; SELECT 'x\\'; DROP TABLE victims; -- '",
+        "EXECUTE IMMEDIATE 'DROP TABLE victims'",
+        "REPLACE INTO victims VALUES (1, 'z')",
+        "RENAME TABLE victims TO gone",
+        "ALTER TABLE victims DROP COLUMN name",
+    ];
+    let script = r#"
+import json, sys, pymysql
+from pymysql.constants import CLIENT
+host, port, user, password, attacks = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
+def run(sql):
+    conn = pymysql.connect(host=host, port=port, user=user, password=password, database="app",
+                           autocommit=True, client_flag=CLIENT.MULTI_STATEMENTS)
+    try:
+        with conn.cursor() as c:
+            c.execute(sql)
+            while c.nextset():
+                pass
+        return "ran"
+    except pymysql.err.MySQLError as e:
+        return "refused %s" % (e.args[0],)
+    finally:
+        conn.close()
+print(json.dumps([run(sql) for sql in attacks]))
+"#;
+    let intact = |db: &MariaDb| {
+        db.sql(
+            "SELECT CONCAT((SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = 'app' AND table_name = 'victims'), ':', (SELECT name FROM victims WHERE id = 1))",
+        )
+        .unwrap_or_default()
+            == "2:a"
+    };
+    let reset = |db: &MariaDb| {
+        db.sql(
+            "DROP TABLE IF EXISTS victims, gone; CREATE TABLE victims (id INT PRIMARY KEY, name TEXT); INSERT INTO victims VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+        )
+        .unwrap();
+    };
+    let run = |port: u16, user: String, password: String, sql: &str| {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                script,
+                "127.0.0.1",
+                &port.to_string(),
+                &user,
+                &password,
+            ])
+            .arg(serde_json::to_string(&[sql]).unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+        let got: Vec<String> = serde_json::from_str(stdout(&out).trim()).unwrap();
+        got.into_iter().next().unwrap()
+    };
+    for sql in attacks {
+        reset(&db);
+        assert!(intact(&db));
+        // Directly (the gateway's own upstream account): the damage is done.
+        let direct = run(
+            db.port(),
+            db.user().to_owned(),
+            db.password().to_owned(),
+            sql,
+        );
+        assert_eq!(direct, "ran", "{sql:?} directly");
+        assert!(!intact(&db), "{sql:?} did no damage directly: not a test");
+        reset(&db);
+        // Through the gateway: refused, nothing changed.
+        let through = run(gw, "carol".to_owned(), CAROL.to_owned(), sql);
+        assert!(
+            through.starts_with("refused"),
+            "{sql:?} ran through the gateway\n{}",
+            gateway.logs()
+        );
+        assert!(intact(&db), "{sql:?} did damage through the gateway");
+    }
+}
