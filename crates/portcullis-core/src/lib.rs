@@ -75,8 +75,8 @@ pub use refuse::{RefuseInPlace, RefusedInPlace, Refusing};
 pub use reply::{BoxReply, Empty, ReplyBody, ReplyBodyExt};
 pub use rows::{BodyPiece, BodyStart, Column, CopyLayout, RewriteEvent, TextRedactor, ValueKind};
 pub use session::{
-    AuthMethod, ConnectionEvent, ConnectionEventKind, ConnectionObserver, Identity, Protocol,
-    Session, SessionId,
+    AuthMethod, ConnectionEvent, ConnectionEventKind, ConnectionObserver, Identity, OwnConnections,
+    Protocol, Session, SessionId,
 };
 pub use stack::{NewLayered, NewService, NewServiceFn, Target, new_service_fn};
 pub use verdict::{Decision, DecisionLog, Decisions, Verdict};

@@ -101,6 +101,29 @@ impl Identity {
     }
 }
 
+/// Answers whether a database connection id belongs to a session of the same identity
+/// ([`Session::own_connections`]).
+#[derive(Clone)]
+pub struct OwnConnections(std::sync::Arc<dyn Fn(u64) -> bool + Send + Sync>);
+
+impl OwnConnections {
+    /// The answer is `owns(id)`.
+    pub fn new(owns: impl Fn(u64) -> bool + Send + Sync + 'static) -> Self {
+        OwnConnections(std::sync::Arc::new(owns))
+    }
+
+    /// Whether connection `id` belongs to a session of this identity.
+    pub fn contains(&self, id: u64) -> bool {
+        (self.0)(id)
+    }
+}
+
+impl std::fmt::Debug for OwnConnections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnConnections").finish_non_exhaustive()
+    }
+}
+
 /// One client session through the gateway, shared (as `Arc<Session>`) by every layer.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -135,6 +158,10 @@ pub struct Session {
     pub cancel: CancelSignal,
     /// Messages for the client that are not replies (an approval wait's notice).
     pub notices: crate::Notices,
+    /// Which database connection ids belong to sessions of this identity through the same
+    /// listener (MySQL: a `KILL <id>` of one is the identity signalling itself). Set by a
+    /// protocol server that keeps such a table; `None` elsewhere.
+    pub own_connections: Option<OwnConnections>,
     /// Why the session ended, set once by the protocol server as it closes.
     end_reason: std::sync::OnceLock<String>,
     /// Run-time parameters as the database last reported them.
@@ -178,6 +205,7 @@ impl Session {
             started_at: SystemTime::now(),
             cancel: CancelSignal::new(),
             notices: crate::Notices::default(),
+            own_connections: None,
             end_reason: std::sync::OnceLock::new(),
             server_params: std::sync::RwLock::new(Vec::new()),
             settings_barrier: std::sync::atomic::AtomicBool::new(false),

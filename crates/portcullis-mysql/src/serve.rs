@@ -108,9 +108,10 @@ struct Shared {
     caps: Arc<SessionCaps>,
     metrics: Arc<MyMetrics>,
     shutdown: tokio::sync::watch::Sender<bool>,
-    /// Open sessions by the database connection id they were given, so a `KILL` of one
-    /// also ends what it waits for in the gateway (an approval).
-    sessions: Mutex<HashMap<u32, CancelSignal>>,
+    /// Open sessions by the database connection id they were given, with their identity's
+    /// subject, so a `KILL` of one also ends what it waits for in the gateway (an approval),
+    /// and an identity may `KILL` its own sessions.
+    sessions: Mutex<HashMap<u32, (CancelSignal, String)>>,
 }
 
 impl Default for Shared {
@@ -708,6 +709,21 @@ where
         session.upstream_user = up_user.to_owned();
         session.application = application;
         session.tls = client.tls;
+        let table = Arc::downgrade(&self.shared);
+        let subject = session.identity.subject.clone();
+        session.own_connections = Some(portcullis_core::OwnConnections::new(move |id| {
+            let Some(shared) = table.upgrade() else {
+                return false;
+            };
+            u32::try_from(id).is_ok_and(|id| {
+                shared
+                    .sessions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&id)
+                    .is_some_and(|(_, owner)| *owner == subject)
+            })
+        }));
         let session = Arc::new(session);
         session.set_server_param("connection_id", &connection_id.to_string());
         let ok = connected.ok.clone();
@@ -721,7 +737,10 @@ where
             .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(connection_id, session.cancel.clone());
+            .insert(
+                connection_id,
+                (session.cancel.clone(), session.identity.subject.clone()),
+            );
         let kill_guard = KillGuard {
             shared: self.shared.clone(),
             id: connection_id,
@@ -1031,6 +1050,7 @@ where
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .get(&id)
+                    .map(|(signal, _)| signal.clone())
             {
                 // The database ended what that session ran; end what it waits for here.
                 signal.fire();

@@ -155,10 +155,10 @@ fn judge(
         _ => Dialect::Postgres,
     };
     // MySQL only: no other protocol reports a connection id.
-    let own_kill = (session.protocol == Protocol::MySql)
+    let own_id: Option<u64> = (session.protocol == Protocol::MySql)
         .then(|| session.server_param("connection_id"))
         .flatten()
-        .map(|id| format!("kill:{id}"));
+        .and_then(|id| id.parse().ok());
     for statement in &statements {
         if statement.unknown {
             // Nothing runs unless the unit executes it; then the gateway must know what.
@@ -205,10 +205,22 @@ fn judge(
                 raise(&mut judgement, unknown_statement(Some(name)), true);
                 continue;
             }
-            // MySQL `KILL <id>` of the session's own connection is not another backend.
-            if let Some(own) = &own_kill
-                && s.has_kind(own)
-            {
+            // MySQL `KILL <id>` of the session's own connection, or of another session of
+            // the same identity through this listener, is not another's backend.
+            let kills_own = |s: &Classified| {
+                s.kinds
+                    .iter()
+                    .filter_map(|k| k.strip_prefix("kill:"))
+                    .filter_map(|id| id.parse::<u64>().ok())
+                    .any(|id| {
+                        own_id == Some(id)
+                            || session
+                                .own_connections
+                                .as_ref()
+                                .is_some_and(|own| own.contains(id))
+                    })
+            };
+            if s.has_kind("signal_other_backend") && kills_own(s) {
                 let mut mine = s.clone();
                 mine.kinds.remove("signal_other_backend");
                 seen = Some(mine);
@@ -408,6 +420,17 @@ mod tests {
         assert_eq!(g.judge(&own, &Sql("kill 42")).verdict, Verdict::Allow);
         assert_eq!(
             rule(&g.judge(&own, &Sql("kill 43"))),
+            Some(crate::rules::OWN_BACKEND_RULE)
+        );
+        // ...or a connection of another session of the same identity (issue 19).
+        let mut mine = session(Protocol::MySql, &[("connection_id", "42")]);
+        mine.own_connections = Some(portcullis_core::OwnConnections::new(|id| id == 43));
+        assert_eq!(
+            g.judge(&mine, &Sql("kill query 43")).verdict,
+            Verdict::Allow
+        );
+        assert_eq!(
+            rule(&g.judge(&mine, &Sql("kill 44"))),
             Some(crate::rules::OWN_BACKEND_RULE)
         );
         // A non-UTF-8 character set: only ASCII statements.

@@ -509,7 +509,7 @@ impl Policy {
                 Rule::new(OWN_BACKEND_RULE, Action::Deny)
                     .statements(["signal_other_backend"])
                     .message(
-                        "pg_terminate_backend / pg_cancel_backend may only signal this session's own backend (pg_backend_pid())",
+                        "a session may only signal its own identity's sessions: PostgreSQL pg_terminate_backend / pg_cancel_backend only of this session's backend (pg_backend_pid()), MySQL KILL only of a connection of one of your sessions through this gateway",
                     ),
             );
         }

@@ -425,7 +425,6 @@ async fn kill_from_another_session_ends_an_approval_wait() {
     let db = mariadb().await;
     let extra = r#"
 [policy]
-default_rules = false
 [[policy.rules]]
 name = "unbounded-writes"
 statements = ["update"]
@@ -466,9 +465,17 @@ timeout = "2m"
         .unwrap();
     let r = first_pending(&mut gateway, admin, DANA).await;
     assert_eq!(r["statement"], "UPDATE victims SET name = 'z'", "{r}");
-    // dana kills alice's query: the database has nothing running for it, the gateway ends
-    // the wait.
+    // Another identity may not signal alice's session (the built-in rule, in MySQL's words).
     let out = mysql(gw, DANA, &format!("KILL QUERY {id}"));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("MySQL KILL only of a connection of one of your sessions"),
+        "{}",
+        stderr(&out)
+    );
+    // alice, from a second session (as the mariadb CLI does on Ctrl-C), kills her own query:
+    // the database has nothing running for it, the gateway ends the wait.
+    let out = mysql(gw, ALICE, &format!("KILL QUERY {id}"));
     assert!(out.status.success(), "{}", stderr(&out));
     let done = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
