@@ -605,7 +605,18 @@ impl ReplyBody for MyReply {
                     // upload the database gets an empty file.
                     let chunk = match &mut this.upload {
                         Some(upload) => match upload.poll_chunk(cx) {
-                            Poll::Ready(chunk) => chunk.unwrap_or_default(),
+                            Poll::Ready(Some(chunk)) => chunk,
+                            Poll::Ready(None) => {
+                                // The file ended without its last (empty) packet: the client
+                                // broke it off. Ending it here would make the server keep
+                                // the rows read so far; instead the statement is abandoned
+                                // (the session ends, and the server, whose read of the file
+                                // fails when the connection closes, rolls it back).
+                                this.state = St::Done;
+                                return Poll::Ready(Some(Err(lost(
+                                    "the client's LOAD DATA LOCAL INFILE file was cut off: the statement is abandoned, not completed",
+                                ))));
+                            }
                             Poll::Pending => {
                                 if !conn.wbuf.is_empty() || conn.unflushed {
                                     if let Err(e) = ready!(conn.poll_flush(cx)) {

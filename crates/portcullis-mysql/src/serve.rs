@@ -1196,7 +1196,7 @@ where
                 );
                 let seq = match sent_file {
                     Ok(seq) => seq,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(e),
                 };
                 client.seq = seq.wrapping_add(1);
                 self.set_phase(2);
@@ -1248,21 +1248,35 @@ async fn futures_poll_once<F: Future>(mut fut: Pin<&mut F>) -> Poll<F::Output> {
 
 /// Forward the client's file for `LOAD DATA LOCAL INFILE` (packets until an empty one) into
 /// the upload; returns the sequence id of the last packet.
+///
+/// A client that stops sending its file (it closed the connection, or broke the stream) is
+/// the client going away — the session ends as it would for any other command — not an
+/// internal error of the gateway.
 async fn forward_file(
     io: &mut BoxIo,
     rbuf: &mut BytesMut,
     mut tx: UploadSender,
     max: usize,
-) -> Result<u8, String> {
+) -> Result<u8, Error> {
     loop {
-        let p = read_packet(io, rbuf, max)
-            .await
-            .map_err(|e| format!("reading the client's file: {e}"))?;
+        let p = read_packet(io, rbuf, max).await.map_err(|e| -> Error {
+            Box::new(portcullis_core::Refusal::Protocol {
+                message: match e {
+                    ReadError::Io(e) => format!(
+                        "the client went away during LOAD DATA LOCAL INFILE (its file was cut off: {e})"
+                    ),
+                    ReadError::Packet(e) => {
+                        format!("the client's LOAD DATA LOCAL INFILE file is not readable: {e}")
+                    }
+                },
+            })
+        })?;
         let end = p.payload.is_empty();
         std::future::poll_fn(|cx| tx.poll_reserve(cx))
             .await
-            .map_err(|e| e.to_string())?;
-        tx.send_item(p.payload).map_err(|e| e.to_string())?;
+            .map_err(|e| -> Error { e.to_string().into() })?;
+        tx.send_item(p.payload)
+            .map_err(|e| -> Error { e.to_string().into() })?;
         if end {
             return Ok(p.last_seq);
         }

@@ -504,8 +504,9 @@ impl Raw {
             rbuf: bytes::BytesMut::new(),
         };
         assert_eq!(raw.read().await[0], 10, "a greeting");
-        // Protocol 4.1, secure connection, plugin auth, connect with db, deprecate EOF.
-        let caps: u32 = 0x0200 | 0x8000 | 0x0008_0000 | 0x0008 | 0x0100_0000;
+        // Protocol 4.1, secure connection, plugin auth, connect with db, deprecate EOF,
+        // local files.
+        let caps: u32 = 0x0200 | 0x8000 | 0x0008_0000 | 0x0008 | 0x0100_0000 | 0x0080;
         let mut p = Vec::new();
         p.extend_from_slice(&caps.to_le_bytes());
         p.extend_from_slice(&(1u32 << 24).to_le_bytes());
@@ -1065,4 +1066,60 @@ print(json.dumps(out))
         "MySQL differential fuzzer: {ran} queries ran, {refused} refused, no damage, every logged query recorded"
     );
     assert!(ran > 0 && refused > 0);
+}
+
+/// A client that breaks off its LOAD DATA LOCAL INFILE mid-file went away: the session ends
+/// as for any client that leaves (logged as such, not as an internal error), nothing of the
+/// partial file is kept, and the gateway goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_breaks_off_its_local_file_went_away() {
+    let db = mariadb().await;
+    let (gateway, gw, _admin, _dir) = start_with(&db, "local_infile = true", "").await;
+    let mut raw = Raw::login(gw, "alice", ALICE).await;
+    raw.send(
+        0,
+        b"\x03LOAD DATA LOCAL INFILE 'rows.csv' INTO TABLE victims FIELDS TERMINATED BY ','",
+    )
+    .await;
+    let request = raw.read().await;
+    assert_eq!(
+        request[0], 0xfb,
+        "the server asks for the file: {request:?}"
+    );
+    raw.send(2, b"9,z\n10,y\n").await;
+    drop(raw);
+    let ok = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let logs = gateway.logs();
+            if logs.contains("went away during LOAD DATA LOCAL INFILE") {
+                return (logs, gateway);
+            }
+            assert!(std::time::Instant::now() < deadline, "{logs}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    let (logs, _gateway) = ok;
+    assert!(!logs.contains("internal gateway error"), "{logs}");
+    // The server saw its file cut off (not ended) and kept none of it; a cut file must never
+    // be completed on the client's behalf (it was: the rows read so far were committed).
+    for _ in 0..50 {
+        if db
+            .sql("SELECT COUNT(*) FROM information_schema.processlist WHERE info LIKE 'LOAD DATA%'")
+            .unwrap()
+            == "0"
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        db.sql("SELECT COUNT(*) FROM victims WHERE id >= 9")
+            .unwrap(),
+        "0"
+    );
+    let out = mysql(gw, ALICE, "SELECT 1");
+    assert!(out.status.success(), "{}", stderr(&out));
 }
