@@ -41,11 +41,13 @@
 //! });
 //! let stalls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
 //! let seen = stalls.clone();
-//! StallWatch::new(lost, move |quiet: Duration| {
+//! // A session is a task of its own.
+//! tokio::spawn(StallWatch::new(lost, move |quiet: Duration| {
 //!     seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 //!     assert!(quiet >= Duration::from_secs(1));
-//! })
-//! .await; // without the watch this would never end
+//! }))
+//! .await // without the watch this would never end
+//! .unwrap();
 //! assert_eq!(stalls.load(std::sync::atomic::Ordering::Relaxed), 1);
 //! # });
 //! ```
