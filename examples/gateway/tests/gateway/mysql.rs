@@ -713,14 +713,9 @@ print(len(got), hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdiges
     assert_eq!(stdout(&out).trim(), "10485760 True");
 }
 
-/// Issue 19: statements MariaDB reads differently from a naive parser, or whose damage hides
-/// in another kind — each proven to do its damage on a direct connection, then refused
-/// through the gateway for an identity allowed to `SET` but denied drops and deletes. Sent
-/// with PyMySQL as one COM_QUERY each (multi-statements on), as an attacker would.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn statements_mariadb_reads_otherwise_are_refused_where_they_would_do_damage() {
-    let db = mariadb().await;
-    let rules = r#"
+/// Rules for the attacks below: an identity (carol, group `app`) allowed to `SET`, denied
+/// deletes and drops; whatever the parser cannot read is refused.
+const ATTACK_RULES: &str = r#"
 [policy]
 on_unparsed = "deny"
 [[policy.rules]]
@@ -737,7 +732,15 @@ name = "no-drops"
 statements = ["drop"]
 action = "deny"
 "#;
-    let (gateway, gw, _admin, _dir) = start(&db, rules).await;
+
+/// Issue 19: statements MariaDB reads differently from a naive parser, or whose damage hides
+/// in another kind — each proven to do its damage on a direct connection, then refused
+/// through the gateway for an identity allowed to `SET` but denied drops and deletes. Sent
+/// with PyMySQL as one COM_QUERY each (multi-statements on), as an attacker would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_mariadb_reads_otherwise_are_refused_where_they_would_do_damage() {
+    let db = mariadb().await;
+    let (gateway, gw, _admin, _dir) = start(&db, ATTACK_RULES).await;
     let attacks = [
         "SELECT 1 --\u{a0} FROM (SELECT 2 AS `\u{a0}`) x; DROP TABLE victims",
         "SELECT 1 --\u{3000} FROM (SELECT 2 AS `\u{3000}`) x; DROP TABLE victims",
@@ -941,23 +944,7 @@ async fn what_mariadb_ran_is_what_the_gateway_judged_and_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let trail = dir.path().join("trail.jsonl");
     let rules = format!(
-        r#"
-[policy]
-on_unparsed = "deny"
-[[policy.rules]]
-name = "app-may-set"
-groups = ["app"]
-statements = ["set"]
-action = "allow"
-[[policy.rules]]
-name = "no-deletes"
-statements = ["delete", "truncate"]
-action = "deny"
-[[policy.rules]]
-name = "no-drops"
-statements = ["drop"]
-action = "deny"
-[[policy.rules]]
+        r#"{ATTACK_RULES}[[policy.rules]]
 name = "victims-read-only"
 statements = ["update"]
 tables = ["victims"]
