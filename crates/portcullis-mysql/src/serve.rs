@@ -927,26 +927,16 @@ where
                 }
                 Idle::Event(event) => {
                     // The database ended the session (wait_timeout, KILL, shutdown).
-                    let message = match event {
-                        Some(Ok(event)) => {
-                            client.seq = 1;
-                            for p in event.payloads() {
-                                client.push(p);
-                            }
-                            "the database ended the session".to_owned()
-                        }
-                        _ => {
-                            client.seq = 1;
-                            client.push(&err_payload(
-                                1927,
-                                "08S01",
-                                "Lost connection: the database closed the session",
-                            ));
-                            "the database closed the connection".to_owned()
-                        }
+                    // The connection is gone, and so is the client's: it sees that at its
+                    // next query (2006 / 2013), as it would directly, where a reconnecting
+                    // pool expects it. The packet a server may send first (MariaDB's 1927
+                    // "Connection was killed") does not reach a direct client either — its
+                    // next write meets a reset — and passed on here it would read as the
+                    // answer to that next query.
+                    return match event {
+                        Some(Ok(_)) => "the database ended the session".to_owned(),
+                        _ => "the database closed the connection".to_owned(),
                     };
-                    let _ = client.flush().await;
-                    return message;
                 }
                 Idle::Shutdown => {
                     client.seq = 1;
@@ -1036,6 +1026,11 @@ where
             if let Err(e) = outcome {
                 self.metrics.command_errors.fetch_add(1, Ordering::Relaxed);
                 let r = rescue(&e);
+                if r.kind == RescueKind::UpstreamUnavailable && r.close {
+                    // The database connection broke during the command: the client's
+                    // connection ends with it, as a direct one would (2013 at the client).
+                    return r.message.into_owned();
+                }
                 let (code, state) = errno(r.kind, sql.as_deref());
                 client.push(&err_payload(code, state, &r.message));
                 let _ = client.flush().await;

@@ -1110,3 +1110,53 @@ async fn a_client_that_breaks_off_its_local_file_went_away() {
     let out = mysql(gw, ALICE, "SELECT 1");
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// A connection the server ends while the client is idle (`wait_timeout`, KILL) reaches the
+/// client as it would directly: PyMySQL's own `test_connection_gone_away` expects a lost
+/// connection (2006 or 2013) at its next query, not an error the gateway made up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_ends_is_gone_as_it_would_be_directly() {
+    let db = mariadb().await;
+    let (_gateway, gw, _admin, _dir) = start(&db, "").await;
+    let script = r#"
+import sys, time, pymysql
+port, user, password, how = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+con = pymysql.connect(host="127.0.0.1", port=port, user=user, password=password, database="app")
+cur = con.cursor()
+if how == "timeout":
+    cur.execute("SET wait_timeout=1")
+    time.sleep(2.5)
+else:
+    cur.execute("SELECT CONNECTION_ID()")
+    cid = cur.fetchone()[0]
+    k = pymysql.connect(host="127.0.0.1", port=int(sys.argv[5]), user=sys.argv[6], password=sys.argv[7])
+    k.cursor().execute("KILL CONNECTION %d" % cid)
+    time.sleep(0.5)
+try:
+    cur.execute("SELECT 1+1")
+    print("answered")
+except pymysql.err.OperationalError as e:
+    print(e.args[0])
+"#;
+    for how in ["timeout", "kill"] {
+        let run = |port: u16, user: &str, password: &str| {
+            let out = Command::new("python3")
+                .args(["-c", script, &port.to_string(), user, password, how])
+                .args([&db.port().to_string(), db.user(), db.password()])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+            stdout(&out).trim().to_owned()
+        };
+        let direct = run(db.port(), db.user(), db.password());
+        assert!(
+            direct == "2013" || direct == "2006",
+            "{how}: directly {direct}"
+        );
+        let through = run(gw, "alice", ALICE);
+        assert!(
+            through == "2013" || through == "2006",
+            "{how}: directly {direct}, through the gateway {through}"
+        );
+    }
+}
