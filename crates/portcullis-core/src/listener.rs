@@ -95,6 +95,91 @@ pub struct ListenerMetrics {
     /// Stalls: a session held data a peer could take and did not move it for longer than
     /// the stall threshold (see the protocol server's stall detector).
     pub sessions_stalled: AtomicU64,
+    /// The live sessions and what each is doing, for a dump of the gateway's state.
+    pub board: SessionBoard,
+}
+
+/// A listener's live sessions and what each is doing: what an operator (or a soak that
+/// found an operation stuck) dumps to see where every session stands.
+#[derive(Debug, Default)]
+pub struct SessionBoard {
+    live: Mutex<HashMap<crate::SessionId, Arc<SessionStatus>>>,
+}
+
+/// One live session on a [`SessionBoard`]; taken off the board when dropped.
+#[derive(Debug)]
+pub struct SessionStatus {
+    /// The session.
+    pub session: Arc<crate::Session>,
+    state: Mutex<std::borrow::Cow<'static, str>>,
+    board: std::sync::Weak<ListenerMetrics>,
+}
+
+impl SessionStatus {
+    /// Say what the session is doing now.
+    pub fn set(&self, state: impl Into<std::borrow::Cow<'static, str>>) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state.into();
+    }
+
+    /// What the session is doing, as last said.
+    pub fn state(&self) -> String {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .to_string()
+    }
+}
+
+/// A session's place on its listener's board: taking it off when the session ends.
+#[derive(Debug)]
+pub struct OnBoard(pub Arc<SessionStatus>);
+
+impl Drop for OnBoard {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0.board.upgrade() {
+            metrics
+                .board
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.0.session.id);
+        }
+    }
+}
+
+impl SessionBoard {
+    /// Put `session` on the board of `metrics` (its listener), in `state`.
+    pub fn enter(
+        metrics: &Arc<ListenerMetrics>,
+        session: Arc<crate::Session>,
+        state: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> OnBoard {
+        let status = Arc::new(SessionStatus {
+            session,
+            state: Mutex::new(state.into()),
+            board: Arc::downgrade(metrics),
+        });
+        metrics
+            .board
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(status.session.id, status.clone());
+        OnBoard(status)
+    }
+
+    /// The live sessions, oldest first.
+    pub fn snapshot(&self) -> Vec<Arc<SessionStatus>> {
+        let mut all: Vec<_> = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by_key(|s| s.session.started_at);
+        all
+    }
 }
 
 /// Open sessions of a listener, counted against its caps, and the ids they get.

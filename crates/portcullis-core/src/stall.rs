@@ -147,6 +147,7 @@ impl std::fmt::Debug for Watchdog {
 pub struct Turn {
     waker: Waker,
     watchdog_only: bool,
+    ticked: bool,
     before: u64,
 }
 
@@ -160,6 +161,12 @@ impl Turn {
     /// in this turn is a lost wake-up.
     pub fn watchdog_only(&self) -> bool {
         self.watchdog_only
+    }
+
+    /// The watchdog's tick came round in this turn (once a [`STALL_TICK`]): a moment to
+    /// refresh what the session says it is doing.
+    pub fn ticked(&self) -> bool {
+        self.ticked
     }
 }
 
@@ -207,13 +214,15 @@ impl Watchdog {
             }
         };
         // The tick: registered with the task's waker, never the session's.
-        if self.tick.as_mut().poll(cx).is_ready() {
+        let ticked = self.tick.as_mut().poll(cx).is_ready();
+        if ticked {
             self.tick.as_mut().reset(Instant::now() + STALL_TICK);
             let _ = self.tick.as_mut().poll(cx);
         }
         Turn {
             waker,
             watchdog_only: !woken,
+            ticked,
             before: moved(),
         }
     }

@@ -19,7 +19,8 @@ use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use portcullis_core::listener::{
-    IdentitySlot, ListenerMetrics, SessionCaps, SessionSlot, catch_panic, is_loopback,
+    IdentitySlot, ListenerMetrics, OnBoard, SessionBoard, SessionCaps, SessionSlot, catch_panic,
+    is_loopback,
 };
 use portcullis_core::{
     ConnectionEvent, ConnectionEventKind, ConnectionObserver, Credentials, Error, Identity,
@@ -149,6 +150,8 @@ struct Live<S> {
     session: Arc<Session>,
     service: Arc<AsyncMutex<S>>,
     _slots: (IdentitySlot, SessionSlot),
+    /// On the listener's board of live sessions while the connection lasts.
+    _board: OnBoard,
 }
 
 impl<S> Drop for Live<S> {
@@ -619,6 +622,11 @@ where
             .fetch_add(1, Ordering::Relaxed);
         info!(target: "portcullis::http", session = %session.id, identity = %session.identity.subject, %peer, "session started");
         Ok(Arc::new(Live {
+            _board: SessionBoard::enter(
+                &self.shared.metrics,
+                session.clone(),
+                "an HTTP connection with an identity (requests stream through it)",
+            ),
             session,
             service: Arc::new(AsyncMutex::new(service)),
             _slots: (identity_slot, session_slot),

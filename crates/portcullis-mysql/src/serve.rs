@@ -23,8 +23,8 @@ use mysql_common::io::ParseBuf;
 use mysql_common::packets::{AuthPlugin, HandshakePacket, HandshakeResponse};
 use mysql_common::proto::MySerialize;
 use portcullis_core::listener::{
-    HandshakeError, IdentitySlot, ListenerMetrics, SessionCaps, SessionSlot, catch_panic,
-    is_loopback,
+    HandshakeError, IdentitySlot, ListenerMetrics, OnBoard, SessionBoard, SessionCaps, SessionSlot,
+    catch_panic, is_loopback,
 };
 use portcullis_core::stall::{StallReport, StallWatch};
 use portcullis_core::upstream::UpstreamConfig;
@@ -772,6 +772,7 @@ where
             metrics: metrics.clone(),
             shutdown: self.shared.shutdown.subscribe(),
             phase: Arc::default(),
+            status: SessionBoard::enter(&metrics, session.clone(), PHASES[0]),
         };
         let stalls = StallReport::new(
             metrics.clone(),
@@ -832,6 +833,8 @@ struct Driver<'a, A, N, S> {
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// What the session is doing, an index into [`PHASES`] (for a stall report).
     phase: Arc<AtomicU8>,
+    /// The same, on the listener's board of live sessions.
+    status: OnBoard,
 }
 
 /// What a MySQL session can be doing, for a stall report.
@@ -845,6 +848,7 @@ const PHASES: [&str; 4] = [
 impl<A, N, S> Driver<'_, A, N, S> {
     fn set_phase(&self, phase: usize) {
         self.phase.store(phase as u8, Ordering::Relaxed);
+        self.status.0.set(PHASES[phase.min(PHASES.len() - 1)]);
     }
 }
 

@@ -35,6 +35,7 @@ use crate::command::{Item, PgCommand, UnitBuilder};
 use crate::conn::{PgUpstream, UpstreamError};
 use crate::upstream::{self, ConnectError, UpstreamConfig};
 use portcullis_core::io::{BoxIo, Prefixed};
+use portcullis_core::listener::{SessionBoard, SessionStatus};
 use portcullis_core::stall::{StallReport, Watchdog};
 
 /// Settings of one PostgreSQL listener (`[[postgres]]`).
@@ -668,7 +669,9 @@ where
         let service = self
             .stack
             .new_service(Target::new(est.session.clone(), est.upstream));
+        let on_board = SessionBoard::enter(&metrics, session.clone(), "starting");
         let mut driver = Driver {
+            status: on_board.0.clone(),
             session: est.session,
             client: client.io,
             rbuf: client.rbuf,
@@ -749,6 +752,7 @@ where
         let _ = driver.client.shutdown().await;
         metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
         info!(target: "portcullis::postgres", session = %session.id, reason = %end, "session ended");
+        drop(on_board);
         drop(est._guards);
     }
 }
@@ -959,6 +963,8 @@ struct Driver<S: Service<Request<PgCommand>>, B> {
     watchdog: Watchdog,
     /// Where stalls are reported.
     stalls: StallReport,
+    /// What the session says it is doing, on its listener's board (refreshed each tick).
+    status: Arc<SessionStatus>,
 }
 
 impl<S, B> Driver<S, B>
@@ -1029,6 +1035,10 @@ where
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<String> {
         let turn = self.watchdog.begin(cx);
         let state = turn.watchdog_only().then(|| self.state());
+        if turn.ticked() {
+            self.status
+                .set(state.clone().unwrap_or_else(|| self.state()));
+        }
         let out = self.poll_session(&mut Context::from_waker(turn.waker()));
         if let Some(quiet) = self.watchdog.end(turn) {
             let reason = self.stalls.stalled(

@@ -130,6 +130,38 @@ impl Metrics {
             .or_insert_with(|| vec![metrics]);
     }
 
+    /// Log every live session of every listener with what it is doing (`SIGUSR1`): where
+    /// each session stands when something seems stuck.
+    pub(crate) fn dump_sessions(&self) {
+        let listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut count = 0usize;
+        for (name, servers) in &listeners {
+            for server in servers {
+                for status in server.board.snapshot() {
+                    count += 1;
+                    let s = &status.session;
+                    let age = s.started_at.elapsed().unwrap_or_default().as_secs();
+                    warn!(
+                        target: "portcullis::sessions",
+                        listener = %name,
+                        session = %s.id,
+                        protocol = %s.protocol,
+                        identity = %s.identity.subject,
+                        peer = %s.peer,
+                        age_s = age,
+                        state = %status.state(),
+                        "session state"
+                    );
+                }
+            }
+        }
+        warn!(target: "portcullis::sessions", sessions = count, "session states dumped (SIGUSR1)");
+    }
+
     /// Record a configuration reload's outcome.
     pub(crate) fn reloaded(&self, ok: bool) {
         let counter = if ok {

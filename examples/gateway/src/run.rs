@@ -787,10 +787,11 @@ pub(crate) async fn run(path: PathBuf) -> ExitCode {
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
     );
-    let (mut term, mut int, mut hup) = match signals {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+    let (mut term, mut int, mut hup, mut usr1) = match signals {
+        (Ok(t), Ok(i), Ok(h), Ok(u)) => (t, i, h, u),
+        (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
             eprintln!("portcullis: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
@@ -814,6 +815,7 @@ pub(crate) async fn run(path: PathBuf) -> ExitCode {
             _ = term.recv() => { info!("SIGTERM: draining"); break; }
             _ = int.recv() => { info!("SIGINT: draining"); break; }
             _ = hup.recv() => reload(&mut gateway, &path).await,
+            _ = usr1.recv() => gateway.metrics.dump_sessions(),
         }
     }
     gateway

@@ -599,6 +599,52 @@ async fn run_serves_reloads_revokes_and_drains() {
     .await;
 }
 
+/// `SIGUSR1` logs every live session with what it is doing (the soak does this when an
+/// operation is stuck); a session that ended is gone from the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_dumps_every_live_session_and_its_state() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .unwrap()
+        .expect("PostgreSQL is needed for this test");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.toml");
+    let (gw, admin) = (free_port(), free_port());
+    std::fs::write(
+        &path,
+        config_text(gw, admin, &cluster, &[("bob", "t"), ("carol", "u")]),
+    )
+    .unwrap();
+    let mut gateway = Gateway::started(&path, dir.path(), cluster.password(), admin).await;
+    let bob = connect(gw, "t").await.unwrap();
+    bob.simple_query("select 1").await.unwrap();
+    let carol = connect(gw, "u").await.unwrap();
+    carol.simple_query("select 1").await.unwrap();
+    drop(carol);
+    // A tick (once a second) refreshes a session's state.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gateway.signal("USR1");
+    wait_for(&mut gateway, "the dump", || {
+        let logs = std::fs::read_to_string(dir.path().join("stdout.log")).unwrap_or_default()
+            + &std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+        async move { logs.contains("session states dumped") }
+    })
+    .await;
+    let logs = gateway.logs();
+    let states: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("session state") && !l.contains("dumped"))
+        .collect();
+    assert_eq!(states.len(), 1, "{logs}");
+    assert!(
+        states[0].contains("identity=bob") && states[0].contains("replies=0"),
+        "{}",
+        states[0]
+    );
+    assert!(logs.contains("sessions=1"), "{logs}");
+    drop(bob);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_no_sessions_exits_at_once() {
     let cluster = tokio::task::spawn_blocking(PgCluster::start)

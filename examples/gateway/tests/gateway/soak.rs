@@ -10,8 +10,9 @@
 //! - HTTP: 10 MB streamed responses, 10 MB request bodies, slow readers at 1 KB/s, streams
 //!   broken off by the API, and light keep-alive connections.
 //!
-//! Every operation has a deadline. Passing means: no operation stuck, no stall counted on
-//! any listener, no session panic, every `pgbench_accounts` statement the database logged
+//! Every operation has a deadline; when one is missed the run fails with the gateway's logs,
+//! after `SIGUSR1` has had it log every live session and what it is doing. Passing means: no
+//! operation stuck, no stall counted on any listener, no session panic, every `pgbench_accounts` statement the database logged
 //! (`log_statement = all`) present in the trail, and — on runs of 300 s or more — the
 //! floor of the gateway's RSS (the lowest sample in the last third of the run) within 16 MB
 //! of its floor in the first third after warm-up (a 60 s run only reports it).
@@ -667,6 +668,11 @@ async fn soak_every_layer_under_load_loses_nothing_and_never_stalls() {
         tps(&select),
         tps(&write),
     );
+    if counts.stuck.load(Ordering::Relaxed) > 0 {
+        // Where every session stands, in the logs below.
+        gateway.signal("USR1");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     assert_eq!(
         counts.stuck.load(Ordering::Relaxed),
         0,
