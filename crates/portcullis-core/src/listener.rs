@@ -97,6 +97,52 @@ pub struct ListenerMetrics {
     pub sessions_stalled: AtomicU64,
     /// The live sessions and what each is doing, for a dump of the gateway's state.
     pub board: SessionBoard,
+    /// Connections refused before login because their address had too many connections
+    /// still logging in (MySQL opens a database connection for each before its login).
+    pub logins_throttled: AtomicU64,
+}
+
+/// Connections still logging in, per client address: bounds what one address can make
+/// the gateway open before it proves anything (a MySQL greeting is the database's own, so
+/// each such connection holds a database connection).
+#[derive(Debug, Default)]
+pub struct PeerGate {
+    waiting: Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A connection's place in its address's count; given back when dropped.
+#[derive(Debug)]
+pub struct PeerSlot {
+    gate: Arc<PeerGate>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerGate {
+    /// Count a connection from `ip` logging in; `None` when that address has `max` already.
+    pub fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let n = waiting.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            gate: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut waiting = self.gate.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = waiting.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                waiting.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// A listener's live sessions and what each is doing: what an operator (or a soak that

@@ -63,7 +63,9 @@ mod upstream;
 pub use command::MyCommand;
 pub use conn::{MyReply, MyUpstream};
 pub use event::{Columns, MyEvent, What};
-pub use serve::{MyMetrics, ServeMySql, ServeMySqlConfig, errno};
+pub use serve::{
+    DEFAULT_MAX_UNAUTHENTICATED_PER_PEER, MyMetrics, ServeMySql, ServeMySqlConfig, errno,
+};
 pub use upstream::{ConnectError, Connected, Greeting, Login, Opened, open};
 
 pub use portcullis_core::io::{BoxIo, Io};

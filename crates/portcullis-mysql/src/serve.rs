@@ -23,8 +23,8 @@ use mysql_common::io::ParseBuf;
 use mysql_common::packets::{AuthPlugin, HandshakePacket, HandshakeResponse};
 use mysql_common::proto::MySerialize;
 use portcullis_core::listener::{
-    HandshakeError, IdentitySlot, ListenerMetrics, OnBoard, SessionBoard, SessionCaps, SessionSlot,
-    catch_panic, is_loopback,
+    HandshakeError, IdentitySlot, ListenerMetrics, OnBoard, PeerGate, SessionBoard, SessionCaps,
+    SessionSlot, catch_panic, is_loopback,
 };
 use portcullis_core::stall::{StallReport, StallWatch};
 use portcullis_core::upstream::UpstreamConfig;
@@ -73,7 +73,13 @@ pub struct ServeMySqlConfig {
     pub local_infile: bool,
     /// End a session whose identity's credential expires as soon as it is idle.
     pub close_when_expired: bool,
+    /// Most connections from one client address still logging in at once; more are refused
+    /// with 1040 before a database connection is opened for them.
+    pub max_unauthenticated_per_peer: usize,
 }
+
+/// Default for [`ServeMySqlConfig::max_unauthenticated_per_peer`].
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_PEER: usize = 16;
 
 impl ServeMySqlConfig {
     /// Defaults: no TLS, no plaintext tokens, 10 s handshake, 64 MiB packets.
@@ -90,6 +96,7 @@ impl ServeMySqlConfig {
             upstream,
             local_infile: false,
             close_when_expired: false,
+            max_unauthenticated_per_peer: DEFAULT_MAX_UNAUTHENTICATED_PER_PEER,
         }
     }
 }
@@ -112,6 +119,8 @@ struct Shared {
     /// subject, so a `KILL` of one also ends what it waits for in the gateway (an approval),
     /// and an identity may `KILL` its own sessions.
     sessions: Mutex<HashMap<u32, (CancelSignal, String)>>,
+    /// Connections still logging in, per client address.
+    peers: Arc<PeerGate>,
 }
 
 impl Default for Shared {
@@ -121,6 +130,7 @@ impl Default for Shared {
             metrics: Arc::default(),
             shutdown: tokio::sync::watch::channel(false).0,
             sessions: Mutex::default(),
+            peers: Arc::default(),
         }
     }
 }
@@ -459,6 +469,20 @@ where
         let cfg = &self.config;
         let Some(session_slot) = self.shared.caps.reserve(cfg.max_sessions) else {
             let msg = "Too many connections (the gateway's max_sessions)";
+            client.refuse(1040, "08004", msg);
+            return Err(HandshakeError::Refused(msg.into()));
+        };
+        // One address may hold only so many database connections before it logs in.
+        let Some(_waiting) = self
+            .shared
+            .peers
+            .enter(peer.ip(), cfg.max_unauthenticated_per_peer)
+        else {
+            self.shared
+                .metrics
+                .logins_throttled
+                .fetch_add(1, Ordering::Relaxed);
+            let msg = "Too many connections from this address waiting to log in (the gateway's max_unauthenticated_per_peer)";
             client.refuse(1040, "08004", msg);
             return Err(HandshakeError::Refused(msg.into()));
         };

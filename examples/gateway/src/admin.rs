@@ -107,6 +107,12 @@ const FAMILIES: &[Family] = &[
         read: |m| load(&m.session_panics),
     },
     Family {
+        name: "portcullis_logins_throttled_total",
+        kind: "counter",
+        help: "Connections refused before login because their address had too many connections still logging in.",
+        read: |m| load(&m.logins_throttled),
+    },
+    Family {
         name: "portcullis_sessions_stalled_total",
         kind: "counter",
         help: "Stalls: a session held data a peer could take and did not move it for longer than the stall threshold.",

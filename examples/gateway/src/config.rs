@@ -708,6 +708,7 @@ struct RawListener {
     allow_startup_options: bool,
     max_message_bytes: Option<Spanned<u64>>,
     local_infile: Option<Spanned<bool>>,
+    max_unauthenticated_per_peer: Option<Spanned<u64>>,
     upstream: RawUpstream,
 }
 
@@ -1841,6 +1842,9 @@ impl Resolver<'_> {
         if let Some(v) = &block.local_infile {
             self.at(v.span(), "[[postgres]] local_infile: a [[mysql]] setting (PostgreSQL's COPY FROM STDIN is always streamed)");
         }
+        if let Some(v) = &block.max_unauthenticated_per_peer {
+            self.at(v.span(), "[[postgres]] max_unauthenticated_per_peer: a [[mysql]] setting (a PostgreSQL client logs in before the gateway opens a database connection)");
+        }
         let c = self.listener(Proto::Postgres, block, name)?;
         let mut serve = ServePgConfig::new(name, c.upstream);
         serve.tls = c.tls;
@@ -2023,6 +2027,15 @@ impl Resolver<'_> {
         serve.handshake_timeout = c.handshake_timeout;
         serve.max_packet = c.max_message;
         serve.local_infile = block.local_infile.as_ref().is_some_and(|v| *v.get_ref());
+        if let Some(v) = &block.max_unauthenticated_per_peer {
+            match usize::try_from(*v.get_ref()) {
+                Ok(n) if n > 0 => serve.max_unauthenticated_per_peer = n,
+                _ => self.at(
+                    v.span(),
+                    "[[mysql]] max_unauthenticated_per_peer: must be at least 1",
+                ),
+            }
+        }
         Some(serve)
     }
 

@@ -1160,3 +1160,57 @@ except pymysql.err.OperationalError as e:
         );
     }
 }
+
+/// Each MySQL connection holds a database connection before its client proves anything:
+/// one address may keep only `max_unauthenticated_per_peer` of them waiting; the next is
+/// refused with 1040 before the gateway opens another, counted, and a login works again
+/// once the waiting ones are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_may_keep_only_so_many_connections_waiting_to_log_in() {
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt as _;
+    let db = mariadb().await;
+    let (_gateway, gw, admin, _dir) = start_with(&db, "max_unauthenticated_per_peer = 3", "").await;
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw))
+            .await
+            .unwrap();
+        let mut greeting = [0u8; 5];
+        tcp.read_exact(&mut greeting).await.unwrap();
+        assert_eq!(greeting[4], 10, "a greeting");
+        waiting.push(tcp);
+    }
+    let mut fourth = tokio::net::TcpStream::connect(("127.0.0.1", gw))
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), fourth.read_to_end(&mut answer))
+        .await
+        .expect("refused at once")
+        .unwrap();
+    assert_eq!(answer.get(4), Some(&0xff), "an error packet: {answer:?}");
+    assert_eq!(u16::from_le_bytes([answer[5], answer[6]]), 1040);
+    assert!(String::from_utf8_lossy(&answer).contains("max_unauthenticated_per_peer"));
+    assert_eq!(
+        super::metric(
+            admin,
+            "portcullis_logins_throttled_total{listener=\"maria\"}"
+        )
+        .await,
+        Some(1)
+    );
+    drop(waiting);
+    let mut logged_in = false;
+    for _ in 0..100 {
+        let out = tokio::task::spawn_blocking(move || mysql(gw, ALICE, "SELECT 1"))
+            .await
+            .unwrap();
+        if out.status.success() {
+            logged_in = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(logged_in, "no login once the waiting connections were gone");
+}
