@@ -599,10 +599,9 @@ async fn run_serves_reloads_revokes_and_drains() {
     .await;
 }
 
-/// `SIGUSR1` logs every live session with what it is doing (the soak does this when an
-/// operation is stuck); a session that ended is gone from the list.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigusr1_dumps_every_live_session_and_its_state() {
+/// A throwaway cluster and a gateway in front of it with `tokens`, nothing else configured:
+/// the cluster, the gateway's directory, its PostgreSQL port, the gateway.
+async fn simple_gateway(tokens: &[(&str, &str)]) -> (PgCluster, tempfile::TempDir, u16, Gateway) {
     let cluster = tokio::task::spawn_blocking(PgCluster::start)
         .await
         .unwrap()
@@ -610,12 +609,16 @@ async fn sigusr1_dumps_every_live_session_and_its_state() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portcullis.toml");
     let (gw, admin) = (free_port(), free_port());
-    std::fs::write(
-        &path,
-        config_text(gw, admin, &cluster, &[("bob", "t"), ("carol", "u")]),
-    )
-    .unwrap();
-    let mut gateway = Gateway::started(&path, dir.path(), cluster.password(), admin).await;
+    std::fs::write(&path, config_text(gw, admin, &cluster, tokens)).unwrap();
+    let gateway = Gateway::started(&path, dir.path(), cluster.password(), admin).await;
+    (cluster, dir, gw, gateway)
+}
+
+/// `SIGUSR1` logs every live session with what it is doing (the soak does this when an
+/// operation is stuck); a session that ended is gone from the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_dumps_every_live_session_and_its_state() {
+    let (_cluster, dir, gw, mut gateway) = simple_gateway(&[("bob", "t"), ("carol", "u")]).await;
     let bob = connect(gw, "t").await.unwrap();
     bob.simple_query("select 1").await.unwrap();
     let carol = connect(gw, "u").await.unwrap();
@@ -647,15 +650,7 @@ async fn sigusr1_dumps_every_live_session_and_its_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_no_sessions_exits_at_once() {
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .unwrap()
-        .expect("PostgreSQL is needed for this test");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portcullis.toml");
-    let (gw, admin) = (free_port(), free_port());
-    std::fs::write(&path, config_text(gw, admin, &cluster, &[("bob", "t")])).unwrap();
-    let mut gateway = Gateway::started(&path, dir.path(), cluster.password(), admin).await;
+    let (_cluster, _dir, gw, mut gateway) = simple_gateway(&[("bob", "t")]).await;
     let session = connect(gw, "t").await.unwrap();
     session.simple_query("select 1").await.unwrap();
     drop(session);
