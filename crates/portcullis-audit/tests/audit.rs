@@ -337,12 +337,16 @@ async fn postgres_sink_round_trip_and_restart() {
         );
         assert!(tokio_postgres::connect(&options, NoTls).await.is_err());
         // The gateway records a refusal before the client hears its FATAL; the JSONL sink
-        // writes on its own thread: wait for both refusals of this run in the file.
+        // writes on its own thread: wait for both refusals of this run in the file, and for
+        // the end of the session the client dropped (its last records come after the drop:
+        // closing the recorder before them would leave them in one sink and not the other).
         let want = 2 * (run + 1);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let text = std::fs::read_to_string(&file).unwrap_or_default();
-            if text.matches("\"type\":\"connection\"").count() >= want {
+            if text.matches("\"type\":\"connection\"").count() >= want
+                && text.matches("\"type\":\"session_end\"").count() > run
+            {
                 break;
             }
             assert!(
