@@ -79,7 +79,7 @@ pub struct ServeMySqlConfig {
 }
 
 /// Default for [`ServeMySqlConfig::max_unauthenticated_per_peer`].
-pub const DEFAULT_MAX_UNAUTHENTICATED_PER_PEER: usize = 16;
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_PEER: usize = 256;
 
 impl ServeMySqlConfig {
     /// Defaults: no TLS, no plaintext tokens, 10 s handshake, 64 MiB packets.
