@@ -23,10 +23,19 @@ impl Stream {
             Stream::Unix(s) => s.set_read_timeout(t),
         }
     }
+    /// A read, retried when a signal interrupts it: with a read timeout set, the kernel
+    /// never restarts it (signal(7)), and a test process gets signals (`SIGCHLD` of the
+    /// tools it runs).
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
+        loop {
+            let read = match self {
+                Stream::Tcp(s) => s.read(buf),
+                Stream::Unix(s) => s.read(buf),
+            };
+            match read {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
         }
     }
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
@@ -241,7 +250,13 @@ impl PgWire {
         params: &[(&str, &str)],
         password: &str,
     ) -> std::io::Result<PgWire> {
-        let tcp = TcpStream::connect(("127.0.0.1", port))?;
+        // A signal may interrupt the connect itself (it is never restarted): try again.
+        let tcp = loop {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
         tcp.set_nodelay(true)?;
         Self::start(Stream::Tcp(tcp), params, password)
     }
