@@ -237,6 +237,27 @@ pub fn apply(
     Ok(())
 }
 
+/// A request by alice (group `dba`) for `delete from t`, for tests: `min` approvals from
+/// `dba`.
+#[cfg(test)]
+pub(crate) fn test_request(min: u32) -> NewRequest {
+    NewRequest {
+        identity: Requester {
+            subject: "alice".into(),
+            display: None,
+            groups: vec!["dba".into()],
+        },
+        session: 1,
+        target: "pg".into(),
+        statement: "delete from t".into(),
+        params: Vec::new(),
+        rule: "unbounded-writes".into(),
+        approvers: vec!["dba".into()],
+        min_approvals: min,
+        timeout: Duration::from_secs(60),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,22 +272,7 @@ mod tests {
     }
 
     fn request(min: u32) -> ApprovalRequest {
-        NewRequest {
-            identity: Requester {
-                subject: "alice".into(),
-                display: None,
-                groups: vec!["dba".into()],
-            },
-            session: 1,
-            target: "pg".into(),
-            statement: "delete from t".into(),
-            params: Vec::new(),
-            rule: "unbounded-writes".into(),
-            approvers: vec!["dba".into()],
-            min_approvals: min,
-            timeout: Duration::from_secs(60),
-        }
-        .filed("r1".into())
+        test_request(min).filed("r1".into())
     }
 
     #[test]

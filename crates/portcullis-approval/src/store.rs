@@ -177,26 +177,12 @@ impl ApprovalStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{Answer, Requester};
+    use crate::request::Answer;
     use portcullis_core::AuthMethod;
     use portcullis_core::stall::every_poll_order;
 
     fn filed(store: &MemoryStore, min: u32) -> String {
-        let new = NewRequest {
-            identity: Requester {
-                subject: "alice".into(),
-                display: None,
-                groups: vec!["dev".into()],
-            },
-            session: 1,
-            target: "pg".into(),
-            statement: "delete from t".into(),
-            params: Vec::new(),
-            rule: "unbounded-writes".into(),
-            approvers: vec!["dba".into()],
-            min_approvals: min,
-            timeout: Duration::from_secs(60),
-        };
+        let new = crate::request::test_request(min);
         let mut filing = store.file(new);
         match filing
             .as_mut()

@@ -348,14 +348,11 @@ async fn soak_every_layer_under_load_loses_nothing_and_never_stalls() {
                     );
                     counts.ok.fetch_add(1, Ordering::Relaxed);
                 }
-                let mut child = mariadb(my_gw, "SELECT REPEAT('x', 100) FROM seq_1_to_2000000")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let _ = child.kill().await;
-                counts.expected_errors.fetch_add(1, Ordering::Relaxed);
+                kill_mid_result(
+                    &counts,
+                    mariadb(my_gw, "SELECT REPEAT('x', 100) FROM seq_1_to_2000000"),
+                )
+                .await;
             }
         });
     }
@@ -561,18 +558,12 @@ async fn soak_every_layer_under_load_loses_nothing_and_never_stalls() {
         let (counts, cmd) = (counts.clone(), psql(&cluster, gw));
         tasks.spawn(async move {
             while Instant::now() < deadline {
-                let mut child = tokio::process::Command::from(clone_cmd(&cmd))
-                    .args([
-                        "-c",
-                        "select repeat('x', 100) from generate_series(1, 2000000)",
-                    ])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let _ = child.kill().await;
-                counts.expected_errors.fetch_add(1, Ordering::Relaxed);
+                let mut psql = tokio::process::Command::from(clone_cmd(&cmd));
+                psql.args([
+                    "-c",
+                    "select repeat('x', 100) from generate_series(1, 2000000)",
+                ]);
+                kill_mid_result(&counts, psql).await;
                 let slow = tokio::task::spawn_blocking(move || {
                     let mut w = PgWire::connect(gw, "alice", "app", TOKEN).unwrap();
                     w.send(&portcullis_testkit::wire::msg::query(
@@ -733,6 +724,19 @@ async fn soak_every_layer_under_load_loses_nothing_and_never_stalls() {
             "the RSS floor rose from {early_floor} KiB to {late_floor} KiB: {curve:?}"
         );
     }
+}
+
+/// Run `client` (a query with a large result) and kill it 300 ms in: a client gone
+/// mid-result, an expected error.
+async fn kill_mid_result(counts: &Counts, mut client: tokio::process::Command) {
+    let mut child = client
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = child.kill().await;
+    counts.expected_errors.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The mariadb client through the gateway's MySQL listener, allowed to send a local file.
