@@ -609,6 +609,18 @@ mod tests {
         }
     }
 
+    /// A task that takes one value from `slot`, watched, reporting stalls to `on_stall`.
+    fn watched_reader(
+        slot: &Arc<Slot>,
+        on_stall: impl FnMut(Duration) + Send + 'static,
+    ) -> tokio::task::JoinHandle<u32> {
+        let slot = slot.clone();
+        tokio::spawn(StallWatch::new(
+            std::future::poll_fn(move |cx| slot.poll_take(cx)),
+            on_stall,
+        ))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_lost_wake_up_is_reported_once_and_the_future_resumes() {
         let slot = Arc::new(Slot::default());
@@ -616,16 +628,10 @@ mod tests {
         let quiet = Arc::new(Mutex::new(Duration::ZERO));
         let q = quiet.clone();
         let mut on_stall = on_stall;
-        let reader = {
-            let slot = slot.clone();
-            tokio::spawn(StallWatch::new(
-                std::future::poll_fn(move |cx| slot.poll_take(cx)),
-                move |d| {
-                    *q.lock().unwrap() = d;
-                    on_stall(d)
-                },
-            ))
-        };
+        let reader = watched_reader(&slot, move |d| {
+            *q.lock().unwrap() = d;
+            on_stall(d)
+        });
         tokio::task::yield_now().await; // the reader waits
         slot.put(7, false); // ...and is never told
         tokio::time::advance(Duration::from_millis(300)).await;
@@ -640,13 +646,7 @@ mod tests {
     async fn a_woken_future_is_no_stall_however_late_its_data() {
         let slot = Arc::new(Slot::default());
         let (stalls, on_stall) = counter();
-        let reader = {
-            let slot = slot.clone();
-            tokio::spawn(StallWatch::new(
-                std::future::poll_fn(move |cx| slot.poll_take(cx)),
-                on_stall,
-            ))
-        };
+        let reader = watched_reader(&slot, on_stall);
         // Quiet for a long time (many watchdog ticks, each polling and moving nothing),
         // then the data comes with its wake-up.
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -662,13 +662,7 @@ mod tests {
         for offset_ms in [999u64, 1000, 1001] {
             let slot = Arc::new(Slot::default());
             let (stalls, on_stall) = counter();
-            let reader = {
-                let slot = slot.clone();
-                tokio::spawn(StallWatch::new(
-                    std::future::poll_fn(move |cx| slot.poll_take(cx)),
-                    on_stall,
-                ))
-            };
+            let reader = watched_reader(&slot, on_stall);
             tokio::task::yield_now().await;
             tokio::time::sleep(Duration::from_millis(offset_ms)).await;
             slot.put(2, true);

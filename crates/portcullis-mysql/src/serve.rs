@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -795,7 +795,6 @@ where
             prepared: Prepareds::default(),
             metrics: metrics.clone(),
             shutdown: self.shared.shutdown.subscribe(),
-            phase: Arc::default(),
             status: SessionBoard::enter(&metrics, session.clone(), PHASES[0]),
         };
         let stalls = StallReport::new(
@@ -805,11 +804,10 @@ where
             &session.target,
             session.peer,
         );
-        let phase = driver.phase.clone();
+        let status = driver.status.0.clone();
         let id = session.id;
         let end = catch_panic(StallWatch::new(driver.run(&mut client), |quiet| {
-            let state = PHASES[usize::from(phase.load(Ordering::Relaxed)).min(PHASES.len() - 1)];
-            let reason = stalls.stalled(&format!("session {id}"), quiet, state);
+            let reason = stalls.stalled(&format!("session {id}"), quiet, &status.state());
             warn!(target: "portcullis::mysql", session = %id, "{reason}");
         }))
         .await;
@@ -855,9 +853,8 @@ struct Driver<'a, A, N, S> {
     prepared: Prepareds,
     metrics: Arc<MyMetrics>,
     shutdown: tokio::sync::watch::Receiver<bool>,
-    /// What the session is doing, an index into [`PHASES`] (for a stall report).
-    phase: Arc<AtomicU8>,
-    /// The same, on the listener's board of live sessions.
+    /// What the session is doing (one of [`PHASES`]), on the listener's board of live
+    /// sessions and in a stall report.
     status: OnBoard,
 }
 
@@ -871,7 +868,6 @@ const PHASES: [&str; 4] = [
 
 impl<A, N, S> Driver<'_, A, N, S> {
     fn set_phase(&self, phase: usize) {
-        self.phase.store(phase as u8, Ordering::Relaxed);
         self.status.0.set(PHASES[phase.min(PHASES.len() - 1)]);
     }
 }
