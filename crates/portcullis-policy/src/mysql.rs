@@ -496,18 +496,7 @@ impl MyWalk {
                 self.kinds.insert("set".into());
                 // Settings that change how later SQL is read, or the server for everyone.
                 let text = set.to_string().to_ascii_lowercase();
-                if [
-                    "sql_mode",
-                    "names",
-                    "character set",
-                    "charset",
-                    "character_set",
-                    "global",
-                    "persist",
-                ]
-                .iter()
-                .any(|w| text.contains(w))
-                {
+                if changes_reading(s) || ["global", "persist"].iter().any(|w| text.contains(w)) {
                     self.kind(
                         "set",
                         Class::Admin,
