@@ -101,7 +101,7 @@ async fn list(
     let all = api.store.list(!q.all).await.map_err(store_problem)?;
     Ok(Json(
         all.into_iter()
-            .filter(|r| r.identity.subject == who.subject || may_decide(r, &who).is_ok())
+            .filter(|r| r.identity.is(&who) || may_decide(r, &who).is_ok())
             .collect(),
     ))
 }
@@ -113,10 +113,10 @@ async fn one(
 ) -> Result<Json<ApprovalRequest>, Problem> {
     let who = api.caller(&headers)?;
     match api.store.get(&id).await.map_err(store_problem)? {
-        Some(r) if r.identity.subject == who.subject || may_decide(&r, &who).is_ok() => Ok(Json(r)),
+        Some(r) if r.identity.is(&who) || may_decide(&r, &who).is_ok() => Ok(Json(r)),
         _ => Err(Problem(
             StatusCode::NOT_FOUND,
-            format!("no approval request {id} for {}", who.subject),
+            format!("no approval request {id} for {}", who.qualified()),
         )),
     }
 }

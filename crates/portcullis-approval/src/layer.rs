@@ -180,11 +180,7 @@ where
         let inner = self.inner.clone();
         let config = self.config.clone();
         let new = NewRequest {
-            identity: Requester {
-                subject: req.session.identity.subject.clone(),
-                display: req.session.identity.display.clone(),
-                groups: req.session.identity.groups.clone(),
-            },
+            identity: Requester::of(&req.session.identity),
             session: req.session.id.0,
             target: req.session.target.clone(),
             // Every statement of the unit, each masked on its own (literals and comments,

@@ -26,7 +26,7 @@
 //! let store = MemoryStore::new();
 //! let filed = store
 //!     .file(NewRequest {
-//!         identity: Requester { subject: "alice".into(), display: None, groups: vec![] },
+//!         identity: Requester::of(&Identity::new("alice", vec![], AuthMethod::StaticToken)),
 //!         session: 7,
 //!         target: "app".into(),
 //!         statement: "delete from orders".into(),
@@ -56,7 +56,7 @@ mod store;
 
 pub use client::{AdminClient, AdminError};
 pub use layer::{Approval, ApprovalLayer, ResponseFuture};
-pub use notify::{Notifier, WebhookNotifier, WebhookStats};
+pub use notify::{Notifier, WebhookNotifier, WebhookStats, origin};
 pub use pg::PostgresStore;
 pub use portcullis_core::Verdict;
 pub use portcullis_core::http_client::{ClientError, Trust};

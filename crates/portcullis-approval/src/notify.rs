@@ -32,6 +32,9 @@ pub struct WebhookStats {
 /// retried (1 s, 2 s, 4 s, … up to `attempts`), logged, and counted in [`WebhookStats`].
 #[derive(Debug, Clone)]
 pub struct WebhookNotifier {
+    /// What logs and counters call it: never the URL, which may hold a secret (user
+    /// information, a path or query token).
+    name: String,
     url: String,
     attempts: u32,
     timeout: Duration,
@@ -40,15 +43,29 @@ pub struct WebhookNotifier {
 }
 
 impl WebhookNotifier {
-    /// Post to `url` (http or https), 5 attempts, 10 s each.
+    /// Post to `url` (http or https), 5 attempts, 10 s each. Logs name it by its scheme and
+    /// host only, until [`WebhookNotifier::named`] gives it a name.
     pub fn new(url: impl Into<String>) -> Self {
+        let url = url.into();
         WebhookNotifier {
-            url: url.into(),
+            name: origin(&url),
+            url,
             attempts: 5,
             timeout: Duration::from_secs(10),
             first_backoff: Duration::from_secs(1),
             stats: Arc::default(),
         }
+    }
+
+    /// Name it `name` in logs (the URL never appears there).
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The name logs give it.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Attempts per message and the first backoff (doubling after each failure).
@@ -112,16 +129,16 @@ impl Notifier for WebhookNotifier {
                 match sent {
                     Ok((status, _)) if status.is_success() => {
                         this.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                        debug!(target: "portcullis::approval", request = %id, "webhook delivered");
+                        debug!(target: "portcullis::approval", request = %id, webhook = %this.name, "webhook delivered");
                         return;
                     }
                     Ok((status, _)) => {
                         this.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                        warn!(target: "portcullis::approval", request = %id, attempt, %status, url = %this.url, "webhook refused");
+                        warn!(target: "portcullis::approval", request = %id, attempt, %status, webhook = %this.name, "webhook refused");
                     }
                     Err(e) => {
                         this.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                        warn!(target: "portcullis::approval", request = %id, attempt, error = %e, "webhook failed");
+                        warn!(target: "portcullis::approval", request = %id, attempt, error = %e.message, webhook = %this.name, "webhook failed");
                     }
                 }
                 if attempt < this.attempts {
@@ -130,7 +147,34 @@ impl Notifier for WebhookNotifier {
                 }
             }
             this.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            warn!(target: "portcullis::approval", request = %id, url = %this.url, "webhook given up after every retry");
+            warn!(target: "portcullis::approval", request = %id, webhook = %this.name, "webhook given up after every retry");
         });
+    }
+}
+
+/// `scheme://host[:port]` of `url`, without user information, path or query (which may hold
+/// a secret).
+pub fn origin(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}")
+}
+
+#[cfg(test)]
+mod origin_tests {
+    #[test]
+    fn the_origin_holds_no_secret() {
+        for (url, want) in [
+            (
+                "https://user:pw@hooks.example.com/T0/B1/secret?token=x",
+                "https://hooks.example.com",
+            ),
+            ("http://127.0.0.1:9000/hook", "http://127.0.0.1:9000"),
+            ("https://a:b@c@host:8443?k=v", "https://host:8443"),
+            ("https://host#frag", "https://host"),
+        ] {
+            assert_eq!(super::origin(url), want);
+        }
     }
 }

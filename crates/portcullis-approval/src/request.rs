@@ -50,6 +50,37 @@ pub struct Requester {
     pub display: Option<String>,
     /// Groups.
     pub groups: Vec<String>,
+    /// How the identity was established (`static_token`, `oidc`); absent in requests filed
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The OpenID Connect issuer, for an OIDC identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+}
+
+impl Requester {
+    /// The requester `identity`.
+    pub fn of(identity: &Identity) -> Self {
+        Requester {
+            subject: identity.subject.clone(),
+            display: identity.display.clone(),
+            groups: identity.groups.clone(),
+            method: Some(identity.method.to_string()),
+            issuer: identity.issuer.clone(),
+        }
+    }
+
+    /// Whether `who` is this requester: same method, issuer and subject (a static token and
+    /// an OIDC subject of the same name are two identities). A request filed before the
+    /// method was recorded compares the subject alone.
+    pub fn is(&self, who: &Identity) -> bool {
+        self.subject == who.subject
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|m| *m == who.method.to_string() && self.issuer == who.issuer)
+    }
 }
 
 /// One statement waiting for approval. Bound to one session and one exact command: the
@@ -184,12 +215,12 @@ pub enum DecideError {
 
 /// Whether `who` may decide `request` at all (an approver, not the requester).
 pub fn may_decide(request: &ApprovalRequest, who: &Identity) -> Result<(), DecideError> {
-    if who.subject == request.identity.subject {
+    if request.identity.is(who) {
         return Err(DecideError::OwnRequest);
     }
     if !who.in_any_group(&request.approvers) {
         return Err(DecideError::NotAnApprover {
-            who: who.subject.clone(),
+            who: who.qualified(),
             groups: request.approvers.join(", "),
         });
     }
@@ -220,15 +251,18 @@ pub fn apply(
     match answer {
         Answer::Deny(reason) => {
             request.state = State::Denied {
-                by: who.subject.clone(),
+                by: who.qualified(),
                 reason: reason.clone(),
             };
         }
         Answer::Approve => {
-            if request.approved_by.contains(&who.subject) {
-                return Err(DecideError::AlreadyApproved(who.subject.clone()));
+            // Approvers are told apart by method and issuer too: `svc@issuer` (OIDC) is not
+            // static `svc`.
+            let me = who.qualified();
+            if request.approved_by.contains(&me) {
+                return Err(DecideError::AlreadyApproved(me));
             }
-            request.approved_by.push(who.subject.clone());
+            request.approved_by.push(me);
             if request.approved_by.len() >= request.min_approvals as usize {
                 request.state = State::Approved;
             }
@@ -242,11 +276,11 @@ pub fn apply(
 #[cfg(test)]
 pub(crate) fn test_request(min: u32) -> NewRequest {
     NewRequest {
-        identity: Requester {
-            subject: "alice".into(),
-            display: None,
-            groups: vec!["dba".into()],
-        },
+        identity: Requester::of(&Identity::new(
+            "alice",
+            vec!["dba".into()],
+            portcullis_core::AuthMethod::StaticToken,
+        )),
         session: 1,
         target: "pg".into(),
         statement: "delete from t".into(),
@@ -315,6 +349,38 @@ mod tests {
                 reason: Some("no".into())
             }
         );
+    }
+
+    #[test]
+    fn identities_are_method_issuer_and_subject() {
+        // Static "alice" asked. An OIDC subject "alice" is someone else: not the requester
+        // (so may approve when an approver), and a quorum of two needs two identities.
+        let mut oidc = who("alice", &["dba"]);
+        oidc.method = AuthMethod::Oidc;
+        oidc.issuer = Some("https://idp.example".into());
+        let mut r = request(2);
+        assert!(!r.identity.is(&oidc));
+        assert!(r.identity.is(&who("alice", &[])));
+        assert_eq!(
+            apply(&mut r, &who("alice", &["dba"]), &Answer::Approve),
+            Err(DecideError::OwnRequest)
+        );
+        apply(&mut r, &oidc, &Answer::Approve).unwrap();
+        assert_eq!(r.approved_by, ["alice@https://idp.example"]);
+        // Static "alice@https://idp.example" (a token may be named so) cannot count twice.
+        let mut spoof = who("alice@https://idp.example", &["dba"]);
+        assert!(matches!(
+            apply(&mut r, &spoof, &Answer::Approve),
+            Err(DecideError::AlreadyApproved(_))
+        ));
+        spoof.subject = "bob".into();
+        apply(&mut r, &spoof, &Answer::Approve).unwrap();
+        assert_eq!(r.state, State::Approved);
+        // A request filed before the method was recorded compares subjects alone.
+        let mut old = request(1);
+        old.identity.method = None;
+        old.identity.issuer = None;
+        assert!(old.identity.is(&oidc));
     }
 
     #[test]

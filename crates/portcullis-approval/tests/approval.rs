@@ -250,11 +250,11 @@ async fn webhook_failures_are_retried_and_counted() {
     let store = MemoryStore::new();
     let request = store
         .file(portcullis_approval::NewRequest {
-            identity: portcullis_approval::Requester {
-                subject: "alice".into(),
-                display: None,
-                groups: vec![],
-            },
+            identity: portcullis_approval::Requester::of(&portcullis_core::Identity::new(
+                "alice",
+                vec![],
+                portcullis_core::AuthMethod::StaticToken,
+            )),
             session: 1,
             target: "main".into(),
             statement: "delete from t".into(),

@@ -43,6 +43,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod cancel;
+mod catalog;
 mod credentials;
 mod error;
 mod glob;
@@ -66,6 +67,7 @@ mod verdict;
 mod view;
 
 pub use cancel::{CancelSignal, Cancelled};
+pub use catalog::{CatalogLookup, FunctionFacts, LookupFuture, RelationFacts, SchemaCatalog};
 pub use credentials::Credentials;
 pub use error::{Error, Refusal, Rescue, RescueKind, rescue};
 pub use glob::wildcard;

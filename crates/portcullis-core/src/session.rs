@@ -90,6 +90,22 @@ impl Identity {
         }
     }
 
+    /// Whether `other` is the same identity: same method, same issuer, same subject. A static
+    /// token named `svc` and an OpenID Connect subject `svc` are two identities.
+    pub fn same_as(&self, other: &Identity) -> bool {
+        self.method == other.method && self.issuer == other.issuer && self.subject == other.subject
+    }
+
+    /// A name that tells identities apart where only a name can be kept: the subject for a
+    /// static token, `subject@issuer` for an OpenID Connect identity.
+    pub fn qualified(&self) -> String {
+        match (&self.method, &self.issuer) {
+            (AuthMethod::Oidc, Some(issuer)) => format!("{}@{issuer}", self.subject),
+            (AuthMethod::Oidc, None) => format!("{}@oidc", self.subject),
+            _ => self.subject.clone(),
+        }
+    }
+
     /// Whether the identity belongs to `group`.
     pub fn in_group(&self, group: &str) -> bool {
         self.groups.iter().any(|g| g == group)
@@ -162,6 +178,10 @@ pub struct Session {
     /// listener (MySQL: a `KILL <id>` of one is the identity signalling itself). Set by a
     /// protocol server that keeps such a table; `None` elsewhere.
     pub own_connections: Option<OwnConnections>,
+    /// The database's catalog, where the protocol server can ask it (PostgreSQL): what a
+    /// called function is, which function a `FunctionCall` OID names, which tables a view
+    /// reads. `None` elsewhere.
+    pub catalog: Option<std::sync::Arc<dyn crate::SchemaCatalog>>,
     /// Why the session ended, set once by the protocol server as it closes.
     end_reason: std::sync::OnceLock<String>,
     /// Run-time parameters as the database last reported them.
@@ -206,6 +226,7 @@ impl Session {
             cancel: CancelSignal::new(),
             notices: crate::Notices::default(),
             own_connections: None,
+            catalog: None,
             end_reason: std::sync::OnceLock::new(),
             server_params: std::sync::RwLock::new(Vec::new()),
             settings_barrier: std::sync::atomic::AtomicBool::new(false),

@@ -95,6 +95,11 @@ pub trait CommandView {
     fn params(&self) -> Vec<Param<'_>> {
         Vec::new()
     }
+
+    /// For a PostgreSQL `FunctionCall` unit: the OID of the function it calls.
+    fn function_oid(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// The kind of a reply event, as policy layers see it.

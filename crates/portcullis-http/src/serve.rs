@@ -436,7 +436,7 @@ where
         };
         let current = live.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let current = match current {
-            Some(l) if l.session.identity.subject == identity.subject => l,
+            Some(l) if l.session.identity.same_as(&identity) => l,
             Some(_) => {
                 return full(problem(
                     StatusCode::UNAUTHORIZED,

@@ -47,6 +47,11 @@ impl TokenEntry {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The groups the entry grants.
+    pub fn groups(&self) -> &[String] {
+        &self.groups
+    }
 }
 
 /// Authenticates static tokens from the configuration.

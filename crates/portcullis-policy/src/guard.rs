@@ -1,10 +1,13 @@
 //! `GuardLayer`: judges every command unit before any of it goes further in.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use pin_project_lite::pin_project;
 use portcullis_core::{
-    CommandKind, CommandView, Decision, DecisionLog, Error, Protocol, Refusal, RefuseInPlace,
-    Refusing, Request, Response, Session, Verdict,
+    CatalogLookup, CommandKind, CommandView, Decision, DecisionLog, Error, Protocol, Refusal,
+    RefuseInPlace, Refusing, Request, Response, SchemaCatalog, Session, Verdict,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -106,33 +109,55 @@ impl Prepared {
 
 impl<S> Guard<S> {
     /// The verdict for a command run in `session`, with detect-mode verdicts (allow when the
-    /// guard is disabled).
+    /// guard is disabled). What the session's function catalog does not know yet is judged
+    /// as unknown (the layer itself looks it up first).
     pub fn judge(&self, session: &Session, command: &impl CommandView) -> Judgement {
         match &self.policy {
-            Some(policy) => judge(policy, session, command, &self.prepared),
+            Some(policy) => judge(policy, session, command, &self.prepared, None),
             None => Judgement::default(),
         }
     }
 }
 
 /// Judge `command` in `session` with `policy` (the guard's decision, without enforcing it).
+/// With `missing`, functions the session's catalog has no answer for are collected there
+/// (and the judgement is to be made again once they are looked up); without, they are
+/// judged as unknown.
 fn judge(
     policy: &Policy,
     session: &Session,
     command: &impl CommandView,
     prepared: &Prepared,
+    mut missing: Option<&mut CatalogLookup>,
 ) -> Judgement {
+    let catalog = session.catalog.as_deref();
     match command.kind() {
         CommandKind::Statements => {}
         CommandKind::FunctionCall => {
-            // The function is named by OID only: not known to be read-only, so `admin`.
-            let mut call = Classified::reading(String::new());
-            call.kind(
-                "function_call",
-                Class::Admin,
-                "a FunctionCall message names its function by OID only",
-            );
-            let call = call.finish();
+            let call = match (catalog, command.function_oid()) {
+                (Some(catalog), Some(oid)) => match catalog.function(oid) {
+                    None if missing.is_some() => {
+                        if let Some(m) = missing {
+                            m.oids.push(oid);
+                        }
+                        return Judgement::default();
+                    }
+                    Some(Some(facts)) => resolved_call(policy, &facts),
+                    None | Some(None) => None,
+                },
+                _ => None,
+            };
+            let call = call.unwrap_or_else(|| {
+                // Named by OID only, and the OID is not resolved: not known to be
+                // read-only, so `admin`.
+                let mut call = Classified::reading(String::new());
+                call.kind(
+                    "function_call",
+                    Class::Admin,
+                    "a FunctionCall message names its function by an OID the catalog does not resolve",
+                );
+                call.finish()
+            });
             return policy.judge_classified(&session.identity, &call);
         }
         _ => return Judgement::default(),
@@ -147,6 +172,8 @@ fn judge(
     let mut judgement = Judgement::default();
     let mut prepares = Vec::new();
     let mut may_change_reading = false;
+    // A statement of class `ddl` or more may create, replace or drop functions.
+    let mut changes_catalog = false;
     let dialect = match session.protocol {
         Protocol::MySql => Dialect::MySql(MySqlMode::from_sql_mode(
             &session.server_param("sql_mode").unwrap_or_default(),
@@ -225,20 +252,138 @@ fn judge(
                 mine.kinds.remove("signal_other_backend");
                 seen = Some(mine);
             }
-            let one = policy.judge_classified(&session.identity, seen.as_ref().unwrap_or(s));
+            let s = seen.as_ref().unwrap_or(s);
+            let looked = with_catalog(s, catalog, missing.as_deref_mut());
+            let s = looked.as_ref().unwrap_or(s);
+            let expanded = policy
+                .names_tables()
+                .then(|| with_relations(s, catalog, missing.as_deref_mut()))
+                .flatten();
+            let s = expanded.as_ref().unwrap_or(s);
+            changes_catalog |= s.class >= Class::Ddl;
+            let one = policy.judge_classified(&session.identity, s);
             raise(&mut judgement, one, statement.executes);
             if s.prepares.is_some() {
                 prepares.push(s.clone());
             }
         }
     }
-    if !matches!(judgement.verdict, Verdict::Deny { .. }) {
+    let judged = missing.is_none_or(|m| m.is_empty());
+    if judged && !matches!(judgement.verdict, Verdict::Deny { .. }) {
         prepared.remember(prepares);
-        if may_change_reading {
+        if may_change_reading || changes_catalog {
             session.settings_may_change();
+        }
+        if changes_catalog && let Some(catalog) = catalog {
+            // It may create, replace or drop functions: the next command is judged once
+            // this one is answered (above), against a fresh catalog.
+            catalog.forget();
         }
     }
     judgement
+}
+
+/// A `FunctionCall` of a function the catalog names: judged as a call of it by name, so the
+/// dangerous and side-effect tables and `functions` rules apply; a user-defined volatile
+/// function is at least `write`.
+fn resolved_call(policy: &Policy, facts: &portcullis_core::FunctionFacts) -> Option<Classified> {
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let sql = format!("SELECT {}.{}()", quote(&facts.schema), quote(&facts.name));
+    let classified = policy.classify_in(Dialect::Postgres, &sql);
+    let mut call = classified.as_ref().as_ref().ok()?.first()?.clone();
+    call.kinds.insert("function_call".into());
+    call.text = format!("FunctionCall {}.{}", facts.schema, facts.name);
+    if facts.user_defined && facts.volatile {
+        call.raise(
+            Class::Write,
+            format!(
+                "function {}.{} is user-defined and volatile: it may change data",
+                facts.schema, facts.name
+            ),
+        );
+    }
+    Some(call.finish())
+}
+
+/// `s` with the relations its views read (recursively, through views and materialized
+/// views) added to its tables, so that table rules match what the server reads: a rule on
+/// `protected` matches `SELECT * FROM v` when view `v` reads `protected`. A name the cache
+/// cannot answer is put in `missing` when given; a name the catalog does not know (a CTE, a
+/// table created in the same command) is matched as written. Without a catalog, `s` as it is.
+fn with_relations(
+    s: &Classified,
+    catalog: Option<&dyn SchemaCatalog>,
+    mut missing: Option<&mut CatalogLookup>,
+) -> Option<Classified> {
+    let catalog = catalog?;
+    let mut reached = Vec::new();
+    for name in &s.tables {
+        match catalog.relations(name) {
+            None => {
+                if let Some(m) = missing.as_deref_mut() {
+                    m.relations.push(name.clone());
+                }
+            }
+            Some(found) => reached.extend(found.iter().flat_map(|r| r.reads.iter().cloned())),
+        }
+    }
+    reached.retain(|t| !s.tables.contains(t));
+    if reached.is_empty() {
+        return None;
+    }
+    let mut expanded = s.clone();
+    expanded.tables.extend(reached);
+    Some(expanded)
+}
+
+/// `s` with what the session's function catalog says of the functions it calls, when that
+/// changes it: a call that may resolve to a user-defined volatile function, or to no
+/// function the catalog knows, is at least `write` (the server's own functions are judged
+/// by the tables in [`crate::classify`]). A name the cache cannot answer is put in
+/// `missing` when given, else judged as unknown. Without a catalog, `s` as it is.
+fn with_catalog(
+    s: &Classified,
+    catalog: Option<&dyn SchemaCatalog>,
+    mut missing: Option<&mut CatalogLookup>,
+) -> Option<Classified> {
+    let catalog = catalog?;
+    // The catalog can only make a statement `write`: one already that (or more), or calling
+    // no function, needs no lookup.
+    if s.functions.is_empty() || s.class >= Class::Write {
+        return None;
+    }
+    let mut why = None;
+    for name in &s.functions {
+        match catalog.functions(name) {
+            None => match missing.as_deref_mut() {
+                Some(m) => m.names.push(name.clone()),
+                None => {
+                    why.get_or_insert_with(|| {
+                        format!("function {name} could not be looked up in the catalog")
+                    });
+                }
+            },
+            Some(found) if found.is_empty() => {
+                why.get_or_insert_with(|| {
+                    format!("function {name} is not in the database's catalog")
+                });
+            }
+            Some(found) => {
+                if let Some(f) = found.iter().find(|f| f.user_defined && f.volatile) {
+                    why.get_or_insert_with(|| {
+                        format!(
+                            "function {name} may resolve to {}.{}, user-defined and volatile: it may change data",
+                            f.schema, f.name
+                        )
+                    });
+                }
+            }
+        }
+    }
+    let why = why?;
+    let mut raised = s.clone();
+    raised.raise(Class::Write, why);
+    Some(raised.finish())
 }
 
 /// Whether running `s` may change a setting that changes how later SQL is read: a `SET`, any
@@ -306,54 +451,160 @@ fn unreadable(session: &Session, statements: &[portcullis_core::Statement<'_>]) 
 
 impl<S, C, B> Service<Request<C>> for Guard<S>
 where
-    S: Service<Request<C>, Response = Response<B>, Error = Error>,
-    C: CommandView + RefuseInPlace,
+    S: Service<Request<C>, Response = Response<B>, Error = Error> + Clone + Send + 'static,
+    S::Future: Send,
+    C: CommandView + RefuseInPlace + Send + 'static,
+    B: 'static,
 {
     type Response = Response<B>;
     type Error = Error;
-    type Future = Refusing<S::Future>;
+    type Future = Guarding<S::Future, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<C>) -> Self::Future {
+    fn call(&mut self, req: Request<C>) -> Self::Future {
         let Some(policy) = &self.policy else {
-            return Refusing::pass(self.inner.call(req));
+            return Guarding::now(Refusing::pass(self.inner.call(req)));
         };
-        let judgement = judge(policy, &req.session, &req.command, &self.prepared);
-        for detected in &judgement.detected {
-            DecisionLog::record_in(
-                &req.extensions,
-                &Decision::new("guard", detected.clone())
-                    .with_detail("mode = detect: recorded, not enforced"),
-            );
-        }
-        let refusal = match judgement.verdict {
-            _ if judgement.too_complex.is_some() => Refusal::TooComplex {
-                message: judgement.too_complex.unwrap_or_default(),
-            },
-            Verdict::Deny { rule, message } => Refusal::Blocked { rule, message },
-            Verdict::Approve {
+        let mut missing = CatalogLookup::default();
+        let judgement = judge(
+            policy,
+            &req.session,
+            &req.command,
+            &self.prepared,
+            Some(&mut missing),
+        );
+        let catalog = req.session.catalog.clone();
+        let (false, Some(catalog)) = (missing.is_empty(), catalog) else {
+            return Guarding::now(enforce(&mut self.inner, req, judgement, self.approvals));
+        };
+        // The catalog must answer first: the command waits (nothing of it has gone
+        // further in, and the protocol server hands in no later command meanwhile), then is
+        // judged again with the answers. The service that was made ready goes with it.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let policy = policy.clone();
+        let prepared = self.prepared.clone();
+        let approvals = self.approvals;
+        Guarding::later(Box::pin(async move {
+            if let Err(e) = catalog.look_up(missing).await {
+                let refusal = Refusal::Blocked {
+                    rule: "catalog".into(),
+                    message: format!(
+                        "the gateway could not look up the functions the command calls in the database's catalog, so cannot judge it: {e}"
+                    ),
+                };
+                return Refusing::refuse(&mut inner, req, refusal).await;
+            }
+            let judgement = judge(&policy, &req.session, &req.command, &prepared, None);
+            enforce(&mut inner, req, judgement, approvals).await
+        }))
+    }
+}
+
+/// Apply `judgement` to `req`: record detect-mode findings, refuse, or hand it in (with an
+/// approval verdict in its extensions when an approval layer sits inside).
+fn enforce<S, C, B>(
+    inner: &mut S,
+    mut req: Request<C>,
+    judgement: Judgement,
+    approvals: bool,
+) -> Refusing<S::Future>
+where
+    S: Service<Request<C>, Response = Response<B>, Error = Error>,
+    C: CommandView + RefuseInPlace,
+{
+    // A FunctionCall names its function by OID: the trail says which function that was.
+    if let (Some(oid), Some(catalog)) = (req.command.function_oid(), &req.session.catalog)
+        && let Some(Some(f)) = catalog.function(oid)
+    {
+        DecisionLog::record_in(
+            &req.extensions,
+            &Decision::new("guard", judgement.verdict.clone()).with_detail(format!(
+                "FunctionCall of {}.{} (OID {oid})",
+                f.schema, f.name
+            )),
+        );
+    }
+    for detected in &judgement.detected {
+        DecisionLog::record_in(
+            &req.extensions,
+            &Decision::new("guard", detected.clone())
+                .with_detail("mode = detect: recorded, not enforced"),
+        );
+    }
+    let refusal = match judgement.verdict {
+        _ if judgement.too_complex.is_some() => Refusal::TooComplex {
+            message: judgement.too_complex.unwrap_or_default(),
+        },
+        Verdict::Deny { rule, message } => Refusal::Blocked { rule, message },
+        Verdict::Approve {
+            rule,
+            approvers,
+            min_approvals,
+        } if approvals => {
+            req.extensions.insert(Verdict::Approve {
                 rule,
                 approvers,
                 min_approvals,
-            } if self.approvals => {
-                req.extensions.insert(Verdict::Approve {
-                    rule,
-                    approvers,
-                    min_approvals,
-                });
-                return Refusing::pass(self.inner.call(req));
-            }
-            Verdict::Approve { rule, .. } => Refusal::Blocked {
-                message: "the statement needs approval, and this gateway has no approval layer"
-                    .into(),
-                rule,
-            },
-            _ => return Refusing::pass(self.inner.call(req)),
+            });
+            return Refusing::pass(inner.call(req));
+        }
+        Verdict::Approve { rule, .. } => Refusal::Blocked {
+            message: "the statement needs approval, and this gateway has no approval layer".into(),
+            rule,
+        },
+        _ => return Refusing::pass(inner.call(req)),
+    };
+    Refusing::refuse(inner, req, refusal)
+}
+
+type Later<B> = Pin<Box<dyn Future<Output = Result<Response<B>, Error>> + Send>>;
+
+pin_project! {
+    /// The guard's future: the command judged at once, or after a catalog lookup.
+    pub struct Guarding<F, B> {
+        #[pin]
+        now: Option<Refusing<F>>,
+        later: Option<Later<B>>,
+    }
+}
+
+impl<F, B> Guarding<F, B> {
+    fn now(f: Refusing<F>) -> Self {
+        Guarding {
+            now: Some(f),
+            later: None,
+        }
+    }
+
+    fn later(f: Later<B>) -> Self {
+        Guarding {
+            now: None,
+            later: Some(f),
+        }
+    }
+}
+
+impl<F, B> Future for Guarding<F, B>
+where
+    F: Future<Output = Result<Response<B>, Error>>,
+{
+    type Output = Result<Response<B>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(now) = this.now.as_pin_mut() {
+            return now.poll(cx);
+        }
+        let Some(later) = this.later else {
+            return Poll::Ready(Err("the guard's future was polled after completion".into()));
         };
-        Refusing::refuse(&mut self.inner, req, refusal)
+        let out = std::task::ready!(later.as_mut().poll(cx));
+        *this.later = None;
+        Poll::Ready(out)
     }
 }
 
@@ -463,5 +714,214 @@ mod tests {
             Some("client_encoding")
         );
         assert_eq!(g.judge(&latin, &Sql("select 'e'")).verdict, Verdict::Allow);
+    }
+
+    /// A function catalog answering from a fixed list, once asked.
+    #[derive(Default)]
+    struct FakeCatalog {
+        db: Vec<(u32, portcullis_core::FunctionFacts)>,
+        views: Vec<portcullis_core::RelationFacts>,
+        asked: std::sync::Mutex<bool>,
+    }
+
+    impl SchemaCatalog for FakeCatalog {
+        fn functions(
+            &self,
+            name: &str,
+        ) -> Option<std::sync::Arc<[portcullis_core::FunctionFacts]>> {
+            if !*self.asked.lock().unwrap() {
+                return None;
+            }
+            let bare = name.rsplit('.').next().unwrap_or(name);
+            Some(
+                self.db
+                    .iter()
+                    .filter(|(_, f)| f.name == bare)
+                    .map(|(_, f)| f.clone())
+                    .collect(),
+            )
+        }
+        fn function(&self, oid: u32) -> Option<Option<portcullis_core::FunctionFacts>> {
+            if !*self.asked.lock().unwrap() {
+                return None;
+            }
+            Some(
+                self.db
+                    .iter()
+                    .find(|(o, _)| *o == oid)
+                    .map(|(_, f)| f.clone()),
+            )
+        }
+        fn relations(
+            &self,
+            name: &str,
+        ) -> Option<std::sync::Arc<[portcullis_core::RelationFacts]>> {
+            if !*self.asked.lock().unwrap() {
+                return None;
+            }
+            let mut parts = name.rsplitn(2, '.');
+            let bare = parts.next().unwrap_or(name);
+            let schema = parts.next();
+            Some(
+                self.views
+                    .iter()
+                    .filter(|r| r.name == bare && schema.is_none_or(|s| r.schema == s))
+                    .cloned()
+                    .collect(),
+            )
+        }
+        fn look_up(&self, _: CatalogLookup) -> portcullis_core::LookupFuture {
+            *self.asked.lock().unwrap() = true;
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn forget(&self) {
+            *self.asked.lock().unwrap() = false;
+        }
+    }
+
+    fn facts(
+        schema: &str,
+        name: &str,
+        user_defined: bool,
+        volatile: bool,
+    ) -> portcullis_core::FunctionFacts {
+        portcullis_core::FunctionFacts {
+            schema: schema.into(),
+            name: name.into(),
+            user_defined,
+            volatile,
+        }
+    }
+
+    struct Call(u32);
+    impl CommandView for Call {
+        fn kind(&self) -> CommandKind {
+            CommandKind::FunctionCall
+        }
+        fn statements(&self) -> Vec<Statement<'_>> {
+            Vec::new()
+        }
+        fn function_oid(&self) -> Option<u32> {
+            Some(self.0)
+        }
+    }
+
+    #[test]
+    fn functions_are_judged_by_what_the_catalog_says() {
+        let policy = Policy::new(vec![
+            Rule::new("reads-only", Action::Deny).statements(["write", "ddl", "admin"]),
+        ])
+        .unwrap();
+        let catalog = std::sync::Arc::new(FakeCatalog {
+            db: vec![
+                (16400, facts("public", "f_wipe", true, true)),
+                (16401, facts("public", "f_count", true, false)),
+                (870, facts("pg_catalog", "lower", false, false)),
+                (1480, facts("pg_catalog", "random", false, true)),
+                (964, facts("pg_catalog", "lo_unlink", false, true)),
+                (2026, facts("pg_catalog", "pg_backend_pid", false, false)),
+            ],
+            ..FakeCatalog::default()
+        });
+        let mut s = session(Protocol::Postgres, &[]);
+        s.catalog = Some(catalog.clone());
+        let prepared = Prepared::default();
+        // Not asked yet: the names are collected for a lookup.
+        let mut missing = CatalogLookup::default();
+        judge(
+            &policy,
+            &s,
+            &Sql("select f_wipe(), lower('a')"),
+            &prepared,
+            Some(&mut missing),
+        );
+        assert_eq!(missing.names, ["f_wipe", "lower"]);
+        let mut missing = CatalogLookup::default();
+        judge(&policy, &s, &Call(964), &prepared, Some(&mut missing));
+        assert_eq!(missing.oids, [964]);
+        // Looked up: judged.
+        drop(catalog.look_up(CatalogLookup::default()));
+        let verdict = |c: &dyn Fn() -> Judgement| rule(&c()).map(str::to_owned);
+        let sql = |text: &'static str| judge(&policy, &s, &Sql(text), &prepared, None);
+        assert_eq!(
+            verdict(&|| sql("select f_wipe()")).as_deref(),
+            Some("reads-only")
+        );
+        assert_eq!(
+            verdict(&|| sql("select public.f_wipe()")).as_deref(),
+            Some("reads-only")
+        );
+        assert_eq!(
+            verdict(&|| sql("select f_nowhere()")).as_deref(),
+            Some("reads-only")
+        );
+        assert_eq!(
+            sql("select f_count(), lower('A'), random()").verdict,
+            Verdict::Allow
+        );
+        let call = |oid| judge(&policy, &s, &Call(oid), &prepared, None);
+        assert_eq!(rule(&call(964)), Some("reads-only"));
+        assert_eq!(rule(&call(16400)), Some("reads-only"));
+        assert_eq!(call(2026).verdict, Verdict::Allow);
+        assert_eq!(
+            rule(&call(1)),
+            Some("reads-only"),
+            "an unknown OID is admin"
+        );
+        // Views: a table rule matches the tables a view reads.
+        let policy = Policy::new(vec![
+            Rule::new("protected", Action::Deny).tables(["protected"]),
+        ])
+        .unwrap();
+        let catalog = std::sync::Arc::new(FakeCatalog {
+            views: vec![
+                portcullis_core::RelationFacts {
+                    schema: "public".into(),
+                    name: "v".into(),
+                    reads: vec!["public.inner_v".into(), "secret.protected".into()],
+                },
+                portcullis_core::RelationFacts {
+                    schema: "public".into(),
+                    name: "open".into(),
+                    reads: Vec::new(),
+                },
+            ],
+            ..FakeCatalog::default()
+        });
+        let mut s = session(Protocol::Postgres, &[]);
+        s.catalog = Some(catalog.clone());
+        let mut missing = CatalogLookup::default();
+        judge(
+            &policy,
+            &s,
+            &Sql("select * from v join open using (id)"),
+            &prepared,
+            Some(&mut missing),
+        );
+        assert_eq!(missing.relations, ["open", "v"]);
+        drop(catalog.look_up(CatalogLookup::default()));
+        let sql = |text: &'static str| judge(&policy, &s, &Sql(text), &prepared, None);
+        assert_eq!(rule(&sql("select * from v")), Some("protected"));
+        assert_eq!(rule(&sql("select * from public.v")), Some("protected"));
+        assert_eq!(sql("select * from open").verdict, Verdict::Allow);
+        assert_eq!(
+            sql("select * from other.v").verdict,
+            Verdict::Allow,
+            "no view other.v"
+        );
+        // Without a catalog, a FunctionCall stays admin and functions are read by text.
+        let policy = Policy::new(vec![
+            Rule::new("reads-only", Action::Deny).statements(["write", "ddl", "admin"]),
+        ])
+        .unwrap();
+        let plain = session(Protocol::Postgres, &[]);
+        assert_eq!(
+            rule(&judge(&policy, &plain, &Call(2026), &prepared, None)),
+            Some("reads-only")
+        );
+        assert_eq!(
+            judge(&policy, &plain, &Sql("select f_wipe()"), &prepared, None).verdict,
+            Verdict::Allow
+        );
     }
 }

@@ -469,6 +469,8 @@ struct Inner {
     on_unparsed: OnUnparsed,
     classifier: Classifier,
     cache: Mutex<HashMap<String, Classification>>,
+    /// Some rule names tables (so the relations a view reads matter).
+    names_tables: bool,
 }
 
 /// The built-in rule ahead of the configured ones: `pg_terminate_backend` and
@@ -516,12 +518,18 @@ impl Policy {
         all.extend(rules);
         Ok(Policy {
             inner: Arc::new(Inner {
+                names_tables: all.iter().any(|r| !r.tables.is_empty()),
                 rules: all,
                 on_unparsed,
                 classifier,
                 cache: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Whether some rule names tables.
+    pub fn names_tables(&self) -> bool {
+        self.inner.names_tables
     }
 
     /// The rules, the built-in one included.

@@ -6,11 +6,12 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use portcullis_core::{
-    AuthMethod, Identity, Protocol, ReplyBodyExt as _, Request, RewriteEvent as _, Session,
-    SessionId,
+    AuthMethod, CatalogLookup, FunctionFacts, Identity, LookupFuture, Protocol, RelationFacts,
+    ReplyBodyExt as _, Request, RewriteEvent as _, SchemaCatalog, Session, SessionId,
 };
 use tower_service::Service as _;
 
@@ -44,9 +45,30 @@ struct Inner {
     /// Database → type OID → the sources of a row type's fields, in order (empty: not a
     /// table's row type).
     types: Mutex<HashMap<String, HashMap<u32, Fields>>>,
+    /// Database → what the function catalog said, and when.
+    functions: Mutex<HashMap<String, FunctionCache>>,
     /// Database → the side connection.
     side: tokio::sync::Mutex<HashMap<String, PgUpstream>>,
 }
+
+/// Cached function facts of one database.
+#[derive(Default)]
+struct FunctionCache {
+    /// Bare name → every function of that name, in any schema.
+    by_name: HashMap<String, (Instant, Arc<[FunctionFacts]>)>,
+    /// OID → the function.
+    by_oid: HashMap<u32, (Instant, Option<FunctionFacts>)>,
+    /// Bare relation name → every relation of that name, in any schema, with what it reads.
+    by_relation: HashMap<String, (Instant, Arc<[RelationFacts]>)>,
+}
+
+/// How long a function catalog answer is trusted: a function replaced outside the gateway
+/// is seen within this time (one replaced through the gateway at once: the guard forgets
+/// every answer when it lets DDL through).
+const FUNCTION_FACTS_FOR: Duration = Duration::from_secs(2);
+
+/// Most names or OIDs asked in one catalog query.
+const MAX_LOOKUP: usize = 256;
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -224,6 +246,276 @@ impl Catalog {
         }
         for (oid, cols) in found {
             tables.insert(oid, Arc::new(cols));
+        }
+        Ok(())
+    }
+}
+
+/// The function catalog of one database, through a listener's [`Catalog`] (its cache and
+/// side connection): what a session's guard asks ([`portcullis_core::Session::functions`]).
+#[derive(Clone)]
+pub(crate) struct Functions {
+    pub(crate) catalog: Catalog,
+    pub(crate) config: Arc<UpstreamConfig>,
+    pub(crate) max_message: usize,
+    pub(crate) database: String,
+}
+
+impl Catalog {
+    fn function_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, FunctionCache>> {
+        self.inner
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `name` as the cache keys it: the bare name, and the schema when qualified (a database
+/// qualifier, `db.schema.f`, is dropped).
+fn split_name(name: &str) -> (Option<&str>, &str) {
+    let mut parts = name.rsplitn(3, '.');
+    let bare = parts.next().unwrap_or(name);
+    (parts.next(), bare)
+}
+
+/// `s` as a SQL string expression whatever the server's settings: hex-decoded, so no quote
+/// or backslash of `s` is ever read as SQL.
+fn sql_text(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut hex = String::with_capacity(s.len() * 2);
+    for b in s.bytes() {
+        let _ = write!(hex, "{b:02x}");
+    }
+    format!("convert_from(decode('{hex}', 'hex'), 'UTF8')")
+}
+
+impl SchemaCatalog for Functions {
+    fn functions(&self, name: &str) -> Option<Arc<[FunctionFacts]>> {
+        let (schema, bare) = split_name(name);
+        let cache = self.catalog.function_cache();
+        let (at, all) = cache.get(&self.database)?.by_name.get(bare)?;
+        if at.elapsed() > FUNCTION_FACTS_FOR {
+            return None;
+        }
+        Some(match schema {
+            None => all.clone(),
+            Some(schema) => all.iter().filter(|f| f.schema == schema).cloned().collect(),
+        })
+    }
+
+    fn function(&self, oid: u32) -> Option<Option<FunctionFacts>> {
+        let cache = self.catalog.function_cache();
+        let (at, facts) = cache.get(&self.database)?.by_oid.get(&oid)?;
+        (at.elapsed() <= FUNCTION_FACTS_FOR).then(|| facts.clone())
+    }
+
+    fn relations(&self, name: &str) -> Option<Arc<[RelationFacts]>> {
+        let (schema, bare) = split_name(name);
+        let cache = self.catalog.function_cache();
+        let (at, all) = cache.get(&self.database)?.by_relation.get(bare)?;
+        if at.elapsed() > FUNCTION_FACTS_FOR {
+            return None;
+        }
+        Some(match schema {
+            None => all.clone(),
+            Some(schema) => all.iter().filter(|r| r.schema == schema).cloned().collect(),
+        })
+    }
+
+    fn look_up(&self, missing: CatalogLookup) -> LookupFuture {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut names: Vec<String> = missing
+                .names
+                .iter()
+                .map(|n| split_name(n).1.to_owned())
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            let mut oids = missing.oids;
+            oids.sort_unstable();
+            oids.dedup();
+            while !names.is_empty() || !oids.is_empty() {
+                let these: Vec<String> = names.drain(..names.len().min(MAX_LOOKUP)).collect();
+                let those: Vec<u32> = oids.drain(..oids.len().min(MAX_LOOKUP)).collect();
+                this.look_up_some(these, those).await?;
+            }
+            let mut relations: Vec<String> = missing
+                .relations
+                .iter()
+                .map(|n| split_name(n).1.to_owned())
+                .collect();
+            relations.sort_unstable();
+            relations.dedup();
+            while !relations.is_empty() {
+                let these: Vec<String> =
+                    relations.drain(..relations.len().min(MAX_LOOKUP)).collect();
+                this.look_up_relations(these).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn forget(&self) {
+        self.catalog.function_cache().remove(&self.database);
+    }
+}
+
+impl Functions {
+    /// One catalog query for the relations named `names` (bare), in every schema, and
+    /// every relation each reads through views (recursively); every name asked is cached.
+    async fn look_up_relations(&self, names: Vec<String>) -> Result<(), String> {
+        let name_list = names
+            .iter()
+            .map(|n| sql_text(n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // A view's rewrite rule depends on every relation its query reads; `union` ends
+        // cycles.
+        let sql = format!(
+            "with recursive reach(root, rel) as ( \
+               select c.oid, c.oid from pg_catalog.pg_class c \
+               where c.relname::text = any(array[{name_list}]::text[]) \
+               union \
+               select reach.root, d.refobjid from reach \
+               join pg_catalog.pg_rewrite r on r.ev_class = reach.rel \
+               join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                 and d.objid = r.oid \
+                 and d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                 and d.refobjid <> reach.rel \
+             ) \
+             select rn.nspname, rc.relname, bn.nspname, bc.relname \
+             from reach \
+             join pg_catalog.pg_class rc on rc.oid = reach.root \
+             join pg_catalog.pg_namespace rn on rn.oid = rc.relnamespace \
+             join pg_catalog.pg_class bc on bc.oid = reach.rel \
+             join pg_catalog.pg_namespace bn on bn.oid = bc.relnamespace"
+        );
+        let mut buf = BytesMut::new();
+        FrontendMessage::Query { sql: sql.into() }.encode(&mut buf);
+        let frames = self
+            .catalog
+            .side_run(&self.config, self.max_message, &self.database, buf)
+            .await?;
+        // Bare name → (schema, name) → what it reads.
+        let mut found: HashMap<String, HashMap<(String, String), Vec<String>>> =
+            names.into_iter().map(|n| (n, HashMap::new())).collect();
+        for values in frames
+            .iter()
+            .filter(|f| f.tag() == b'D')
+            .filter_map(|f| f.row_values())
+        {
+            let row: Vec<String> = values
+                .into_iter()
+                .map(|v| String::from_utf8_lossy(v.unwrap_or_default()).into_owned())
+                .collect();
+            let [schema, name, read_schema, read_name] = row.as_slice() else {
+                continue;
+            };
+            let Some(roots) = found.get_mut(name) else {
+                continue;
+            };
+            let reads = roots.entry((schema.clone(), name.clone())).or_default();
+            if (read_schema, read_name) != (schema, name) {
+                reads.push(format!("{read_schema}.{read_name}"));
+            }
+        }
+        let now = Instant::now();
+        let mut cache = self.catalog.function_cache();
+        let db = cache.entry(self.database.clone()).or_default();
+        if db.by_relation.len() + found.len() > MAX_TABLES {
+            db.by_relation.clear();
+        }
+        for (bare, roots) in found {
+            let facts: Vec<RelationFacts> = roots
+                .into_iter()
+                .map(|((schema, name), mut reads)| {
+                    reads.sort_unstable();
+                    reads.dedup();
+                    RelationFacts {
+                        schema,
+                        name,
+                        reads,
+                    }
+                })
+                .collect();
+            db.by_relation.insert(bare, (now, facts.into()));
+        }
+        Ok(())
+    }
+
+    /// One catalog query for `names` (bare) and `oids`; every one asked is cached, found or
+    /// not.
+    async fn look_up_some(&self, names: Vec<String>, oids: Vec<u32>) -> Result<(), String> {
+        let name_list = names
+            .iter()
+            .map(|n| sql_text(n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let oid_list = oids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "select p.oid, n.nspname, p.proname, p.provolatile \
+             from pg_catalog.pg_proc p \
+             join pg_catalog.pg_namespace n on n.oid = p.pronamespace \
+             where p.proname::text = any(array[{name_list}]::text[]) \
+             or p.oid = any('{{{oid_list}}}'::oid[])"
+        );
+        let mut buf = BytesMut::new();
+        FrontendMessage::Query { sql: sql.into() }.encode(&mut buf);
+        let frames = self
+            .catalog
+            .side_run(&self.config, self.max_message, &self.database, buf)
+            .await?;
+        let mut by_name: HashMap<String, Vec<FunctionFacts>> =
+            names.into_iter().map(|n| (n, Vec::new())).collect();
+        let mut by_oid: HashMap<u32, Option<FunctionFacts>> =
+            oids.into_iter().map(|o| (o, None)).collect();
+        for values in frames
+            .iter()
+            .filter(|f| f.tag() == b'D')
+            .filter_map(|f| f.row_values())
+        {
+            let row: Vec<String> = values
+                .into_iter()
+                .map(|v| String::from_utf8_lossy(v.unwrap_or_default()).into_owned())
+                .collect();
+            let [oid, schema, name, volatility] = row.as_slice() else {
+                continue;
+            };
+            let Ok(oid) = oid.parse::<u32>() else {
+                continue;
+            };
+            let facts = FunctionFacts {
+                schema: schema.clone(),
+                name: name.clone(),
+                user_defined: oid >= FIRST_NORMAL_OID,
+                volatile: volatility == "v",
+            };
+            if let Some(slot) = by_oid.get_mut(&oid) {
+                *slot = Some(facts.clone());
+            }
+            if let Some(list) = by_name.get_mut(name) {
+                list.push(facts);
+            }
+        }
+        let now = Instant::now();
+        let mut cache = self.catalog.function_cache();
+        let db = cache.entry(self.database.clone()).or_default();
+        if db.by_name.len() + by_name.len() > MAX_TABLES {
+            db.by_name.clear();
+        }
+        if db.by_oid.len() + by_oid.len() > MAX_TABLES {
+            db.by_oid.clear();
+        }
+        for (name, list) in by_name {
+            db.by_name.insert(name, (now, list.into()));
+        }
+        for (oid, facts) in by_oid {
+            db.by_oid.insert(oid, (now, facts));
         }
         Ok(())
     }

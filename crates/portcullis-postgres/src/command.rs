@@ -264,6 +264,26 @@ impl CommandView for PgCommand {
             .collect()
     }
 
+    fn function_oid(&self) -> Option<u32> {
+        if self.kind != CommandKind::FunctionCall {
+            return None;
+        }
+        let mut rest: &[u8] = &self.bytes;
+        while rest.len() >= 5 {
+            let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize + 1;
+            if len > rest.len() || len < 5 {
+                return None;
+            }
+            let (frame, tail) = rest.split_at(len);
+            if frame[0] == b'F' {
+                let oid = frame.get(5..9)?;
+                return Some(u32::from_be_bytes([oid[0], oid[1], oid[2], oid[3]]));
+            }
+            rest = tail;
+        }
+        None
+    }
+
     fn params(&self) -> Vec<Param<'_>> {
         let mut out = Vec::new();
         let mut rest: &[u8] = &self.bytes;

@@ -69,6 +69,12 @@ pub struct ServePgConfig {
     /// columns. Off by default: it costs a connection to the database per listener and
     /// database.
     pub resolve_column_sources: bool,
+    /// Let policy ask the database's catalog about the functions a command calls (is it
+    /// user-defined and volatile; which function a `FunctionCall` OID names), through the
+    /// same side connection, opened on first need. On by default: without it, a
+    /// `FunctionCall` is `admin` and a user-defined function cannot be told from a
+    /// read-only one.
+    pub resolve_functions: bool,
     /// End a session whose identity's credential expires (`Identity::expires_at`) as soon
     /// as it is idle (`FATAL 28P01`), rather than only refusing its next command (which an
     /// expiry layer does). Off by default.
@@ -91,6 +97,7 @@ impl ServePgConfig {
             max_pipeline: 256,
             upstream,
             resolve_column_sources: false,
+            resolve_functions: true,
             close_when_expired: false,
         }
     }
@@ -598,6 +605,14 @@ where
         session.application = param("application_name");
         session.startup_params = params;
         session.tls = client.tls;
+        if cfg.resolve_functions {
+            session.catalog = Some(Arc::new(crate::catalog::Functions {
+                catalog: self.shared.catalog.clone(),
+                config: Arc::new(up.clone()),
+                max_message: cfg.max_message,
+                database: up_db.clone(),
+            }));
+        }
         let session = Arc::new(session);
         for p in &connected.parameters {
             note_parameter(&session, p);
@@ -919,6 +934,10 @@ struct Reply<B> {
     /// The reply carried an error.
     failed: bool,
 }
+
+/// Most bytes of later units read from the client while a unit is in the stack (read only
+/// to notice the client going away).
+const WATCH_BUFFER: usize = 1024 * 1024;
 
 /// A unit handed to the stack: its call, whether it expects ReadyForQuery, its ledger.
 type Call<S> = (CallFuture<S>, bool, Option<crate::command::Ledger>);
@@ -1248,6 +1267,34 @@ where
                             });
                         }
                         progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+
+            // While a unit is in the stack (an approval wait, a catalog lookup) the client is
+            // not read for its next unit; watch it anyway, so that a client that goes away is
+            // noticed at once and what waits for it is dropped (an approval request is
+            // withdrawn, nothing of the unit runs). What it sends meanwhile is kept, up to a
+            // bound, for when the unit is done.
+            if self.call.is_some() && self.end.is_none() && self.rbuf.len() < WATCH_BUFFER {
+                if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                    self.rbuf.reserve(16 * 1024);
+                }
+                match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.rbuf) {
+                    Poll::Ready(Ok(0)) => {
+                        self.end = Some(
+                            "the client closed the connection while its command was in the gateway"
+                                .into(),
+                        );
+                        self.closing = true;
+                        continue;
+                    }
+                    Poll::Ready(Ok(_)) => progress = true,
+                    Poll::Ready(Err(e)) => {
+                        self.end = Some(format!("client read failed: {e}"));
+                        self.closing = true;
+                        continue;
                     }
                     Poll::Pending => {}
                 }

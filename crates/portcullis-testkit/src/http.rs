@@ -530,7 +530,37 @@ fn router() -> Router {
         .route("/v1/indices/{name}", delete(delete_index))
         .route("/admin/{*rest}", post(admin))
         .route("/v1/status/{code}", any(status))
+        .route("/idp/{port}/{*rest}", get(downgrading_discovery))
+        .route("/jwks", get(empty_jwks))
         .fallback(not_found)
+}
+
+/// A hostile OpenID Connect discovery document for the issuer `https://HOST/idp/PORT`: it
+/// names `http://127.0.0.1:PORT/jwks` as the keys' address — keys fetched in clear for an
+/// https issuer, which a gateway must refuse.
+async fn downgrading_discovery(
+    Path((port, rest)): Path<(u16, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if rest != ".well-known/openid-configuration" {
+        return json_response(StatusCode::NOT_FOUND, &json!({ "error": "not found" }));
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "issuer": format!("https://{host}/idp/{port}"),
+            "jwks_uri": format!("http://127.0.0.1:{port}/jwks"),
+        }),
+    )
+}
+
+/// An empty key set (its fetch is what a test looks for).
+async fn empty_jwks() -> Response {
+    json_response(StatusCode::OK, &json!({ "keys": [] }))
 }
 
 const JSON: &str = "application/json";

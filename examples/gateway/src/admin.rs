@@ -1,5 +1,6 @@
 //! The admin listener (`[admin] listen`): `GET /healthz` and `GET /metrics` (Prometheus
-//! text format). The approvals API joins it in a later release.
+//! text format; with `[admin] metrics_token = true` it needs `Authorization: Bearer <token>`
+//! of any configured identity), and the approvals API.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,10 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use portcullis_approval::WebhookStats;
+use portcullis_approval::admin::Authenticator;
 use portcullis_audit::Recorder;
 use portcullis_identity::Oidc;
 use portcullis_postgres::PgMetrics;
@@ -33,10 +35,22 @@ pub(crate) struct Metrics {
     draining: AtomicBool,
     /// The audit recorder, when `[audit]` is configured.
     audit: Mutex<Option<Recorder>>,
-    /// Webhook URL → its delivery counters.
+    /// Webhook name → its delivery counters (never the URL: it may hold a secret).
     webhooks: Mutex<Vec<(String, Arc<WebhookStats>)>>,
+    /// With `[admin] metrics_token`: how `/metrics` checks the caller's token.
+    metrics_auth: Mutex<Option<MetricsAuth>>,
     /// The OpenID Connect provider in force, when `[identity.oidc]` is configured.
     oidc: Mutex<Option<Oidc>>,
+}
+
+/// How `/metrics` checks a token (`[admin] metrics_token`).
+#[derive(Clone)]
+struct MetricsAuth(Authenticator);
+
+impl std::fmt::Debug for MetricsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsAuth")
+    }
 }
 
 /// One family of per-listener counters: name, type, help, and how to read it.
@@ -262,27 +276,27 @@ impl Metrics {
             let families: [WebhookFamily; 3] = [
                 (
                     "portcullis_approval_webhooks_delivered_total",
-                    "Approval webhook messages delivered, by URL.",
+                    "Approval webhook messages delivered, by webhook name.",
                     |s| load(&s.delivered),
                 ),
                 (
                     "portcullis_approval_webhook_failed_attempts_total",
-                    "Approval webhook delivery attempts that failed (each retry counts), by URL.",
+                    "Approval webhook delivery attempts that failed (each retry counts), by webhook name.",
                     |s| load(&s.failed_attempts),
                 ),
                 (
                     "portcullis_approval_webhooks_dropped_total",
-                    "Approval webhook messages given up after every retry, by URL.",
+                    "Approval webhook messages given up after every retry, by webhook name.",
                     |s| load(&s.dropped),
                 ),
             ];
             for (name, help, read) in families {
                 header(&mut out, name, "counter", help);
-                for (url, stats) in webhooks.iter() {
+                for (webhook, stats) in webhooks.iter() {
                     let _ = writeln!(
                         out,
-                        "{name}{{url=\"{}\"}} {}",
-                        escape_label(url),
+                        "{name}{{webhook=\"{}\"}} {}",
+                        escape_label(webhook),
                         read(stats)
                     );
                 }
@@ -296,12 +310,17 @@ impl Metrics {
         *self.oidc.lock().unwrap_or_else(|p| p.into_inner()) = Some(oidc);
     }
 
-    /// Count deliveries of the webhook at `url`.
-    pub(crate) fn add_webhook(&self, url: &str, stats: Arc<WebhookStats>) {
+    /// `/metrics` needs a token checked by `auth` (`None`: open, the default).
+    pub(crate) fn set_metrics_auth(&self, auth: Option<Authenticator>) {
+        *self.metrics_auth.lock().unwrap_or_else(|p| p.into_inner()) = auth.map(MetricsAuth);
+    }
+
+    /// Count deliveries of the webhook named `name`.
+    pub(crate) fn add_webhook(&self, name: &str, stats: Arc<WebhookStats>) {
         self.webhooks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((url.to_owned(), stats));
+            .push((name.to_owned(), stats));
     }
 }
 
@@ -386,7 +405,38 @@ async fn healthz(State(metrics): State<Arc<Metrics>>) -> (StatusCode, &'static s
     }
 }
 
-async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+async fn render_metrics(
+    State(metrics): State<Arc<Metrics>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    let auth = metrics
+        .metrics_auth
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(MetricsAuth(authenticate)) = auth {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        let refused = match token {
+            None => Some("an `Authorization: Bearer <token>` header is required ([admin] metrics_token = true)\n".to_owned()),
+            Some(t) => authenticate(t).err().map(|why| format!("{why}\n")),
+        };
+        if let Some(why) = refused {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                why,
+            )
+                .into_response();
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -394,6 +444,7 @@ async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoRespons
         )],
         metrics.render(),
     )
+        .into_response()
 }
 
 /// Serve the admin routes on `listener` until `stop` fires.

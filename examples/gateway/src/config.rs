@@ -126,6 +126,8 @@ pub(crate) struct Config {
     pub(crate) session_threads: Option<usize>,
     /// `[admin] listen`.
     pub(crate) admin: Option<SocketAddr>,
+    /// `[admin] metrics_token`: `/metrics` needs a token, like the approval API.
+    pub(crate) metrics_token: bool,
     /// `[[identity.tokens]]`, in file order.
     pub(crate) tokens: Vec<Token>,
     /// `[identity.oidc]`, when configured.
@@ -153,8 +155,9 @@ pub(crate) struct ApprovalsConfig {
     pub(crate) timeout: Duration,
     /// Where requests live.
     pub(crate) store: ApprovalStoreConfig,
-    /// `[[approvals.notify]] webhook` URLs.
-    pub(crate) webhooks: Vec<String>,
+    /// `[[approvals.notify]]`: (name, webhook URL). The name (default `webhook-N`) is what
+    /// logs and `/metrics` show; the URL may hold a secret and is never shown.
+    pub(crate) webhooks: Vec<(String, String)>,
 }
 
 impl Default for ApprovalsConfig {
@@ -387,7 +390,11 @@ impl Config {
 
     /// The name → digest map that session revocation compares against.
     pub(crate) fn token_digests(&self) -> TokenDigests {
-        TokenDigests::new(self.tokens.iter().map(|t| (t.name.clone(), t.digest)))
+        TokenDigests::with_groups(
+            self.tokens
+                .iter()
+                .map(|t| (t.name.clone(), t.digest, t.entry.groups().to_vec())),
+        )
     }
 
     /// `ok: N listener(s), M token(s)`.
@@ -633,6 +640,7 @@ struct RawApprovals {
 #[serde(deny_unknown_fields)]
 struct RawNotify {
     webhook: Text,
+    name: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -646,6 +654,7 @@ struct RawGateway {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Text,
+    metrics_token: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -995,6 +1004,11 @@ impl Resolver<'_> {
             drain_timeout,
             session_threads,
             admin,
+            metrics_token: raw
+                .admin
+                .as_ref()
+                .and_then(|a| a.metrics_token)
+                .unwrap_or(false),
             tokens,
             oidc,
             postgres,
@@ -1311,15 +1325,31 @@ impl Resolver<'_> {
                 }
             }
         };
-        let mut webhooks = Vec::new();
-        for n in &a.notify {
+        let mut webhooks: Vec<(String, String)> = Vec::new();
+        for (i, n) in a.notify.iter().enumerate() {
+            let name = match &n.name {
+                Some(name) => self.text("[[approvals.notify]] name", name),
+                None => Some(format!("webhook-{}", i + 1)),
+            };
+            if let (Some(name), Some(span)) = (&name, n.name.as_ref().map(|t| t.span()))
+                && (name.is_empty() || webhooks.iter().any(|(n, _)| n == name))
+            {
+                self.at(
+                    span,
+                    format!("[[approvals.notify]] name: \"{name}\" is empty or names another webhook too"),
+                );
+            }
             if let Some(url) = self.text("[[approvals.notify]] webhook", &n.webhook) {
                 if url.starts_with("http://") || url.starts_with("https://") {
-                    webhooks.push(url);
+                    webhooks.push((name.unwrap_or_default(), url));
                 } else {
+                    // The URL may hold a secret: the error names its scheme and host only.
                     self.at(
                         n.webhook.span(),
-                        format!("[[approvals.notify]] webhook: \"{url}\" is not an http:// or https:// URL"),
+                        format!(
+                            "[[approvals.notify]] webhook: \"{}\" is not an http:// or https:// URL",
+                            portcullis_approval::origin(&url)
+                        ),
                     );
                 }
             }
@@ -2752,7 +2782,13 @@ listen = "127.0.0.1:6432"
                 table: "portcullis_approvals".into()
             }
         );
-        assert_eq!(config.approvals.webhooks, ["https://hooks.example.com/x"]);
+        assert_eq!(
+            config.approvals.webhooks,
+            [(
+                "webhook-1".to_owned(),
+                "https://hooks.example.com/x".to_owned()
+            )]
+        );
 
         let bad = minimal()
             + "[policy]\non_unparsed = \"maybe\"\n[[policy.rules]]\nname = \"a\"\nstatements = [\"delet\"]\naction = \"deny\"\n[[policy.rules]]\nname = \"a\"\naction = \"approve\"\n[[policy.rules]]\nname = \"c\"\naction = \"block\"\n\n[approvals]\nstore = \"redis://x\"\n[[approvals.notify]]\nwebhook = \"ftp://x\"\n";

@@ -15,6 +15,8 @@
 //! The check costs one atomic load per command while the configuration does not change.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
@@ -24,17 +26,35 @@ use portcullis_core::{
 };
 use tower::{Layer, Service};
 
-/// The static tokens of one configuration: name → SHA-256 of the token.
+/// The static tokens of one configuration: name → SHA-256 of the token and the groups it
+/// grants (sorted).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct TokenDigests(HashMap<String, [u8; 32]>);
+pub(crate) struct TokenDigests(HashMap<String, ([u8; 32], Vec<String>)>);
 
 impl TokenDigests {
-    /// From `(name, digest)` pairs.
+    /// From `(name, digest)` pairs, granting no groups.
+    #[cfg(test)]
     pub(crate) fn new(entries: impl IntoIterator<Item = (String, [u8; 32])>) -> Self {
-        TokenDigests(entries.into_iter().collect())
+        Self::with_groups(entries.into_iter().map(|(n, d)| (n, d, Vec::new())))
     }
 
-    fn get(&self, name: &str) -> Option<&[u8; 32]> {
+    /// From `(name, digest, groups)`.
+    pub(crate) fn with_groups(
+        entries: impl IntoIterator<Item = (String, [u8; 32], Vec<String>)>,
+    ) -> Self {
+        TokenDigests(
+            entries
+                .into_iter()
+                .map(|(name, digest, mut groups)| {
+                    groups.sort_unstable();
+                    groups.dedup();
+                    (name, (digest, groups))
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, name: &str) -> Option<&([u8; 32], Vec<String>)> {
         self.0.get(name)
     }
 }
@@ -48,6 +68,9 @@ struct Live {
     /// Bumped after every replacement, so sessions re-check only when something changed.
     generation: AtomicU64,
     digests: RwLock<Arc<TokenDigests>>,
+    /// Wakes commands waiting in the stack (for approval) after a replacement, so that a
+    /// revoked session's held statement is dropped (and its request withdrawn) at once.
+    replaced: Arc<tokio::sync::Notify>,
 }
 
 impl LiveTokens {
@@ -56,6 +79,7 @@ impl LiveTokens {
         *self.0.digests.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(digests);
         // After the write: a reader that sees the new generation also sees the new set.
         self.0.generation.fetch_add(1, Ordering::Release);
+        self.0.replaced.notify_waiters();
     }
 
     fn generation(&self) -> u64 {
@@ -74,8 +98,12 @@ impl LiveTokens {
 /// What a session was granted at login.
 #[derive(Debug)]
 enum Grant {
-    /// A static token: its name and digest.
-    Token { name: String, digest: [u8; 32] },
+    /// A static token: its name, digest and groups.
+    Token {
+        name: String,
+        digest: [u8; 32],
+        groups: Vec<String>,
+    },
     /// A static token whose name the authenticating configuration does not hold (cannot
     /// happen unless the two disagree): refused at the first command, failing closed.
     Unknown { name: String },
@@ -97,9 +125,10 @@ impl RevokeLayer {
         let identity = &session.identity;
         let grant = match identity.method {
             AuthMethod::StaticToken => match granted_by.get(&identity.subject) {
-                Some(digest) => Grant::Token {
+                Some((digest, groups)) => Grant::Token {
                     name: identity.subject.clone(),
                     digest: *digest,
+                    groups: groups.clone(),
                 },
                 None => Grant::Unknown {
                     name: identity.subject.clone(),
@@ -137,28 +166,39 @@ pub(crate) struct RevokeCheck<S> {
     checked: Option<u64>,
 }
 
+/// Why `grant` no longer holds under `live`'s token set, if it does not.
+fn revoked(grant: &Grant, live: &LiveTokens) -> Option<String> {
+    match grant {
+        Grant::Other => None,
+        Grant::Unknown { name } => Some(format!(
+            "token \"{name}\" is not in the gateway's configuration"
+        )),
+        Grant::Token {
+            name,
+            digest,
+            groups,
+        } => match live.current().get(name) {
+            Some((current, now)) if current == digest && now == groups => None,
+            Some((current, _)) if current == digest => Some(format!(
+                "token \"{name}\" now grants other groups; reconnect to take them"
+            )),
+            Some(_) => Some(format!(
+                "token \"{name}\" was replaced in the configuration"
+            )),
+            None => Some(format!(
+                "token \"{name}\" was removed from the configuration"
+            )),
+        },
+    }
+}
+
 impl<S> RevokeCheck<S> {
     fn check(&mut self) -> Result<(), Refusal> {
         let generation = self.live.generation();
         if self.checked == Some(generation) {
             return Ok(());
         }
-        let reason = match &*self.grant {
-            Grant::Other => None,
-            Grant::Unknown { name } => Some(format!(
-                "token \"{name}\" is not in the gateway's configuration"
-            )),
-            Grant::Token { name, digest } => match self.live.current().get(name) {
-                Some(current) if current == digest => None,
-                Some(_) => Some(format!(
-                    "token \"{name}\" was replaced in the configuration"
-                )),
-                None => Some(format!(
-                    "token \"{name}\" was removed from the configuration"
-                )),
-            },
-        };
-        match reason {
+        match revoked(&self.grant, &self.live) {
             None => {
                 self.checked = Some(generation);
                 Ok(())
@@ -175,7 +215,7 @@ where
 {
     type Response = Response<B>;
     type Error = Error;
-    type Future = Refusing<S::Future>;
+    type Future = Revocable<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
@@ -184,12 +224,87 @@ where
     fn call(&mut self, req: Request<C>) -> Self::Future {
         // Every kind but the session's events and goodbye, including kinds added later, is
         // checked.
-        if !req.command.kind().is_session_lifecycle()
-            && let Err(refusal) = self.check()
-        {
-            return Refusing::refuse_now(refusal);
+        if req.command.kind().is_session_lifecycle() || matches!(*self.grant, Grant::Other) {
+            return Revocable::unwatched(Refusing::pass(self.inner.call(req)));
         }
-        Refusing::pass(self.inner.call(req))
+        if let Err(refusal) = self.check() {
+            return Revocable::unwatched(Refusing::refuse_now(refusal));
+        }
+        Revocable {
+            inner: Refusing::pass(self.inner.call(req)),
+            watch: Some(Watch {
+                grant: self.grant.clone(),
+                live: self.live.clone(),
+                generation: self.checked.unwrap_or_default(),
+                replaced: None,
+            }),
+        }
+    }
+}
+
+/// What a command in the stack watches: a reload that revokes the session's grant.
+struct Watch {
+    grant: Arc<Grant>,
+    live: LiveTokens,
+    /// The generation last found to hold the grant.
+    generation: u64,
+    /// Wakes on the next replacement (made once the command first waits).
+    replaced: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
+}
+
+pin_project_lite::pin_project! {
+    /// A command in the stack, dropped (and refused with `Unauthenticated`) if a reload
+    /// revokes the session's token while it waits — a statement held for approval then never
+    /// runs, and its request is withdrawn.
+    pub(crate) struct Revocable<F> {
+        #[pin]
+        inner: Refusing<F>,
+        watch: Option<Watch>,
+    }
+}
+
+impl<F> Revocable<F> {
+    fn unwatched(inner: Refusing<F>) -> Self {
+        Revocable { inner, watch: None }
+    }
+}
+
+impl<F, B> Future for Revocable<F>
+where
+    F: Future<Output = Result<Response<B>, Error>>,
+{
+    type Output = Result<Response<B>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(out) = this.inner.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        let Some(watch) = this.watch.as_mut() else {
+            return Poll::Pending;
+        };
+        loop {
+            let replaced = watch.replaced.get_or_insert_with(|| {
+                let mut n = Box::pin(watch.live.0.replaced.clone().notified_owned());
+                // Registered before the generation is read: no replacement is missed.
+                n.as_mut().enable();
+                n
+            });
+            let now = watch.live.generation();
+            if now != watch.generation {
+                if let Some(reason) = revoked(&watch.grant, &watch.live) {
+                    *this.watch = None;
+                    this.inner
+                        .set(Refusing::refuse_now(Refusal::Unauthenticated { reason }));
+                    return this.inner.poll(cx);
+                }
+                watch.generation = now;
+            }
+            match replaced.as_mut().poll(cx) {
+                Poll::Ready(()) => watch.replaced = None,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

@@ -330,9 +330,9 @@ async fn start_approvals(
         ),
     };
     let mut layer = ApprovalLayer::new(store.clone(), config.timeout);
-    for url in &config.webhooks {
-        let webhook = WebhookNotifier::new(url.clone());
-        metrics.add_webhook(url, webhook.stats());
+    for (name, url) in &config.webhooks {
+        let webhook = WebhookNotifier::new(url.clone()).named(name.clone());
+        metrics.add_webhook(name, webhook.stats());
         layer = layer.with_notifier(Arc::new(webhook));
     }
     Ok((layer, store))
@@ -554,17 +554,19 @@ impl Gateway {
             old.stop.cancel();
             let _ = old.task.await;
         }
+        let admin_tokens = self.admin_tokens.clone();
+        let authenticate: Authenticator = Arc::new(move |token: &str| {
+            admin_tokens
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .verify_now(token)
+                .map_err(|e| e.to_string())
+        });
+        self.metrics
+            .set_metrics_auth(config.metrics_token.then(|| authenticate.clone()));
         if let Some((configured, socket)) = fresh_admin {
             let addr = socket.local_addr().unwrap_or(configured);
             let stop = CancellationToken::new();
-            let admin_tokens = self.admin_tokens.clone();
-            let authenticate: Authenticator = Arc::new(move |token: &str| {
-                admin_tokens
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .verify_now(token)
-                    .map_err(|e| e.to_string())
-            });
             let approvals = approval_routes(self.approvals.1.clone(), authenticate);
             let task = tokio::spawn(admin::serve(
                 socket,

@@ -522,10 +522,15 @@ fn check_claims(
             iat - now
         ));
     }
-    let subject = text("sub")
-        .or_else(|| text("client_id"))
-        .filter(|s| !s.is_empty())
-        .ok_or("the token has no sub claim")?;
+    // A `sub` that is not a string is refused, never replaced by another claim; only a
+    // token with no `sub` at all (OAuth client credentials) falls back to `client_id`.
+    let subject = match claims.get("sub") {
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => return Err("the token's sub claim is not a string".into()),
+        None => text("client_id"),
+    }
+    .filter(|s| !s.is_empty())
+    .ok_or("the token has no sub claim")?;
     let groups = match claim_at(claims, &c.groups_claim) {
         None => Vec::new(),
         Some(v) => strings(v)
@@ -546,7 +551,8 @@ fn check_claims(
         .map(str::to_owned);
     identity.issuer = Some(c.issuer.clone());
     identity.token_id = text("jti").map(str::to_owned);
-    identity.expires_at = u64::try_from(exp)
+    // One rule for login and for the session: the token holds until `exp` plus the leeway.
+    identity.expires_at = u64::try_from(exp.saturating_add(leeway))
         .ok()
         .map(|e| UNIX_EPOCH + Duration::from_secs(e));
     Ok(identity)
@@ -600,7 +606,41 @@ impl Discovery {
                 doc.issuer
             ));
         }
+        for (field, value) in [
+            ("jwks_uri", Some(&doc.jwks_uri)),
+            ("token_endpoint", doc.token_endpoint.as_ref()),
+            (
+                "device_authorization_endpoint",
+                doc.device_authorization_endpoint.as_ref(),
+            ),
+        ] {
+            if let Some(value) = value {
+                derived_url_allowed(issuer, value)
+                    .map_err(|why| format!("{url}: {field} {value:?} {why}"))?;
+            }
+        }
         Ok(doc)
+    }
+}
+
+/// Whether `url`, named by the discovery document of `issuer`, may be used: https always;
+/// plain http only when the issuer itself is plain http on loopback (a test provider) and
+/// `url` is on loopback too — keys fetched in clear for an https issuer would let anyone on
+/// the path sign tokens.
+fn derived_url_allowed(issuer: &str, url: &str) -> Result<(), String> {
+    let parsed: http::Uri = url.parse().map_err(|e| format!("is not a URL: {e}"))?;
+    let issuer_on_loopback_http = issuer
+        .parse::<http::Uri>()
+        .is_ok_and(|i| i.scheme_str() == Some("http") && is_loopback(i.host().unwrap_or_default()));
+    match parsed.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http")
+            if issuer_on_loopback_http && is_loopback(parsed.host().unwrap_or_default()) =>
+        {
+            Ok(())
+        }
+        Some("http") => Err("is plain http: every URL an https issuer names must be https".into()),
+        _ => Err("must be an https URL".into()),
     }
 }
 
@@ -681,6 +721,10 @@ mod tests {
         let mut no_sub = claims(good());
         no_sub.remove("sub");
         assert!(r(no_sub).contains("sub"));
+        // A sub that is not a string is refused, not replaced by client_id.
+        let mut odd_sub = with("sub", serde_json::json!(42));
+        odd_sub.insert("client_id".into(), "svc".into());
+        assert!(r(odd_sub).contains("sub claim is not a string"));
         let mut no_exp = claims(good());
         no_exp.remove("exp");
         assert!(r(no_exp).contains("exp"));
@@ -692,6 +736,16 @@ mod tests {
         let c = config();
         let ok = |m: Map<String, Value>| check_claims(&c, TokenKind::IdToken, &m, NOW).is_ok();
         assert!(ok(with("exp", (NOW - 29).into())));
+        // One rule for login and session: a token inside the leeway expires at exp + leeway.
+        let id =
+            check_claims(&c, TokenKind::IdToken, &with("exp", (NOW - 29).into()), NOW).unwrap();
+        let until = id
+            .expires_at
+            .unwrap()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(until, (NOW - 29 + 30) as u64);
         assert!(ok(with("nbf", (NOW + 29).into())));
         assert!(ok(with("aud", serde_json::json!(["x", "portcullis"]))));
         assert!(ok(with("exp", serde_json::json!(NOW as f64 + 0.5))));
@@ -717,6 +771,14 @@ mod tests {
         let mut c = config();
         c.issuer = "http://idp.example".into();
         assert!(c.validate().unwrap_err().contains("loopback"));
+        // URLs a discovery document names: https, or loopback http for a loopback-http issuer.
+        let ok = |issuer: &str, url: &str| super::derived_url_allowed(issuer, url).is_ok();
+        assert!(ok("https://idp.example", "https://keys.example/jwks"));
+        assert!(!ok("https://idp.example", "http://idp.example/jwks"));
+        assert!(!ok("https://127.0.0.1:8443", "http://127.0.0.1:8443/jwks"));
+        assert!(ok("http://127.0.0.1:8080", "http://127.0.0.1:8080/jwks"));
+        assert!(!ok("http://127.0.0.1:8080", "http://evil.example/jwks"));
+        assert!(!ok("https://idp.example", "file:///etc/keys"));
         c.issuer = "http://127.0.0.1:8080".into();
         assert!(c.validate().is_ok());
         c.audiences.clear();

@@ -45,6 +45,29 @@ impl TokenKind {
             TokenKind::IdToken
         }
     }
+
+    /// [`TokenKind::of`], refusing tokens of another type: a header `typ` other than none,
+    /// `JWT` or `at+jwt` (`logout+jwt`, `secevent+jwt`, `dpop+jwt`, …), or a `typ` claim
+    /// other than `ID` or `Bearer` (Keycloak's `Refresh`, `Logout`, `Offline`).
+    pub fn checked(header_typ: Option<&str>, claim_typ: Option<&str>) -> Result<TokenKind, String> {
+        if let Some(t) = header_typ {
+            let bare = t.trim_start_matches("application/");
+            if !(bare.eq_ignore_ascii_case("jwt") || bare.eq_ignore_ascii_case("at+jwt")) {
+                return Err(format!(
+                    "the token's type (header typ {t:?}) is neither an ID token nor an access token"
+                ));
+            }
+        }
+        if let Some(t) = claim_typ
+            && t != "ID"
+            && t != "Bearer"
+        {
+            return Err(format!(
+                "the token's type (typ claim {t:?}) is neither an ID token nor an access token"
+            ));
+        }
+        Ok(TokenKind::of(header_typ, claim_typ))
+    }
 }
 
 impl std::fmt::Display for TokenKind {
@@ -162,10 +185,10 @@ pub(crate) fn read(token: &str, limits: Limits) -> Result<Unverified<'_>, String
     })?;
     let claims: Map<String, Value> = serde_json::from_slice(&payload)
         .map_err(|e| format!("the token payload is not a JSON object: {e}"))?;
-    let kind = TokenKind::of(
+    let kind = TokenKind::checked(
         header.typ.as_deref(),
         claims.get("typ").and_then(Value::as_str),
-    );
+    )?;
     Ok(Unverified {
         signing_input,
         signature,
@@ -266,6 +289,29 @@ mod tests {
         assert_eq!(u.alg, Algorithm::RS256);
         assert_eq!(u.kid.as_deref(), Some("k1"));
         assert_eq!(u.kind, TokenKind::IdToken);
+        for (header, claim) in [
+            (Some("logout+jwt"), None),
+            (Some("secevent+jwt"), None),
+            (Some("application/dpop+jwt"), None),
+            (None, Some("Refresh")),
+            (None, Some("Logout")),
+        ] {
+            assert!(
+                TokenKind::checked(header, claim).is_err(),
+                "{header:?} {claim:?}"
+            );
+        }
+        for (header, claim) in [
+            (None, None),
+            (Some("JWT"), Some("ID")),
+            (Some("application/at+jwt"), None),
+            (Some("jwt"), Some("Bearer")),
+        ] {
+            assert!(
+                TokenKind::checked(header, claim).is_ok(),
+                "{header:?} {claim:?}"
+            );
+        }
         assert_eq!(u.signature, "c2ln");
         let at = token(
             serde_json::json!({"alg": "ES256", "typ": "at+jwt"}),

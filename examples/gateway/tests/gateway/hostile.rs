@@ -444,3 +444,201 @@ async fn a_session_ends_after_terminate_whatever_came_unsynced_before_it() {
         );
     }
 }
+
+/// Rules for the catalog case: dba may run code and DDL, dev only reads.
+const CATALOG_RULES: &str = r#"
+[policy]
+[[policy.rules]]
+name = "dba-code"
+groups = ["dba"]
+statements = ["dynamic", "ddl", "admin", "write"]
+action = "allow"
+[[policy.rules]]
+name = "dev-reads-only"
+groups = ["dev"]
+statements = ["write", "ddl", "admin"]
+action = "deny"
+"#;
+
+/// Whether a wire reply holds an error.
+fn refused(replies: &[portcullis_testkit::wire::BackendMsg]) -> bool {
+    replies.iter().any(|m| m.tag == b'E')
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_defined_volatile_functions_and_function_calls_are_judged_from_the_catalog() {
+    let cluster = cluster_with_victims().await;
+    let wipe = |name: &str, table: &str, volatility: &str| {
+        format!(
+            "create or replace function {name}() returns bigint language sql {volatility} as \
+             $$ with d as (delete from {table} returning 1) select count(*) from d $$"
+        )
+    };
+    direct(
+        &cluster,
+        "create table scratch (id int); insert into scratch values (1), (2);
+         create function f_count() returns bigint language sql stable as $$ select count(*) from victims $$",
+    );
+    direct(&cluster, &wipe("f_wipe_scratch", "scratch", "volatile"));
+    direct(&cluster, &wipe("f_wipe", "victims", "volatile"));
+    // The damage, directly: a SELECT of a user-defined volatile function deletes rows, and
+    // so does a FunctionCall of it by OID.
+    assert_eq!(direct(&cluster, "select f_wipe_scratch()"), "2");
+    direct(&cluster, "insert into scratch values (1), (2)");
+    let scratch_oid: u32 = direct(&cluster, "select 'f_wipe_scratch'::regproc::oid")
+        .parse()
+        .unwrap();
+    let mut d = direct_wire(&cluster);
+    d.send(&msg::function_call(scratch_oid, &[])).unwrap();
+    assert!(!refused(&d.until_ready().unwrap()));
+    assert_eq!(direct(&cluster, "select count(*) from scratch"), "0");
+
+    let dir = tempfile::tempdir().unwrap();
+    let trail = dir.path().join("trail.jsonl");
+    let extra = format!(
+        "{CATALOG_RULES}\n[[audit.sinks]]\nkind = \"jsonl\"\npath = \"{}\"\n",
+        trail.display()
+    );
+    let (_gateway, gw, _admin, _dir) = start(&cluster, &extra).await;
+    let alice = || PgWire::connect(gw, "alice", "app", ALICE).unwrap();
+    let victims = || direct(&cluster, "select count(*) from victims");
+
+    // Through the gateway, the reader's calls of it are `write`, however spelled or nested.
+    for sql in [
+        "select f_wipe()",
+        "select public.f_wipe()",
+        "select \"F_WIPE\"()",
+        "select n from (select f_wipe() as n) s",
+        "select 1 where f_wipe() > 0",
+    ] {
+        let replies = alice().simple(sql).unwrap();
+        if sql.contains("F_WIPE") {
+            // Quoted upper case names another function: none exists, so it is unknown.
+            assert!(refused(&replies), "{sql}: {replies:?}");
+            continue;
+        }
+        let e = replies
+            .iter()
+            .find(|m| m.tag == b'E')
+            .unwrap_or_else(|| panic!("{sql} was let through: {replies:?}"));
+        assert!(
+            e.field(b'M').unwrap_or_default().contains("dev-reads-only"),
+            "{sql}: {e:?}"
+        );
+        assert_eq!(victims(), "3", "{sql} deleted rows");
+    }
+    // A stable function and the server's own functions are reads, as directly.
+    let mut a = alice();
+    let replies = a
+        .simple("select f_count(), lower('A'), now() is not null")
+        .unwrap();
+    assert!(!refused(&replies), "{replies:?}");
+    let row = replies.iter().find(|m| m.tag == b'D').expect("a row");
+    assert!(String::from_utf8_lossy(&row.body).contains('3'), "{row:?}");
+    // A function that does not exist is not judged a read.
+    assert!(refused(&a.simple("select f_nowhere()").unwrap()));
+
+    // Replaced through the gateway (by a dba) with a volatile body that deletes: the
+    // reader's very next call is judged against the new definition.
+    let mut dana = PgWire::connect(gw, "dana", "app", DANA).unwrap();
+    let replies = dana
+        .simple(&wipe("f_count", "victims", "volatile"))
+        .unwrap();
+    assert!(!refused(&replies), "{replies:?}");
+    assert!(refused(&a.simple("select f_count()").unwrap()));
+    assert_eq!(victims(), "3", "the replaced function ran for a reader");
+
+    // FunctionCall messages are judged as the function their OID names.
+    let oid = |name: &str| -> u32 {
+        direct(&cluster, &format!("select '{name}'::regproc::oid"))
+            .parse()
+            .unwrap()
+    };
+    let mut a = alice();
+    a.send(&msg::function_call(oid("f_wipe"), &[])).unwrap();
+    assert!(refused(&a.until_ready().unwrap()));
+    assert_eq!(victims(), "3", "a FunctionCall of f_wipe ran");
+    // lo_unlink has side effects (write); pg_read_file is admin.
+    a.send(&msg::function_call(oid("lo_unlink"), &["1"]))
+        .unwrap();
+    assert!(refused(&a.until_ready().unwrap()));
+    a.send(&msg::function_call(2624, &["PG_VERSION"])).unwrap();
+    let replies = a.until_ready().unwrap();
+    let e = replies.iter().find(|m| m.tag == b'E').expect("refused");
+    assert!(
+        e.field(b'M').unwrap_or_default().contains("dev-reads-only"),
+        "{e:?}"
+    );
+    // A read-only function by OID works as directly: pg_backend_pid (2026).
+    a.send(&msg::function_call(2026, &[])).unwrap();
+    let replies = a.until_ready().unwrap();
+    assert!(replies.iter().any(|m| m.tag == b'V'), "{replies:?}");
+    assert!(!refused(&replies), "{replies:?}");
+
+    // The trail names each FunctionCall's function.
+    let text = std::fs::read_to_string(&trail).unwrap();
+    assert!(text.contains("public.f_wipe"), "{text}");
+}
+
+/// Issue 17, class 4: a table rule matches what the server reads — through views, views of
+/// views and materialized views, including one created through the gateway just before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_count_as_the_tables_they_read() {
+    let cluster = cluster_with_victims().await;
+    direct(
+        &cluster,
+        "create table secret_t (card text); insert into secret_t values ('4111111111111111');
+         create view v1 as select * from secret_t;
+         create view v2 as select card from v1;
+         create materialized view mv as select * from secret_t;
+         create schema other; create view other.fine as select 1 as one",
+    );
+    // Directly, each view hands out the protected table's rows.
+    for view in ["v1", "v2", "mv"] {
+        assert_eq!(
+            direct(&cluster, &format!("select card from {view}")),
+            "4111111111111111"
+        );
+    }
+    let rules = r#"
+[policy]
+[[policy.rules]]
+name = "no-secret"
+groups = ["dev"]
+tables = ["secret_t"]
+action = "deny"
+"#;
+    let (_gateway, gw, _admin, _dir) = start(&cluster, rules).await;
+    let alice = || PgWire::connect(gw, "alice", "app", ALICE).unwrap();
+    for sql in [
+        "select card from secret_t",
+        "select card from v1",
+        "select card from public.v2",
+        "select card from app.public.v2",
+        "select * from mv",
+        "select (select count(*) from v2) as n",
+    ] {
+        let replies = alice().simple(sql).unwrap();
+        let e = replies
+            .iter()
+            .find(|m| m.tag == b'E')
+            .unwrap_or_else(|| panic!("{sql} was let through: {replies:?}"));
+        assert!(
+            e.field(b'M').unwrap_or_default().contains("no-secret"),
+            "{sql}: {e:?}"
+        );
+    }
+    // Benign twins: a view over other tables, a table of its own.
+    for sql in ["select * from other.fine", "select count(*) from victims"] {
+        let replies = alice().simple(sql).unwrap();
+        assert!(!refused(&replies), "{sql}: {replies:?}");
+    }
+    // A view made through the gateway (by a dba) is judged at the reader's next command.
+    let mut dana = PgWire::connect(gw, "dana", "app", DANA).unwrap();
+    let replies = dana
+        .simple("create view v3 as select card from secret_t")
+        .unwrap();
+    assert!(!refused(&replies), "{replies:?}");
+    let replies = alice().simple("select card from v3").unwrap();
+    assert!(refused(&replies), "{replies:?}");
+}

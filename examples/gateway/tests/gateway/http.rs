@@ -1,7 +1,7 @@
 //! The `portcullis` binary in front of an HTTP API (the test kit's): identity, path rules,
 //! approvals, JSON masking as the body streams, and the audit trail — through curl.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use portcullis_identity::hash_token;
 use portcullis_testkit::{
@@ -195,6 +195,36 @@ async fn http_apis_get_identity_rules_approvals_json_masking_and_audit() {
     );
     assert_eq!(api.requests().len(), before);
 
+    // curl killed while its request waits: the request is withdrawn, and an approval after
+    // that sends nothing to the API (issue 20).
+    let before = api.requests().len();
+    let mut child = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-H"])
+        .arg(format!("Authorization: Bearer {ALICE}"))
+        .args([
+            "-X",
+            "POST",
+            "--data",
+            "{}",
+            &format!("{base}/admin/reindex"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let r = first_pending(&mut gateway, admin, DANA).await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    super::policy::until_withdrawn(&mut gateway, admin, &id).await;
+    let (code, out, err) = approvals(admin, DANA, &["approve", &id]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(
+        api.requests().len(),
+        before,
+        "the killed client's request reached the API"
+    );
+
     // An approval holds the request, then it completes.
     let b = base.clone();
     let waiting = std::thread::spawn(move || {
@@ -217,11 +247,15 @@ async fn http_apis_get_identity_rules_approvals_json_masking_and_audit() {
     let text = std::fs::read_to_string(&trail).unwrap();
     assert!(text.contains("\"protocol\":\"http\""), "{text}");
     assert!(text.contains("GET /v1/users"));
-    // Every response was read to its end: recorded `ok` (with the status as its tag), none
-    // `abandoned`.
+    // Every response was read to its end: recorded `ok` (with the status as its tag); the one
+    // request `abandoned` is the killed client's, whose approval was withdrawn.
     assert!(text.contains("\"status\":\"ok\""), "{text}");
     assert!(text.contains("\"tag\":\"200\""), "{text}");
-    assert!(!text.contains("\"status\":\"abandoned\""), "{text}");
+    assert_eq!(
+        text.matches("\"status\":\"abandoned\"").count(),
+        1,
+        "{text}"
+    );
     assert!(text.contains("no-index-delete"));
     assert!(
         !text.contains(PLANTED_EMAIL),

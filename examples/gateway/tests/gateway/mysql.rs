@@ -101,6 +101,11 @@ async fn start_with(
 
 /// The mariadb CLI through the gateway as `token`, running `sql`.
 fn mysql(gw: u16, token: &str, sql: &str) -> Output {
+    mysql_command(gw, token, sql).output().unwrap()
+}
+
+/// The `mariadb` client running `sql` through the gateway as alice.
+fn mysql_command(gw: u16, token: &str, sql: &str) -> Command {
     let mut cmd = Command::new("mariadb");
     cmd.args([
         "--no-defaults",
@@ -124,7 +129,8 @@ fn mysql(gw: u16, token: &str, sql: &str) -> Output {
             cmd.env_remove(k);
         }
     }
-    cmd.stdin(Stdio::null()).output().unwrap()
+    cmd.stdin(Stdio::null());
+    cmd
 }
 
 fn stdout(out: &Output) -> String {
@@ -360,6 +366,26 @@ path = "{}"
         stdout(&out)
     );
     assert!(!stdout(&out).contains(EMAIL), "{}", stdout(&out));
+
+    // The client killed while its UPDATE waits: the request is withdrawn, and an approval
+    // after that runs nothing (issue 20).
+    let mut child = mysql_command(gw, ALICE, "UPDATE victims SET name = 'killed'")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let r = first_pending(&mut gateway, admin, DANA).await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    super::policy::until_withdrawn(&mut gateway, admin, &id).await;
+    let (code, out, err) = approvals(admin, DANA, &["approve", &id]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(
+        db.sql("SELECT COUNT(*) FROM victims WHERE name = 'killed'")
+            .unwrap(),
+        "0"
+    );
 
     // Approvals: an UPDATE without WHERE waits (no notice channel in MySQL: the client just
     // waits) until a DBA approves, then completes.

@@ -485,6 +485,38 @@ async fn bad_tokens_are_refused_with_clear_reasons() {
         "expired",
     )
     .await;
+    // Issue 20: a token of another type, a sub that is not a string.
+    for typ in ["logout+jwt", "secevent+jwt"] {
+        let token = with_raw_header(
+            &idp,
+            "RS256",
+            &json!({"alg": "RS256", "kid": rs, "typ": typ}),
+        );
+        refused(gw, &token, "neither an ID token nor an access token", typ).await;
+    }
+    refused(
+        gw,
+        &signed_with(&idp, |c| c["typ"] = json!("Refresh")),
+        "neither an ID token nor an access token",
+        "typ claim Refresh",
+    )
+    .await;
+    refused(
+        gw,
+        &signed_with(&idp, |c| {
+            c["sub"] = json!(42);
+            c["client_id"] = json!("alice");
+        }),
+        "sub claim is not a string",
+        "numeric sub",
+    )
+    .await;
+    // Inside the leeway (30 s by default): accepted at login, and the session is not closed
+    // at once as expired — one rule for both.
+    let late = signed_with(&idp, |c| c["exp"] = json!(now() - 10));
+    let client = connect(gw, &late).await.unwrap();
+    client.query_one("select 1", &[]).await.unwrap();
+    client.query_one("select 2", &[]).await.unwrap();
     refused(
         gw,
         &signed_with(&idp, |c| c["nbf"] = json!(now() + 600)),
@@ -742,4 +774,197 @@ async fn provider_outages_never_let_an_unverified_token_in() {
         cluster.user()
     );
     drop(retrying);
+}
+
+/// Issue 20: an https issuer whose discovery document names a plain-http `jwks_uri`. The
+/// gateway refuses the provider at start, naming the downgrade, and never fetches keys in
+/// clear (the plain server sees no request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_never_fetched_in_clear_for_an_https_issuer() {
+    let cluster = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = portcullis_testkit::Certs::generate().unwrap();
+    let files = certs.write_to(dir.path()).unwrap();
+    let tls = portcullis_testkit::HttpUpstream::start_tls(&certs)
+        .await
+        .unwrap();
+    let plain = portcullis_testkit::HttpUpstream::start().await.unwrap();
+    let issuer = format!("https://127.0.0.1:{}/idp/{}", tls.port(), plain.port());
+    let (gw, admin) = (free_port(), free_port());
+    let text = super::config_text(gw, admin, &cluster, &[])
+        + &format!(
+            "\n[identity.oidc]\nissuer = \"{issuer}\"\naudiences = [\"{AUDIENCE}\"]\nca = \"{}\"\n",
+            files.ca.display()
+        );
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut gateway = Gateway::spawn(&path, dir.path(), cluster.password());
+    let status = gateway
+        .wait_exit(
+            Duration::from_secs(30),
+            "the gateway refuses a provider whose keys are served in clear",
+        )
+        .await;
+    assert!(!status.success());
+    let logs = gateway.logs();
+    assert!(
+        logs.contains("jwks_uri") && logs.contains("plain http"),
+        "{logs}"
+    );
+    assert!(
+        tls.requests()
+            .iter()
+            .any(|r| r.path.ends_with("openid-configuration")),
+        "the discovery document was not asked for"
+    );
+    assert!(
+        plain.requests().is_empty(),
+        "keys were fetched over plain http: {:?}",
+        plain.requests()
+    );
+}
+
+/// Issue 20: a static token named `alice` and an OIDC subject `alice` are two identities —
+/// for approval listings, self-approval and the one-identity-per-HTTP-connection check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_name_and_an_oidc_subject_are_different_identities() {
+    use std::io::{Read as _, Write as _};
+
+    let (idp, cluster) = tokio::join!(provider(), cluster());
+    let api = portcullis_testkit::HttpUpstream::start().await.unwrap();
+    let out = cluster
+        .psql("app")
+        .args([
+            "-c",
+            "create table held (id int); insert into held values (1), (2)",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, admin, http) = (free_port(), free_port(), free_port());
+    let static_alice = "static-alice-token-0123456789";
+    let text = super::config_text(gw, admin, &cluster, &[("alice", static_alice)])
+        + &format!(
+            r#"
+[identity.oidc]
+issuer = "{issuer}"
+audiences = ["{DEVICE_CLIENT}"]
+groups_claim = "realm_access.roles"
+
+[[http]]
+name = "api"
+listen = "127.0.0.1:{http}"
+allow_plaintext_tokens_on_loopback = true
+[http.upstream]
+url = "{url}"
+
+[policy]
+[[policy.rules]]
+name = "unbounded-deletes"
+statements = ["delete"]
+without_where = true
+action = "approve"
+approvers = ["dba"]
+
+[approvals]
+timeout = "2m"
+"#,
+            issuer = idp.issuer(),
+            url = api.url(),
+        );
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut gateway = Gateway::started(&path, dir.path(), cluster.password(), admin).await;
+    let oidc_as = |sub: &str, roles: &[&str]| {
+        signed_with(&idp, |c| {
+            c["sub"] = json!(sub);
+            c["realm_access"] = json!({ "roles": roles });
+        })
+    };
+    let oidc_alice = oidc_as("alice", &["analysts"]);
+    let oidc_dba = oidc_as("dana", &["dba"]);
+
+    // Static alice's DELETE waits for approval.
+    let mut child = cluster
+        .psql("app")
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", gw.to_string())
+        .env("PGUSER", "alice")
+        .env("PGPASSWORD", static_alice)
+        .env("PGSSLMODE", "disable")
+        .args(["-c", "delete from held"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pending = super::policy::first_pending(&mut gateway, admin, &oidc_dba).await;
+    let id = pending["id"].as_str().unwrap().to_owned();
+    assert_eq!(pending["identity"]["method"], "static_token", "{pending}");
+    // OIDC alice does not see static alice's request as hers.
+    let (code, out, err) = super::policy::approvals(admin, &oidc_alice, &["list", "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        !out.contains(&id),
+        "OIDC alice listed static alice's request: {out}"
+    );
+    let (status, body) = super::http_get_as(admin, &format!("/approvals/{id}"), Some(&oidc_alice))
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{body}");
+    // OIDC alice in the approver group is another identity: her approval counts.
+    let oidc_alice_dba = oidc_as("alice", &["dba"]);
+    let (code, out, err) = super::policy::approvals(admin, &oidc_alice_dba, &["approve", &id]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+
+    // One identity per HTTP connection: static alice, then OIDC alice on the same
+    // connection, is refused.
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let get = |token: &str| {
+        format!("GET /v1/users HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n")
+    };
+    let read_response = |tcp: &mut std::net::TcpStream| -> String {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = tcp.read(&mut chunk).unwrap();
+            assert!(
+                n > 0,
+                "the connection closed: {}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return text.into_owned();
+                }
+            }
+        }
+    };
+    tcp.write_all(get(static_alice).as_bytes()).unwrap();
+    let first = read_response(&mut tcp);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    tcp.write_all(get(&oidc_alice).as_bytes()).unwrap();
+    let second = read_response(&mut tcp);
+    assert!(second.starts_with("HTTP/1.1 401"), "{second}");
+    assert!(second.contains("one identity"), "{second}");
 }

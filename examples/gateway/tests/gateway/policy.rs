@@ -681,3 +681,159 @@ async fn approvals_time_out_and_replicas_share_a_postgres_store() {
         "approved"
     );
 }
+
+/// Issue 20: psql killed (SIGKILL) while its DELETE waits for approval. The gateway notices
+/// the socket closing during the wait (it does not wait for a next read), withdraws the
+/// request, and an approval that comes after changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_while_its_statement_waits_withdraws_the_request() {
+    let cluster = cluster_with_victims().await;
+    let extra = format!("{APPROVAL_RULES}\n[approvals]\ntimeout = \"2m\"\n");
+    let (mut gateway, gw, admin, _dir) = start(&cluster, &extra).await;
+    let mut child = psql(&cluster, gw, "alice", ALICE)
+        .args(["-c", "delete from victims"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pending = first_pending(&mut gateway, admin, DANA).await;
+    let id = pending["id"].as_str().unwrap().to_owned();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let took = until_withdrawn(&mut gateway, admin, &id).await;
+    eprintln!("withdrawn {took:?} after the kill");
+    let (code, out, err) = approvals(admin, DANA, &["approve", &id]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("withdrawn"), "{err}");
+    assert_eq!(direct(&cluster, "select count(*) from victims"), "3");
+}
+
+/// Issue 20: a statement held for approval when a reload changes its token's groups (same
+/// digest) is dropped at the reload — request withdrawn, session closed — and an approval
+/// after the reload runs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_revokes_the_requesters_token_withdraws_the_held_statement() {
+    let cluster = cluster_with_victims().await;
+    let extra = format!("{APPROVAL_RULES}\n[approvals]\ntimeout = \"2m\"\n");
+    let (mut gateway, gw, admin, dir) = start(&cluster, &extra).await;
+    let child = psql(&cluster, gw, "alice", ALICE)
+        .args(["-c", "delete from victims"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pending = first_pending(&mut gateway, admin, DANA).await;
+    let id = pending["id"].as_str().unwrap().to_owned();
+    // Same token, other groups.
+    let path = dir.path().join("portcullis.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let changed = text.replacen("groups = [\"dev\"]", "groups = [\"dev\", \"ops\"]", 1);
+    assert_ne!(text, changed);
+    std::fs::write(&path, changed).unwrap();
+    gateway.signal("HUP");
+    super::wait_for(&mut gateway, "the reload", || async {
+        super::metric(admin, "portcullis_config_reloads_total{result=\"success\"}").await == Some(1)
+    })
+    .await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("now grants other groups"), "{stderr}");
+    until_withdrawn(&mut gateway, admin, &id).await;
+    let (code, out, err) = approvals(admin, DANA, &["approve", &id]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(direct(&cluster, "select count(*) from victims"), "3");
+}
+
+/// Wait (10 s at most) until request `id` is withdrawn; how long that took.
+pub(super) async fn until_withdrawn(gateway: &mut Gateway, admin: u16, id: &str) -> Duration {
+    let since = Instant::now();
+    loop {
+        let all = listed(admin, DANA, true);
+        let state = all
+            .iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["state"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        if state == "withdrawn" {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "request {id} still {state} after {:?}\n{}",
+            since.elapsed(),
+            gateway.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 20: no configured webhook secret appears in `/metrics` or a log line, and with
+/// `[admin] metrics_token = true` `/metrics` needs a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_secrets_never_reach_metrics_or_logs_and_metrics_can_need_a_token() {
+    let cluster = cluster_with_victims().await;
+    let dead = free_port();
+    let secrets = ["s3cretpw", "T0SECRET", "hooksecret", "qsecret"];
+    let extra = format!(
+        "{APPROVAL_RULES}\n[approvals]\ntimeout = \"1s\"\n\
+         [[approvals.notify]]\nwebhook = \"http://user:s3cretpw@127.0.0.1:{dead}/T0SECRET/hooksecret?token=qsecret\"\n\
+         [[approvals.notify]]\nname = \"slack\"\nwebhook = \"http://127.0.0.1:{dead}/services/hooksecret\"\n"
+    );
+    let (mut gateway, gw, admin, dir) = start(&cluster, &extra).await;
+    // A held statement: both webhooks are tried, fail (nothing listens) and are counted.
+    let out = psql(&cluster, gw, "alice", ALICE)
+        .args(["-c", "delete from victims"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    super::wait_for(&mut gateway, "the failed deliveries", || async {
+        super::metric(
+            admin,
+            "portcullis_approval_webhook_failed_attempts_total{webhook=\"slack\"}",
+        )
+        .await
+        .is_some_and(|n| n > 0)
+    })
+    .await;
+    let (status, body) = super::http_get(admin, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("portcullis_approval_webhooks_delivered_total{webhook=\"webhook-1\"} 0"),
+        "{body}"
+    );
+    let logs = gateway.logs();
+    assert!(logs.contains("webhook failed"), "{logs}");
+    for secret in secrets {
+        assert!(!body.contains(secret), "{secret} in /metrics:\n{body}");
+        assert!(!logs.contains(secret), "{secret} in the logs:\n{logs}");
+    }
+
+    // metrics_token = true, applied on reload: 401 without a token, 200 with any identity's.
+    let path = dir.path().join("portcullis.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let with_token = text.replacen("[admin]\n", "[admin]\nmetrics_token = true\n", 1);
+    assert_ne!(text, with_token);
+    std::fs::write(&path, with_token).unwrap();
+    gateway.signal("HUP");
+    super::wait_for(&mut gateway, "the reload", || async {
+        super::http_get(admin, "/metrics")
+            .await
+            .is_ok_and(|(status, _)| status == 401)
+    })
+    .await;
+    let (status, body) = super::http_get_as(admin, "/metrics", Some("not-a-token"))
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = super::http_get_as(admin, "/metrics", Some(ALICE))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("portcullis_sessions_total"), "{body}");
+    let (status, _) = super::http_get(admin, "/healthz").await.unwrap();
+    assert_eq!(status, 200);
+}

@@ -1,0 +1,91 @@
+//! What the database's catalog says where a statement's text alone cannot tell: whether a
+//! called function is the server's own or user-defined and whether it is volatile (may
+//! change data), which function a PostgreSQL `FunctionCall` message's OID names, and which
+//! tables a view reads. A protocol server that can ask its database sets
+//! [`Session::catalog`](crate::Session::catalog); policy layers read the cached answers
+//! synchronously and ask for a lookup ([`SchemaCatalog::look_up`]) when one is missing.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// One function as the catalog describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionFacts {
+    /// Its schema.
+    pub schema: String,
+    /// Its name.
+    pub name: String,
+    /// Created in the database (PostgreSQL: OID ≥ 16384), not the server's own.
+    pub user_defined: bool,
+    /// Declared volatile (PostgreSQL `provolatile = 'v'`): it may change data. A function
+    /// declared stable or immutable cannot (the server refuses data-changing statements in
+    /// it).
+    pub volatile: bool,
+}
+
+/// One relation (table, view, …) as the catalog describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelationFacts {
+    /// Its schema.
+    pub schema: String,
+    /// Its name.
+    pub name: String,
+    /// Every relation it reads, through views and materialized views, recursively
+    /// (`schema.name`); empty for a table.
+    pub reads: Vec<String>,
+}
+
+/// What a command names that the cache does not answer yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogLookup {
+    /// Function names as the parser gives them (`f`, `schema.f`), folded as the server
+    /// folds them.
+    pub names: Vec<String>,
+    /// PostgreSQL `FunctionCall` OIDs.
+    pub oids: Vec<u32>,
+    /// Relation names as the parser gives them (`t`, `schema.t`, `db.schema.t`).
+    pub relations: Vec<String>,
+}
+
+impl CatalogLookup {
+    /// Nothing to look up.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.oids.is_empty() && self.relations.is_empty()
+    }
+}
+
+/// A lookup in flight: `Err` says why the catalog could not answer.
+pub type LookupFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A cache of the database's function catalog, filled on demand.
+pub trait SchemaCatalog: Send + Sync {
+    /// Every function a call of `name` (`f`, or `schema.f`) may resolve to, in any schema
+    /// (an unqualified name may resolve to any schema on the session's `search_path`, and
+    /// argument types choose between overloads across schemas); empty when there is none.
+    /// `None` when the cache does not know (never asked, or the answer is too old).
+    fn functions(&self, name: &str) -> Option<Arc<[FunctionFacts]>>;
+
+    /// The function with OID `oid`: `Some(None)` when there is none, `None` when the cache
+    /// does not know.
+    fn function(&self, oid: u32) -> Option<Option<FunctionFacts>>;
+
+    /// Every relation a name (`t`, `schema.t`) may resolve to, in any schema (unqualified:
+    /// whatever the `search_path`); empty when there is none. `None` when the cache does
+    /// not know.
+    fn relations(&self, name: &str) -> Option<Arc<[RelationFacts]>>;
+
+    /// Ask the database for what `missing` names, so that [`SchemaCatalog::functions`],
+    /// [`SchemaCatalog::function`] and [`SchemaCatalog::relations`] answer for them.
+    fn look_up(&self, missing: CatalogLookup) -> LookupFuture;
+
+    /// Forget every answer (a command that may have created, replaced or dropped functions
+    /// or views was let through).
+    fn forget(&self);
+}
+
+impl std::fmt::Debug for dyn SchemaCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaCatalog").finish_non_exhaustive()
+    }
+}
