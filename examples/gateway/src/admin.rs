@@ -448,17 +448,51 @@ async fn render_metrics(
 }
 
 /// Serve the admin routes on `listener` until `stop` fires.
+///
+/// Each connection is HTTP/1.1 with half-closed reads allowed: a client that pipelines
+/// several requests and then shuts its side down gets every answer (a server that closes
+/// at the read's end drops the requests still in its buffer). At `stop`, connections finish
+/// the request in hand (2 s at most) and close.
 pub(crate) async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     approvals: Router,
     stop: CancellationToken,
 ) {
-    let served = axum::serve(listener, router(metrics).merge(approvals))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
-    if let Err(e) = served {
-        warn!(error = %e, "the admin server failed");
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let app = router(metrics).merge(approvals);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .half_close(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(30));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    warn!(error = %e, "the admin listener could not accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(std::time::Duration::from_secs(2), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("admin connections still open at shutdown were closed");
     }
 }
 

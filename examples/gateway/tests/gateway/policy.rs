@@ -836,4 +836,34 @@ async fn webhook_secrets_never_reach_metrics_or_logs_and_metrics_can_need_a_toke
     assert!(body.contains("portcullis_sessions_total"), "{body}");
     let (status, _) = super::http_get(admin, "/healthz").await.unwrap();
     assert_eq!(status, 200);
+
+    // The admin listener answers every request pipelined on one connection (here three, the
+    // last an approvals call refused 401), also when the client half-closes after them.
+    for half_close in [false, true] {
+        let answers = tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Write as _};
+            let mut tcp = std::net::TcpStream::connect(("127.0.0.1", admin)).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let metrics = format!(
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n\r\n"
+            );
+            let pipelined = format!(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n{metrics}GET /approvals HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\nConnection: close\r\n\r\n"
+            );
+            tcp.write_all(pipelined.as_bytes()).unwrap();
+            if half_close {
+                tcp.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            let mut all = Vec::new();
+            let _ = tcp.read_to_end(&mut all);
+            String::from_utf8_lossy(&all).into_owned()
+        })
+        .await
+        .unwrap();
+        let statuses: Vec<&str> = answers
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| &answers[i + 9..i + 12])
+            .collect();
+        assert_eq!(statuses, ["200", "200", "401"], "{answers}");
+    }
 }
