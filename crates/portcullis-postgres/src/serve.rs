@@ -710,6 +710,8 @@ where
             metrics: metrics.clone(),
             end: None,
             notices: session.notices.take_receiver(),
+            client_eof: false,
+            call_cancelled: false,
             watchdog: Watchdog::new(),
             stalls: StallReport::new(
                 metrics.clone(),
@@ -978,6 +980,10 @@ struct Driver<S: Service<Request<PgCommand>>, B> {
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Notices layers send the client outside any reply (an approval wait).
     notices: Option<tokio::sync::mpsc::Receiver<portcullis_core::ClientNotice>>,
+    /// The client's side of the connection ended (read while a unit was in the stack).
+    client_eof: bool,
+    /// The unit in the stack was cancelled because the client is gone.
+    call_cancelled: bool,
     /// The stall detector (`portcullis_core::stall`).
     watchdog: Watchdog,
     /// Where stalls are reported.
@@ -1274,29 +1280,30 @@ where
 
             // While a unit is in the stack (an approval wait, a catalog lookup) the client is
             // not read for its next unit; watch it anyway, so that a client that goes away is
-            // noticed at once and what waits for it is dropped (an approval request is
-            // withdrawn, nothing of the unit runs). What it sends meanwhile is kept, up to a
-            // bound, for when the unit is done.
-            if self.call.is_some() && self.end.is_none() && self.rbuf.len() < WATCH_BUFFER {
-                if self.rbuf.capacity() - self.rbuf.len() < 4096 {
-                    self.rbuf.reserve(16 * 1024);
-                }
-                match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.rbuf) {
-                    Poll::Ready(Ok(0)) => {
-                        self.end = Some(
-                            "the client closed the connection while its command was in the gateway"
-                                .into(),
-                        );
-                        self.closing = true;
-                        continue;
+            // noticed at once: what waits for it is cancelled as by a Ctrl-C (an approval
+            // request is withdrawn and its statement never runs). What it sent before going
+            // is still run, in order, as the database itself would (it reads a closed
+            // connection's last messages before it ends the session); each later unit that
+            // waits is cancelled the same way. What the client sends meanwhile is kept, up to
+            // a bound, for when the unit is done.
+            if self.call.is_some() && self.end.is_none() {
+                if self.client_eof {
+                    if !self.call_cancelled {
+                        self.call_cancelled = true;
+                        self.session.cancel.fire();
                     }
-                    Poll::Ready(Ok(_)) => progress = true,
-                    Poll::Ready(Err(e)) => {
-                        self.end = Some(format!("client read failed: {e}"));
-                        self.closing = true;
-                        continue;
+                } else if self.rbuf.len() < WATCH_BUFFER {
+                    if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                        self.rbuf.reserve(16 * 1024);
                     }
-                    Poll::Pending => {}
+                    match poll_read_buf(Pin::new(&mut self.client), cx, &mut self.rbuf) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                            self.client_eof = true;
+                            progress = true;
+                        }
+                        Poll::Ready(Ok(_)) => progress = true,
+                        Poll::Pending => {}
+                    }
                 }
             }
 
@@ -1504,6 +1511,7 @@ where
             req = req.with_upload(rx);
         }
         self.call = Some((Box::pin(self.service.call(req)), expects_ready, ledger));
+        self.call_cancelled = false;
         if terminate {
             self.terminated = true;
             self.end = Some("the client terminated the session".into());
