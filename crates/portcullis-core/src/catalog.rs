@@ -22,6 +22,11 @@ pub struct FunctionFacts {
     /// declared stable or immutable cannot (the server refuses data-changing statements in
     /// it).
     pub volatile: bool,
+    /// Its language (`sql`, `plpgsql`, `internal`, `c`, …).
+    pub language: String,
+    /// The source of a user-defined function's body (PostgreSQL `prosrc`, or the whole
+    /// definition for a SQL-standard body); `None` for the server's own functions.
+    pub body: Option<Arc<str>>,
 }
 
 /// One relation (table, view, …) as the catalog describes it.

@@ -269,6 +269,11 @@ impl Classifier {
         }
     }
 
+    /// Whether calls of `name` (bare) are classified `admin`.
+    pub fn is_dangerous(&self, name: &str) -> bool {
+        self.dangerous.contains(name)
+    }
+
     /// Classify every statement of `sql` (a query string may hold several, separated by
     /// `;`). An empty string gives no statements.
     pub fn classify(&self, sql: &str) -> Result<Vec<Classified>, Unparsed> {

@@ -137,7 +137,7 @@ fn judge(
             let call = match (catalog, command.function_oid()) {
                 (Some(catalog), Some(oid)) => match catalog.function(oid) {
                     None if missing.is_some() => {
-                        if let Some(m) = missing {
+                        if let Some(m) = missing.as_deref_mut() {
                             m.oids.push(oid);
                         }
                         return Judgement::default();
@@ -158,6 +158,11 @@ fn judge(
                 );
                 call.finish()
             });
+            // What its body does counts too (a user-defined function).
+            let call = with_catalog(policy, &call, catalog, missing.as_deref_mut()).unwrap_or(call);
+            if missing.as_ref().is_some_and(|m| !m.is_empty()) {
+                return Judgement::default();
+            }
             return policy.judge_classified(&session.identity, &call);
         }
         _ => return Judgement::default(),
@@ -253,7 +258,7 @@ fn judge(
                 seen = Some(mine);
             }
             let s = seen.as_ref().unwrap_or(s);
-            let looked = with_catalog(s, catalog, missing.as_deref_mut());
+            let looked = with_catalog(policy, s, catalog, missing.as_deref_mut());
             let s = looked.as_ref().unwrap_or(s);
             let expanded = policy
                 .names_tables()
@@ -336,54 +341,169 @@ fn with_relations(
     Some(expanded)
 }
 
-/// `s` with what the session's function catalog says of the functions it calls, when that
-/// changes it: a call that may resolve to a user-defined volatile function, or to no
-/// function the catalog knows, is at least `write` (the server's own functions are judged
-/// by the tables in [`crate::classify`]). A name the cache cannot answer is put in
-/// `missing` when given, else judged as unknown. Without a catalog, `s` as it is.
+/// Most catalog lookups for one command (each may find more to look up).
+const MAX_LOOKUP_ROUNDS: usize = 4;
+
+/// How deep calls from function bodies into other user-defined functions are followed.
+const MAX_BODY_DEPTH: usize = 4;
+
+/// `s` with what the session's catalog says of the functions it calls, when that changes it.
+/// A call that may resolve to a user-defined volatile function, or to no function the
+/// catalog knows, is at least `write` (the server's own functions are judged by the tables
+/// in [`crate::classify`]). A user-defined function's body counts as part of the statement:
+/// a SQL body's statements are classified (their kinds, classes, tables and calls, followed
+/// into the functions they call), another language's body is read for its words
+/// ([`scan_body`]). A name the cache cannot answer is put in `missing` when given, else
+/// judged as unknown. Without a catalog, `s` as it is.
 fn with_catalog(
+    policy: &Policy,
     s: &Classified,
     catalog: Option<&dyn SchemaCatalog>,
     mut missing: Option<&mut CatalogLookup>,
 ) -> Option<Classified> {
     let catalog = catalog?;
-    // The catalog can only make a statement `write`: one already that (or more), or calling
-    // no function, needs no lookup.
-    if s.functions.is_empty() || s.class >= Class::Write {
+    if s.functions.is_empty() {
         return None;
     }
-    let mut why = None;
-    for name in &s.functions {
-        match catalog.functions(name) {
-            None => match missing.as_deref_mut() {
-                Some(m) => m.names.push(name.clone()),
-                None => {
-                    why.get_or_insert_with(|| {
-                        format!("function {name} could not be looked up in the catalog")
-                    });
+    let mut out: Option<Classified> = None;
+    let raise = |out: &mut Option<Classified>, class: Class, why: String| {
+        out.get_or_insert_with(|| s.clone()).raise(class, why);
+    };
+    let mut queue: Vec<(String, usize)> = s.functions.iter().map(|n| (n.clone(), 0)).collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some((name, depth)) = queue.pop() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let found = match catalog.functions(&name) {
+            Some(found) => found,
+            None => {
+                match missing.as_deref_mut() {
+                    Some(m) => m.names.push(name),
+                    None => raise(
+                        &mut out,
+                        Class::Write,
+                        format!("function {name} could not be looked up in the catalog"),
+                    ),
                 }
-            },
-            Some(found) if found.is_empty() => {
-                why.get_or_insert_with(|| {
-                    format!("function {name} is not in the database's catalog")
-                });
+                continue;
             }
-            Some(found) => {
-                if let Some(f) = found.iter().find(|f| f.user_defined && f.volatile) {
-                    why.get_or_insert_with(|| {
-                        format!(
-                            "function {name} may resolve to {}.{}, user-defined and volatile: it may change data",
-                            f.schema, f.name
-                        )
-                    });
-                }
+        };
+        if found.is_empty() {
+            raise(
+                &mut out,
+                Class::Write,
+                format!("function {name} is not in the database's catalog"),
+            );
+            continue;
+        }
+        for f in found.iter().filter(|f| f.user_defined) {
+            if f.volatile {
+                raise(
+                    &mut out,
+                    Class::Write,
+                    format!(
+                        "function {name} may resolve to {}.{}, user-defined and volatile: it may change data",
+                        f.schema, f.name
+                    ),
+                );
+            }
+            let Some(body) = body_effects(policy, f) else {
+                continue;
+            };
+            let merged = out.get_or_insert_with(|| s.clone());
+            for class in &body.classes {
+                merged.raise(
+                    *class,
+                    format!("function {}.{}'s body: {}", f.schema, f.name, body.reason),
+                );
+            }
+            merged.kinds.extend(body.kinds.iter().cloned());
+            merged.tables.extend(body.tables.iter().cloned());
+            merged.functions.extend(body.functions.iter().cloned());
+            merged.without_where |= body.without_where;
+            if depth < MAX_BODY_DEPTH {
+                queue.extend(body.functions.iter().map(|n| (n.clone(), depth + 1)));
             }
         }
     }
-    let why = why?;
-    let mut raised = s.clone();
-    raised.raise(Class::Write, why);
-    Some(raised.finish())
+    out.map(Classified::finish)
+}
+
+/// What running user-defined function `f` may do, from its body: a SQL body's statements
+/// classified together; another language's (PL/pgSQL, …), or SQL the parser cannot read, by
+/// its words ([`scan_body`]).
+fn body_effects(policy: &Policy, f: &portcullis_core::FunctionFacts) -> Option<Classified> {
+    let body = f.body.as_deref()?;
+    if f.language == "sql"
+        && let Ok(list) = policy.classify_in(Dialect::Postgres, body).as_ref()
+    {
+        let mut all = Classified::reading(String::new());
+        for c in list {
+            for class in &c.classes {
+                all.raise(*class, c.reason.clone());
+            }
+            all.kinds.extend(c.kinds.iter().cloned());
+            all.tables.extend(c.tables.iter().cloned());
+            all.functions.extend(c.functions.iter().cloned());
+            all.without_where |= c.without_where;
+        }
+        return Some(all.finish());
+    }
+    Some(scan_body(policy, body))
+}
+
+/// Words in a function body that say what it may do, when the body cannot be parsed as SQL
+/// (PL/pgSQL and other languages): (word, kind, class). `execute` is dynamic SQL, which the
+/// gateway cannot see: kind `dynamic` takes the strictest verdict unless a rule allows it.
+/// The words are read anywhere (a comment or a string too): this can only make a function
+/// stricter than it is.
+const BODY_WORDS: &[(&str, &str, Class)] = &[
+    ("drop", "drop", Class::Ddl),
+    ("truncate", "truncate", Class::Write),
+    ("delete", "delete", Class::Write),
+    ("update", "update", Class::Write),
+    ("insert", "insert", Class::Write),
+    ("merge", "merge", Class::Write),
+    ("alter", "alter", Class::Ddl),
+    ("create", "create", Class::Ddl),
+    ("grant", "grant", Class::Ddl),
+    ("revoke", "grant", Class::Ddl),
+    ("copy", "copy", Class::Admin),
+    ("lock", "lock", Class::Write),
+    ("notify", "notify", Class::Write),
+    ("call", "call", Class::Admin),
+    ("execute", "dynamic", Class::Admin),
+];
+
+/// A body read by its words ([`BODY_WORDS`], the dangerous and side-effect functions).
+fn scan_body(policy: &Policy, body: &str) -> Classified {
+    let mut found = Classified::reading(String::new());
+    let words = body
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty());
+    for word in words {
+        let word = word.to_ascii_lowercase();
+        if let Some((_, kind, class)) = BODY_WORDS.iter().find(|(w, ..)| *w == word) {
+            found.kind(kind, *class, &format!("it says {word}"));
+        }
+        if policy.dangerous_function(&word) {
+            found.kind(
+                &format!("function:{word}"),
+                Class::Admin,
+                &format!("it calls {word}"),
+            );
+            found.functions.insert(word.clone());
+        } else if crate::classify::SIDE_EFFECT_FUNCTIONS.contains(&word.as_str()) {
+            found.kind(
+                &format!("function:{word}"),
+                Class::Write,
+                &format!("it calls {word}"),
+            );
+            found.functions.insert(word);
+        }
+    }
+    found.finish()
 }
 
 /// Whether running `s` may change a setting that changes how later SQL is read: a `SET`, any
@@ -489,14 +609,31 @@ where
         let prepared = self.prepared.clone();
         let approvals = self.approvals;
         Guarding::later(Box::pin(async move {
-            if let Err(e) = catalog.look_up(missing).await {
-                let refusal = Refusal::Blocked {
-                    rule: "catalog".into(),
-                    message: format!(
-                        "the gateway could not look up the functions the command calls in the database's catalog, so cannot judge it: {e}"
-                    ),
-                };
-                return Refusing::refuse(&mut inner, req, refusal).await;
+            // Each round's answers may name more to look up (a function body calling
+            // another function): a few rounds, then what is still unknown is judged so.
+            let mut missing = missing;
+            for _ in 0..MAX_LOOKUP_ROUNDS {
+                if let Err(e) = catalog.look_up(missing).await {
+                    let refusal = Refusal::Blocked {
+                        rule: "catalog".into(),
+                        message: format!(
+                            "the gateway could not look up what the command calls or reads in the database's catalog, so cannot judge it: {e}"
+                        ),
+                    };
+                    return Refusing::refuse(&mut inner, req, refusal).await;
+                }
+                let mut more = CatalogLookup::default();
+                let judgement = judge(
+                    &policy,
+                    &req.session,
+                    &req.command,
+                    &prepared,
+                    Some(&mut more),
+                );
+                if more.is_empty() {
+                    return enforce(&mut inner, req, judgement, approvals).await;
+                }
+                missing = more;
             }
             let judgement = judge(&policy, &req.session, &req.command, &prepared, None);
             enforce(&mut inner, req, judgement, approvals).await
@@ -790,6 +927,8 @@ mod tests {
             name: name.into(),
             user_defined,
             volatile,
+            language: if user_defined { "sql" } else { "internal" }.into(),
+            body: None,
         }
     }
 
@@ -835,6 +974,7 @@ mod tests {
             &prepared,
             Some(&mut missing),
         );
+        missing.names.sort();
         assert_eq!(missing.names, ["f_wipe", "lower"]);
         let mut missing = CatalogLookup::default();
         judge(&policy, &s, &Call(964), &prepared, Some(&mut missing));
@@ -868,6 +1008,80 @@ mod tests {
             Some("reads-only"),
             "an unknown OID is admin"
         );
+        // Bodies: a stable SQL function reading a table, a PL/pgSQL function running dynamic
+        // SQL, a SQL function that drops and calls another that deletes without WHERE.
+        let body = |name: &str, language: &str, volatile: bool, body: &str| {
+            let mut f = facts("public", name, true, volatile);
+            f.language = language.into();
+            f.body = Some(body.into());
+            f
+        };
+        let policy = Policy::new(vec![
+            Rule::new("no-drop", Action::Deny).statements(["drop"]),
+            Rule::new("no-secret", Action::Deny).tables(["secret_t"]),
+            Rule::new("no-files", Action::Deny).functions(["pg_read_file"]),
+            Rule::new("unbounded", Action::Deny)
+                .statements(["delete"])
+                .without_where(true),
+        ])
+        .unwrap();
+        let catalog = std::sync::Arc::new(FakeCatalog {
+            db: vec![
+                (
+                    16500,
+                    body("f_peek", "sql", false, "select card from secret_t"),
+                ),
+                (
+                    16501,
+                    body(
+                        "f_exec",
+                        "plpgsql",
+                        true,
+                        "begin execute 'dr' || 'op table t'; end",
+                    ),
+                ),
+                (
+                    16502,
+                    body(
+                        "f_drop",
+                        "sql",
+                        true,
+                        "drop table victims; select f_wipe2()",
+                    ),
+                ),
+                (16503, body("f_wipe2", "sql", true, "delete from victims")),
+                (
+                    16504,
+                    body(
+                        "f_file",
+                        "plpgsql",
+                        false,
+                        "begin return pg_read_file('x'); end",
+                    ),
+                ),
+                (
+                    16505,
+                    body("f_fine", "plpgsql", false, "begin return 1; end"),
+                ),
+            ],
+            ..FakeCatalog::default()
+        });
+        let mut s = session(Protocol::Postgres, &[]);
+        s.catalog = Some(catalog.clone());
+        drop(catalog.look_up(CatalogLookup::default()));
+        let sql = |text: &'static str| judge(&policy, &s, &Sql(text), &prepared, None);
+        assert_eq!(rule(&sql("select f_peek()")), Some("no-secret"));
+        assert_eq!(
+            rule(&sql("select f_exec()")),
+            Some(crate::rules::DYNAMIC_SQL_RULE)
+        );
+        assert_eq!(rule(&sql("select f_drop()")), Some("no-drop"));
+        assert_eq!(rule(&sql("select f_wipe2()")), Some("unbounded"));
+        assert_eq!(rule(&sql("select f_file()")), Some("no-files"));
+        let call = |oid| judge(&policy, &s, &Call(oid), &prepared, None);
+        assert_eq!(rule(&call(16504)), Some("no-files"));
+        assert_eq!(sql("select f_fine()").verdict, Verdict::Allow);
+
         // Views: a table rule matches the tables a view reads.
         let policy = Policy::new(vec![
             Rule::new("protected", Action::Deny).tables(["protected"]),

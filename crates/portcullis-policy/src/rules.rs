@@ -527,6 +527,11 @@ impl Policy {
         })
     }
 
+    /// Whether the classifier takes calls of `name` (bare) as `admin`.
+    pub fn dangerous_function(&self, name: &str) -> bool {
+        self.inner.classifier.is_dangerous(name)
+    }
+
     /// Whether some rule names tables.
     pub fn names_tables(&self) -> bool {
         self.inner.names_tables

@@ -458,9 +458,14 @@ impl Functions {
             .collect::<Vec<_>>()
             .join(",");
         let sql = format!(
-            "select p.oid, n.nspname, p.proname, p.provolatile \
+            "select p.oid, n.nspname, p.proname, p.provolatile, l.lanname, \
+               case when p.oid >= {FIRST_NORMAL_OID} then \
+                 case when p.prosrc <> '' then p.prosrc \
+                 else pg_catalog.pg_get_functiondef(p.oid) end \
+               end \
              from pg_catalog.pg_proc p \
              join pg_catalog.pg_namespace n on n.oid = p.pronamespace \
+             join pg_catalog.pg_language l on l.oid = p.prolang \
              where p.proname::text = any(array[{name_list}]::text[]) \
              or p.oid = any('{{{oid_list}}}'::oid[])"
         );
@@ -479,11 +484,17 @@ impl Functions {
             .filter(|f| f.tag() == b'D')
             .filter_map(|f| f.row_values())
         {
+            let body: Option<Arc<str>> = values
+                .get(5)
+                .copied()
+                .flatten()
+                .map(|b| Arc::from(String::from_utf8_lossy(b).as_ref()));
             let row: Vec<String> = values
                 .into_iter()
+                .take(5)
                 .map(|v| String::from_utf8_lossy(v.unwrap_or_default()).into_owned())
                 .collect();
-            let [oid, schema, name, volatility] = row.as_slice() else {
+            let [oid, schema, name, volatility, language] = row.as_slice() else {
                 continue;
             };
             let Ok(oid) = oid.parse::<u32>() else {
@@ -494,6 +505,8 @@ impl Functions {
                 name: name.clone(),
                 user_defined: oid >= FIRST_NORMAL_OID,
                 volatile: volatility == "v",
+                language: language.clone(),
+                body,
             };
             if let Some(slot) = by_oid.get_mut(&oid) {
                 *slot = Some(facts.clone());

@@ -642,3 +642,88 @@ action = "deny"
     let replies = alice().simple("select card from v3").unwrap();
     assert!(refused(&replies), "{replies:?}");
 }
+
+/// Issue 17, class 5: a function that already exists runs what its body says. Under a rule
+/// denying DROP and TRUNCATE (the shipped example's `no-drop`) a SQL function that drops, a
+/// PL/pgSQL function running dynamic SQL, one that truncates and one that reads a server
+/// file each do their damage directly, and none through the gateway; a harmless PL/pgSQL
+/// function works as directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_bodies_count_as_part_of_the_statement() {
+    let cluster = cluster_with_victims().await;
+    let define = |table: &str, suffix: &str| {
+        format!(
+            "create function f_drop{suffix}() returns int language sql as $$ drop table {table}; select 1 $$;
+             create function f_exec{suffix}(t text) returns int language plpgsql as $$ begin execute 'dr' || 'op table ' || t; return 1; end $$;
+             create function f_trunc{suffix}() returns int language sql as $$ truncate {table}; select 1 $$;"
+        )
+    };
+    direct(
+        &cluster,
+        &(define("scratch_a", "_s")
+            + "create function f_read() returns text language plpgsql stable as $$ begin return pg_read_file('PG_VERSION'); end $$;
+               create function f_count() returns bigint language plpgsql stable as $$ begin return (select count(*) from victims); end $$;"),
+    );
+    direct(&cluster, &define("victims", ""));
+    // The damage, directly.
+    direct(
+        &cluster,
+        "create table scratch_a (id int); create table scratch_b (id int)",
+    );
+    direct(&cluster, "select f_drop_s()");
+    assert!(
+        !exists(&cluster, "scratch_a"),
+        "f_drop_s did no damage directly"
+    );
+    direct(&cluster, "select f_exec_s('scratch_b')");
+    assert!(
+        !exists(&cluster, "scratch_b"),
+        "f_exec_s did no damage directly"
+    );
+    direct(
+        &cluster,
+        "create table scratch_a (id int); insert into scratch_a values (1)",
+    );
+    direct(&cluster, "select f_trunc_s()");
+    assert_eq!(direct(&cluster, "select count(*) from scratch_a"), "0");
+    assert!(
+        !direct(&cluster, "select f_read()").is_empty(),
+        "no file read directly"
+    );
+
+    let rules = r#"
+[policy]
+[[policy.rules]]
+name = "no-drop"
+statements = ["drop", "truncate"]
+action = "deny"
+[[policy.rules]]
+name = "no-files"
+functions = ["pg_read_file"]
+action = "deny"
+"#;
+    let (_gateway, gw, _admin, _dir) = start(&cluster, rules).await;
+    let alice = || PgWire::connect(gw, "alice", "app", ALICE).unwrap();
+    for (sql, rule) in [
+        ("select f_drop()", "no-drop"),
+        ("select f_exec('victims')", "dynamic-sql"),
+        ("select f_trunc()", "no-drop"),
+        ("select f_read()", "no-files"),
+        ("select 1 from (select f_drop()) s", "no-drop"),
+    ] {
+        let replies = alice().simple(sql).unwrap();
+        let e = replies
+            .iter()
+            .find(|m| m.tag == b'E')
+            .unwrap_or_else(|| panic!("{sql} was let through: {replies:?}"));
+        assert!(
+            e.field(b'M').unwrap_or_default().contains(rule),
+            "{sql}: {e:?}"
+        );
+    }
+    assert!(exists(&cluster, "victims"), "victims was dropped");
+    assert_eq!(direct(&cluster, "select count(*) from victims"), "3");
+    // A harmless PL/pgSQL function: as directly.
+    let replies = alice().simple("select f_count()").unwrap();
+    assert!(!refused(&replies), "{replies:?}");
+}
