@@ -51,12 +51,17 @@ pub struct CatalogLookup {
     pub oids: Vec<u32>,
     /// Relation names as the parser gives them (`t`, `schema.t`, `db.schema.t`).
     pub relations: Vec<String>,
+    /// Operator names (`~~~`).
+    pub operators: Vec<String>,
 }
 
 impl CatalogLookup {
     /// Nothing to look up.
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty() && self.oids.is_empty() && self.relations.is_empty()
+        self.names.is_empty()
+            && self.oids.is_empty()
+            && self.relations.is_empty()
+            && self.operators.is_empty()
     }
 }
 
@@ -80,8 +85,14 @@ pub trait SchemaCatalog: Send + Sync {
     /// not know.
     fn relations(&self, name: &str) -> Option<Arc<[RelationFacts]>>;
 
+    /// The functions behind the user-defined operators named `op` (any schema, any operand
+    /// types); empty when there is none (the server's own operators are not listed: none is
+    /// bound to a dangerous function). `None` when the cache does not know.
+    fn operators(&self, op: &str) -> Option<Arc<[FunctionFacts]>>;
+
     /// Ask the database for what `missing` names, so that [`SchemaCatalog::functions`],
-    /// [`SchemaCatalog::function`] and [`SchemaCatalog::relations`] answer for them.
+    /// [`SchemaCatalog::function`], [`SchemaCatalog::relations`] and
+    /// [`SchemaCatalog::operators`] answer for them.
     fn look_up(&self, missing: CatalogLookup) -> LookupFuture;
 
     /// Forget every answer (a command that may have created, replaced or dropped functions

@@ -47,6 +47,9 @@ pub struct Classified {
     pub tables: BTreeSet<String>,
     /// Functions called (`schema.name` when qualified).
     pub functions: BTreeSet<String>,
+    /// Operators used (`=`, `~~~`; the name alone), which may be bound to user-defined
+    /// functions.
+    pub operators: BTreeSet<String>,
     /// An `UPDATE` or `DELETE` anywhere in the statement has no `WHERE`.
     pub without_where: bool,
     /// Why the class is what it is, for the strictest part (`function pg_read_file`,
@@ -73,6 +76,7 @@ impl Classified {
             kinds: BTreeSet::new(),
             tables: BTreeSet::new(),
             functions: BTreeSet::new(),
+            operators: BTreeSet::new(),
             without_where: false,
             reason: "reads only".into(),
             prepares: None,
@@ -548,6 +552,11 @@ impl Walk<'_> {
                     });
                 }
             }
+            "AExpr" => {
+                if let Some(op) = func_name_at(n, "name").last() {
+                    self.operators.insert((*op).to_owned());
+                }
+            }
             "FuncCall" => {
                 let parts = func_name(n);
                 let full = parts.join(".");
@@ -612,7 +621,12 @@ fn first_string_arg(call: &Value) -> Option<&str> {
 
 /// The parts of a `FuncCall` node's name (`["pg_catalog", "pg_read_file"]`).
 fn func_name(call: &Value) -> Vec<&str> {
-    call.get("funcname")
+    func_name_at(call, "funcname")
+}
+
+/// The parts of a qualified name held in `n[key]` (a list of `String` nodes).
+fn func_name_at<'a>(n: &'a Value, key: &str) -> Vec<&'a str> {
+    n.get(key)
         .and_then(Value::as_array)
         .map(|names| {
             names

@@ -362,7 +362,7 @@ fn with_catalog(
     mut missing: Option<&mut CatalogLookup>,
 ) -> Option<Classified> {
     let catalog = catalog?;
-    if s.functions.is_empty() {
+    if s.functions.is_empty() && s.operators.is_empty() {
         return None;
     }
     let mut out: Option<Classified> = None;
@@ -370,6 +370,44 @@ fn with_catalog(
         out.get_or_insert_with(|| s.clone()).raise(class, why);
     };
     let mut queue: Vec<(String, usize)> = s.functions.iter().map(|n| (n.clone(), 0)).collect();
+    // An operator is a call of the function behind it: a user-defined operator bound to
+    // `pg_read_file` reads files (`CREATE OPERATOR ~~~ (RIGHTARG = text, FUNCTION =
+    // pg_read_file)`, then `SELECT ~~~ 'PG_VERSION'`).
+    for op in &s.operators {
+        let Some(behind) = catalog.operators(op) else {
+            match missing.as_deref_mut() {
+                Some(m) => m.operators.push(op.clone()),
+                None => raise(
+                    &mut out,
+                    Class::Write,
+                    format!("operator {op} could not be looked up in the catalog"),
+                ),
+            }
+            continue;
+        };
+        for f in behind.iter() {
+            let merged = out.get_or_insert_with(|| s.clone());
+            let full = format!("{}.{}", f.schema, f.name);
+            merged.functions.insert(full.clone());
+            if policy.dangerous_function(&f.name) {
+                merged.kind(
+                    &format!("function:{}", f.name),
+                    Class::Admin,
+                    &format!("operator {op} calls {}", f.name),
+                );
+            } else if crate::classify::SIDE_EFFECT_FUNCTIONS.contains(&f.name.as_str()) {
+                merged.kind(
+                    &format!("function:{}", f.name),
+                    Class::Write,
+                    &format!("operator {op} calls {}, which has side effects", f.name),
+                );
+            }
+            if f.name == "pg_terminate_backend" || f.name == "pg_cancel_backend" {
+                merged.kinds.insert("signal_other_backend".into());
+            }
+            queue.push((full, 0));
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     while let Some((name, depth)) = queue.pop() {
         if !seen.insert(name.clone()) {
@@ -435,6 +473,10 @@ fn with_catalog(
 /// its words ([`scan_body`]).
 fn body_effects(policy: &Policy, f: &portcullis_core::FunctionFacts) -> Option<Classified> {
     let body = f.body.as_deref()?;
+    // A C or internal function's "body" is the name of its symbol, not code.
+    if f.language == "c" || f.language == "internal" {
+        return None;
+    }
     if f.language == "sql"
         && let Ok(list) = policy.classify_in(Dialect::Postgres, body).as_ref()
     {
@@ -858,6 +900,7 @@ mod tests {
     struct FakeCatalog {
         db: Vec<(u32, portcullis_core::FunctionFacts)>,
         views: Vec<portcullis_core::RelationFacts>,
+        ops: Vec<(String, portcullis_core::FunctionFacts)>,
         asked: std::sync::Mutex<bool>,
     }
 
@@ -904,6 +947,18 @@ mod tests {
                     .iter()
                     .filter(|r| r.name == bare && schema.is_none_or(|s| r.schema == s))
                     .cloned()
+                    .collect(),
+            )
+        }
+        fn operators(&self, op: &str) -> Option<std::sync::Arc<[portcullis_core::FunctionFacts]>> {
+            if !*self.asked.lock().unwrap() {
+                return None;
+            }
+            Some(
+                self.ops
+                    .iter()
+                    .filter(|(o, _)| o == op)
+                    .map(|(_, f)| f.clone())
                     .collect(),
             )
         }
@@ -1081,6 +1136,47 @@ mod tests {
         let call = |oid| judge(&policy, &s, &Call(oid), &prepared, None);
         assert_eq!(rule(&call(16504)), Some("no-files"));
         assert_eq!(sql("select f_fine()").verdict, Verdict::Allow);
+
+        // Operators: the function behind a user-defined operator counts as called.
+        let catalog = std::sync::Arc::new(FakeCatalog {
+            db: vec![
+                (2624, facts("pg_catalog", "pg_read_file", false, true)),
+                (
+                    2096,
+                    facts("pg_catalog", "pg_terminate_backend", false, true),
+                ),
+            ],
+            ops: vec![
+                (
+                    "~~~".into(),
+                    facts("pg_catalog", "pg_read_file", false, true),
+                ),
+                (
+                    "@@@".into(),
+                    facts("pg_catalog", "pg_terminate_backend", false, true),
+                ),
+            ],
+            ..FakeCatalog::default()
+        });
+        let mut s = session(Protocol::Postgres, &[]);
+        s.catalog = Some(catalog.clone());
+        let mut missing = CatalogLookup::default();
+        judge(
+            &policy,
+            &s,
+            &Sql("select ~~~ 'PG_VERSION'"),
+            &prepared,
+            Some(&mut missing),
+        );
+        assert_eq!(missing.operators, ["~~~"]);
+        drop(catalog.look_up(CatalogLookup::default()));
+        let sql = |text: &'static str| judge(&policy, &s, &Sql(text), &prepared, None);
+        assert_eq!(rule(&sql("select ~~~ 'PG_VERSION'")), Some("no-files"));
+        assert_eq!(
+            rule(&sql("select 1 @@@ 2")),
+            Some(crate::rules::OWN_BACKEND_RULE)
+        );
+        assert_eq!(sql("select 1 = 1").verdict, Verdict::Allow);
 
         // Views: a table rule matches the tables a view reads.
         let policy = Policy::new(vec![

@@ -33,13 +33,27 @@ type Fields = Arc<[String]>;
 const FIRST_NORMAL_OID: u32 = 16_384;
 
 /// Resolves table OIDs to names; shared by every session of a listener.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Catalog {
     inner: Arc<Inner>,
 }
 
+impl Default for Catalog {
+    /// A catalog whose side connections live on the current runtime, if any.
+    fn default() -> Self {
+        Catalog {
+            inner: Arc::new(Inner {
+                home: tokio::runtime::Handle::try_current().ok(),
+                ..Inner::default()
+            }),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
+    /// The runtime the side connections live on (see [`Catalog::side_run`]).
+    home: Option<tokio::runtime::Handle>,
     /// Database → table OID → attribute number → `schema.table.column`.
     names: Mutex<HashMap<String, HashMap<u32, Names>>>,
     /// Database → type OID → the sources of a row type's fields, in order (empty: not a
@@ -47,6 +61,10 @@ struct Inner {
     types: Mutex<HashMap<String, HashMap<u32, Fields>>>,
     /// Database → what the function catalog said, and when.
     functions: Mutex<HashMap<String, FunctionCache>>,
+    /// Catalog look-ups take turns: one that waited finds what the one before it brought
+    /// in and asks only for the rest (when cached answers expire, many sessions miss at once;
+    /// they must not queue one query each).
+    lookups: tokio::sync::Mutex<()>,
     /// Database → the side connection.
     side: tokio::sync::Mutex<HashMap<String, PgUpstream>>,
 }
@@ -60,12 +78,14 @@ struct FunctionCache {
     by_oid: HashMap<u32, (Instant, Option<FunctionFacts>)>,
     /// Bare relation name → every relation of that name, in any schema, with what it reads.
     by_relation: HashMap<String, (Instant, Arc<[RelationFacts]>)>,
+    /// Operator name → the functions behind the user-defined operators of that name.
+    by_operator: HashMap<String, (Instant, Arc<[FunctionFacts]>)>,
 }
 
 /// How long a function catalog answer is trusted: a function replaced outside the gateway
 /// is seen within this time (one replaced through the gateway at once: the guard forgets
 /// every answer when it lets DDL through).
-const FUNCTION_FACTS_FOR: Duration = Duration::from_secs(2);
+const FUNCTION_FACTS_FOR: Duration = Duration::from_secs(10);
 
 /// Most names or OIDs asked in one catalog query.
 const MAX_LOOKUP: usize = 256;
@@ -309,6 +329,12 @@ impl SchemaCatalog for Functions {
         (at.elapsed() <= FUNCTION_FACTS_FOR).then(|| facts.clone())
     }
 
+    fn operators(&self, op: &str) -> Option<Arc<[FunctionFacts]>> {
+        let cache = self.catalog.function_cache();
+        let (at, all) = cache.get(&self.database)?.by_operator.get(op)?;
+        (at.elapsed() <= FUNCTION_FACTS_FOR).then(|| all.clone())
+    }
+
     fn relations(&self, name: &str) -> Option<Arc<[RelationFacts]>> {
         let (schema, bare) = split_name(name);
         let cache = self.catalog.function_cache();
@@ -325,14 +351,18 @@ impl SchemaCatalog for Functions {
     fn look_up(&self, missing: CatalogLookup) -> LookupFuture {
         let this = self.clone();
         Box::pin(async move {
+            let catalog = this.catalog.clone();
+            let _turn = catalog.inner.lookups.lock().await;
             let mut names: Vec<String> = missing
                 .names
                 .iter()
+                .filter(|n| this.functions(n).is_none())
                 .map(|n| split_name(n).1.to_owned())
                 .collect();
             names.sort_unstable();
             names.dedup();
             let mut oids = missing.oids;
+            oids.retain(|&o| this.function(o).is_none());
             oids.sort_unstable();
             oids.dedup();
             while !names.is_empty() || !oids.is_empty() {
@@ -343,6 +373,7 @@ impl SchemaCatalog for Functions {
             let mut relations: Vec<String> = missing
                 .relations
                 .iter()
+                .filter(|n| this.relations(n).is_none())
                 .map(|n| split_name(n).1.to_owned())
                 .collect();
             relations.sort_unstable();
@@ -351,6 +382,15 @@ impl SchemaCatalog for Functions {
                 let these: Vec<String> =
                     relations.drain(..relations.len().min(MAX_LOOKUP)).collect();
                 this.look_up_relations(these).await?;
+            }
+            let mut operators = missing.operators;
+            operators.retain(|o| this.operators(o).is_none());
+            operators.sort_unstable();
+            operators.dedup();
+            while !operators.is_empty() {
+                let these: Vec<String> =
+                    operators.drain(..operators.len().min(MAX_LOOKUP)).collect();
+                this.look_up_operators(these).await?;
             }
             Ok(())
         })
@@ -362,6 +402,79 @@ impl SchemaCatalog for Functions {
 }
 
 impl Functions {
+    /// One catalog query for the user-defined operators named `ops` and the functions
+    /// behind them; every name asked is cached.
+    async fn look_up_operators(&self, ops: Vec<String>) -> Result<(), String> {
+        let op_list = ops
+            .iter()
+            .map(|n| sql_text(n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "select o.oprname, p.oid, n.nspname, p.proname, p.provolatile, l.lanname, \
+               case when p.oid >= {FIRST_NORMAL_OID} then \
+                 case when p.prosrc <> '' then p.prosrc \
+                 else pg_catalog.pg_get_functiondef(p.oid) end \
+               end \
+             from pg_catalog.pg_operator o \
+             join pg_catalog.pg_proc p on p.oid = o.oprcode \
+             join pg_catalog.pg_namespace n on n.oid = p.pronamespace \
+             join pg_catalog.pg_language l on l.oid = p.prolang \
+             where o.oid >= {FIRST_NORMAL_OID} \
+             and o.oprname::text = any(array[{op_list}]::text[])"
+        );
+        let mut buf = BytesMut::new();
+        FrontendMessage::Query { sql: sql.into() }.encode(&mut buf);
+        let frames = self
+            .catalog
+            .side_run(&self.config, self.max_message, &self.database, buf)
+            .await?;
+        let mut found: HashMap<String, Vec<FunctionFacts>> =
+            ops.into_iter().map(|o| (o, Vec::new())).collect();
+        for values in frames
+            .iter()
+            .filter(|f| f.tag() == b'D')
+            .filter_map(|f| f.row_values())
+        {
+            let body: Option<Arc<str>> = values
+                .get(6)
+                .copied()
+                .flatten()
+                .map(|b| Arc::from(String::from_utf8_lossy(b).as_ref()));
+            let row: Vec<String> = values
+                .into_iter()
+                .take(6)
+                .map(|v| String::from_utf8_lossy(v.unwrap_or_default()).into_owned())
+                .collect();
+            let [op, oid, schema, name, volatility, language] = row.as_slice() else {
+                continue;
+            };
+            let Ok(oid) = oid.parse::<u32>() else {
+                continue;
+            };
+            if let Some(list) = found.get_mut(op) {
+                list.push(FunctionFacts {
+                    schema: schema.clone(),
+                    name: name.clone(),
+                    user_defined: oid >= FIRST_NORMAL_OID,
+                    volatile: volatility == "v",
+                    language: language.clone(),
+                    body,
+                });
+            }
+        }
+        let now = Instant::now();
+        let mut cache = self.catalog.function_cache();
+        let db = cache.entry(self.database.clone()).or_default();
+        if db.by_operator.len() + found.len() > MAX_TABLES {
+            db.by_operator.clear();
+        }
+        for (op, list) in found {
+            db.by_operator.insert(op, (now, list.into()));
+        }
+        Ok(())
+    }
+
     /// One catalog query for the relations named `names` (bare), in every schema, and
     /// every relation each reads through views (recursively); every name asked is cached.
     async fn look_up_relations(&self, names: Vec<String>) -> Result<(), String> {
@@ -570,7 +683,37 @@ impl Catalog {
     /// Send `unit` (one command unit's bytes) on the side connection to `database` (opened
     /// on first use with the listener's upstream settings) and collect the reply's frames;
     /// an error reply is an error.
+    ///
+    /// The side connection lives on the runtime the catalog was made on (the listener's,
+    /// multi-threaded: its sockets are always driven), never on a session thread: a session
+    /// thread's single-threaded runtime drives its sockets only when that thread is free,
+    /// so a connection opened there and used from every other session thread would wait on
+    /// whatever that one thread was busy with.
     async fn side_run(
+        &self,
+        config: &UpstreamConfig,
+        max_message: usize,
+        database: &str,
+        unit: BytesMut,
+    ) -> Result<Vec<Frame>, String> {
+        let Some(home) = self.inner.home.clone() else {
+            return self
+                .side_run_here(config, max_message, database, unit)
+                .await;
+        };
+        let this = self.clone();
+        let config = config.clone();
+        let database = database.to_owned();
+        home.spawn(async move {
+            this.side_run_here(&config, max_message, &database, unit)
+                .await
+        })
+        .await
+        .map_err(|e| format!("the catalog query failed: {e}"))?
+    }
+
+    /// [`Catalog::side_run`] on the current runtime.
+    async fn side_run_here(
         &self,
         config: &UpstreamConfig,
         max_message: usize,

@@ -726,4 +726,67 @@ action = "deny"
     // A harmless PL/pgSQL function: as directly.
     let replies = alice().simple("select f_count()").unwrap();
     assert!(!refused(&replies), "{replies:?}");
+
+    // Operators bound to a file read and to pg_terminate_backend(int, bigint): the damage
+    // directly, none through the gateway.
+    direct(
+        &cluster,
+        "create operator ~~~ (rightarg = text, function = pg_read_file);
+         create operator @@@ (leftarg = int, rightarg = bigint, function = pg_terminate_backend)",
+    );
+    assert!(!direct(&cluster, "select ~~~ 'PG_VERSION'").is_empty());
+    // The child is handed back to the caller, which waits for it (or kills and waits).
+    #[allow(clippy::zombie_processes)]
+    let sleeper = || {
+        let mut child = cluster
+            .psql("app")
+            .args(["-c", "select pg_sleep(60)"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let pid = direct(
+                &cluster,
+                "select pid from pg_stat_activity where query = 'select pg_sleep(60)' limit 1",
+            );
+            if !pid.is_empty() {
+                return (child, pid);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the sleeper never started");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (mut first, pid) = sleeper();
+    assert_eq!(direct(&cluster, &format!("select {pid} @@@ 0")), "t");
+    assert!(
+        !first.wait().unwrap().success(),
+        "the sleeper was not ended directly"
+    );
+    let (mut second, pid) = sleeper();
+    for (sql, rule) in [
+        ("select ~~~ 'PG_VERSION'".to_owned(), "no-files"),
+        (format!("select {pid} @@@ 0"), "own-backend-only"),
+    ] {
+        let replies = alice().simple(&sql).unwrap();
+        let e = replies
+            .iter()
+            .find(|m| m.tag == b'E')
+            .unwrap_or_else(|| panic!("{sql} was let through: {replies:?}"));
+        assert!(
+            e.field(b'M').unwrap_or_default().contains(rule),
+            "{sql}: {e:?}"
+        );
+    }
+    assert!(
+        second.try_wait().unwrap().is_none(),
+        "the sleeper was ended"
+    );
+    let _ = second.kill();
+    let _ = second.wait();
 }
