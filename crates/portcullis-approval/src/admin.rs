@@ -63,23 +63,27 @@ impl IntoResponse for Problem {
 
 impl Api {
     fn caller(&self, headers: &HeaderMap) -> Result<Identity, Problem> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Problem(
-                    StatusCode::UNAUTHORIZED,
-                    "an `Authorization: Bearer <token>` header is required".into(),
-                )
-            })?;
+        let token = bearer_token(headers).ok_or_else(|| {
+            Problem(
+                StatusCode::UNAUTHORIZED,
+                "an `Authorization: Bearer <token>` header is required".into(),
+            )
+        })?;
         (self.authenticate)(token).map_err(|why| Problem(StatusCode::UNAUTHORIZED, why))
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if there is a non-empty one.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 fn store_problem(e: impl std::fmt::Display) -> Problem {

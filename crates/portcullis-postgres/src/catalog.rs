@@ -401,7 +401,58 @@ impl SchemaCatalog for Functions {
     }
 }
 
+/// The columns every function query selects (see [`function_facts`]): OID, schema, name,
+/// volatility, language, and a user-defined function's body (OID ≥ 16384,
+/// [`FIRST_NORMAL_OID`]).
+const FUNCTION_COLUMNS: &str = "p.oid, n.nspname, p.proname, p.provolatile, l.lanname, \
+     case when p.oid >= 16384 then \
+       case when p.prosrc <> '' then p.prosrc \
+       else pg_catalog.pg_get_functiondef(p.oid) end \
+     end";
+
+/// The joins [`FUNCTION_COLUMNS`] need, for `pg_proc p`.
+const FUNCTION_JOINS: &str = "join pg_catalog.pg_namespace n on n.oid = p.pronamespace \
+     join pg_catalog.pg_language l on l.oid = p.prolang";
+
+/// The values of every DataRow of `frames`.
+fn data_rows(frames: &[Frame]) -> impl Iterator<Item = Vec<Option<&[u8]>>> {
+    frames
+        .iter()
+        .filter(|f| f.tag() == b'D')
+        .filter_map(|f| f.row_values())
+}
+
+/// A function's OID and facts from the [`FUNCTION_COLUMNS`] of a row.
+fn function_facts(values: &[Option<&[u8]>]) -> Option<(u32, FunctionFacts)> {
+    let text = |i: usize| {
+        values
+            .get(i)
+            .copied()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    let oid = text(0)?.parse::<u32>().ok()?;
+    let facts = FunctionFacts {
+        schema: text(1)?,
+        name: text(2)?,
+        user_defined: oid >= FIRST_NORMAL_OID,
+        volatile: text(3)? == "v",
+        language: text(4)?,
+        body: text(5).map(Arc::from),
+    };
+    Some((oid, facts))
+}
+
 impl Functions {
+    /// Run `sql` on the side connection; the reply's frames.
+    async fn query(&self, sql: String) -> Result<Vec<Frame>, String> {
+        let mut buf = BytesMut::new();
+        FrontendMessage::Query { sql: sql.into() }.encode(&mut buf);
+        self.catalog
+            .side_run(&self.config, self.max_message, &self.database, buf)
+            .await
+    }
+
     /// One catalog query for the user-defined operators named `ops` and the functions
     /// behind them; every name asked is cached.
     async fn look_up_operators(&self, ops: Vec<String>) -> Result<(), String> {
@@ -411,56 +462,25 @@ impl Functions {
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
-            "select o.oprname, p.oid, n.nspname, p.proname, p.provolatile, l.lanname, \
-               case when p.oid >= {FIRST_NORMAL_OID} then \
-                 case when p.prosrc <> '' then p.prosrc \
-                 else pg_catalog.pg_get_functiondef(p.oid) end \
-               end \
-             from pg_catalog.pg_operator o \
-             join pg_catalog.pg_proc p on p.oid = o.oprcode \
-             join pg_catalog.pg_namespace n on n.oid = p.pronamespace \
-             join pg_catalog.pg_language l on l.oid = p.prolang \
+            "select o.oprname, {FUNCTION_COLUMNS} from pg_catalog.pg_operator o \
+             join pg_catalog.pg_proc p on p.oid = o.oprcode {FUNCTION_JOINS} \
              where o.oid >= {FIRST_NORMAL_OID} \
              and o.oprname::text = any(array[{op_list}]::text[])"
         );
-        let mut buf = BytesMut::new();
-        FrontendMessage::Query { sql: sql.into() }.encode(&mut buf);
-        let frames = self
-            .catalog
-            .side_run(&self.config, self.max_message, &self.database, buf)
-            .await?;
+        let frames = self.query(sql).await?;
         let mut found: HashMap<String, Vec<FunctionFacts>> =
             ops.into_iter().map(|o| (o, Vec::new())).collect();
-        for values in frames
-            .iter()
-            .filter(|f| f.tag() == b'D')
-            .filter_map(|f| f.row_values())
-        {
-            let body: Option<Arc<str>> = values
-                .get(6)
+        for values in data_rows(&frames) {
+            let op = values
+                .first()
                 .copied()
                 .flatten()
-                .map(|b| Arc::from(String::from_utf8_lossy(b).as_ref()));
-            let row: Vec<String> = values
-                .into_iter()
-                .take(6)
-                .map(|v| String::from_utf8_lossy(v.unwrap_or_default()).into_owned())
-                .collect();
-            let [op, oid, schema, name, volatility, language] = row.as_slice() else {
-                continue;
-            };
-            let Ok(oid) = oid.parse::<u32>() else {
-                continue;
-            };
-            if let Some(list) = found.get_mut(op) {
-                list.push(FunctionFacts {
-                    schema: schema.clone(),
-                    name: name.clone(),
-                    user_defined: oid >= FIRST_NORMAL_OID,
-                    volatile: volatility == "v",
-                    language: language.clone(),
-                    body,
-                });
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            if let (Some(list), Some((_, facts))) =
+                (found.get_mut(op.as_ref()), function_facts(&values[1..]))
+            {
+                list.push(facts);
             }
         }
         let now = Instant::now();
@@ -504,20 +524,11 @@ impl Functions {
              join pg_catalog.pg_class bc on bc.oid = reach.rel \
              join pg_catalog.pg_namespace bn on bn.oid = bc.relnamespace"
         );
-        let mut buf = BytesMut::new();
-        FrontendMessage::Query { sql: sql.into() }.encode(&mut buf);
-        let frames = self
-            .catalog
-            .side_run(&self.config, self.max_message, &self.database, buf)
-            .await?;
+        let frames = self.query(sql).await?;
         // Bare name → (schema, name) → what it reads.
         let mut found: HashMap<String, HashMap<(String, String), Vec<String>>> =
             names.into_iter().map(|n| (n, HashMap::new())).collect();
-        for values in frames
-            .iter()
-            .filter(|f| f.tag() == b'D')
-            .filter_map(|f| f.row_values())
-        {
+        for values in data_rows(&frames) {
             let row: Vec<String> = values
                 .into_iter()
                 .map(|v| String::from_utf8_lossy(v.unwrap_or_default()).into_owned())
@@ -571,60 +582,23 @@ impl Functions {
             .collect::<Vec<_>>()
             .join(",");
         let sql = format!(
-            "select p.oid, n.nspname, p.proname, p.provolatile, l.lanname, \
-               case when p.oid >= {FIRST_NORMAL_OID} then \
-                 case when p.prosrc <> '' then p.prosrc \
-                 else pg_catalog.pg_get_functiondef(p.oid) end \
-               end \
-             from pg_catalog.pg_proc p \
-             join pg_catalog.pg_namespace n on n.oid = p.pronamespace \
-             join pg_catalog.pg_language l on l.oid = p.prolang \
+            "select {FUNCTION_COLUMNS} from pg_catalog.pg_proc p {FUNCTION_JOINS} \
              where p.proname::text = any(array[{name_list}]::text[]) \
              or p.oid = any('{{{oid_list}}}'::oid[])"
         );
-        let mut buf = BytesMut::new();
-        FrontendMessage::Query { sql: sql.into() }.encode(&mut buf);
-        let frames = self
-            .catalog
-            .side_run(&self.config, self.max_message, &self.database, buf)
-            .await?;
+        let frames = self.query(sql).await?;
         let mut by_name: HashMap<String, Vec<FunctionFacts>> =
             names.into_iter().map(|n| (n, Vec::new())).collect();
         let mut by_oid: HashMap<u32, Option<FunctionFacts>> =
             oids.into_iter().map(|o| (o, None)).collect();
-        for values in frames
-            .iter()
-            .filter(|f| f.tag() == b'D')
-            .filter_map(|f| f.row_values())
-        {
-            let body: Option<Arc<str>> = values
-                .get(5)
-                .copied()
-                .flatten()
-                .map(|b| Arc::from(String::from_utf8_lossy(b).as_ref()));
-            let row: Vec<String> = values
-                .into_iter()
-                .take(5)
-                .map(|v| String::from_utf8_lossy(v.unwrap_or_default()).into_owned())
-                .collect();
-            let [oid, schema, name, volatility, language] = row.as_slice() else {
+        for values in data_rows(&frames) {
+            let Some((oid, facts)) = function_facts(&values) else {
                 continue;
-            };
-            let Ok(oid) = oid.parse::<u32>() else {
-                continue;
-            };
-            let facts = FunctionFacts {
-                schema: schema.clone(),
-                name: name.clone(),
-                user_defined: oid >= FIRST_NORMAL_OID,
-                volatile: volatility == "v",
-                language: language.clone(),
-                body,
             };
             if let Some(slot) = by_oid.get_mut(&oid) {
                 *slot = Some(facts.clone());
             }
-            if let Some(list) = by_name.get_mut(name) {
+            if let Some(list) = by_name.get_mut(&facts.name) {
                 list.push(facts);
             }
         }

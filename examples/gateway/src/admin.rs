@@ -415,16 +415,7 @@ async fn render_metrics(
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     if let Some(MetricsAuth(authenticate)) = auth {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
-        let refused = match token {
+        let refused = match portcullis_approval::admin::bearer_token(&headers) {
             None => Some("an `Authorization: Bearer <token>` header is required ([admin] metrics_token = true)\n".to_owned()),
             Some(t) => authenticate(t).err().map(|why| format!("{why}\n")),
         };

@@ -465,6 +465,18 @@ fn refused(replies: &[portcullis_testkit::wire::BackendMsg]) -> bool {
     replies.iter().any(|m| m.tag == b'E')
 }
 
+/// `replies` (to `sql`) hold an error naming `rule`.
+fn refused_by(replies: &[portcullis_testkit::wire::BackendMsg], sql: &str, rule: &str) {
+    let e = replies
+        .iter()
+        .find(|m| m.tag == b'E')
+        .unwrap_or_else(|| panic!("{sql} was let through: {replies:?}"));
+    assert!(
+        e.field(b'M').unwrap_or_default().contains(rule),
+        "{sql}: {e:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_defined_volatile_functions_and_function_calls_are_judged_from_the_catalog() {
     let cluster = cluster_with_victims().await;
@@ -517,14 +529,7 @@ async fn user_defined_volatile_functions_and_function_calls_are_judged_from_the_
             assert!(refused(&replies), "{sql}: {replies:?}");
             continue;
         }
-        let e = replies
-            .iter()
-            .find(|m| m.tag == b'E')
-            .unwrap_or_else(|| panic!("{sql} was let through: {replies:?}"));
-        assert!(
-            e.field(b'M').unwrap_or_default().contains("dev-reads-only"),
-            "{sql}: {e:?}"
-        );
+        refused_by(&replies, sql, "dev-reads-only");
         assert_eq!(victims(), "3", "{sql} deleted rows");
     }
     // A stable function and the server's own functions are reads, as directly.
@@ -619,14 +624,7 @@ action = "deny"
         "select (select count(*) from v2) as n",
     ] {
         let replies = alice().simple(sql).unwrap();
-        let e = replies
-            .iter()
-            .find(|m| m.tag == b'E')
-            .unwrap_or_else(|| panic!("{sql} was let through: {replies:?}"));
-        assert!(
-            e.field(b'M').unwrap_or_default().contains("no-secret"),
-            "{sql}: {e:?}"
-        );
+        refused_by(&replies, sql, "no-secret");
     }
     // Benign twins: a view over other tables, a table of its own.
     for sql in ["select * from other.fine", "select count(*) from victims"] {
@@ -712,14 +710,7 @@ action = "deny"
         ("select 1 from (select f_drop()) s", "no-drop"),
     ] {
         let replies = alice().simple(sql).unwrap();
-        let e = replies
-            .iter()
-            .find(|m| m.tag == b'E')
-            .unwrap_or_else(|| panic!("{sql} was let through: {replies:?}"));
-        assert!(
-            e.field(b'M').unwrap_or_default().contains(rule),
-            "{sql}: {e:?}"
-        );
+        refused_by(&replies, sql, rule);
     }
     assert!(exists(&cluster, "victims"), "victims was dropped");
     assert_eq!(direct(&cluster, "select count(*) from victims"), "3");
@@ -774,14 +765,7 @@ action = "deny"
         (format!("select {pid} @@@ 0"), "own-backend-only"),
     ] {
         let replies = alice().simple(&sql).unwrap();
-        let e = replies
-            .iter()
-            .find(|m| m.tag == b'E')
-            .unwrap_or_else(|| panic!("{sql} was let through: {replies:?}"));
-        assert!(
-            e.field(b'M').unwrap_or_default().contains(rule),
-            "{sql}: {e:?}"
-        );
+        refused_by(&replies, &sql, rule);
     }
     assert!(
         second.try_wait().unwrap().is_none(),

@@ -369,18 +369,12 @@ path = "{}"
 
     // The client killed while its UPDATE waits: the request is withdrawn, and an approval
     // after that runs nothing (issue 20).
-    let mut child = mysql_command(gw, ALICE, "UPDATE victims SET name = 'killed'")
+    let child = mysql_command(gw, ALICE, "UPDATE victims SET name = 'killed'")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let r = first_pending(&mut gateway, admin, DANA).await;
-    let id = r["id"].as_str().unwrap().to_owned();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    super::policy::until_withdrawn(&mut gateway, admin, &id).await;
-    let (code, out, err) = approvals(admin, DANA, &["approve", &id]);
-    assert_eq!(code, Some(1), "{out}{err}");
+    super::policy::killed_while_held(&mut gateway, admin, child).await;
     assert_eq!(
         db.sql("SELECT COUNT(*) FROM victims WHERE name = 'killed'")
             .unwrap(),

@@ -690,21 +690,14 @@ async fn a_client_killed_while_its_statement_waits_withdraws_the_request() {
     let cluster = cluster_with_victims().await;
     let extra = format!("{APPROVAL_RULES}\n[approvals]\ntimeout = \"2m\"\n");
     let (mut gateway, gw, admin, _dir) = start(&cluster, &extra).await;
-    let mut child = psql(&cluster, gw, "alice", ALICE)
+    let child = psql(&cluster, gw, "alice", ALICE)
         .args(["-c", "delete from victims"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let pending = first_pending(&mut gateway, admin, DANA).await;
-    let id = pending["id"].as_str().unwrap().to_owned();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let took = until_withdrawn(&mut gateway, admin, &id).await;
+    let took = killed_while_held(&mut gateway, admin, child).await;
     eprintln!("withdrawn {took:?} after the kill");
-    let (code, out, err) = approvals(admin, DANA, &["approve", &id]);
-    assert_eq!(code, Some(1), "{out}{err}");
-    assert!(err.contains("withdrawn"), "{err}");
     assert_eq!(direct(&cluster, "select count(*) from victims"), "3");
 }
 
@@ -748,8 +741,27 @@ async fn a_reload_that_revokes_the_requesters_token_withdraws_the_held_statement
     assert_eq!(direct(&cluster, "select count(*) from victims"), "3");
 }
 
+/// `child`'s statement is held for approval: kill the client (SIGKILL), wait until its
+/// request is withdrawn, check that an approval after that is refused. How long the
+/// withdrawal took.
+pub(super) async fn killed_while_held(
+    gateway: &mut Gateway,
+    admin: u16,
+    mut child: std::process::Child,
+) -> Duration {
+    let pending = first_pending(gateway, admin, DANA).await;
+    let id = pending["id"].as_str().unwrap().to_owned();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let took = until_withdrawn(gateway, admin, &id).await;
+    let (code, out, err) = approvals(admin, DANA, &["approve", &id]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("withdrawn"), "{err}");
+    took
+}
+
 /// Wait (10 s at most) until request `id` is withdrawn; how long that took.
-pub(super) async fn until_withdrawn(gateway: &mut Gateway, admin: u16, id: &str) -> Duration {
+async fn until_withdrawn(gateway: &mut Gateway, admin: u16, id: &str) -> Duration {
     let since = Instant::now();
     loop {
         let all = listed(admin, DANA, true);
