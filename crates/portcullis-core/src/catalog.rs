@@ -39,6 +39,10 @@ pub struct RelationFacts {
     /// Every relation it reads, through views and materialized views, recursively
     /// (`schema.name`); empty for a table.
     pub reads: Vec<String>,
+    /// The rules that rewrite writes to it or to a relation it reads (PostgreSQL
+    /// `CREATE RULE … ON INSERT|UPDATE|DELETE … DO [ALSO|INSTEAD] …`, as the server prints
+    /// them): a write to it also runs their actions.
+    pub rules: Vec<String>,
 }
 
 /// What a command names that the cache does not answer yet.

@@ -260,9 +260,13 @@ fn judge(
             let s = seen.as_ref().unwrap_or(s);
             let looked = with_catalog(policy, s, catalog, missing.as_deref_mut());
             let s = looked.as_ref().unwrap_or(s);
-            let expanded = policy
-                .names_tables()
-                .then(|| with_relations(s, catalog, missing.as_deref_mut()))
+            // Relations matter to table rules (what a view reads) and to every write (the
+            // rules that rewrite it).
+            let writes = ["insert", "update", "delete", "merge"]
+                .iter()
+                .any(|k| s.has_kind(k));
+            let expanded = (policy.names_tables() || writes)
+                .then(|| with_relations(policy, s, catalog, missing.as_deref_mut()))
                 .flatten();
             let s = expanded.as_ref().unwrap_or(s);
             changes_catalog |= s.class >= Class::Ddl;
@@ -316,12 +320,14 @@ fn resolved_call(policy: &Policy, facts: &portcullis_core::FunctionFacts) -> Opt
 /// cannot answer is put in `missing` when given; a name the catalog does not know (a CTE, a
 /// table created in the same command) is matched as written. Without a catalog, `s` as it is.
 fn with_relations(
+    policy: &Policy,
     s: &Classified,
     catalog: Option<&dyn SchemaCatalog>,
     mut missing: Option<&mut CatalogLookup>,
 ) -> Option<Classified> {
     let catalog = catalog?;
     let mut reached = Vec::new();
+    let mut rules = Vec::new();
     for name in &s.tables {
         match catalog.relations(name) {
             None => {
@@ -329,16 +335,77 @@ fn with_relations(
                     m.relations.push(name.clone());
                 }
             }
-            Some(found) => reached.extend(found.iter().flat_map(|r| r.reads.iter().cloned())),
+            Some(found) => {
+                for r in found.iter() {
+                    reached.extend(r.reads.iter().cloned());
+                    rules.extend(r.rules.iter().cloned());
+                }
+            }
         }
     }
     reached.retain(|t| !s.tables.contains(t));
-    if reached.is_empty() {
+    // A rule fires on its event only: `ON INSERT` for a statement that inserts, and so on.
+    let fired: Vec<(String, Classified)> = rules
+        .iter()
+        .filter_map(|def| rule_action(def).map(|(event, action)| (def, event, action)))
+        .filter(|(_, event, _)| s.has_kind(event))
+        .map(|(def, _, action)| {
+            let effects = match policy.classify_in(Dialect::Postgres, action).as_ref() {
+                Ok(list) => {
+                    let mut all = Classified::reading(String::new());
+                    for c in list {
+                        merge_effects(&mut all, c, "it runs");
+                    }
+                    all.finish()
+                }
+                Err(_) => scan_body(policy, action),
+            };
+            (def.split(" AS").next().unwrap_or(def).to_owned(), effects)
+        })
+        .collect();
+    if reached.is_empty() && fired.is_empty() {
         return None;
     }
     let mut expanded = s.clone();
     expanded.tables.extend(reached);
-    Some(expanded)
+    for (rule, effects) in &fired {
+        merge_effects(&mut expanded, effects, rule);
+    }
+    Some(expanded.finish())
+}
+
+/// The event (`insert`, `update`, `delete`) and the action of a rule as PostgreSQL prints it
+/// (`CREATE RULE r AS ON INSERT TO public.t [WHERE …] DO [ALSO|INSTEAD] action;`); `None`
+/// for `DO NOTHING` or a text not of that form.
+fn rule_action(def: &str) -> Option<(&'static str, &str)> {
+    let upper = def.to_ascii_uppercase();
+    let event = ["INSERT", "UPDATE", "DELETE"]
+        .into_iter()
+        .find(|e| upper.contains(&format!("ON {e} TO ")))?;
+    let at = upper.find(" DO ")? + " DO ".len();
+    let mut action = def.get(at..)?.trim();
+    for word in ["ALSO ", "INSTEAD "] {
+        if action.len() >= word.len() && action[..word.len()].eq_ignore_ascii_case(word) {
+            action = action[word.len()..].trim();
+        }
+    }
+    let action = action.trim_end_matches(';').trim();
+    let action = action
+        .strip_prefix('(')
+        .and_then(|a| a.strip_suffix(')'))
+        .unwrap_or(action)
+        .trim();
+    if action.is_empty() || action.eq_ignore_ascii_case("NOTHING") {
+        return None;
+    }
+    Some((
+        match event {
+            "INSERT" => "insert",
+            "UPDATE" => "update",
+            _ => "delete",
+        },
+        action,
+    ))
 }
 
 /// Most catalog lookups for one command (each may find more to look up).
@@ -449,23 +516,29 @@ fn with_catalog(
             let Some(body) = body_effects(policy, f) else {
                 continue;
             };
-            let merged = out.get_or_insert_with(|| s.clone());
-            for class in &body.classes {
-                merged.raise(
-                    *class,
-                    format!("function {}.{}'s body: {}", f.schema, f.name, body.reason),
-                );
-            }
-            merged.kinds.extend(body.kinds.iter().cloned());
-            merged.tables.extend(body.tables.iter().cloned());
-            merged.functions.extend(body.functions.iter().cloned());
-            merged.without_where |= body.without_where;
+            merge_effects(
+                out.get_or_insert_with(|| s.clone()),
+                &body,
+                &format!("function {}.{}'s body", f.schema, f.name),
+            );
             if depth < MAX_BODY_DEPTH {
                 queue.extend(body.functions.iter().map(|n| (n.clone(), depth + 1)));
             }
         }
     }
     out.map(Classified::finish)
+}
+
+/// Fold what `effects` does (a function body, a rule's action) into `into`: its classes
+/// (with `why` in the reason), kinds, tables, calls and unbounded writes.
+fn merge_effects(into: &mut Classified, effects: &Classified, why: &str) {
+    for class in &effects.classes {
+        into.raise(*class, format!("{why}: {}", effects.reason));
+    }
+    into.kinds.extend(effects.kinds.iter().cloned());
+    into.tables.extend(effects.tables.iter().cloned());
+    into.functions.extend(effects.functions.iter().cloned());
+    into.without_where |= effects.without_where;
 }
 
 /// What running user-defined function `f` may do, from its body: a SQL body's statements
@@ -1189,11 +1262,17 @@ mod tests {
                     schema: "public".into(),
                     name: "v".into(),
                     reads: vec!["public.inner_v".into(), "secret.protected".into()],
+                    rules: Vec::new(),
                 },
                 portcullis_core::RelationFacts {
                     schema: "public".into(),
                     name: "open".into(),
                     reads: Vec::new(),
+                    rules: vec![
+                        "CREATE RULE r AS\n    ON INSERT TO public.open DO  DELETE FROM protected;"
+                            .into(),
+                        "CREATE RULE q AS\n    ON UPDATE TO public.open DO INSTEAD NOTHING;".into(),
+                    ],
                 },
             ],
             ..FakeCatalog::default()
@@ -1218,6 +1297,12 @@ mod tests {
             sql("select * from other.v").verdict,
             Verdict::Allow,
             "no view other.v"
+        );
+        // A rule on `open` deletes from `protected` on every insert (an update does nothing).
+        assert_eq!(rule(&sql("insert into open values (1)")), Some("protected"));
+        assert_eq!(
+            sql("update open set id = 2 where id = 1").verdict,
+            Verdict::Allow
         );
         // Without a catalog, a FunctionCall stays admin and functions are read by text.
         let policy = Policy::new(vec![

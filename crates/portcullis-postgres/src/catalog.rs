@@ -517,7 +517,10 @@ impl Functions {
                  and d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
                  and d.refobjid <> reach.rel \
              ) \
-             select rn.nspname, rc.relname, bn.nspname, bc.relname \
+             select rn.nspname, rc.relname, bn.nspname, bc.relname, \
+               (select pg_catalog.string_agg(pg_catalog.pg_get_ruledef(w.oid), pg_catalog.chr(30)) \
+                from pg_catalog.pg_rewrite w \
+                where w.ev_class = reach.rel and w.ev_type <> '1') \
              from reach \
              join pg_catalog.pg_class rc on rc.oid = reach.root \
              join pg_catalog.pg_namespace rn on rn.oid = rc.relnamespace \
@@ -525,24 +528,31 @@ impl Functions {
              join pg_catalog.pg_namespace bn on bn.oid = bc.relnamespace"
         );
         let frames = self.query(sql).await?;
-        // Bare name → (schema, name) → what it reads.
-        let mut found: HashMap<String, HashMap<(String, String), Vec<String>>> =
+        // Bare name → (schema, name) → (what it reads, the rules that rewrite its writes).
+        type Reach = (Vec<String>, Vec<String>);
+        let mut found: HashMap<String, HashMap<(String, String), Reach>> =
             names.into_iter().map(|n| (n, HashMap::new())).collect();
         for values in data_rows(&frames) {
             let row: Vec<String> = values
                 .into_iter()
                 .map(|v| String::from_utf8_lossy(v.unwrap_or_default()).into_owned())
                 .collect();
-            let [schema, name, read_schema, read_name] = row.as_slice() else {
+            let [schema, name, read_schema, read_name, rules] = row.as_slice() else {
                 continue;
             };
             let Some(roots) = found.get_mut(name) else {
                 continue;
             };
-            let reads = roots.entry((schema.clone(), name.clone())).or_default();
+            let (reads, rewrites) = roots.entry((schema.clone(), name.clone())).or_default();
             if (read_schema, read_name) != (schema, name) {
                 reads.push(format!("{read_schema}.{read_name}"));
             }
+            rewrites.extend(
+                rules
+                    .split('\u{1e}')
+                    .filter(|r| !r.is_empty())
+                    .map(str::to_owned),
+            );
         }
         let now = Instant::now();
         let mut cache = self.catalog.function_cache();
@@ -553,13 +563,16 @@ impl Functions {
         for (bare, roots) in found {
             let facts: Vec<RelationFacts> = roots
                 .into_iter()
-                .map(|((schema, name), mut reads)| {
+                .map(|((schema, name), (mut reads, mut rules))| {
                     reads.sort_unstable();
                     reads.dedup();
+                    rules.sort_unstable();
+                    rules.dedup();
                     RelationFacts {
                         schema,
                         name,
                         reads,
+                        rules,
                     }
                 })
                 .collect();

@@ -774,3 +774,43 @@ action = "deny"
     let _ = second.kill();
     let _ = second.wait();
 }
+
+/// Issue 17, class 5: a rule on a table rewrites writes to it. `CREATE RULE … ON INSERT TO
+/// t_log DO ALSO DELETE FROM victims` (made by a DBA) turns an INSERT into a DELETE too:
+/// directly it deletes; through the gateway the INSERT is judged with the rule's action and
+/// refused under a rule denying deletes, while an INSERT into a table without rules works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_on_tables_count_as_part_of_the_write() {
+    let cluster = cluster_with_victims().await;
+    direct(
+        &cluster,
+        "create table t_log (id int); create table scratch_r (id int);
+         insert into scratch_r values (1), (2);
+         create rule r_scratch as on insert to t_log do also delete from scratch_r",
+    );
+    direct(&cluster, "insert into t_log values (1)");
+    assert_eq!(
+        direct(&cluster, "select count(*) from scratch_r"),
+        "0",
+        "the rule did no damage directly"
+    );
+    direct(
+        &cluster,
+        "drop rule r_scratch on t_log;
+         create rule r_wipe as on insert to t_log do also delete from victims",
+    );
+    let rules = r#"
+[policy]
+[[policy.rules]]
+name = "no-deletes"
+statements = ["delete"]
+action = "deny"
+"#;
+    let (_gateway, gw, _admin, _dir) = start(&cluster, rules).await;
+    let alice = || PgWire::connect(gw, "alice", "app", ALICE).unwrap();
+    let replies = alice().simple("insert into t_log values (2)").unwrap();
+    refused_by(&replies, "insert into t_log values (2)", "no-deletes");
+    assert_eq!(direct(&cluster, "select count(*) from victims"), "3");
+    let replies = alice().simple("insert into other values (1)").unwrap();
+    assert!(!refused(&replies), "{replies:?}");
+}
