@@ -87,6 +87,10 @@ struct FunctionCache {
 /// every answer when it lets DDL through).
 const FUNCTION_FACTS_FOR: Duration = Duration::from_secs(10);
 
+/// How long a catalog query may take before it is given up (and the command waiting for it
+/// refused).
+const SIDE_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Most names or OIDs asked in one catalog query.
 const MAX_LOOKUP: usize = 256;
 
@@ -683,20 +687,30 @@ impl Catalog {
         database: &str,
         unit: BytesMut,
     ) -> Result<Vec<Frame>, String> {
-        let Some(home) = self.inner.home.clone() else {
-            return self
-                .side_run_here(config, max_message, database, unit)
-                .await;
-        };
         let this = self.clone();
         let config = config.clone();
         let database = database.to_owned();
-        home.spawn(async move {
-            this.side_run_here(&config, max_message, &database, unit)
+        // A database that stops answering must not hold the commands waiting for it: after
+        // the bound the query is given up, its connection dropped (opened again next time).
+        let bounded = async move {
+            let asked = this.side_run_here(&config, max_message, &database, unit);
+            match tokio::time::timeout(SIDE_QUERY_TIMEOUT, asked).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    this.inner.side.lock().await.remove(&database);
+                    Err(format!(
+                        "the database did not answer the catalog query within {SIDE_QUERY_TIMEOUT:?}"
+                    ))
+                }
+            }
+        };
+        match self.inner.home.clone() {
+            Some(home) => home
+                .spawn(bounded)
                 .await
-        })
-        .await
-        .map_err(|e| format!("the catalog query failed: {e}"))?
+                .map_err(|e| format!("the catalog query failed: {e}"))?,
+            None => bounded.await,
+        }
     }
 
     /// [`Catalog::side_run`] on the current runtime.
