@@ -39,3 +39,22 @@ impl std::fmt::Debug for Credentials {
             .finish()
     }
 }
+
+/// The token of an `Authorization` header value `Bearer <token>` (the scheme in either
+/// case the clients send, surrounding spaces trimmed), when there is a non-empty one. The
+/// one reading of bearer tokens for every HTTP surface (the HTTP listener, the admin API).
+///
+/// ```
+/// use portcullis_core::bearer_token;
+/// assert_eq!(bearer_token("Bearer abc "), Some("abc"));
+/// assert_eq!(bearer_token("bearer abc"), Some("abc"));
+/// assert_eq!(bearer_token("Basic abc"), None);
+/// assert_eq!(bearer_token("Bearer  "), None);
+/// ```
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    authorization
+        .strip_prefix("Bearer ")
+        .or_else(|| authorization.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}

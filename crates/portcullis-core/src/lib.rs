@@ -68,7 +68,7 @@ mod view;
 
 pub use cancel::{CancelSignal, Cancelled};
 pub use catalog::{CatalogLookup, FunctionFacts, LookupFuture, RelationFacts, SchemaCatalog};
-pub use credentials::Credentials;
+pub use credentials::{Credentials, bearer_token};
 pub use error::{Error, Refusal, Rescue, RescueKind, rescue};
 pub use glob::wildcard;
 pub use message::{Request, Response, Upload, UploadSender, upload_channel};

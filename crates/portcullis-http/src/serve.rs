@@ -394,12 +394,7 @@ where
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+            .and_then(portcullis_core::bearer_token)
             .map(str::to_owned);
         let Some(token) = token else {
             self.shared

@@ -1044,6 +1044,13 @@ mod tests {
         }
     }
 
+    /// A PostgreSQL session whose catalog is `catalog`.
+    fn asking(catalog: &std::sync::Arc<FakeCatalog>) -> Session {
+        let mut s = session(Protocol::Postgres, &[]);
+        s.catalog = Some(catalog.clone());
+        s
+    }
+
     fn facts(
         schema: &str,
         name: &str,
@@ -1090,8 +1097,7 @@ mod tests {
             ],
             ..FakeCatalog::default()
         });
-        let mut s = session(Protocol::Postgres, &[]);
-        s.catalog = Some(catalog.clone());
+        let s = asking(&catalog);
         let prepared = Prepared::default();
         // Not asked yet: the names are collected for a lookup.
         let mut missing = CatalogLookup::default();
@@ -1194,8 +1200,7 @@ mod tests {
             ],
             ..FakeCatalog::default()
         });
-        let mut s = session(Protocol::Postgres, &[]);
-        s.catalog = Some(catalog.clone());
+        let s = asking(&catalog);
         drop(catalog.look_up(CatalogLookup::default()));
         let sql = |text: &'static str| judge(&policy, &s, &Sql(text), &prepared, None);
         assert_eq!(rule(&sql("select f_peek()")), Some("no-secret"));
@@ -1231,8 +1236,7 @@ mod tests {
             ],
             ..FakeCatalog::default()
         });
-        let mut s = session(Protocol::Postgres, &[]);
-        s.catalog = Some(catalog.clone());
+        let s = asking(&catalog);
         let mut missing = CatalogLookup::default();
         judge(
             &policy,
@@ -1277,8 +1281,7 @@ mod tests {
             ],
             ..FakeCatalog::default()
         });
-        let mut s = session(Protocol::Postgres, &[]);
-        s.catalog = Some(catalog.clone());
+        let s = asking(&catalog);
         let mut missing = CatalogLookup::default();
         judge(
             &policy,
