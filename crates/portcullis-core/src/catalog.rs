@@ -27,6 +27,41 @@ pub struct FunctionFacts {
     /// The source of a user-defined function's body (PostgreSQL `prosrc`, or the whole
     /// definition for a SQL-standard body); `None` for the server's own functions.
     pub body: Option<Arc<str>>,
+    /// A user-defined PL/pgSQL function's whole definition (`CREATE FUNCTION …`, PostgreSQL
+    /// `pg_get_functiondef`), which its language's parser reads.
+    pub definition: Option<Arc<str>>,
+    /// Functions it runs besides its body, `schema.name` (PostgreSQL: an aggregate's
+    /// transition, final, combine, serial and moving-aggregate functions).
+    pub calls: Vec<String>,
+}
+
+/// A function the database runs without the statement naming it: a trigger, a check
+/// constraint, a column default or generated column, an index expression or a row-security
+/// policy attached to a relation; a user-defined cast or domain constraint; an event trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImplicitCall {
+    /// When it runs: the statement kinds that fire it (`insert`, `update`, `delete`,
+    /// `truncate`; `select` for any statement naming the relation; `ddl` for an event
+    /// trigger; `any` for every statement).
+    pub on: Vec<String>,
+    /// What runs it, for the trail (`trigger t_audit on public.t`, `cast`, …).
+    pub by: String,
+    /// The function.
+    pub function: FunctionFacts,
+}
+
+impl ImplicitCall {
+    /// Whether a statement with kinds `has(kind)` and of DDL class (`ddl`) fires it.
+    pub fn fires(&self, has: impl Fn(&str) -> bool, ddl: bool) -> bool {
+        self.on.iter().any(|on| match on.as_str() {
+            "any" | "select" => true,
+            "ddl" => ddl,
+            "insert" => has("insert") || has("merge") || has("copy_from"),
+            "update" => has("update") || has("merge"),
+            "delete" => has("delete") || has("merge"),
+            other => has(other),
+        })
+    }
 }
 
 /// One relation (table, view, …) as the catalog describes it.
@@ -43,6 +78,9 @@ pub struct RelationFacts {
     /// `CREATE RULE … ON INSERT|UPDATE|DELETE … DO [ALSO|INSTEAD] …`, as the server prints
     /// them): a write to it also runs their actions.
     pub rules: Vec<String>,
+    /// The functions it runs when named or written ([`ImplicitCall`]): triggers, check
+    /// constraints, defaults, index expressions, row-security policies.
+    pub implicit: Vec<ImplicitCall>,
 }
 
 /// What a command names that the cache does not answer yet.
@@ -57,6 +95,8 @@ pub struct CatalogLookup {
     pub relations: Vec<String>,
     /// Operator names (`~~~`).
     pub operators: Vec<String>,
+    /// The database-wide implicit code ([`SchemaCatalog::database_code`]).
+    pub database: bool,
 }
 
 impl CatalogLookup {
@@ -66,6 +106,7 @@ impl CatalogLookup {
             && self.oids.is_empty()
             && self.relations.is_empty()
             && self.operators.is_empty()
+            && !self.database
     }
 }
 
@@ -94,9 +135,14 @@ pub trait SchemaCatalog: Send + Sync {
     /// bound to a dangerous function). `None` when the cache does not know.
     fn operators(&self, op: &str) -> Option<Arc<[FunctionFacts]>>;
 
+    /// The functions the database may run for any statement ([`ImplicitCall`]s on `any`:
+    /// user-defined casts and domain constraints) or for DDL (`ddl`: event triggers); `None`
+    /// when the cache does not know.
+    fn database_code(&self) -> Option<Arc<[ImplicitCall]>>;
+
     /// Ask the database for what `missing` names, so that [`SchemaCatalog::functions`],
-    /// [`SchemaCatalog::function`], [`SchemaCatalog::relations`] and
-    /// [`SchemaCatalog::operators`] answer for them.
+    /// [`SchemaCatalog::function`], [`SchemaCatalog::relations`],
+    /// [`SchemaCatalog::operators`] and [`SchemaCatalog::database_code`] answer for them.
     fn look_up(&self, missing: CatalogLookup) -> LookupFuture;
 
     /// Forget every answer (a command that may have created, replaced or dropped functions

@@ -67,7 +67,9 @@ mod verdict;
 mod view;
 
 pub use cancel::{CancelSignal, Cancelled};
-pub use catalog::{CatalogLookup, FunctionFacts, LookupFuture, RelationFacts, SchemaCatalog};
+pub use catalog::{
+    CatalogLookup, FunctionFacts, ImplicitCall, LookupFuture, RelationFacts, SchemaCatalog,
+};
 pub use credentials::{Credentials, bearer_token};
 pub use error::{Error, Refusal, Rescue, RescueKind, rescue};
 pub use glob::wildcard;

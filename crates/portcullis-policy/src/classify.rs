@@ -50,6 +50,10 @@ pub struct Classified {
     /// Operators used (`=`, `~~~`; the name alone), which may be bound to user-defined
     /// functions.
     pub operators: BTreeSet<String>,
+    /// Names that may be calls of functions, read from code the parser cannot read (a
+    /// PL/pgSQL body's `name(`): followed through the catalog when a function of that name
+    /// exists, ignored otherwise.
+    pub maybe_calls: BTreeSet<String>,
     /// An `UPDATE` or `DELETE` anywhere in the statement has no `WHERE`.
     pub without_where: bool,
     /// Why the class is what it is, for the strictest part (`function pg_read_file`,
@@ -77,6 +81,7 @@ impl Classified {
             tables: BTreeSet::new(),
             functions: BTreeSet::new(),
             operators: BTreeSet::new(),
+            maybe_calls: BTreeSet::new(),
             without_where: false,
             reason: "reads only".into(),
             prepares: None,
@@ -288,6 +293,58 @@ impl Classifier {
         crate::stack::parse_safely(sql, move |sql| this.classify_here(sql))
     }
 
+    /// Classify what a PL/pgSQL function runs, from its whole definition (`CREATE FUNCTION …
+    /// LANGUAGE plpgsql AS $$ … $$`, as `pg_get_functiondef` prints it), with PostgreSQL's
+    /// own PL/pgSQL parser: every SQL statement and expression in it (`PERFORM`, `IF`
+    /// conditions, assignments, `FOR … IN SELECT`, cursor queries, `RETURN QUERY`) is
+    /// classified as SQL, and each `EXECUTE` of a string (dynamic SQL the gateway cannot see)
+    /// is one statement of kind `dynamic`, class `admin`. An error when the definition or
+    /// one of its parts cannot be read.
+    pub fn classify_plpgsql(&self, definition: &str) -> Result<Vec<Classified>, Unparsed> {
+        let this = self.clone();
+        crate::stack::parse_safely(definition, move |definition| {
+            this.classify_plpgsql_here(definition)
+        })
+    }
+
+    fn classify_plpgsql_here(&self, definition: &str) -> Result<Vec<Classified>, Unparsed> {
+        let tree = pg_query::parse_plpgsql(definition).map_err(|e| Unparsed::new(e.to_string()))?;
+        let mut queries = Vec::new();
+        let mut dynamic = 0usize;
+        plpgsql_parts(&tree, &mut queries, &mut dynamic);
+        let mut out = Vec::new();
+        for query in queries {
+            let query = query.trim();
+            // A statement, an expression (`x > 1`, read as `SELECT x > 1`), or an
+            // assignment (`x := expr`, `x.f[1] = expr`).
+            let assigned = query
+                .split_once(":=")
+                .map(|(_, expr)| expr)
+                .or_else(|| query.split_once('=').map(|(_, expr)| expr));
+            let read = self
+                .classify_here(query)
+                .or_else(|e| {
+                    self.classify_here(&format!("SELECT {query}"))
+                        .map_err(|_| e)
+                })
+                .or_else(|e| match assigned {
+                    Some(expr) => self.classify_here(&format!("SELECT {expr}")).map_err(|_| e),
+                    None => Err(e),
+                })?;
+            out.extend(read);
+        }
+        for _ in 0..dynamic {
+            let mut run = Classified::reading("EXECUTE".into());
+            run.kind(
+                "dynamic",
+                Class::Admin,
+                "a PL/pgSQL EXECUTE runs SQL held in a string, which the gateway cannot see",
+            );
+            out.push(run.finish());
+        }
+        Ok(out)
+    }
+
     /// [`Classifier::classify`] on this thread (`sql` is short enough for any stack).
     fn classify_here(&self, sql: &str) -> Result<Vec<Classified>, Unparsed> {
         let parsed = pg_query::parse(sql).map_err(|e| Unparsed::new(e.to_string()))?;
@@ -309,6 +366,33 @@ impl Classifier {
             out.push(walk.found.finish());
         }
         Ok(out)
+    }
+}
+
+/// The SQL a PL/pgSQL parse tree (libpg_query's JSON) holds: every `PLpgSQL_expr`'s query
+/// into `queries`; every dynamic statement (`EXECUTE`, `FOR … IN EXECUTE`, `OPEN … FOR
+/// EXECUTE`, `RETURN QUERY EXECUTE`) counted in `dynamic`.
+fn plpgsql_parts(tree: &serde_json::Value, queries: &mut Vec<String>, dynamic: &mut usize) {
+    match tree {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                if key.starts_with("PLpgSQL_stmt_dyn") || key == "dynquery" {
+                    *dynamic += 1;
+                }
+                if key == "PLpgSQL_expr"
+                    && let Some(query) = value.get("query").and_then(|q| q.as_str())
+                {
+                    queries.push(query.to_owned());
+                }
+                plpgsql_parts(value, queries, dynamic);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                plpgsql_parts(item, queries, dynamic);
+            }
+        }
+        _ => {}
     }
 }
 

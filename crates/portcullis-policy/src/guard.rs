@@ -158,8 +158,10 @@ fn judge(
                 );
                 call.finish()
             });
-            // What its body does counts too (a user-defined function).
-            let call = with_catalog(policy, &call, catalog, missing.as_deref_mut()).unwrap_or(call);
+            // What its body does counts too (a user-defined function), and what the
+            // database runs for it.
+            let call =
+                with_implicit(policy, &call, catalog, missing.as_deref_mut()).unwrap_or(call);
             if missing.as_ref().is_some_and(|m| !m.is_empty()) {
                 return Judgement::default();
             }
@@ -258,16 +260,7 @@ fn judge(
                 seen = Some(mine);
             }
             let s = seen.as_ref().unwrap_or(s);
-            let looked = with_catalog(policy, s, catalog, missing.as_deref_mut());
-            let s = looked.as_ref().unwrap_or(s);
-            // Relations matter to table rules (what a view reads) and to every write (the
-            // rules that rewrite it).
-            let writes = ["insert", "update", "delete", "merge"]
-                .iter()
-                .any(|k| s.has_kind(k));
-            let expanded = (policy.names_tables() || writes)
-                .then(|| with_relations(policy, s, catalog, missing.as_deref_mut()))
-                .flatten();
+            let expanded = with_implicit(policy, s, catalog, missing.as_deref_mut());
             let s = expanded.as_ref().unwrap_or(s);
             changes_catalog |= s.class >= Class::Ddl;
             let one = policy.judge_classified(&session.identity, s);
@@ -314,6 +307,128 @@ fn resolved_call(policy: &Policy, facts: &portcullis_core::FunctionFacts) -> Opt
     Some(call.finish())
 }
 
+/// Most rounds of following what the database runs for a statement (function bodies,
+/// rules, triggers and what they call in turn).
+const MAX_IMPLICIT_ROUNDS: usize = 6;
+
+/// `s` with everything the database runs for it that its text does not show, followed
+/// until nothing new is found: the bodies of the functions it calls ([`with_catalog`]), the
+/// relations its views read, the rules, triggers, constraints, defaults, index expressions
+/// and row-security policies of the relations it names ([`with_relations`]), and the
+/// database-wide code — user-defined casts and domain constraints for every statement,
+/// event triggers for DDL ([`with_database_code`]). What that code names is followed in
+/// turn. Without a catalog, `None` (`s` as it is).
+fn with_implicit(
+    policy: &Policy,
+    s: &Classified,
+    catalog: Option<&dyn SchemaCatalog>,
+    mut missing: Option<&mut CatalogLookup>,
+) -> Option<Classified> {
+    catalog?;
+    let footprint = |c: &Classified| {
+        (
+            c.class,
+            c.classes.len(),
+            c.kinds.len(),
+            c.tables.len(),
+            c.functions.len(),
+            c.maybe_calls.len(),
+            c.without_where,
+        )
+    };
+    let mut current: Option<Classified> = None;
+    for _ in 0..MAX_IMPLICIT_ROUNDS {
+        let base = current.as_ref().unwrap_or(s);
+        let before = footprint(base);
+        let mut next = with_catalog(policy, base, catalog, missing.as_deref_mut());
+        if let Some(more) = with_relations(
+            policy,
+            next.as_ref().unwrap_or(base),
+            catalog,
+            missing.as_deref_mut(),
+        ) {
+            next = Some(more);
+        }
+        if let Some(more) = with_database_code(
+            policy,
+            next.as_ref().unwrap_or(base),
+            catalog,
+            missing.as_deref_mut(),
+        ) {
+            next = Some(more);
+        }
+        let Some(next) = next else {
+            break;
+        };
+        let done = footprint(&next) == before;
+        current = Some(next);
+        if done {
+            break;
+        }
+    }
+    current
+}
+
+/// Fold what implicit code `call` may do into `into`: its function is called (its name
+/// joins the calls, so `functions` rules and the next round see it), its body's effects,
+/// its support functions; a user-defined volatile one is at least `write`.
+fn merge_implicit(policy: &Policy, into: &mut Classified, call: &portcullis_core::ImplicitCall) {
+    let f = &call.function;
+    let full = format!("{}.{}", f.schema, f.name);
+    into.functions.insert(full.clone());
+    into.maybe_calls.extend(f.calls.iter().cloned());
+    if f.user_defined && f.volatile {
+        into.raise(
+            Class::Write,
+            format!(
+                "{} runs {full}, user-defined and volatile: it may change data",
+                call.by
+            ),
+        );
+    }
+    if let Some(body) = body_effects(policy, f) {
+        merge_effects(into, &body, &format!("{} runs {full}", call.by));
+    }
+}
+
+/// `s` with the database-wide implicit code that fires for it: user-defined casts and
+/// domain constraints for any statement, event triggers for one of class `ddl` or more.
+fn with_database_code(
+    policy: &Policy,
+    s: &Classified,
+    catalog: Option<&dyn SchemaCatalog>,
+    missing: Option<&mut CatalogLookup>,
+) -> Option<Classified> {
+    let catalog = catalog?;
+    let Some(code) = catalog.database_code() else {
+        match missing {
+            Some(m) => m.database = true,
+            None => {
+                let mut out = s.clone();
+                out.raise(
+                    Class::Write,
+                    "the database's casts, domains and event triggers could not be looked up in the catalog",
+                );
+                return Some(out);
+            }
+        }
+        return None;
+    };
+    let ddl = s.class >= Class::Ddl;
+    let fired: Vec<_> = code
+        .iter()
+        .filter(|c| c.fires(|k| s.has_kind(k), ddl))
+        .collect();
+    if fired.is_empty() {
+        return None;
+    }
+    let mut out = s.clone();
+    for call in fired {
+        merge_implicit(policy, &mut out, call);
+    }
+    Some(out.finish())
+}
+
 /// `s` with the relations its views read (recursively, through views and materialized
 /// views) added to its tables, so that table rules match what the server reads: a rule on
 /// `protected` matches `SELECT * FROM v` when view `v` reads `protected`. A name the cache
@@ -328,6 +443,8 @@ fn with_relations(
     let catalog = catalog?;
     let mut reached = Vec::new();
     let mut rules = Vec::new();
+    let mut implicit = Vec::new();
+    let ddl = s.class >= Class::Ddl;
     for name in &s.tables {
         match catalog.relations(name) {
             None => {
@@ -339,6 +456,12 @@ fn with_relations(
                 for r in found.iter() {
                     reached.extend(r.reads.iter().cloned());
                     rules.extend(r.rules.iter().cloned());
+                    implicit.extend(
+                        r.implicit
+                            .iter()
+                            .filter(|c| c.fires(|k| s.has_kind(k), ddl))
+                            .cloned(),
+                    );
                 }
             }
         }
@@ -363,13 +486,16 @@ fn with_relations(
             (def.split(" AS").next().unwrap_or(def).to_owned(), effects)
         })
         .collect();
-    if reached.is_empty() && fired.is_empty() {
+    if reached.is_empty() && fired.is_empty() && implicit.is_empty() {
         return None;
     }
     let mut expanded = s.clone();
     expanded.tables.extend(reached);
     for (rule, effects) in &fired {
         merge_effects(&mut expanded, effects, rule);
+    }
+    for call in &implicit {
+        merge_implicit(policy, &mut expanded, call);
     }
     Some(expanded.finish())
 }
@@ -409,7 +535,7 @@ fn rule_action(def: &str) -> Option<(&'static str, &str)> {
 }
 
 /// Most catalog lookups for one command (each may find more to look up).
-const MAX_LOOKUP_ROUNDS: usize = 4;
+const MAX_LOOKUP_ROUNDS: usize = 8;
 
 /// How deep calls from function bodies into other user-defined functions are followed.
 const MAX_BODY_DEPTH: usize = 4;
@@ -429,14 +555,21 @@ fn with_catalog(
     mut missing: Option<&mut CatalogLookup>,
 ) -> Option<Classified> {
     let catalog = catalog?;
-    if s.functions.is_empty() && s.operators.is_empty() {
+    if s.functions.is_empty() && s.operators.is_empty() && s.maybe_calls.is_empty() {
         return None;
     }
     let mut out: Option<Classified> = None;
     let raise = |out: &mut Option<Classified>, class: Class, why: String| {
         out.get_or_insert_with(|| s.clone()).raise(class, why);
     };
-    let mut queue: Vec<(String, usize)> = s.functions.iter().map(|n| (n.clone(), 0)).collect();
+    // (name, depth, certain): a name read from code the parser cannot read may not be a
+    // call at all (`IF (`), so one the catalog does not know is not held against it.
+    let mut queue: Vec<(String, usize, bool)> = s
+        .functions
+        .iter()
+        .map(|n| (n.clone(), 0, true))
+        .chain(s.maybe_calls.iter().map(|n| (n.clone(), 1, false)))
+        .collect();
     // An operator is a call of the function behind it: a user-defined operator bound to
     // `pg_read_file` reads files (`CREATE OPERATOR ~~~ (RIGHTARG = text, FUNCTION =
     // pg_read_file)`, then `SELECT ~~~ 'PG_VERSION'`).
@@ -472,11 +605,11 @@ fn with_catalog(
             if f.name == "pg_terminate_backend" || f.name == "pg_cancel_backend" {
                 merged.kinds.insert("signal_other_backend".into());
             }
-            queue.push((full, 0));
+            queue.push((full, 0, true));
         }
     }
     let mut seen = std::collections::HashSet::new();
-    while let Some((name, depth)) = queue.pop() {
+    while let Some((name, depth, certain)) = queue.pop() {
         if !seen.insert(name.clone()) {
             continue;
         }
@@ -495,12 +628,21 @@ fn with_catalog(
             }
         };
         if found.is_empty() {
-            raise(
-                &mut out,
-                Class::Write,
-                format!("function {name} is not in the database's catalog"),
-            );
+            // A call in a body that names no function fails when it runs (a body cannot
+            // call a function created by the statement that runs it).
+            if depth == 0 {
+                raise(
+                    &mut out,
+                    Class::Write,
+                    format!("function {name} is not in the database's catalog"),
+                );
+            }
             continue;
+        }
+        if !certain && found.iter().any(|f| f.user_defined) {
+            out.get_or_insert_with(|| s.clone())
+                .functions
+                .insert(name.clone());
         }
         for f in found.iter().filter(|f| f.user_defined) {
             if f.volatile {
@@ -513,6 +655,10 @@ fn with_catalog(
                     ),
                 );
             }
+            // An aggregate runs its support functions.
+            if depth < MAX_BODY_DEPTH {
+                queue.extend(f.calls.iter().map(|n| (n.clone(), depth + 1, true)));
+            }
             let Some(body) = body_effects(policy, f) else {
                 continue;
             };
@@ -522,7 +668,12 @@ fn with_catalog(
                 &format!("function {}.{}'s body", f.schema, f.name),
             );
             if depth < MAX_BODY_DEPTH {
-                queue.extend(body.functions.iter().map(|n| (n.clone(), depth + 1)));
+                queue.extend(body.functions.iter().map(|n| (n.clone(), depth + 1, true)));
+                queue.extend(
+                    body.maybe_calls
+                        .iter()
+                        .map(|n| (n.clone(), depth + 1, false)),
+                );
             }
         }
     }
@@ -538,34 +689,42 @@ fn merge_effects(into: &mut Classified, effects: &Classified, why: &str) {
     into.kinds.extend(effects.kinds.iter().cloned());
     into.tables.extend(effects.tables.iter().cloned());
     into.functions.extend(effects.functions.iter().cloned());
+    into.maybe_calls.extend(effects.maybe_calls.iter().cloned());
+    into.operators.extend(effects.operators.iter().cloned());
     into.without_where |= effects.without_where;
 }
 
 /// What running user-defined function `f` may do, from its body: a SQL body's statements
-/// classified together; another language's (PL/pgSQL, …), or SQL the parser cannot read, by
-/// its words ([`scan_body`]).
+/// classified together; a PL/pgSQL body's statements and expressions, read with its own
+/// parser from the function's definition ([`Policy::classify_plpgsql`]); another
+/// language's, or code the parsers cannot read, by its words ([`scan_body`]).
 fn body_effects(policy: &Policy, f: &portcullis_core::FunctionFacts) -> Option<Classified> {
     let body = f.body.as_deref()?;
     // A C or internal function's "body" is the name of its symbol, not code.
     if f.language == "c" || f.language == "internal" {
         return None;
     }
-    if f.language == "sql"
-        && let Ok(list) = policy.classify_in(Dialect::Postgres, body).as_ref()
-    {
-        let mut all = Classified::reading(String::new());
-        for c in list {
-            for class in &c.classes {
-                all.raise(*class, c.reason.clone());
-            }
-            all.kinds.extend(c.kinds.iter().cloned());
-            all.tables.extend(c.tables.iter().cloned());
-            all.functions.extend(c.functions.iter().cloned());
-            all.without_where |= c.without_where;
+    let parsed = match (f.language.as_str(), f.definition.as_deref()) {
+        ("sql", _) => policy.classify_in(Dialect::Postgres, body),
+        ("plpgsql", Some(definition)) => policy.classify_plpgsql(definition),
+        _ => return Some(scan_body(policy, body)),
+    };
+    let Ok(list) = parsed.as_ref() else {
+        // What the parser cannot read is read by its words.
+        return Some(scan_body(policy, body));
+    };
+    let mut all = Classified::reading(String::new());
+    for c in list {
+        for class in &c.classes {
+            all.raise(*class, c.reason.clone());
         }
-        return Some(all.finish());
+        all.kinds.extend(c.kinds.iter().cloned());
+        all.tables.extend(c.tables.iter().cloned());
+        all.functions.extend(c.functions.iter().cloned());
+        all.operators.extend(c.operators.iter().cloned());
+        all.without_where |= c.without_where;
     }
-    Some(scan_body(policy, body))
+    Some(all.finish())
 }
 
 /// Words in a function body that say what it may do, when the body cannot be parsed as SQL
@@ -597,6 +756,7 @@ fn scan_body(policy: &Policy, body: &str) -> Classified {
     let words = body
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| !w.is_empty());
+    found.maybe_calls = called_names(body);
     for word in words {
         let word = word.to_ascii_lowercase();
         if let Some((_, kind, class)) = BODY_WORDS.iter().find(|(w, ..)| *w == word) {
@@ -619,6 +779,45 @@ fn scan_body(policy: &Policy, body: &str) -> Classified {
         }
     }
     found.finish()
+}
+
+/// Words that come before `(` in code without being function calls.
+const NOT_CALLS: &[&str] = &[
+    "if", "elsif", "while", "return", "exists", "in", "and", "or", "not", "values", "select",
+    "when", "then", "else", "case", "using", "into", "array", "row", "cast", "from", "where", "on",
+    "as", "loop", "perform", "query", "execute", "format", "coalesce", "any", "all",
+];
+
+/// The names followed by `(` in `code` (`f(`, `s.f (`), folded to lower case: calls, as far
+/// as words tell.
+fn called_names(code: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let bytes = code.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'.';
+    let mut i = 0;
+    while i < bytes.len() {
+        if !word(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && word(bytes[i]) {
+            i += 1;
+        }
+        let mut j = i;
+        while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        let name = code[start..i].trim_matches('.').to_ascii_lowercase();
+        if bytes.get(j) == Some(&b'(')
+            && !name.is_empty()
+            && !name.as_bytes()[0].is_ascii_digit()
+            && !NOT_CALLS.contains(&name.as_str())
+        {
+            out.insert(name);
+        }
+    }
+    out
 }
 
 /// Whether running `s` may change a setting that changes how later SQL is read: a `SET`, any
@@ -974,6 +1173,7 @@ mod tests {
         db: Vec<(u32, portcullis_core::FunctionFacts)>,
         views: Vec<portcullis_core::RelationFacts>,
         ops: Vec<(String, portcullis_core::FunctionFacts)>,
+        code: Vec<portcullis_core::ImplicitCall>,
         asked: std::sync::Mutex<bool>,
     }
 
@@ -1035,6 +1235,12 @@ mod tests {
                     .collect(),
             )
         }
+        fn database_code(&self) -> Option<std::sync::Arc<[portcullis_core::ImplicitCall]>> {
+            if !*self.asked.lock().unwrap() {
+                return None;
+            }
+            Some(self.code.clone().into())
+        }
         fn look_up(&self, _: CatalogLookup) -> portcullis_core::LookupFuture {
             *self.asked.lock().unwrap() = true;
             Box::pin(std::future::ready(Ok(())))
@@ -1064,6 +1270,8 @@ mod tests {
             volatile,
             language: if user_defined { "sql" } else { "internal" }.into(),
             body: None,
+            definition: None,
+            calls: Vec::new(),
         }
     }
 
@@ -1267,6 +1475,7 @@ mod tests {
                     name: "v".into(),
                     reads: vec!["public.inner_v".into(), "secret.protected".into()],
                     rules: Vec::new(),
+                    implicit: Vec::new(),
                 },
                 portcullis_core::RelationFacts {
                     schema: "public".into(),
@@ -1277,6 +1486,7 @@ mod tests {
                             .into(),
                         "CREATE RULE q AS\n    ON UPDATE TO public.open DO INSTEAD NOTHING;".into(),
                     ],
+                    implicit: Vec::new(),
                 },
             ],
             ..FakeCatalog::default()
@@ -1320,6 +1530,207 @@ mod tests {
         assert_eq!(
             judge(&policy, &plain, &Sql("select f_wipe()"), &prepared, None).verdict,
             Verdict::Allow
+        );
+    }
+
+    fn plpgsql(name: &str, returns: &str, body: &str) -> portcullis_core::FunctionFacts {
+        portcullis_core::FunctionFacts {
+            language: "plpgsql".into(),
+            body: Some(body.into()),
+            definition: Some(
+                format!(
+                    "CREATE OR REPLACE FUNCTION public.{name}()\n RETURNS {returns}\n LANGUAGE plpgsql\nAS $function${body}$function$\n"
+                )
+                .into(),
+            ),
+            ..facts("public", name, true, true)
+        }
+    }
+
+    /// Issue 17, class 5: code the database runs without the statement naming it — a
+    /// trigger on the table written, a row-security policy on the table read, a cast, an
+    /// event trigger, an aggregate's support function, a function a PL/pgSQL body calls —
+    /// counts as part of the statement.
+    #[test]
+    fn implicit_code_counts_as_part_of_the_statement() {
+        let policy = Policy::new(vec![
+            Rule::new("no-deletes", Action::Deny).statements(["delete"]),
+            Rule::new("no-files", Action::Deny).functions(["pg_read_file"]),
+            Rule::new("protected", Action::Deny).tables(["protected"]),
+        ])
+        .unwrap();
+        let prepared = Prepared::default();
+        let implicit = |on: &[&str], by: &str, function| portcullis_core::ImplicitCall {
+            on: on.iter().map(|s| s.to_string()).collect(),
+            by: by.into(),
+            function,
+        };
+        let relation = |name: &str, implicit| portcullis_core::RelationFacts {
+            schema: "public".into(),
+            name: name.into(),
+            reads: Vec::new(),
+            rules: Vec::new(),
+            implicit,
+        };
+        let wipe = plpgsql(
+            "f_wipe",
+            "trigger",
+            "\nbegin\n  if tg_op = 'INSERT' then\n    perform f_helper(new.id);\n  end if;\n  return new;\nend\n",
+        );
+        let helper = plpgsql(
+            "f_helper",
+            "void",
+            "\ndeclare n int := (select count(*) from protected);\nbegin\n  delete from victims where id = n;\nend\n",
+        );
+        let mut aggregate = facts("public", "f_agg", true, false);
+        aggregate.language = "internal".into();
+        aggregate.calls = vec!["public.f_step".into()];
+        let mut step = facts("public", "f_step", true, false);
+        step.body = Some("select pg_read_file('PG_VERSION')".into());
+        let catalog = std::sync::Arc::new(FakeCatalog {
+            db: vec![
+                (16_400, wipe.clone()),
+                (16_401, helper.clone()),
+                (16_402, aggregate),
+                (16_403, step),
+            ],
+            views: vec![
+                relation(
+                    "t_log",
+                    vec![implicit(&["insert"], "trigger t on public.t_log", wipe)],
+                ),
+                relation(
+                    "ruled",
+                    vec![implicit(
+                        &["select"],
+                        "policy p on public.ruled",
+                        helper.clone(),
+                    )],
+                ),
+                relation("victims", Vec::new()),
+                relation("protected", Vec::new()),
+                relation("plain", Vec::new()),
+            ],
+            ..FakeCatalog::default()
+        });
+        let s = asking(&catalog);
+        let mut missing = CatalogLookup::default();
+        judge(
+            &policy,
+            &s,
+            &Sql("insert into t_log values (1)"),
+            &prepared,
+            Some(&mut missing),
+        );
+        assert!(missing.database, "{missing:?}");
+        assert_eq!(missing.relations, ["t_log"]);
+        drop(catalog.look_up(CatalogLookup::default()));
+        let sql = |text: &'static str| judge(&policy, &s, &Sql(text), &prepared, None);
+        // The trigger calls f_helper (followed through PL/pgSQL), which deletes and reads
+        // `protected`: the strictest rule names the table.
+        let j = sql("insert into t_log values (1)");
+        assert!(
+            matches!(rule(&j), Some("no-deletes" | "protected")),
+            "{j:?}"
+        );
+        // Not fired by an UPDATE.
+        assert_eq!(
+            sql("update t_log set id = 2 where id = 1").verdict,
+            Verdict::Allow
+        );
+        // A row-security policy's function runs for any statement naming the table.
+        let j = sql("select * from ruled");
+        assert!(
+            matches!(rule(&j), Some("no-deletes" | "protected")),
+            "{j:?}"
+        );
+        assert_eq!(rule(&sql("select f_agg(id) from plain")), Some("no-files"));
+        assert_eq!(sql("select count(id) from plain").verdict, Verdict::Allow);
+
+        // Database-wide code: a cast for every statement, an event trigger for DDL.
+        let mut cast = facts("public", "f_cast", true, false);
+        cast.body = Some("select pg_read_file('PG_VERSION')".into());
+        let event = plpgsql(
+            "f_event",
+            "event_trigger",
+            "\nbegin\n  delete from victims;\nend\n",
+        );
+        let catalog = std::sync::Arc::new(FakeCatalog {
+            code: vec![implicit(&["ddl"], "event trigger e", event)],
+            ..FakeCatalog::default()
+        });
+        let s = asking(&catalog);
+        drop(catalog.look_up(CatalogLookup::default()));
+        let sql = |text: &'static str| judge(&policy, &s, &Sql(text), &prepared, None);
+        assert_eq!(rule(&sql("create table x (id int)")), Some("no-deletes"));
+        assert_eq!(sql("select 1").verdict, Verdict::Allow);
+        let catalog = std::sync::Arc::new(FakeCatalog {
+            code: vec![implicit(&["any"], "cast from text to t", cast)],
+            ..FakeCatalog::default()
+        });
+        let s = asking(&catalog);
+        drop(catalog.look_up(CatalogLookup::default()));
+        assert_eq!(
+            rule(&judge(
+                &policy,
+                &s,
+                &Sql("select 'x'::text"),
+                &prepared,
+                None
+            )),
+            Some("no-files")
+        );
+    }
+
+    /// A PL/pgSQL definition is read with its own parser: statements, expressions,
+    /// assignments and declarations are classified as SQL; `EXECUTE` is dynamic.
+    #[test]
+    fn plpgsql_bodies_are_read_with_their_parser() {
+        let classifier = crate::Classifier::default();
+        let definition = "CREATE FUNCTION public.f(t text) RETURNS trigger LANGUAGE plpgsql AS $$
+declare
+  n int := (select count(*) from counted);
+  r record;
+begin
+  if exists (select 1 from checked where id = new.id) then
+    perform f_other(n);
+  end if;
+  n := f_assigned(n) + 1;
+  for r in select * from looped loop
+    update updated set x = r.x where id = r.id;
+  end loop;
+  execute 'drop table ' || t;
+  return new;
+end $$";
+        let list = classifier.classify_plpgsql(definition).unwrap();
+        let all = |f: fn(&Classified) -> Vec<String>| -> Vec<String> {
+            let mut v: Vec<String> = list.iter().flat_map(f).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        assert_eq!(
+            all(|c| c.tables.iter().cloned().collect()),
+            ["checked", "counted", "looped", "updated"]
+        );
+        let functions = all(|c| c.functions.iter().cloned().collect());
+        assert!(
+            functions.contains(&"f_other".to_string())
+                && functions.contains(&"f_assigned".to_string()),
+            "{functions:?}"
+        );
+        let kinds = all(|c| c.kinds.iter().cloned().collect());
+        assert!(
+            kinds.contains(&"update".to_string()) && kinds.contains(&"dynamic".to_string()),
+            "{kinds:?}"
+        );
+        assert!(list.iter().any(|c| c.class == Class::Admin));
+        assert!(
+            classifier
+                .classify_plpgsql(
+                    "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ begin retur 1; end $$"
+                )
+                .is_err()
         );
     }
 }

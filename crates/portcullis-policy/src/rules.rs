@@ -542,6 +542,22 @@ impl Policy {
         &self.inner.rules
     }
 
+    /// Classify a PL/pgSQL function's definition ([`crate::Classifier::classify_plpgsql`]),
+    /// through the cache.
+    pub fn classify_plpgsql(&self, definition: &str) -> Classification {
+        let key = format!("\u{3}plpgsql:{definition}");
+        if let Some(hit) = self.lock_cache().get(&key) {
+            return hit.clone();
+        }
+        let classified = Arc::new(self.inner.classifier.classify_plpgsql(definition));
+        let mut cache = self.lock_cache();
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, classified.clone());
+        classified
+    }
+
     /// Classify PostgreSQL `sql`, through the cache when the text has a [`cache_key`].
     pub fn classify(&self, sql: &str) -> Classification {
         self.classify_in(Dialect::Postgres, sql)

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use portcullis_core::{
-    AuthMethod, CatalogLookup, FunctionFacts, Identity, LookupFuture, Protocol, RelationFacts,
-    ReplyBodyExt as _, Request, RewriteEvent as _, SchemaCatalog, Session, SessionId,
+    AuthMethod, CatalogLookup, FunctionFacts, Identity, ImplicitCall, LookupFuture, Protocol,
+    RelationFacts, ReplyBodyExt as _, Request, RewriteEvent as _, SchemaCatalog, Session,
+    SessionId,
 };
 use tower_service::Service as _;
 
@@ -80,6 +81,8 @@ struct FunctionCache {
     by_relation: HashMap<String, (Instant, Arc<[RelationFacts]>)>,
     /// Operator name → the functions behind the user-defined operators of that name.
     by_operator: HashMap<String, (Instant, Arc<[FunctionFacts]>)>,
+    /// The database-wide implicit code (casts, domain constraints, event triggers).
+    database: Option<(Instant, Arc<[ImplicitCall]>)>,
 }
 
 /// How long a function catalog answer is trusted: a function replaced outside the gateway
@@ -352,6 +355,12 @@ impl SchemaCatalog for Functions {
         })
     }
 
+    fn database_code(&self) -> Option<Arc<[ImplicitCall]>> {
+        let cache = self.catalog.function_cache();
+        let (at, all) = cache.get(&self.database)?.database.as_ref()?;
+        (at.elapsed() <= FUNCTION_FACTS_FOR).then(|| all.clone())
+    }
+
     fn look_up(&self, missing: CatalogLookup) -> LookupFuture {
         let this = self.clone();
         Box::pin(async move {
@@ -396,6 +405,9 @@ impl SchemaCatalog for Functions {
                     operators.drain(..operators.len().min(MAX_LOOKUP)).collect();
                 this.look_up_operators(these).await?;
             }
+            if missing.database && this.database_code().is_none() {
+                this.look_up_database_code().await?;
+            }
             Ok(())
         })
     }
@@ -406,12 +418,25 @@ impl SchemaCatalog for Functions {
 }
 
 /// The columns every function query selects (see [`function_facts`]): OID, schema, name,
-/// volatility, language, and a user-defined function's body (OID ≥ 16384,
-/// [`FIRST_NORMAL_OID`]).
+/// volatility, language, a user-defined function's body (OID ≥ 16384,
+/// [`FIRST_NORMAL_OID`]), for a user-defined aggregate the functions it runs, and a
+/// user-defined PL/pgSQL function's whole definition.
 const FUNCTION_COLUMNS: &str = "p.oid, n.nspname, p.proname, p.provolatile, l.lanname, \
      case when p.oid >= 16384 then \
        case when p.prosrc <> '' then p.prosrc \
        else pg_catalog.pg_get_functiondef(p.oid) end \
+     end, \
+     case when p.oid >= 16384 and p.prokind = 'a' then \
+       (select pg_catalog.string_agg(sn.nspname || '.' || sp.proname, pg_catalog.chr(30)) \
+        from pg_catalog.pg_aggregate ag \
+        join pg_catalog.pg_proc sp on sp.oid in (ag.aggtransfn::oid, ag.aggfinalfn::oid, \
+          ag.aggcombinefn::oid, ag.aggserialfn::oid, ag.aggdeserialfn::oid, \
+          ag.aggmtransfn::oid, ag.aggminvtransfn::oid, ag.aggmfinalfn::oid) \
+        join pg_catalog.pg_namespace sn on sn.oid = sp.pronamespace \
+        where ag.aggfnoid = p.oid) \
+     end, \
+     case when p.oid >= 16384 and l.lanname = 'plpgsql' then \
+       pg_catalog.pg_get_functiondef(p.oid) \
      end";
 
 /// The joins [`FUNCTION_COLUMNS`] need, for `pg_proc p`.
@@ -443,8 +468,41 @@ fn function_facts(values: &[Option<&[u8]>]) -> Option<(u32, FunctionFacts)> {
         volatile: text(3)? == "v",
         language: text(4)?,
         body: text(5).map(Arc::from),
+        definition: text(7).map(Arc::from),
+        calls: text(6)
+            .map(|calls| {
+                calls
+                    .split('\u{1e}')
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
     Some((oid, facts))
+}
+
+/// The statement kinds that fire what [`Functions::look_up_implicit`] found, from its
+/// `events` column: a trigger's `tgtype` bits (insert 4, delete 8, update 16, truncate 32),
+/// `-1` inserts and updates, `-2` any statement naming the relation.
+fn fired_by(events: i32) -> Vec<String> {
+    let on: &[&str] = match events {
+        -1 => &["insert", "update"],
+        -2 => &["select"],
+        bits => {
+            return [
+                (4, "insert"),
+                (8, "delete"),
+                (16, "update"),
+                (32, "truncate"),
+            ]
+            .into_iter()
+            .filter(|(bit, _)| bits & bit != 0)
+            .map(|(_, on)| on.to_owned())
+            .collect();
+        }
+    };
+    on.iter().map(|&s| s.to_owned()).collect()
 }
 
 impl Functions {
@@ -524,7 +582,8 @@ impl Functions {
              select rn.nspname, rc.relname, bn.nspname, bc.relname, \
                (select pg_catalog.string_agg(pg_catalog.pg_get_ruledef(w.oid), pg_catalog.chr(30)) \
                 from pg_catalog.pg_rewrite w \
-                where w.ev_class = reach.rel and w.ev_type <> '1') \
+                where w.ev_class = reach.rel and w.ev_type <> '1'), \
+               reach.rel \
              from reach \
              join pg_catalog.pg_class rc on rc.oid = reach.root \
              join pg_catalog.pg_namespace rn on rn.oid = rc.relnamespace \
@@ -532,8 +591,9 @@ impl Functions {
              join pg_catalog.pg_namespace bn on bn.oid = bc.relnamespace"
         );
         let frames = self.query(sql).await?;
-        // Bare name → (schema, name) → (what it reads, the rules that rewrite its writes).
-        type Reach = (Vec<String>, Vec<String>);
+        // Bare name → (schema, name) → (what it reads, the rules that rewrite its writes,
+        // the OIDs of it and of what it reads).
+        type Reach = (Vec<String>, Vec<String>, Vec<u32>);
         let mut found: HashMap<String, HashMap<(String, String), Reach>> =
             names.into_iter().map(|n| (n, HashMap::new())).collect();
         for values in data_rows(&frames) {
@@ -541,13 +601,14 @@ impl Functions {
                 .into_iter()
                 .map(|v| String::from_utf8_lossy(v.unwrap_or_default()).into_owned())
                 .collect();
-            let [schema, name, read_schema, read_name, rules] = row.as_slice() else {
+            let [schema, name, read_schema, read_name, rules, rel] = row.as_slice() else {
                 continue;
             };
             let Some(roots) = found.get_mut(name) else {
                 continue;
             };
-            let (reads, rewrites) = roots.entry((schema.clone(), name.clone())).or_default();
+            let (reads, rewrites, rels) = roots.entry((schema.clone(), name.clone())).or_default();
+            rels.extend(rel.parse::<u32>().ok());
             if (read_schema, read_name) != (schema, name) {
                 reads.push(format!("{read_schema}.{read_name}"));
             }
@@ -558,6 +619,17 @@ impl Functions {
                     .map(str::to_owned),
             );
         }
+        let mut oids: Vec<u32> = found
+            .values()
+            .flat_map(|roots| roots.values())
+            .flat_map(|(_, _, rels)| rels.iter().copied())
+            .collect();
+        oids.sort_unstable();
+        oids.dedup();
+        let mut implicit = HashMap::new();
+        for some in oids.chunks(MAX_LOOKUP) {
+            implicit.extend(self.look_up_implicit(some).await?);
+        }
         let now = Instant::now();
         let mut cache = self.catalog.function_cache();
         let db = cache.entry(self.database.clone()).or_default();
@@ -567,21 +639,156 @@ impl Functions {
         for (bare, roots) in found {
             let facts: Vec<RelationFacts> = roots
                 .into_iter()
-                .map(|((schema, name), (mut reads, mut rules))| {
+                .map(|((schema, name), (mut reads, mut rules, rels))| {
                     reads.sort_unstable();
                     reads.dedup();
                     rules.sort_unstable();
                     rules.dedup();
+                    let mut calls: Vec<ImplicitCall> = rels
+                        .iter()
+                        .filter_map(|r| implicit.get(r))
+                        .flatten()
+                        .cloned()
+                        .collect();
+                    calls.dedup();
                     RelationFacts {
                         schema,
                         name,
                         reads,
                         rules,
+                        implicit: calls,
                     }
                 })
                 .collect();
             db.by_relation.insert(bare, (now, facts.into()));
         }
+        Ok(())
+    }
+
+    /// The user-defined functions attached to the relations `rels` (by OID): triggers
+    /// (fired by their events), check constraints, defaults and generated columns, index
+    /// expressions (fired by inserts and updates), row-security policies (by any statement
+    /// naming the relation). What the server records in `pg_depend` for each is what it
+    /// runs.
+    async fn look_up_implicit(
+        &self,
+        rels: &[u32],
+    ) -> Result<HashMap<u32, Vec<ImplicitCall>>, String> {
+        let list = rels
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let any = format!("any('{{{list}}}'::pg_catalog.oid[])");
+        let sql = format!(
+            "with objs(rel, what, label, obj, cat, events) as ( \
+               select t.tgrelid, 'trigger', t.tgname::text, t.oid, \
+                 'pg_catalog.pg_trigger'::pg_catalog.regclass, t.tgtype::int \
+               from pg_catalog.pg_trigger t where not t.tgisinternal and t.tgrelid = {any} \
+               union all \
+               select k.conrelid, 'constraint', k.conname::text, k.oid, \
+                 'pg_catalog.pg_constraint'::pg_catalog.regclass, -1 \
+               from pg_catalog.pg_constraint k where k.conrelid = {any} \
+               union all \
+               select a.adrelid, 'default of column', a.adnum::text, a.oid, \
+                 'pg_catalog.pg_attrdef'::pg_catalog.regclass, -1 \
+               from pg_catalog.pg_attrdef a where a.adrelid = {any} \
+               union all \
+               select i.indrelid, 'index', i.indexrelid::text, i.indexrelid, \
+                 'pg_catalog.pg_class'::pg_catalog.regclass, -1 \
+               from pg_catalog.pg_index i where i.indrelid = {any} \
+               union all \
+               select y.polrelid, 'policy', y.polname::text, y.oid, \
+                 'pg_catalog.pg_policy'::pg_catalog.regclass, -2 \
+               from pg_catalog.pg_policy y where y.polrelid = {any} \
+             ) \
+             select distinct o.rel, o.what || ' ' || o.label || ' on ' \
+               || o.rel::pg_catalog.regclass::text, o.events, {FUNCTION_COLUMNS} \
+             from objs o \
+             join pg_catalog.pg_depend d on d.classid = o.cat and d.objid = o.obj \
+               and d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+             join pg_catalog.pg_proc p on p.oid = d.refobjid {FUNCTION_JOINS} \
+             where p.oid >= {FIRST_NORMAL_OID}"
+        );
+        let frames = self.query(sql).await?;
+        let mut found: HashMap<u32, Vec<ImplicitCall>> = HashMap::new();
+        for values in data_rows(&frames) {
+            let text = |i: usize| {
+                values
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default()
+            };
+            let (Ok(rel), Ok(events)) = (text(0).parse::<u32>(), text(2).parse::<i32>()) else {
+                continue;
+            };
+            let Some((_, function)) = function_facts(&values[3..]) else {
+                continue;
+            };
+            found.entry(rel).or_default().push(ImplicitCall {
+                on: fired_by(events),
+                by: text(1).into_owned(),
+                function,
+            });
+        }
+        Ok(found)
+    }
+
+    /// One catalog query for the database-wide implicit code: user-defined casts (not an
+    /// extension's) and domain constraints and defaults, which may run for any statement,
+    /// and event triggers, which run for DDL.
+    async fn look_up_database_code(&self) -> Result<(), String> {
+        let sql = format!(
+            "select 'ddl', 'event trigger ' || e.evtname, {FUNCTION_COLUMNS} \
+             from pg_catalog.pg_event_trigger e \
+             join pg_catalog.pg_proc p on p.oid = e.evtfoid {FUNCTION_JOINS} \
+             union all \
+             select 'any', 'cast from ' || pg_catalog.format_type(c.castsource, null) \
+               || ' to ' || pg_catalog.format_type(c.casttarget, null), {FUNCTION_COLUMNS} \
+             from pg_catalog.pg_cast c \
+             join pg_catalog.pg_proc p on p.oid = c.castfunc {FUNCTION_JOINS} \
+             where c.oid >= {FIRST_NORMAL_OID} and not exists ( \
+               select 1 from pg_catalog.pg_depend x \
+               where x.classid = 'pg_catalog.pg_cast'::pg_catalog.regclass \
+                 and x.objid = c.oid and x.deptype = 'e') \
+             union all \
+             select 'any', 'domain ' || pg_catalog.format_type(t.oid, null), {FUNCTION_COLUMNS} \
+             from pg_catalog.pg_type t \
+             join pg_catalog.pg_constraint k on k.contypid = t.oid \
+             join pg_catalog.pg_depend d on d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+               and ((d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass and d.objid = k.oid) \
+                 or (d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass and d.objid = t.oid)) \
+             join pg_catalog.pg_proc p on p.oid = d.refobjid {FUNCTION_JOINS} \
+             where t.typtype = 'd' and p.oid >= {FIRST_NORMAL_OID}"
+        );
+        let frames = self.query(sql).await?;
+        let mut found = Vec::new();
+        for values in data_rows(&frames) {
+            let text = |i: usize| {
+                values
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default()
+            };
+            let Some((_, function)) = function_facts(&values[2..]) else {
+                continue;
+            };
+            let call = ImplicitCall {
+                on: vec![text(0)],
+                by: text(1),
+                function,
+            };
+            if !found.contains(&call) {
+                found.push(call);
+            }
+        }
+        let mut cache = self.catalog.function_cache();
+        let db = cache.entry(self.database.clone()).or_default();
+        db.database = Some((Instant::now(), found.into()));
         Ok(())
     }
 

@@ -814,3 +814,146 @@ action = "deny"
     let replies = alice().simple("insert into other values (1)").unwrap();
     assert!(!refused(&replies), "{replies:?}");
 }
+
+/// Issue 17, class 5: code the database runs without the statement naming it. A trigger
+/// whose PL/pgSQL function calls another that deletes, an aggregate whose transition
+/// function reads a server file, a cast and a domain check bound to such functions, and an
+/// event trigger that deletes on every DDL each do their damage directly; through the
+/// gateway each statement is judged with that code and refused, while the same statements
+/// without it work as directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_the_database_runs_implicitly_counts_as_part_of_the_statement() {
+    let cluster = cluster_with_victims().await;
+    direct(
+        &cluster,
+        "create table scratch_t (id int); insert into scratch_t values (1), (2);
+         create table t_trig (id int); create table t_plain (id int);
+         create function f_inner() returns void language plpgsql as $$ begin delete from scratch_t; end $$;
+         create function f_trig() returns trigger language plpgsql as $$ begin perform f_inner(); return new; end $$;
+         create trigger t_wipe after insert on t_trig for each row execute function f_trig();
+         create function f_step(state text, v text) returns text language sql
+           as $$ select coalesce(state, '') || pg_read_file(v) $$;
+         create aggregate f_agg(text) (sfunc = f_step, stype = text);
+         create type t_secret as (v text);
+         create function f_cast(text) returns t_secret language sql
+           as $$ select row(pg_read_file($1))::t_secret $$;
+         create cast (text as t_secret) with function f_cast(text);",
+    );
+    // The damage, directly.
+    direct(&cluster, "insert into t_trig values (1)");
+    assert_eq!(
+        direct(&cluster, "select count(*) from scratch_t"),
+        "0",
+        "the trigger did no damage directly"
+    );
+    let version = direct(&cluster, "show server_version_num");
+    let major = &version[..2];
+    assert!(
+        direct(&cluster, "select f_agg('PG_VERSION')").starts_with(major),
+        "the aggregate read no file directly"
+    );
+    assert!(
+        direct(&cluster, "select ('PG_VERSION'::text)::t_secret").contains(major),
+        "the cast read no file directly"
+    );
+    direct(
+        &cluster,
+        "insert into scratch_t values (1);
+         create function f_check(v text) returns bool language plpgsql as $$ begin delete from scratch_t; return true; end $$;
+         create domain d_checked as text check (f_check(value))",
+    );
+    direct(&cluster, "select 'x'::d_checked");
+    assert_eq!(
+        direct(&cluster, "select count(*) from scratch_t"),
+        "0",
+        "the domain check did no damage directly"
+    );
+    direct(
+        &cluster,
+        "insert into scratch_t values (1);
+         create function f_evt() returns event_trigger language plpgsql as $$ begin delete from scratch_t; end $$;
+         create event trigger e_wipe on ddl_command_end execute function f_evt();
+         create table scratch_ddl (id int)",
+    );
+    assert_eq!(
+        direct(&cluster, "select count(*) from scratch_t"),
+        "0",
+        "the event trigger did no damage directly"
+    );
+    // Now aimed at the victims.
+    direct(
+        &cluster,
+        "drop event trigger e_wipe; drop domain d_checked; drop cast (text as t_secret);
+         create or replace function f_inner() returns void language plpgsql as $$ begin delete from victims; end $$;
+         create or replace function f_check(v text) returns bool language plpgsql as $$ begin delete from victims; return true; end $$;
+         create or replace function f_evt() returns event_trigger language plpgsql as $$ begin delete from victims; end $$",
+    );
+    let rules = r#"
+[policy]
+[[policy.rules]]
+name = "no-deletes"
+statements = ["delete"]
+action = "deny"
+[[policy.rules]]
+name = "no-files"
+functions = ["pg_read_file"]
+action = "deny"
+"#;
+    // Each kind of code on its own (a cast or domain check applies to every statement, so
+    // each phase has a gateway of its own, with a catalog read afresh).
+    let phase = |denied: &'static [(&'static str, &'static str)],
+                 allowed: &'static [&'static str]| {
+        let cluster = &cluster;
+        async move {
+            let (_gateway, gw, _admin, _dir) = start(cluster, rules).await;
+            let alice = || PgWire::connect(gw, "alice", "app", ALICE).unwrap();
+            for (sql, rule) in denied {
+                let replies = alice().simple(sql).unwrap();
+                refused_by(&replies, sql, rule);
+            }
+            for sql in allowed {
+                let replies = alice().simple(sql).unwrap();
+                assert!(!refused(&replies), "{sql}: {replies:?}");
+            }
+        }
+    };
+    phase(
+        &[
+            ("insert into t_trig values (2)", "no-deletes"),
+            ("select f_agg('PG_VERSION')", "no-files"),
+        ],
+        &[
+            "insert into t_plain values (2)",
+            "select count(id) from t_plain",
+            "select 'PG_VERSION'::text",
+            "create table scratch_gw (id int)",
+        ],
+    )
+    .await;
+    assert!(exists(&cluster, "scratch_gw"));
+    direct(
+        &cluster,
+        "create event trigger e_wipe on ddl_command_end execute function f_evt()",
+    );
+    phase(
+        &[("create table scratch_gw2 (id int)", "no-deletes")],
+        &["insert into t_plain values (3)"],
+    )
+    .await;
+    direct(
+        &cluster,
+        "drop event trigger e_wipe; create cast (text as t_secret) with function f_cast(text)",
+    );
+    phase(
+        &[("select ('PG_VERSION'::text)::t_secret", "no-files")],
+        &[],
+    )
+    .await;
+    direct(
+        &cluster,
+        "drop cast (text as t_secret); create domain d_checked as text check (f_check(value))",
+    );
+    phase(&[("select 'x'::d_checked", "no-deletes")], &[]).await;
+    assert_eq!(direct(&cluster, "select count(*) from victims"), "3");
+    assert!(!exists(&cluster, "scratch_gw2"));
+}
