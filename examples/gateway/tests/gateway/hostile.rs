@@ -957,3 +957,36 @@ action = "deny"
     assert_eq!(direct(&cluster, "select count(*) from victims"), "3");
     assert!(!exists(&cluster, "scratch_gw2"));
 }
+
+/// A catalog the database does not answer holds no command for long: with `pg_aggregate` locked
+/// by another session, a statement calling a function the gateway has not looked up yet is
+/// refused (rule `catalog`) once the catalog query is given up, the session stays usable, and
+/// once the lock is gone the same statement runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_the_database_does_not_answer_refuses_the_command_and_recovers() {
+    let cluster = cluster_with_victims().await;
+    direct(
+        &cluster,
+        "create function f_plain() returns int language sql stable as $$ select 1 $$",
+    );
+    let rules = "[policy]\n[[policy.rules]]\nname = \"no-deletes\"\nstatements = [\"delete\"]\naction = \"deny\"\n";
+    let (_gateway, gw, _admin, _dir) = start(&cluster, rules).await;
+    let mut alice = PgWire::connect(gw, "alice", "app", ALICE).unwrap();
+    assert!(!refused(&alice.simple("select 1").unwrap()));
+    let mut locker = direct_wire(&cluster);
+    let replies = locker
+        .simple("begin; lock table pg_catalog.pg_aggregate in access exclusive mode")
+        .unwrap();
+    assert!(!refused(&replies), "{replies:?}");
+    let replies = tokio::task::spawn_blocking(move || {
+        let replies = alice.simple("select f_plain()").unwrap();
+        (alice, replies)
+    })
+    .await
+    .unwrap();
+    let (mut alice, replies) = replies;
+    refused_by(&replies, "select f_plain()", "catalog");
+    drop(locker);
+    let replies = alice.simple("select f_plain()").unwrap();
+    assert!(!refused(&replies), "{replies:?}");
+}
