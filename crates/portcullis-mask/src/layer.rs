@@ -9,9 +9,9 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use portcullis_core::{
-    Column, CopyLayout, Decision, DecisionLog, Error, EventKind, EventView, Identity, Refusal,
-    ReplyBody, Request, Response, RewriteEvent, Session, TextRedactor, ValueKind, Verdict,
-    wildcard,
+    Column, CommandView, CopyLayout, Decision, DecisionLog, Error, EventKind, EventView, Identity,
+    Protocol, Refusal, ReplyBody, Request, Response, RewriteEvent, Session, TextRedactor,
+    ValueKind, Verdict, wildcard,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -50,6 +50,38 @@ pub struct MaskPolicy {
     detect_only: bool,
     json: Arc<crate::json::JsonPolicy>,
     other_bodies: OtherBodies,
+    lineage: Option<LineageReader>,
+}
+
+/// Reads where a statement's result columns come from, for protocols whose column
+/// descriptions name a derived table, a CTE or a view rather than the base table (MySQL):
+/// for each output column name (lower case), the base columns (`[schema.]table.column`)
+/// its value is made of. `portcullis_policy::mysql_lineage` is one.
+#[derive(Clone)]
+pub struct LineageReader {
+    protocol: Protocol,
+    read: Arc<LineageFn>,
+}
+
+type LineageFn = dyn Fn(&Session, &str) -> Vec<(String, Vec<String>)> + Send + Sync;
+
+impl LineageReader {
+    /// A reader for sessions of `protocol`, calling `read(session, statements)`.
+    pub fn new(
+        protocol: Protocol,
+        read: impl Fn(&Session, &str) -> Vec<(String, Vec<String>)> + Send + Sync + 'static,
+    ) -> Self {
+        LineageReader {
+            protocol,
+            read: Arc::new(read),
+        }
+    }
+}
+
+impl std::fmt::Debug for LineageReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineageReader").finish_non_exhaustive()
+    }
 }
 
 impl MaskPolicy {
@@ -62,7 +94,18 @@ impl MaskPolicy {
             exempt_groups: Vec::new(),
             detect_only: false,
             other_bodies: OtherBodies::Pass,
+            lineage: None,
         }
+    }
+
+    /// Follow result columns whose reported source is not proven a base table (a derived
+    /// table, a CTE or a view: [`Column::source_uncertain`]) or unknown (a computed value)
+    /// through the statement with `reader`: a column rule then also matches a column made of
+    /// a base column it names (`SELECT n FROM (SELECT full_name AS n FROM customers) x` under
+    /// a rule on `customers.full_name`).
+    pub fn with_lineage(mut self, reader: LineageReader) -> Self {
+        self.lineage = Some(reader);
+        self
     }
 
     /// Rules on JSON paths for HTTP bodies (`$..email`, `$.items[*].card`), with the
@@ -134,6 +177,17 @@ impl MaskPolicy {
 
     /// The plan for a result with `columns`, for `identity`.
     fn plan(&self, columns: Vec<Column>, identity: &Identity) -> Vec<Action> {
+        self.plan_with(columns, identity, &[])
+    }
+
+    /// [`MaskPolicy::plan`], with the statement's `lineage` for columns whose source is not
+    /// proven.
+    fn plan_with(
+        &self,
+        columns: Vec<Column>,
+        identity: &Identity,
+        lineage: &[(String, Vec<String>)],
+    ) -> Vec<Action> {
         let ruled = self
             .columns
             .iter()
@@ -141,9 +195,22 @@ impl MaskPolicy {
         columns
             .into_iter()
             .map(|c| {
+                // What the value is made of, when the reported source does not prove it.
+                let made_of: Vec<Column> = if c.source.is_none() || c.source_uncertain {
+                    let label = c.label.to_lowercase();
+                    lineage
+                        .iter()
+                        .filter(|(name, _)| *name == label)
+                        .flat_map(|(_, sources)| sources)
+                        .map(|source| Column::new(&c.label, c.kind).with_source(source.clone()))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let rule = self.columns.iter().find(|r| {
                     (r.groups.is_empty() || identity.in_any_group(&r.groups))
-                        && column_matches(&r.pattern, &c)
+                        && (column_matches(&r.pattern, &c)
+                            || made_of.iter().any(|m| column_matches(&r.pattern, m)))
                 });
                 // A table's row type the catalog resolved: the column rules of its fields.
                 let fields = c.fields.as_ref().map(|sources| {
@@ -294,6 +361,7 @@ impl Plans {
 
 impl<S, C, B> Service<Request<C>> for Mask<S>
 where
+    C: CommandView,
     S: Service<Request<C>, Response = Response<B>, Error = Error>,
     B: ReplyBody,
     B::Event: EventView + RewriteEvent,
@@ -313,6 +381,19 @@ where
                 session: req.session.clone(),
                 log: req.extensions.get::<DecisionLog>().cloned(),
                 plans: self.plans.clone(),
+                // Kept only where the lineage may be read: column rules and a reader.
+                statements: (p.has_column_rules()
+                    && p.lineage
+                        .as_ref()
+                        .is_some_and(|l| l.protocol == req.session.protocol))
+                .then(|| {
+                    req.command
+                        .statements()
+                        .iter()
+                        .map(|s| s.text.to_owned())
+                        .collect::<Vec<_>>()
+                        .join(";\n")
+                }),
             }),
             _ => None,
         };
@@ -329,6 +410,25 @@ struct Watch {
     session: Arc<Session>,
     log: Option<DecisionLog>,
     plans: Arc<Mutex<Plans>>,
+    /// The command's statements, when their lineage may be read.
+    statements: Option<String>,
+}
+
+impl Watch {
+    /// The lineage of the command's result columns, when the policy reads it and `columns`
+    /// has one whose source is not proven.
+    fn lineage(&self, columns: &[Column]) -> Vec<(String, Vec<String>)> {
+        let (Some(reader), Some(text)) = (&self.policy.lineage, &self.statements) else {
+            return Vec::new();
+        };
+        if !columns
+            .iter()
+            .any(|c| c.source.is_none() || c.source_uncertain)
+        {
+            return Vec::new();
+        }
+        (reader.read)(&self.session, text)
+    }
 }
 
 pin_project! {
@@ -816,7 +916,11 @@ where
                 None => fail("a masked body could not be rebuilt"),
             };
         }
-        if let Some(shape) = event.shape() {
+        // Where the statement's lineage is read, one description may need different plans
+        // for different statements (`SELECT n FROM (SELECT city AS n …) x` and `… full_name
+        // AS n …` are described alike): such plans are not shared.
+        let by_shape = state.watch.statements.is_none();
+        if by_shape && let Some(shape) = event.shape() {
             let known = lock(&state.watch.plans).get(shape);
             if let Some(plan) = known {
                 state.plan = Some(plan);
@@ -832,12 +936,13 @@ where
                 .implied_columns()
                 .filter(|known| known.len() == columns.len())
                 .unwrap_or(columns);
+            let lineage = state.watch.lineage(&columns);
             let plan: Plan = state
                 .watch
                 .policy
-                .plan(columns, &state.watch.session.identity)
+                .plan_with(columns, &state.watch.session.identity, &lineage)
                 .into();
-            if let Some(shape) = event.shape() {
+            if by_shape && let Some(shape) = event.shape() {
                 lock(&state.watch.plans).put(shape, &plan);
             }
             state.plan = Some(plan);

@@ -54,7 +54,9 @@ pub use json::{
     JsonError, JsonErrorKind, JsonLimits, JsonMasker, JsonPath, JsonPathError, JsonPolicy,
     JsonStats,
 };
-pub use layer::{ColumnRule, Mask, MaskBody, MaskLayer, MaskPolicy, OtherBodies, ResponseFuture};
+pub use layer::{
+    ColumnRule, LineageReader, Mask, MaskBody, MaskLayer, MaskPolicy, OtherBodies, ResponseFuture,
+};
 pub use mask::{Masked, Masker, MaskerError, Strategy};
 pub use scan::{BuildError, Custom, Detectors};
 

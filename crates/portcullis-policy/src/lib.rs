@@ -51,6 +51,7 @@
 mod classify;
 mod guard;
 mod http;
+mod lineage;
 mod mysql;
 mod normalize;
 mod rules;
@@ -62,6 +63,7 @@ pub use classify::{
 };
 pub use guard::{Guard, GuardLayer};
 pub use http::{classify_http, path_matches};
+pub use lineage::{Lineage, mysql_lineage};
 pub use mysql::{MYSQL_DANGEROUS_FUNCTIONS, MySqlMode, classify_mysql};
 pub use normalize::cache_key;
 pub use rules::{

@@ -89,7 +89,7 @@ fn classify_mysql_here(sql: &str, mode: MySqlMode) -> Result<Vec<Classified>, Un
 /// Make the text say, in the parser's default MySQL reading, what the server reads in
 /// `mode`: MariaDB's `/*M!` becomes `/*!`; with `NO_BACKSLASH_ESCAPES` a backslash in a
 /// string is doubled; with `ANSI_QUOTES` `"…"` becomes `` `…` ``.
-fn rewrite(sql: &str, mode: MySqlMode) -> Result<Cow<'_, str>, Unparsed> {
+pub(crate) fn rewrite(sql: &str, mode: MySqlMode) -> Result<Cow<'_, str>, Unparsed> {
     let needs = sql.contains("/*M!")
         || sql.contains("--")
         || (mode.no_backslash_escapes && sql.contains('\\'))

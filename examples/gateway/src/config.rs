@@ -1288,7 +1288,18 @@ impl Resolver<'_> {
                 .exempt(exempt)
                 .detect_only(detect_only)
                 .json_rules(json_rules)
-                .other_bodies(other_bodies),
+                .other_bodies(other_bodies)
+                // MariaDB names a derived table, a CTE or a view as a column's source:
+                // follow the column through the statement to its base columns.
+                .with_lineage(portcullis_mask::LineageReader::new(
+                    portcullis_core::Protocol::MySql,
+                    |session, sql| {
+                        let mode = portcullis_policy::MySqlMode::from_sql_mode(
+                            &session.server_param("sql_mode").unwrap_or_default(),
+                        );
+                        portcullis_policy::mysql_lineage(sql, mode, session.database.as_deref())
+                    },
+                )),
         )
     }
 

@@ -286,10 +286,29 @@ path = "{}"
     assert_eq!(clear, format!("{EMAIL}\t{SSN}\n"));
     // A column rule on customers.ssn holds through a derived table and a CTE (MariaDB names
     // them as the column's table).
+    // Renamed on the way, the column is followed through the statement to customers.ssn
+    // (issue 18, class 5): directly each of these returns the SSN.
+    let renamed = [
+        "SELECT n FROM (SELECT ssn AS n FROM customers) x",
+        "SELECT n FROM (SELECT ssn AS n FROM customers) AS customers",
+        "WITH c (n) AS (SELECT ssn FROM customers) SELECT n FROM c",
+        "SELECT x.n FROM (SELECT m AS n FROM (SELECT ssn AS m FROM customers) y) x",
+        "SELECT concat('', n) AS m FROM (SELECT ssn AS n FROM customers) x",
+        "SELECT n FROM (SELECT name AS n FROM customers WHERE 0 UNION SELECT ssn FROM customers) x",
+    ];
+    for sql in renamed {
+        assert!(
+            db.sql(sql).unwrap().contains(SSN),
+            "{sql} does not return the SSN directly"
+        );
+    }
     for sql in [
         "SELECT ssn FROM (SELECT ssn FROM customers) x",
         "WITH c AS (SELECT ssn FROM customers) SELECT ssn FROM c",
-    ] {
+    ]
+    .into_iter()
+    .chain(renamed)
+    {
         let out = mysql(gw, ALICE, sql);
         let rows = stdout(&out);
         assert!(out.status.success(), "{sql}: {}", stderr(&out));
@@ -319,6 +338,25 @@ path = "{}"
             "{planted} leaked in the binary protocol: {rows}"
         );
     }
+    // A renamed derived column in the binary protocol: followed the same way.
+    let ca3 = ca2.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        prepared_select(
+            gw,
+            &ca3,
+            CAROL,
+            "SELECT n FROM (SELECT ssn AS n FROM customers WHERE id > ?) x",
+        )
+    })
+    .await
+    .unwrap();
+    let rows = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(rows.lines().count(), 2, "{rows}");
+    assert!(
+        !rows.contains(SSN),
+        "a renamed derived column leaked in the binary protocol: {rows}"
+    );
     // Numbers in the binary protocol (BIGINT UNSIGNED, DOUBLE) go through the detectors too:
     // the card as a number is NULL, the near-miss passes.
     let out = tokio::task::spawn_blocking(move || {
