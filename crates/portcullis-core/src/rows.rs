@@ -27,6 +27,10 @@ pub enum ValueKind {
     LeInteger,
     /// A binary-protocol IEEE float, little-endian (MySQL `FLOAT`, `DOUBLE`).
     LeFloat,
+    /// Bytes in text form: `\x` and two hex digits per byte (PostgreSQL `bytea`'s text
+    /// output): the detectors read the bytes, and a masked value is written back in the same
+    /// form. A value not in that form (`bytea_output = escape`) reads as text.
+    HexText,
     /// A binary value of a type no built-in detector reads (a date, a time, a boolean, a
     /// UUID): passed unless a custom detector (which may match anything) is on.
     Inert,
@@ -86,6 +90,12 @@ pub struct Column {
     pub fields: Option<std::sync::Arc<[String]>>,
     /// How values read.
     pub kind: ValueKind,
+    /// A text value the client reads as a number (an integer, float or decimal column in
+    /// text form): a masked value must stay a number, so one that cannot is NULL.
+    pub number: bool,
+    /// A text value the client reads as JSON (PostgreSQL `json`/`jsonb`, MySQL `JSON`):
+    /// masked as JSON (values inside it), and NULL when masked whole.
+    pub json: bool,
 }
 
 impl Column {
@@ -98,7 +108,21 @@ impl Column {
             composite: false,
             fields: None,
             kind,
+            number: false,
+            json: false,
         }
+    }
+
+    /// Its values are JSON documents to the client (see [`Column::json`]).
+    pub fn json(mut self) -> Self {
+        self.json = true;
+        self
+    }
+
+    /// Its text values are numbers to the client (see [`Column::number`]).
+    pub fn number(mut self) -> Self {
+        self.number = true;
+        self
     }
 
     /// With its source column.

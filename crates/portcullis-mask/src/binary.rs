@@ -118,7 +118,7 @@ impl Scan<'_> {
     }
 
     /// A value that cannot hold a masked form: NULL when any spelling has a finding.
-    fn numbers(&mut self, spellings: &[String]) -> Masked {
+    pub(crate) fn numbers(&mut self, spellings: &[String]) -> Masked {
         for s in spellings {
             if self.text(s.as_bytes()) != Masked::Clean {
                 return Masked::Null;

@@ -232,6 +232,8 @@ impl MaskPolicy {
                 });
                 Action {
                     kind: c.kind,
+                    number: c.number,
+                    json: c.json,
                     whole: rule.map(|r| r.strategy),
                     // Column rules cannot be checked on the fields of a row whose type the
                     // catalog did not resolve: under any rule, a value that reads as a row is
@@ -269,6 +271,30 @@ fn column_matches(pattern: &str, c: &Column) -> bool {
     wildcard(pattern, &c.label) || source_name.is_some_and(|n| wildcard(pattern, n))
 }
 
+/// The bytes of a `\x…` hex text value; `None` when `v` is not in that form.
+fn decode_hex(v: &[u8]) -> Option<Vec<u8>> {
+    let hex = v.strip_prefix(b"\\x")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    hex.chunks(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
+
+/// `bytes` as a `\x…` hex text value.
+fn encode_hex(bytes: &[u8]) -> Vec<u8> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(2 + bytes.len() * 2);
+    out.extend_from_slice(b"\\x");
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
+    }
+    out
+}
+
 /// COPY output read row by row.
 #[derive(Debug, Clone)]
 enum Copying {
@@ -283,6 +309,10 @@ enum Copying {
 struct Action {
     label: String,
     kind: ValueKind,
+    /// Its text values are numbers to the client: a masked one is NULL.
+    number: bool,
+    /// Its values are JSON to the client: masked as JSON, NULL when masked whole.
+    json: bool,
     whole: Option<Strategy>,
     /// A value that reads as a row (`(…)` in text, any binary value) is masked whole.
     rows_whole: bool,
@@ -701,8 +731,58 @@ impl State {
             }
             other => other,
         };
+        if action.json && matches!(action.kind, ValueKind::Text | ValueKind::PrefixedText) {
+            let masked = match whole {
+                // Masked whole, a JSON value is no JSON: NULL.
+                Some(_) => Masked::Null,
+                None => {
+                    let (head, doc) = match action.kind {
+                        ValueKind::PrefixedText => v.split_at(v.len().min(1)),
+                        _ => (&[][..], v),
+                    };
+                    self.json_value(head, doc)
+                }
+            };
+            return self.count(action, masked);
+        }
         let masked = match (action.kind, whole) {
+            (ValueKind::HexText, whole) => match decode_hex(v) {
+                Some(bytes) => {
+                    let masked = match whole {
+                        Some(strategy) => policy.masker.mask_whole(&bytes, strategy),
+                        None => policy
+                            .masker
+                            .mask(&bytes, &mut self.scratch, &mut self.kinds),
+                    };
+                    match masked {
+                        Masked::Rewritten(out) => Masked::Rewritten(encode_hex(&out)),
+                        other => other,
+                    }
+                }
+                None => match whole {
+                    Some(strategy) => policy.masker.mask_whole(v, strategy),
+                    None => policy.masker.mask(v, &mut self.scratch, &mut self.kinds),
+                },
+            },
             (ValueKind::Text, Some(strategy)) => policy.masker.mask_whole(v, strategy),
+            // A number in text form: as written, and as plain digits (`4.111111111111111e+15`
+            // is a card number to whoever reads it); a finding makes it NULL.
+            (ValueKind::Text, None) if action.number => {
+                let written = String::from_utf8_lossy(v);
+                let mut spellings = vec![written.to_string()];
+                if let Ok(x) = written.trim().parse::<f64>()
+                    && x.is_finite()
+                {
+                    spellings.push(x.to_string());
+                }
+                crate::binary::Scan {
+                    masker: &policy.masker,
+                    scratch: &mut self.scratch,
+                    counts: &mut self.kinds,
+                    found: false,
+                }
+                .numbers(&spellings)
+            }
             (ValueKind::Text, None) => policy.masker.mask(v, &mut self.scratch, &mut self.kinds),
             (ValueKind::PrefixedText, whole) => {
                 let (head, rest) = v.split_at(v.len().min(1));
@@ -737,7 +817,38 @@ impl State {
                 }
             }
         };
+        // A number masked in part (`************4242`) is no number: the client could not
+        // read it.
+        let masked = match masked {
+            Masked::Rewritten(_) if action.number => Masked::Null,
+            other => other,
+        };
         self.count(action, masked)
+    }
+
+    /// A JSON document `doc` (after `head`, jsonb's version byte) masked as JSON: the
+    /// values in it through the detectors and the JSON rules, structure kept. One the JSON
+    /// reader cannot read is masked as text.
+    fn json_value(&mut self, head: &[u8], doc: &[u8]) -> Masked {
+        let policy = &self.watch.policy;
+        let mut json = crate::json::JsonMasker::new(policy.json.clone());
+        let mut out = head.to_vec();
+        let read = json
+            .feed(doc, &mut out)
+            .and_then(|()| json.finish(&mut out));
+        match read {
+            Ok(()) if out[head.len()..] == *doc => Masked::Clean,
+            Ok(()) => {
+                for (kind, n) in json.take_stats().kinds {
+                    *self.kinds.entry(kind).or_default() += n;
+                }
+                Masked::Rewritten(out)
+            }
+            Err(_) => match policy.masker.mask(doc, &mut self.scratch, &mut self.kinds) {
+                Masked::Rewritten(text) => Masked::Rewritten([head, &text].concat()),
+                other => other,
+            },
+        }
     }
 
     /// Count a masked value of `action`'s column, and say what replaces it (`None`:

@@ -38,6 +38,14 @@ impl Columns {
                 ValueKind::Text
             };
             let mut column = Column::new(String::from_utf8_lossy(parsed.name), kind);
+            // Numbers sent as text (every number in the text protocol, DECIMAL in both): a
+            // masked value must stay a number.
+            if kind == ValueKind::Text && is_number(parsed.ty) {
+                column = column.number();
+            }
+            if kind == ValueKind::Text && parsed.json {
+                column = column.json();
+            }
             if !parsed.org_table.is_empty() && !parsed.org_name.is_empty() {
                 let (schema, table, name) = (
                     String::from_utf8_lossy(parsed.schema),
@@ -95,6 +103,8 @@ struct ColumnDef<'a> {
     name: &'a [u8],
     org_name: &'a [u8],
     ty: ColumnType,
+    /// A JSON value (type `JSON`, or MariaDB's extended metadata format `json`).
+    json: bool,
 }
 
 impl<'a> ColumnDef<'a> {
@@ -105,8 +115,16 @@ impl<'a> ColumnDef<'a> {
         let org_table = lenenc_str(&mut buf)?;
         let name = lenenc_str(&mut buf)?;
         let org_name = lenenc_str(&mut buf)?;
+        // MariaDB's extended metadata: entries of a kind byte (0 type name, 1 format) and a
+        // length-encoded string; format `json` marks a JSON value.
+        let mut json = false;
         if extended {
-            let _metadata = lenenc_str(&mut buf)?;
+            let mut metadata = lenenc_str(&mut buf)?;
+            while let Some((&kind, rest)) = metadata.split_first() {
+                metadata = rest;
+                let value = lenenc_str(&mut metadata)?;
+                json |= kind == 1 && value.eq_ignore_ascii_case(b"json");
+            }
         }
         // Fixed-length fields: charset (2), length (4), type (1), flags (2), decimals (1).
         let fixed = lenenc_int(&mut buf)?;
@@ -114,6 +132,7 @@ impl<'a> ColumnDef<'a> {
             return None;
         }
         let ty = ColumnType::try_from(*buf.get(6)?).ok()?;
+        json |= ty == ColumnType::MYSQL_TYPE_JSON;
         Some(ColumnDef {
             schema,
             table,
@@ -121,11 +140,30 @@ impl<'a> ColumnDef<'a> {
             name,
             org_name,
             ty,
+            json,
         })
     }
 }
 
 /// How a binary-protocol value of `ty` reads: the string-like types travel as their text.
+/// Whether a column of `ty` holds numbers.
+fn is_number(ty: ColumnType) -> bool {
+    use ColumnType::*;
+    matches!(
+        ty,
+        MYSQL_TYPE_TINY
+            | MYSQL_TYPE_SHORT
+            | MYSQL_TYPE_LONG
+            | MYSQL_TYPE_INT24
+            | MYSQL_TYPE_LONGLONG
+            | MYSQL_TYPE_YEAR
+            | MYSQL_TYPE_FLOAT
+            | MYSQL_TYPE_DOUBLE
+            | MYSQL_TYPE_DECIMAL
+            | MYSQL_TYPE_NEWDECIMAL
+    )
+}
+
 fn binary_value_kind(ty: ColumnType) -> ValueKind {
     use ColumnType::*;
     match ty {

@@ -14,8 +14,13 @@ const RECORD: u32 = 2249;
 const FIRST_NORMAL_OID: u32 = 16_384;
 
 /// How a value of type `oid` in `format` (0 text, 1 binary) reads.
+/// `bytea`'s type OID.
+const BYTEA: u32 = 17;
+
 pub(crate) fn value_kind(oid: u32, format: i16) -> ValueKind {
-    if format == 0 {
+    if format == 0 && oid == BYTEA {
+        ValueKind::HexText
+    } else if format == 0 {
         ValueKind::Text
     } else {
         ValueKind::postgres_binary(oid)
@@ -68,7 +73,33 @@ pub(crate) fn columns(fields: &[Field], formats: Option<&[i16]>) -> Vec<Column> 
                 Some([one]) => *one,
                 Some(all) => all.get(i).copied().unwrap_or(0),
             };
-            let column = Column::new(f.name.clone(), value_kind(f.type_oid, format));
+            let mut column = Column::new(f.name.clone(), value_kind(f.type_oid, format));
+            // int2, int4, int8, oid, float4, float8, numeric in text form, and arrays of them:
+            // read as numbers (an array masked in part is NULL as a whole).
+            if format == 0
+                && matches!(
+                    f.type_oid,
+                    20 | 21
+                        | 23
+                        | 26
+                        | 700
+                        | 701
+                        | 1700
+                        | 1005
+                        | 1007
+                        | 1016
+                        | 1021
+                        | 1022
+                        | 1028
+                        | 1231
+                )
+            {
+                column = column.number();
+            }
+            // json, and jsonb (in text form, or after its version byte in binary).
+            if f.type_oid == 114 || f.type_oid == 3802 {
+                column = column.json();
+            }
             // `record`, and any type created in the database (OIDs from 16384 on): a table's
             // row type in a whole-row reference (`SELECT c FROM customers c`), a composite.
             if f.type_oid == RECORD || f.type_oid >= FIRST_NORMAL_OID {

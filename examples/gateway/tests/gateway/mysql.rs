@@ -317,6 +317,66 @@ path = "{}"
             "{sql}: the column rule did not hold: {rows}"
         );
     }
+    // PyMySQL (text protocol) and node mysql2's execute() (prepared, binary protocol), as
+    // the application identity (its drivers send SET NAMES): the values applications
+    // receive hold no planted value; the masked forms arrive.
+    let leak_queries = [
+        "SELECT id, name, email, card, ssn FROM customers ORDER BY id",
+        "SELECT CAST(REPLACE(card, ' ', '') AS UNSIGNED) AS c, CAST(REPLACE(card, ' ', '') AS DOUBLE) AS d FROM customers",
+        "SELECT n FROM (SELECT ssn AS n FROM customers) x",
+        "SELECT JSON_OBJECT('e', email, 's', ssn) AS j FROM customers",
+    ];
+    let pymysql = format!(
+        r#"
+import pymysql
+conn = pymysql.connect(host="127.0.0.1", port={gw}, user="carol", password="{CAROL}", database="app")
+with conn.cursor() as cur:
+    for q in {leak_queries:?}:
+        cur.execute(q)
+        print("pymysql", repr(cur.fetchall()))
+"#
+    );
+    let mysql2 = format!(
+        r#"
+const mysql = require("mysql2/promise");
+(async () => {{
+  const conn = await mysql.createConnection({{ host: "127.0.0.1", port: {gw}, user: "carol",
+    password: "{CAROL}", database: "app", enableCleartextPlugin: true, supportBigNumbers: true,
+    bigNumberStrings: true }});
+  for (const q of {leak_queries:?}) {{
+    const [rows] = await conn.execute(q, []);
+    console.log("mysql2", JSON.stringify(rows));
+  }}
+  await conn.end();
+}})().catch((e) => {{ console.error(e); process.exit(1); }});
+"#
+    );
+    let drivers = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../crates/portcullis-mysql/tests/drivers");
+    let out = tokio::task::spawn_blocking(move || {
+        let py = Command::new("python3")
+            .args(["-c", &pymysql])
+            .output()
+            .unwrap();
+        let js = Command::new("node")
+            .current_dir(&drivers)
+            .args(["-e", &mysql2])
+            .output()
+            .unwrap();
+        (py, js)
+    })
+    .await
+    .unwrap();
+    for (what, out) in [("PyMySQL", &out.0), ("mysql2 execute", &out.1)] {
+        let rows = stdout(out);
+        assert!(out.status.success(), "{what}: {rows}{}", stderr(out));
+        assert_eq!(rows.lines().count(), leak_queries.len(), "{what}: {rows}");
+        for planted in [EMAIL, CARD, SSN, "4242424242424242"] {
+            assert!(!rows.contains(planted), "{what}: {planted} leaked: {rows}");
+        }
+        assert!(rows.contains("@example.com"), "{what}: {rows}");
+    }
+
     // Binary protocol (a prepared statement): masked the same way.
     let ca2 = ca.clone();
     let out = tokio::task::spawn_blocking(move || {
