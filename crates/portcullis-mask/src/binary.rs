@@ -117,6 +117,14 @@ impl Scan<'_> {
         }
     }
 
+    /// A number's text as written: NULL when it has a finding.
+    pub(crate) fn numbers_in(&mut self, written: &[u8]) -> Masked {
+        match self.text(written) {
+            Masked::Clean => Masked::Clean,
+            _ => Masked::Null,
+        }
+    }
+
     /// A value that cannot hold a masked form: NULL when any spelling has a finding.
     pub(crate) fn numbers(&mut self, spellings: &[String]) -> Masked {
         for s in spellings {

@@ -768,20 +768,27 @@ impl State {
             // A number in text form: as written, and as plain digits (`4.111111111111111e+15`
             // is a card number to whoever reads it); a finding makes it NULL.
             (ValueKind::Text, None) if action.number => {
-                let written = String::from_utf8_lossy(v);
-                let mut spellings = vec![written.to_string()];
-                if let Ok(x) = written.trim().parse::<f64>()
-                    && x.is_finite()
-                {
-                    spellings.push(x.to_string());
-                }
-                crate::binary::Scan {
+                let mut scan = crate::binary::Scan {
                     masker: &policy.masker,
                     scratch: &mut self.scratch,
                     counts: &mut self.kinds,
                     found: false,
+                };
+                // The digits in it are read as written; an exponent hides them
+                // (`4.111111111111111e+15`): spelled again as plain digits.
+                let plain = v
+                    .iter()
+                    .any(|b| matches!(b, b'e' | b'E'))
+                    .then(|| std::str::from_utf8(v).ok()?.trim().parse::<f64>().ok())
+                    .flatten()
+                    .filter(|x| x.is_finite());
+                match scan.numbers_in(v) {
+                    Masked::Clean => match plain {
+                        Some(x) => scan.numbers(&[x.to_string()]),
+                        None => Masked::Clean,
+                    },
+                    _ => Masked::Null,
                 }
-                .numbers(&spellings)
             }
             (ValueKind::Text, None) => policy.masker.mask(v, &mut self.scratch, &mut self.kinds),
             (ValueKind::PrefixedText, whole) => {
