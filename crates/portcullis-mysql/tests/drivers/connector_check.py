@@ -7,14 +7,10 @@ Connection: MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_PASSWORD, MYSQL_DATABASE; 
 MYSQL_SSL_CA (a CA PEM file) it connects with TLS and verifies the server's certificate
 and host name (ssl_verify_cert, ssl_verify_identity); without it TLS is off.
 
-Auth switch to mysql_clear_password: use_pure=True. The pure-Python implementation answers
-it with its built-in plugin (mysql/connector/plugins/mysql_clear_password.py, picked by
-authentication.py on the switch request); no option is needed, but that plugin refuses
-without TLS ("mysql_clear_password requires SSL", requires_ssl is hard-wired to True), so
-through the gateway this script needs MYSQL_SSL_CA; MYSQL_CLEARTEXT=1 cannot lift that
-(the library offers no switch for it). The C extension (use_pure=False) goes through the
-bundled libmysqlclient, which refuses the switch ("plugin not enabled") unless the
-environment has LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN=1 (connection_cext exposes no option).
+Authentication: default options. Over TLS the gateway asks for caching_sha2_password's
+full authentication, which both implementations answer by sending the password inside
+TLS. MYSQL_PURE=0 uses the C extension (the bundled libmysqlclient), anything else the
+pure-Python implementation.
 
 One line per check on stdout, values as repr() of what the connector decoded (bytearray
 shown as bytes), so that a run straight against the database and a run through the
@@ -48,7 +44,7 @@ def connect():
         user=os.environ["MYSQL_USER"],
         password=os.environ.get("MYSQL_PASSWORD", ""),
         database=os.environ["MYSQL_DATABASE"],
-        use_pure=True,
+        use_pure=os.environ.get("MYSQL_PURE", "1") != "0",
         charset="utf8mb4",
         # The connector's default utf8mb4 collation (utf8mb4_0900_ai_ci) is MySQL 8's and
         # MariaDB has none of that name.

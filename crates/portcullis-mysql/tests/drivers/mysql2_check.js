@@ -11,11 +11,11 @@
 // "localhost" instead of the IP. (So the host name is checked after the login, the chain
 // before it.) Without MYSQL_SSL_CA TLS is off.
 //
-// Auth switch to mysql_clear_password: `enableCleartextPlugin: true`. mysql2 has the
-// plugin built in (lib/auth_plugins/mysql_clear_password.js) but lib/commands/auth_switch.js
-// refuses a switch to it (MYSQL_CLEAR_PASSWORD_NOT_ENABLED) unless that option is set or a
-// custom authPlugins.mysql_clear_password is given; it does not look at TLS. It is set
-// when MYSQL_SSL_CA is given or MYSQL_CLEARTEXT=1 (then also without TLS).
+// Authentication: default options. Over TLS the gateway asks for caching_sha2_password's
+// full authentication, which mysql2 answers by sending the password inside TLS. Without TLS
+// (MYSQL_CLEARTEXT=1, for a gateway on loopback that allows plaintext tokens) the gateway
+// switches to mysql_clear_password, which mysql2 refuses (MYSQL_CLEARTEXT_PLUGIN_NOT_ENABLED)
+// unless `enableCleartextPlugin: true` is set: only then is it set.
 //
 // One line per check on stdout, every value as `type:value` (strings JSON-quoted, Buffers
 // in hex; dateStrings keeps DATETIME(6) exact), so that a run straight against the
@@ -56,7 +56,7 @@ async function main() {
     charset: "utf8mb4_general_ci",
     dateStrings: true,
     ssl: ca ? { ca: fs.readFileSync(ca), rejectUnauthorized: true } : undefined,
-    enableCleartextPlugin: Boolean(ca) || env.MYSQL_CLEARTEXT === "1",
+    enableCleartextPlugin: env.MYSQL_CLEARTEXT === "1",
   });
   if (ca) {
     const stream = conn.connection.stream;
