@@ -339,11 +339,14 @@ impl Prepareds {
             com::PING | com::STATISTICS | com::DEBUG | com::SET_OPTION | com::RESET_CONNECTION => {
                 MyCommand::new(payload, CommandKind::Control, None)
             }
+            // Answered by the protocol server (an authentication exchange, then a reset of
+            // the session); never sent on as it is.
             com::CHANGE_USER => {
                 return Err(Unrunnable::Error {
                     code: 1227,
                     state: "42000",
-                    message: "COM_CHANGE_USER is not available through the gateway: a session keeps the identity it logged in with; open a new connection with the other token".into(),
+                    message: "COM_CHANGE_USER is answered by the gateway's session, not forwarded"
+                        .into(),
                 });
             }
             0x12 | 0x14 | 0x15 | 0x1e => {
@@ -534,6 +537,7 @@ mod tests {
             p.command(Bytes::from(payload)),
             Err(Unrunnable::Error { code: 1243, .. })
         ));
+        // Answered by the session (an authentication exchange), never forwarded as is.
         assert!(matches!(
             p.command(Bytes::from_static(&[com::CHANGE_USER, 0])),
             Err(Unrunnable::Error { code: 1227, .. })

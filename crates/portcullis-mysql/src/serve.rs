@@ -920,6 +920,8 @@ impl<A, N, S> Driver<'_, A, N, S> {
 
 impl<A, N, S, B> Driver<'_, A, N, S>
 where
+    A: Service<Credentials, Response = Identity, Error = Error> + Clone + Send + Sync + 'static,
+    A::Future: Send,
     S: Service<Request<MyCommand>, Response = Response<B>, Error = Error> + Send + 'static,
     S::Future: Send + 'static,
     B: ReplyBody<Event = MyEvent> + Send + 'static,
@@ -1033,8 +1035,18 @@ where
                 .bytes_from_clients
                 .fetch_add(packet.payload.len() as u64 + 4, Ordering::Relaxed);
             client.seq = packet.last_seq.wrapping_add(1);
-            let com_byte = packet.payload.first().copied().unwrap_or_default();
-            let command = match self.prepared.command(packet.payload) {
+            let mut com_byte = packet.payload.first().copied().unwrap_or_default();
+            let mut payload = packet.payload;
+            if com_byte == com::CHANGE_USER {
+                // The same identity again (a pool's reset, mysql-connector's
+                // reset_session()): the session is reset, as COM_RESET_CONNECTION.
+                if let Err(why) = self.change_user(client, &payload).await {
+                    return why;
+                }
+                payload = bytes::Bytes::from_static(&[com::RESET_CONNECTION]);
+                com_byte = com::RESET_CONNECTION;
+            }
+            let command = match self.prepared.command(payload) {
                 Ok(c) => c,
                 Err(Unrunnable::Error {
                     code,
@@ -1129,6 +1141,75 @@ where
             if *self.shutdown.borrow() {
                 return "the gateway shut down".into();
             }
+        }
+    }
+
+    /// `COM_CHANGE_USER`: ask for the token as at login (caching_sha2_password's full
+    /// authentication over TLS, mysql_clear_password otherwise) and authenticate it. The
+    /// same identity may go on (the caller resets the session); another identity, or a token
+    /// that does not authenticate, ends the connection (`Err`: why) — a session keeps the
+    /// identity it logged in with, and the trail attributes it to that one.
+    async fn change_user(&mut self, client: &mut Client, payload: &[u8]) -> Result<(), String> {
+        // COM_CHANGE_USER: user NUL, auth-response (length byte + bytes), database NUL, …
+        let body = payload.get(1..).unwrap_or_default();
+        let user_end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+        let user = String::from_utf8_lossy(&body[..user_end]).into_owned();
+        let nonce = scramble();
+        let plugin: &[u8] = if client.tls {
+            b"caching_sha2_password\0"
+        } else {
+            b"mysql_clear_password\0"
+        };
+        let mut switch = vec![0xfe];
+        switch.extend_from_slice(plugin);
+        switch.extend_from_slice(&nonce);
+        switch.push(0);
+        client.push(&switch);
+        let mut answer = self.ask(client).await?;
+        if client.tls {
+            // The scramble cannot be checked: ask for the password itself (inside TLS).
+            client.push(&[0x01, 0x04]);
+            answer = self.ask(client).await?;
+        }
+        let token = answer.strip_suffix(&[0]).unwrap_or(&answer);
+        let token = String::from_utf8_lossy(token).into_owned();
+        let mut auth = self.server.auth.clone();
+        let credentials = Credentials::new(user.clone(), token).with_peer(self.session.peer);
+        let identity = match std::future::poll_fn(|cx| auth.poll_ready(cx)).await {
+            Ok(()) => auth.call(credentials).await,
+            Err(e) => Err(e),
+        };
+        let refused = match identity {
+            Ok(identity) if identity.same_as(&self.session.identity) => return Ok(()),
+            Ok(identity) => format!(
+                "COM_CHANGE_USER to another identity (\"{}\"): a session keeps the identity it logged in with; open a new connection with the other token",
+                identity.subject
+            ),
+            Err(e) => format!("authentication failed: {}", rescue(&e).message),
+        };
+        client.push(&err_payload(
+            1045,
+            "28000",
+            &format!("Access denied for user '{user}' (gateway): {refused}"),
+        ));
+        let _ = client.flush().await;
+        Err(format!("COM_CHANGE_USER refused: {refused}"))
+    }
+
+    /// Send what is pushed and read the client's answer (during an authentication exchange).
+    async fn ask(&mut self, client: &mut Client) -> Result<Vec<u8>, String> {
+        client
+            .flush()
+            .await
+            .map_err(|e| format!("client connection error: {e}"))?;
+        match read_packet(&mut client.io, &mut client.rbuf, MAX_TOKEN_PACKET).await {
+            Ok(p) => {
+                client.seq = p.last_seq.wrapping_add(1);
+                Ok(p.payload.to_vec())
+            }
+            Err(e) => Err(format!(
+                "client connection error during COM_CHANGE_USER: {e}"
+            )),
         }
     }
 

@@ -449,6 +449,57 @@ async fn sysbench_and_mysqlslap_connect_with_default_options_and_tls() {
     );
 }
 
+/// `COM_CHANGE_USER`, as mysql-connector's `reset_session()` sends it to a MariaDB (pure and
+/// C extension, TLS, default options): the same token again resets the session (a user
+/// variable is gone, the database stays) and the connection goes on; a token that does not
+/// authenticate is refused with 1045 and ends the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_user_with_the_same_identity_resets_the_session() {
+    let gw = Arc::new(gateway(Options::default()).await);
+    for pure in ["True", "False"] {
+        let script = format!(
+            r#"
+import mysql.connector
+c = mysql.connector.connect(host="127.0.0.1", port={port}, user="alice", password="{TOKEN}",
+    database="app", ssl_ca={ca:?}, use_pure={pure}, collation="utf8mb4_general_ci")
+cur = c.cursor()
+cur.execute("SET @x = 42")
+cur.execute("SELECT @x")
+print(cur.fetchall())
+c.reset_session()
+cur = c.cursor()
+cur.execute("SELECT @x, DATABASE()")
+print(cur.fetchall())
+try:
+    c.cmd_change_user(username="alice", password="not-a-token", database="app")
+    print("changed")
+except mysql.connector.Error as e:
+    print("refused", e.errno)
+"#,
+            port = gw.addr.port(),
+            ca = gw.ca.display().to_string(),
+        );
+        let out = blocking(move || {
+            Command::new("python3")
+                .args(["-c", &script])
+                .output()
+                .unwrap()
+        })
+        .await;
+        assert!(
+            out.status.success(),
+            "{}{}",
+            text(&out),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            text(&out),
+            "[(42,)]\n[(None, 'app')]\nrefused 1045\n",
+            "use_pure={pure}"
+        );
+    }
+}
+
 fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
@@ -761,13 +812,23 @@ async fn bad_input_gets_errors_not_panics_or_hangs() {
     let _ = tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut rest))
         .await
         .expect("the gateway hung on a bad handshake");
-    // In a session: an unknown command, an execute of a statement never prepared, a change
-    // of user, and a packet header announcing more than the limit.
+    // A change of user to a token that does not authenticate: asked for the token (an
+    // authentication switch), refused with 1045, the connection ended.
+    let mut changing = Raw::login(gw.addr, TOKEN).await;
+    changing.send(0, b"\x11bob\x00").await;
+    let switch = changing.read().await;
+    assert_eq!(switch[0], 0xfe, "{switch:?}");
+    changing.send(2, b"not-a-token\x00").await;
+    let err = changing.read().await;
+    assert_eq!(err[0], 0xff);
+    assert_eq!(u16::from_le_bytes([err[1], err[2]]), 1045);
+    assert!(changing.read().await.is_empty(), "the connection ended");
+    // In a session: an unknown command, an execute of a statement never prepared, and a
+    // packet header announcing more than the limit.
     let mut raw = Raw::login(gw.addr, TOKEN).await;
     for (payload, errno) in [
         (&b"\x7f"[..], 1047u16),
         (&b"\x17\x09\x00\x00\x00\x00\x01\x00\x00\x00"[..], 1243),
-        (&b"\x11bob\x00"[..], 1227),
     ] {
         raw.send(0, payload).await;
         let err = raw.read().await;
