@@ -286,11 +286,23 @@ impl Session {
             "standard_conforming_strings" => {
                 Some((READ_BACKSLASHES, value.eq_ignore_ascii_case("off")))
             }
-            "client_encoding" | "character_set_client" => Some((
+            "client_encoding" => Some((
                 READ_NOT_UTF8,
-                !["UTF8", "UNICODE", "UTF-8", "utf8mb4", "utf8mb3"]
+                !["UTF8", "UNICODE", "UTF-8"]
                     .iter()
                     .any(|u| value.eq_ignore_ascii_case(u)),
+            )),
+            // The MySQL protocol server hands statements over as the server reads them in
+            // these character sets (multi-byte characters whole: `portcullis_mysql::charset`);
+            // in any other, only ASCII statements are judged.
+            "character_set_client" => Some((
+                READ_NOT_UTF8,
+                ![
+                    "utf8mb4", "utf8mb3", "utf8", "latin1", "ascii", "binary", "gbk", "sjis",
+                    "cp932", "big5",
+                ]
+                .iter()
+                .any(|u| value.eq_ignore_ascii_case(u)),
             )),
             _ => None,
         };

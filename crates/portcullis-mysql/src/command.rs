@@ -206,6 +206,9 @@ const MAX_PREPARED: usize = 65_536;
 pub(crate) struct Prepareds {
     map: HashMap<u32, Prepared>,
     last: Option<u32>,
+    /// The session's `character_set_client`: statements are read in it
+    /// ([`crate::charset::read_text`]).
+    charset: Arc<str>,
 }
 
 /// Why a client packet is not a command the gateway runs.
@@ -239,6 +242,14 @@ impl Prepareds {
         self.last = Some(id);
     }
 
+    /// Read the statements of the next commands in `charset` (the session's
+    /// `character_set_client`, as the database reported it).
+    pub(crate) fn set_charset(&mut self, charset: &str) {
+        if *self.charset != *charset {
+            self.charset = Arc::from(charset);
+        }
+    }
+
     /// Forget everything (`COM_RESET_CONNECTION`).
     pub(crate) fn clear(&mut self) {
         self.map.clear();
@@ -253,7 +264,15 @@ impl Prepareds {
     /// Build the command unit for a client packet.
     pub(crate) fn command(&mut self, payload: Bytes) -> Result<MyCommand, Unrunnable> {
         let com_byte = payload.first().copied().unwrap_or_default();
-        let text = |b: &[u8]| -> Arc<str> { Arc::from(String::from_utf8_lossy(b).as_ref()) };
+        // As the server reads it in the session's character set; in one the gateway does not
+        // read, as UTF-8 (the guard then judges only ASCII statements).
+        let charset = self.charset.clone();
+        let text = |b: &[u8]| -> Arc<str> {
+            match crate::charset::read_text(b, &charset) {
+                Some(t) => Arc::from(t.as_ref()),
+                None => Arc::from(String::from_utf8_lossy(b).as_ref()),
+            }
+        };
         let body = payload.get(1..).unwrap_or_default();
         let stmt_id = || {
             body.get(..4)

@@ -1046,6 +1046,9 @@ where
                 payload = bytes::Bytes::from_static(&[com::RESET_CONNECTION]);
                 com_byte = com::RESET_CONNECTION;
             }
+            if let Some(charset) = self.session.server_param("character_set_client") {
+                self.prepared.set_charset(&charset);
+            }
             let command = match self.prepared.command(payload) {
                 Ok(c) => c,
                 Err(Unrunnable::Error {

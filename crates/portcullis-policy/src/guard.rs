@@ -1135,12 +1135,18 @@ mod tests {
             rule(&g.judge(&mine, &Sql("kill 44"))),
             Some(crate::rules::OWN_BACKEND_RULE)
         );
-        // A non-UTF-8 character set: only ASCII statements.
-        let sjis = session(Protocol::MySql, &[("character_set_client", "sjis")]);
-        assert_eq!(g.judge(&sjis, &Sql("select 1")).verdict, Verdict::Allow);
+        // A character set the MySQL protocol server does not read: only ASCII statements.
+        let euckr = session(Protocol::MySql, &[("character_set_client", "euckr")]);
+        assert_eq!(g.judge(&euckr, &Sql("select 1")).verdict, Verdict::Allow);
         assert_eq!(
-            rule(&g.judge(&sjis, &Sql("select '\u{8868}'"))),
+            rule(&g.judge(&euckr, &Sql("select '\u{8868}'"))),
             Some("character_set_client")
+        );
+        // One it reads (multi-byte characters whole): the statement as read.
+        let sjis = session(Protocol::MySql, &[("character_set_client", "sjis")]);
+        assert_eq!(
+            g.judge(&sjis, &Sql("select '\u{8868}'")).verdict,
+            Verdict::Allow
         );
     }
 

@@ -377,6 +377,76 @@ const mysql = require("mysql2/promise");
         assert!(rows.contains("@example.com"), "{what}: {rows}");
     }
 
+    // GBK (issue 19): 0xBF 0x5C is one character, so `'\xBF\x5C'; DROP …` is a string and
+    // then a DROP to the server. Directly it drops; through the gateway the statement is
+    // read as the server reads it and refused by the rule, and a GBK statement works.
+    db.sql("CREATE TABLE scratch_gbk (id INT)").unwrap();
+    let gbk = |port: u16, user: &str, password: &str, table: &str| {
+        format!(
+            r#"
+import pymysql
+from pymysql.constants import CLIENT
+conn = pymysql.connect(host="127.0.0.1", port={port}, user="{user}", password="{password}",
+    database="app", charset="gbk", client_flag=CLIENT.MULTI_STATEMENTS)
+cur = conn.cursor()
+cur.execute("SELECT @@character_set_client")
+print(cur.fetchall())
+try:
+    conn.query(b"SELECT '\xbf\x5c'; DROP TABLE {table}; -- '")
+    print("ran")
+except pymysql.err.MySQLError as e:
+    print("refused", e.args[0], "no-drops" in e.args[1])
+cur = conn.cursor()
+cur.execute("SELECT '\u4e2d\u6587'")
+print(cur.fetchall())
+"#
+        )
+    };
+    let (direct_script, gw_script) = (
+        gbk(db.port(), db.user(), db.password(), "scratch_gbk"),
+        gbk(gw, "carol", CAROL, "victims"),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        let run = |script: &str| {
+            Command::new("python3")
+                .args(["-c", script])
+                .output()
+                .unwrap()
+        };
+        (run(&direct_script), run(&gw_script))
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.0.status.success(),
+        "{}{}",
+        stdout(&out.0),
+        stderr(&out.0)
+    );
+    assert_eq!(
+        stdout(&out.0),
+        "(('gbk',),)\nran\n(('中文',),)\n",
+        "directly"
+    );
+    assert!(
+        !db.sql("SHOW TABLES LIKE 'scratch_gbk'")
+            .unwrap()
+            .contains("scratch_gbk"),
+        "the GBK statement did no damage directly"
+    );
+    assert!(
+        out.1.status.success(),
+        "{}{}",
+        stdout(&out.1),
+        stderr(&out.1)
+    );
+    assert_eq!(
+        stdout(&out.1),
+        "(('gbk',),)\nrefused 1142 True\n(('中文',),)\n",
+        "through the gateway"
+    );
+    assert_eq!(db.sql("SELECT COUNT(*) FROM victims").unwrap(), "3");
+
     // Binary protocol (a prepared statement): masked the same way.
     let ca2 = ca.clone();
     let out = tokio::task::spawn_blocking(move || {
