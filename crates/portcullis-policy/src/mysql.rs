@@ -61,6 +61,9 @@ fn classify_mysql_here(sql: &str, mode: MySqlMode) -> Result<Vec<Classified>, Un
     if let Some(load) = load_data(&text) {
         return load.map(|c| vec![c]);
     }
+    if let Some(prepare) = prepare_from(&text, mode) {
+        return prepare.map(|c| vec![c]);
+    }
     let statements =
         Parser::parse_sql(&MySqlDialect {}, &text).map_err(|e| Unparsed::new(e.to_string()))?;
     // A change to how SQL is read, followed by more in the same packet: the server reads
@@ -376,6 +379,66 @@ fn load_data(text: &str) -> Option<Result<Classified, Unparsed>> {
     Some(Ok(c.finish()))
 }
 
+/// MySQL's `PREPARE name FROM …` (which the parser does not read): from a string literal,
+/// the statement it prepares, classified (kinds, classes, tables) with kind `prepare` and
+/// [`Classified::prepares`], so an `EXECUTE name` later is judged as what it runs; from
+/// anything else (`@var`, an expression), SQL the gateway cannot see: kind `dynamic`, class
+/// `admin` (refused unless a rule allows it), and an `EXECUTE name` later likewise. Only as
+/// the query's one statement: `None` when the text is not a `PREPARE … FROM`.
+fn prepare_from(text: &str, mode: MySqlMode) -> Option<Result<Classified, Unparsed>> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = Tokenizer::new(&MySqlDialect {}, text).tokenize().ok()?;
+    let mut significant = tokens
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect::<Vec<_>>();
+    let word = |t: &Token, w: &str| matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w) && x.quote_style.is_none());
+    if !(significant.len() >= 4
+        && word(&significant[0], "prepare")
+        && word(&significant[2], "from"))
+    {
+        return None;
+    }
+    let Token::Word(name) = &significant[1] else {
+        return None;
+    };
+    let name = name.value.clone();
+    while matches!(significant.last(), Some(Token::SemiColon)) {
+        significant.pop();
+    }
+    if significant.iter().any(|t| matches!(t, Token::SemiColon)) {
+        return Some(Err(Unparsed::new(
+            "PREPARE … FROM followed by more statements in the same query: send it alone",
+        )));
+    }
+    let mut c = Classified::reading(text.trim().to_owned());
+    match &significant[3..] {
+        [Token::SingleQuotedString(inner)] | [Token::DoubleQuotedString(inner)] => {
+            let inner = match classify_mysql_here(inner.as_str(), mode) {
+                Ok(inner) => inner,
+                Err(e) => return Some(Err(e)),
+            };
+            c.kind("prepare", Class::Read, "PREPARE");
+            for s in inner {
+                for class in &s.classes {
+                    c.raise(*class, s.reason.clone());
+                }
+                c.kinds.extend(s.kinds);
+                c.tables.extend(s.tables);
+                c.functions.extend(s.functions);
+                c.without_where |= s.without_where;
+            }
+        }
+        _ => c.kind(
+            "dynamic",
+            Class::Admin,
+            "PREPARE … FROM an expression prepares SQL the gateway cannot see",
+        ),
+    }
+    c.prepares = Some(name);
+    Some(Ok(c.finish()))
+}
+
 fn name_of(name: &ObjectName) -> String {
     name.0
         .iter()
@@ -559,19 +622,22 @@ impl MyWalk {
                                 self.absorb(c);
                             }
                         }
-                        Err(e) => {
-                            self.2 = Some(format!(
-                                "EXECUTE IMMEDIATE of SQL the gateway cannot read: {}",
+                        // Dynamic SQL the gateway cannot read or see takes the strictest
+                        // verdict unless a rule allows it (kind `dynamic`).
+                        Err(e) => self.kind(
+                            "dynamic",
+                            Class::Admin,
+                            &format!(
+                                "EXECUTE IMMEDIATE of SQL the gateway cannot read ({})",
                                 e.message
-                            ))
-                        }
+                            ),
+                        ),
                     },
-                    None => {
-                        self.2 = Some(
-                            "EXECUTE IMMEDIATE of an expression runs SQL the gateway cannot see"
-                                .into(),
-                        )
-                    }
+                    None => self.kind(
+                        "dynamic",
+                        Class::Admin,
+                        "EXECUTE IMMEDIATE of an expression runs SQL the gateway cannot see",
+                    ),
                 }
             }
             S::Execute { name, .. } => {
@@ -808,8 +874,25 @@ mod tests {
         let mode = MySqlMode::default();
         let s = classify_mysql("EXECUTE IMMEDIATE 'DROP TABLE t'", mode).unwrap();
         assert!(s[0].has_kind("drop") && s[0].tables.contains("t"), "{s:?}");
-        assert!(classify_mysql("EXECUTE IMMEDIATE @sql", mode).is_err());
-        assert!(classify_mysql("EXECUTE IMMEDIATE CONCAT('DROP ', 'TABLE t')", mode).is_err());
+        // SQL the gateway cannot see: kind `dynamic`, refused unless a rule allows it.
+        for sql in [
+            "EXECUTE IMMEDIATE @sql",
+            "EXECUTE IMMEDIATE CONCAT('DROP ', 'TABLE t')",
+            "PREPARE s FROM @sql",
+            "prepare s from concat('DROP ', 'TABLE t');",
+        ] {
+            let s = classify_mysql(sql, mode).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert!(
+                s[0].has_kind("dynamic") && s[0].class == Class::Admin,
+                "{sql}: {s:?}"
+            );
+        }
+        // PREPARE … FROM a literal: what it prepares, remembered by name.
+        let s = classify_mysql("PREPARE s FROM 'DROP TABLE t'", mode).unwrap();
+        assert!(s[0].has_kind("drop") && s[0].has_kind("prepare"), "{s:?}");
+        assert_eq!(s[0].prepares.as_deref(), Some("s"));
+        // Not alone: unread.
+        assert!(classify_mysql("PREPARE s FROM @v; EXECUTE s", mode).is_err());
         let s = classify_mysql("REPLACE INTO t VALUES (1)", mode).unwrap();
         assert!(s[0].has_kind("insert") && s[0].has_kind("delete"));
         let s = classify_mysql(

@@ -1402,3 +1402,53 @@ async fn an_address_may_keep_only_so_many_connections_waiting_to_log_in() {
     }
     assert!(logged_in, "no login once the waiting connections were gone");
 }
+
+/// Issue 19, class 3: dynamic SQL the gateway cannot see (`EXECUTE IMMEDIATE @v`, `PREPARE s
+/// FROM @v`) takes the strictest verdict — the built-in `dynamic-sql` rule — even where
+/// `on_unparsed = "allow"` would let an unread statement through; directly each drops a
+/// table. A rule allowing `dynamic` lets it run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_sql_the_gateway_cannot_see_is_refused_unless_allowed() {
+    let db = mariadb().await;
+    let extra = r#"
+[policy]
+on_unparsed = "allow"
+[[policy.rules]]
+name = "no-drops"
+statements = ["drop"]
+action = "deny"
+[[policy.rules]]
+name = "dba-dynamic"
+groups = ["dba"]
+statements = ["dynamic"]
+action = "allow"
+"#;
+    let (_gateway, gw, _admin, _dir) = start(&db, extra).await;
+    let attacks = [
+        "SET @v = 'DROP TABLE {t}'; EXECUTE IMMEDIATE @v",
+        "SET @v = 'DROP TABLE {t}'; PREPARE s FROM @v; EXECUTE s",
+    ];
+    for attack in attacks {
+        db.sql("CREATE TABLE scratch_dyn (id INT)").unwrap();
+        db.sql(&attack.replace("{t}", "scratch_dyn")).unwrap();
+        assert!(
+            !db.sql("SHOW TABLES LIKE 'scratch_dyn'")
+                .unwrap()
+                .contains("scratch_dyn"),
+            "{attack} did no damage directly"
+        );
+        let sql = attack.replace("{t}", "victims");
+        let out = mysql(gw, ALICE, &sql);
+        assert!(
+            !out.status.success() && stderr(&out).contains("dynamic-sql"),
+            "{sql}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert_eq!(db.sql("SELECT COUNT(*) FROM victims").unwrap(), "3");
+    }
+    // Allowed by a rule: it runs.
+    let out = mysql(gw, DANA, "SET @v = 'SELECT 42'; EXECUTE IMMEDIATE @v");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "42\n");
+}
