@@ -54,7 +54,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// An identity-aware gateway for PostgreSQL.
+/// An identity-aware gateway for PostgreSQL, MySQL/MariaDB and HTTP APIs.
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version)]
 struct Cli {
