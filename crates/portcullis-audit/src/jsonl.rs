@@ -289,6 +289,18 @@ impl JsonlSink {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(self.io_error(dir))?;
         }
+        // The checkpoint copies' file, like the trail's: its directories made, the file
+        // opened once, so a place that cannot be written fails the start, not a checkpoint.
+        if let Some(copy) = self.options.checkpoint_copy.clone() {
+            if let Some(dir) = copy.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(self.io_error(dir))?;
+            }
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&copy)
+                .map_err(self.io_error(&copy))?;
+        }
         let segs = segments(&path).map_err(self.io_error(&path))?;
         let live_len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let source = if live_len > 0 {
@@ -465,11 +477,19 @@ impl JsonlSink {
         Ok(())
     }
 
-    /// Publish the checkpoint line that starts at `at` in the buffer.
+    /// Publish the checkpoint line that starts at `at` in the buffer. The trail itself is
+    /// written by then: a copy that cannot be published is logged (and missing from the
+    /// copies, which `audit verify --checkpoints` compares), never taken for lost records.
     fn publish_checkpoint(&self, at: usize) -> Result<(), Error> {
-        if let Some(copy) = &self.options.checkpoint_copy {
-            publish(copy, &self.buf[at..])
-                .map_err(|e| format!("checkpoint copy {}: {e}", copy.display()))?;
+        if let Some(copy) = &self.options.checkpoint_copy
+            && let Err(e) = publish(copy, &self.buf[at..])
+        {
+            tracing::warn!(
+                target: "portcullis::audit",
+                copy = %copy.display(),
+                error = %e,
+                "the checkpoint copy could not be published; the trail itself is written"
+            );
         }
         Ok(())
     }

@@ -841,6 +841,52 @@ impl Resolver<'_> {
         Some(self.base.join(s))
     }
 
+    /// Report `path` (a file a sink will write, its directories created as needed) when it
+    /// cannot be: its nearest existing ancestor is not a directory, or is read-only, or the
+    /// path itself is a directory.
+    fn writable_place(&mut self, what: &str, path: &Path, span: Range<usize>) {
+        if path.is_dir() {
+            self.at(
+                span,
+                format!("{what}: {} is a directory, not a file", path.display()),
+            );
+            return;
+        }
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            match std::fs::metadata(if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }) {
+                Ok(m) if !m.is_dir() => {
+                    self.at(
+                        span,
+                        format!(
+                            "{what}: {} cannot be created: {} is not a directory",
+                            path.display(),
+                            d.display()
+                        ),
+                    );
+                    return;
+                }
+                Ok(m) if m.permissions().readonly() => {
+                    self.at(
+                        span,
+                        format!(
+                            "{what}: {} cannot be created: {} is read-only",
+                            path.display(),
+                            d.display()
+                        ),
+                    );
+                    return;
+                }
+                Ok(_) => return,
+                Err(_) => dir = d.parent(),
+            }
+        }
+    }
+
     /// Report `name` if an earlier block of `section` already used it; remember it otherwise.
     fn unique_name(
         &mut self,
@@ -1464,6 +1510,7 @@ impl Resolver<'_> {
                     return None;
                 };
                 let path = self.path("[[audit.sinks]] path", path)?;
+                self.writable_place("[[audit.sinks]] path", &path, raw.span());
                 let every = self.duration(
                     "[[audit.sinks]] fsync_interval",
                     b.fsync_interval.as_ref(),
@@ -1491,7 +1538,11 @@ impl Resolver<'_> {
                     None => None,
                 };
                 let checkpoint_copy = match &b.checkpoint_copy {
-                    Some(v) => Some(self.path("[[audit.sinks]] checkpoint_copy", v)?),
+                    Some(v) => {
+                        let copy = self.path("[[audit.sinks]] checkpoint_copy", v)?;
+                        self.writable_place("[[audit.sinks]] checkpoint_copy", &copy, v.span());
+                        Some(copy)
+                    }
                     None => None,
                 };
                 let inline = match &b.writer {

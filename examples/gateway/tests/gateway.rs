@@ -959,7 +959,10 @@ async fn audit_trail_records_sessions_and_names_every_kind_of_tampering() {
     );
 
     let trail = dir.path().join("audit").join("trail.jsonl");
-    let copies = dir.path().join("audit").join("checkpoints.jsonl");
+    // The checkpoint copies in a directory of their own that does not exist yet: made at
+    // start, like the trail's (it once failed every checkpoint, and the trail then verified
+    // as tampered with).
+    let copies = dir.path().join("trail-copy").join("checkpoints.jsonl");
     let path = dir.path().join("portcullis.toml");
     let (gw, admin) = (free_port(), free_port());
     let alice = "alice-token-audit";
@@ -967,6 +970,18 @@ async fn audit_trail_records_sessions_and_names_every_kind_of_tampering() {
     std::fs::write(&path, audit_config(base, &key, &trail, &copies, "")).unwrap();
     let (code, out, err) = check(&path, &[("PG_PASSWORD", cluster.password())]);
     assert_eq!(code, Some(0), "{out}{err}");
+    // A copy that could never be written is refused by check, naming the key.
+    let blocked = dir.path().join("blocked.toml");
+    let base = config_text(gw, admin, &cluster, &[("alice", alice)]);
+    let not_a_dir = path.join("checkpoints.jsonl");
+    std::fs::write(&blocked, audit_config(base, &key, &trail, &not_a_dir, "")).unwrap();
+    let (code, out, err) = check(&blocked, &[("PG_PASSWORD", cluster.password())]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("checkpoint_copy")
+            && format!("{out}{err}").contains("is not a directory"),
+        "{out}{err}"
+    );
 
     // First run: a session with simple and extended queries, an error, a refused login.
     let mut gateway = Gateway::started(&path, dir.path(), cluster.password(), admin).await;
