@@ -348,6 +348,15 @@ where
                     }
                     continue;
                 }
+                // A length no startup packet has (a Terminate sent before the startup packet,
+                // as node-postgres' quick connect-and-end does; an HTTP request): PostgreSQL
+                // closes such a connection without a word, and so does the gateway (the
+                // connection event is recorded).
+                Err(e @ (CodecError::BadLength(_) | CodecError::TooLong { .. })) => {
+                    return Err(HandshakeError::Protocol(format!(
+                        "invalid length of startup packet: {e}"
+                    )));
+                }
                 Err(e) => {
                     let msg = format!("invalid startup packet: {e}");
                     let _ = client.fatal("08P01", &msg).await;
