@@ -627,13 +627,6 @@ where
         // sends the password inside TLS with no option to set); a client that chose
         // `mysql_clear_password` gives it directly; otherwise (plain TCP to loopback, where
         // allowed) through a switch to `mysql_clear_password`.
-        let too_large = |client: &mut Client, len: usize, max: usize| {
-            let msg = format!(
-                "Access denied for user '{user}': token too large ({len} bytes; the limit is {max})"
-            );
-            client.refuse(1045, "28000", &msg);
-            HandshakeError::Unauthenticated(msg)
-        };
         let token = if response.auth_plugin() == Some(&AuthPlugin::MysqlClearPassword) {
             response.scramble_buf().to_vec()
         } else {
@@ -641,48 +634,17 @@ where
             // A client that answered the greeting with caching_sha2_password is already in
             // it; any other is switched (to caching_sha2_password over TLS, else to
             // mysql_clear_password).
-            let switch_to: Option<&[u8]> = if !sha2 {
-                Some(b"mysql_clear_password\0")
-            } else if response.auth_plugin() != Some(&AuthPlugin::CachingSha2Password) {
-                Some(b"caching_sha2_password\0")
-            } else {
-                None
-            };
             let mut answer = Vec::new();
-            if let Some(plugin) = switch_to {
-                let mut switch = vec![0xfe];
-                switch.extend_from_slice(plugin);
-                switch.extend_from_slice(&nonce);
-                switch.push(0);
-                client.push(&switch);
-                client.flush().await?;
-                match client.read_packet(MAX_TOKEN_PACKET).await {
-                    Ok(p) => {
-                        client.seq = p.last_seq.wrapping_add(1);
-                        answer = p.payload.to_vec();
-                    }
-                    Err(ReadError::Packet(PacketError::TooLarge { len, max })) => {
-                        return Err(too_large(client, len, max));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+            if !sha2 || response.auth_plugin() != Some(&AuthPlugin::CachingSha2Password) {
+                client.push(&auth_switch(sha2, &nonce));
+                answer = auth_answer(client, &user).await?;
             }
             if sha2 {
                 // The client's fast-auth scramble cannot be checked (the gateway keeps no
                 // password): "perform_full_authentication", and the client answers with
                 // the password itself.
                 client.push(&[0x01, 0x04]);
-                client.flush().await?;
-                match client.read_packet(MAX_TOKEN_PACKET).await {
-                    Ok(p) => {
-                        client.seq = p.last_seq.wrapping_add(1);
-                        answer = p.payload.to_vec();
-                    }
-                    Err(ReadError::Packet(PacketError::TooLarge { len, max })) => {
-                        return Err(too_large(client, len, max));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+                answer = auth_answer(client, &user).await?;
             }
             answer
         };
@@ -881,6 +843,41 @@ where
         metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
         info!(target: "portcullis::mysql", session = %session.id, reason = %end, "session ended");
         drop(est._guards);
+    }
+}
+
+/// An authentication switch to the plugin that gets the token: `caching_sha2_password`
+/// (whose full authentication sends it inside TLS) over TLS, `mysql_clear_password`
+/// otherwise; `nonce` is the plugin's data.
+fn auth_switch(tls: bool, nonce: &[u8]) -> Vec<u8> {
+    let mut switch = vec![0xfe];
+    switch.extend_from_slice(if tls {
+        b"caching_sha2_password\0"
+    } else {
+        b"mysql_clear_password\0"
+    });
+    switch.extend_from_slice(nonce);
+    switch.push(0);
+    switch
+}
+
+/// Send what is pushed and read the client's answer in an authentication exchange (for
+/// `user`); an answer over the token size limit is refused (1045).
+async fn auth_answer(client: &mut Client, user: &str) -> Result<Vec<u8>, HandshakeError> {
+    client.flush().await?;
+    match client.read_packet(MAX_TOKEN_PACKET).await {
+        Ok(p) => {
+            client.seq = p.last_seq.wrapping_add(1);
+            Ok(p.payload.to_vec())
+        }
+        Err(ReadError::Packet(PacketError::TooLarge { len, max })) => {
+            let msg = format!(
+                "Access denied for user '{user}': token too large ({len} bytes; the limit is {max})"
+            );
+            client.refuse(1045, "28000", &msg);
+            Err(HandshakeError::Unauthenticated(msg))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -1158,21 +1155,13 @@ where
         let user_end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
         let user = String::from_utf8_lossy(&body[..user_end]).into_owned();
         let nonce = scramble();
-        let plugin: &[u8] = if client.tls {
-            b"caching_sha2_password\0"
-        } else {
-            b"mysql_clear_password\0"
-        };
-        let mut switch = vec![0xfe];
-        switch.extend_from_slice(plugin);
-        switch.extend_from_slice(&nonce);
-        switch.push(0);
-        client.push(&switch);
-        let mut answer = self.ask(client).await?;
+        let ask = |e: HandshakeError| format!("COM_CHANGE_USER: {e}");
+        client.push(&auth_switch(client.tls, &nonce));
+        let mut answer = auth_answer(client, &user).await.map_err(ask)?;
         if client.tls {
             // The scramble cannot be checked: ask for the password itself (inside TLS).
             client.push(&[0x01, 0x04]);
-            answer = self.ask(client).await?;
+            answer = auth_answer(client, &user).await.map_err(ask)?;
         }
         let token = answer.strip_suffix(&[0]).unwrap_or(&answer);
         let token = String::from_utf8_lossy(token).into_owned();
@@ -1197,23 +1186,6 @@ where
         ));
         let _ = client.flush().await;
         Err(format!("COM_CHANGE_USER refused: {refused}"))
-    }
-
-    /// Send what is pushed and read the client's answer (during an authentication exchange).
-    async fn ask(&mut self, client: &mut Client) -> Result<Vec<u8>, String> {
-        client
-            .flush()
-            .await
-            .map_err(|e| format!("client connection error: {e}"))?;
-        match read_packet(&mut client.io, &mut client.rbuf, MAX_TOKEN_PACKET).await {
-            Ok(p) => {
-                client.seq = p.last_seq.wrapping_add(1);
-                Ok(p.payload.to_vec())
-            }
-            Err(e) => Err(format!(
-                "client connection error during COM_CHANGE_USER: {e}"
-            )),
-        }
     }
 
     /// Call the stack; a client that disconnects meanwhile (while its command waits for an

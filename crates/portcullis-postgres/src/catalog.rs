@@ -451,15 +451,18 @@ fn data_rows(frames: &[Frame]) -> impl Iterator<Item = Vec<Option<&[u8]>>> {
         .filter_map(|f| f.row_values())
 }
 
+/// Value `i` of a row as text; `None` when NULL or absent.
+fn value_text(values: &[Option<&[u8]>], i: usize) -> Option<String> {
+    values
+        .get(i)
+        .copied()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
 /// A function's OID and facts from the [`FUNCTION_COLUMNS`] of a row.
 fn function_facts(values: &[Option<&[u8]>]) -> Option<(u32, FunctionFacts)> {
-    let text = |i: usize| {
-        values
-            .get(i)
-            .copied()
-            .flatten()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-    };
+    let text = |i: usize| value_text(values, i);
     let oid = text(0)?.parse::<u32>().ok()?;
     let facts = FunctionFacts {
         schema: text(1)?,
@@ -713,14 +716,7 @@ impl Functions {
         let frames = self.query(sql).await?;
         let mut found: HashMap<u32, Vec<ImplicitCall>> = HashMap::new();
         for values in data_rows(&frames) {
-            let text = |i: usize| {
-                values
-                    .get(i)
-                    .copied()
-                    .flatten()
-                    .map(String::from_utf8_lossy)
-                    .unwrap_or_default()
-            };
+            let text = |i: usize| value_text(&values, i).unwrap_or_default();
             let (Ok(rel), Ok(events)) = (text(0).parse::<u32>(), text(2).parse::<i32>()) else {
                 continue;
             };
@@ -729,7 +725,7 @@ impl Functions {
             };
             found.entry(rel).or_default().push(ImplicitCall {
                 on: fired_by(events),
-                by: text(1).into_owned(),
+                by: text(1),
                 function,
             });
         }
@@ -766,14 +762,7 @@ impl Functions {
         let frames = self.query(sql).await?;
         let mut found = Vec::new();
         for values in data_rows(&frames) {
-            let text = |i: usize| {
-                values
-                    .get(i)
-                    .copied()
-                    .flatten()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default()
-            };
+            let text = |i: usize| value_text(&values, i).unwrap_or_default();
             let Some((_, function)) = function_facts(&values[2..]) else {
                 continue;
             };
