@@ -519,6 +519,12 @@ async fn rotation_restarts_and_crash_remnants_keep_one_chain() {
             .iter()
             .any(|w| w.contains("earlier records not given"))
     );
+    // With --live the unsealed tail is expected: said, without telling to pass --live.
+    assert!(
+        report.warnings.iter().all(|w| !w.contains("pass --live")),
+        "{:?}",
+        report.warnings
+    );
     // Segments out of order are not one chain.
     let swapped = vec![files[1].clone(), files[0].clone()];
     let report = verify_files(&swapped, &options).unwrap();

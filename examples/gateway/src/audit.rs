@@ -23,6 +23,13 @@ pub(crate) fn keygen(out: &Path) -> ExitCode {
         }
     };
     let public = pub_path(out);
+    // `--out dir/x.key`: the directory is made as needed.
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!("portcullis: cannot create {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
     let written = write_private(out, &format!("{seed}\n"))
         .and_then(|()| std::fs::write(&public, format!("{}\n", key.public_hex())));
     if let Err(e) = written {

@@ -947,11 +947,12 @@ async fn audit_trail_records_sessions_and_names_every_kind_of_tampering() {
         .unwrap()
         .expect("PostgreSQL is needed for this test");
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("audit.key");
+    // `--out` in a directory that does not exist yet: made.
+    let key = dir.path().join("keys").join("audit.key");
     let (code, out, err) = cli(&["audit", "keygen", "--out", key.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("public key:"), "{out}");
-    let public = dir.path().join("audit.key.pub");
+    let public = dir.path().join("keys").join("audit.key.pub");
     // A second keygen does not overwrite the key.
     assert_eq!(
         cli(&["audit", "keygen", "--out", key.to_str().unwrap()]).0,
