@@ -317,7 +317,7 @@ where
     };
     match decided.state {
         State::Approved => {
-            info!(target: "portcullis::approval", request = %id, by = ?decided.approved_by, "approved");
+            info!(target: "portcullis::approval", request = %id, by = %decided.approved_by.join(", "), "approved");
             std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
             let mut response = inner.call(req).await?;
             Decisions::record(&mut response.extensions, approved_decision(&decided));

@@ -792,7 +792,7 @@ where
         metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
         let session = est.session.clone();
         info!(target: "portcullis::mysql", session = %session.id, identity = %session.identity.subject,
-              peer = %session.peer, database = ?session.database, "session started");
+              peer = %session.peer, database = session.database.as_deref().unwrap_or(""), "session started");
         let service = self
             .stack
             .new_service(Target::new(est.session.clone(), est.upstream));

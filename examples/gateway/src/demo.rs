@@ -64,6 +64,15 @@ pub(crate) async fn demo(port: Option<u16>) -> ExitCode {
         }
     };
 
+    // A port that is taken fails the demo before anything starts.
+    if let Some(port) = port
+        && let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port))
+    {
+        eprintln!(
+            "portcullis demo: port {port} cannot be used: {e} (choose another with --port, or leave it out)"
+        );
+        return ExitCode::from(2);
+    }
     println!("starting PostgreSQL...");
     let cluster = match tokio::task::spawn_blocking(PgCluster::start).await {
         Ok(Ok(cluster)) => cluster,

@@ -452,7 +452,7 @@ impl Gateway {
                     Oidc::discover(want.config.clone()).await
                 }
                 .map_err(|e| ApplyError::Identity(e.to_string()))?;
-                info!(issuer = %want.config.issuer, keys = ?oidc.key_ids(), "OpenID Connect provider in force");
+                info!(issuer = %want.config.issuer, keys = %oidc.key_ids().join(", "), "OpenID Connect provider in force");
                 self.metrics.set_oidc(oidc.clone());
                 Some((want.clone(), oidc))
             }
@@ -807,8 +807,10 @@ pub(crate) async fn run(path: PathBuf) -> ExitCode {
         }
     };
     announce(&bound);
-    if config.tokens.is_empty() {
-        warn!("no [[identity.tokens]] configured: every login will be refused");
+    if config.tokens.is_empty() && config.oidc.is_none() {
+        warn!(
+            "no [[identity.tokens]] and no [identity.oidc] configured: every login will be refused"
+        );
     }
     info!(config = %path.display(), "gateway started: {}", config.summary());
 

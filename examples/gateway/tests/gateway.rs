@@ -1406,3 +1406,18 @@ async fn kill_9_during_pgbench_loses_no_statement_the_database_ran() {
         "{out}"
     );
 }
+
+/// `portcullis demo --port N` with the port taken fails at once, before it starts
+/// PostgreSQL, and says why.
+#[test]
+fn demo_on_a_taken_port_fails_before_starting_anything() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, out, err) = cli(&["demo", "--port", &port]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        err.contains(&format!("port {port} cannot be used")),
+        "{err}"
+    );
+    assert!(!out.contains("starting PostgreSQL"), "{out}");
+}
