@@ -23,6 +23,8 @@
 #   S-simple-c1 .. S-prepared-c8   pgbench -S -n -T $DURATION, -M simple|extended|prepared,
 #                                  at -c 1 -j 1 and -c $CLIENTS -j $THREADS
 #   select-1m                      psql: select g, md5(g::text) from generate_series(1,1000000) g
+#   pii-1m-binary                  pii-1m fetched by asyncpg, which asks for binary results (the
+#                                  mask path's binary decoding), when PATHS has "mask"
 #   copy-1m                        psql: copy (the same) to stdout
 #
 # and prints medians per workload and path: TPS (or seconds and MB/s), ratios, the single
@@ -424,6 +426,14 @@ SELECT_SQL="select g, md5(g::text) from generate_series(1, $ROWS) g"
 COPY_SQL="copy ($SELECT_SQL) to stdout"
 PII_SQL="select g, 'user' || g || '@example.com' as email, md5(g::text) as token, lpad(g::text, 9, '0') as ssn from generate_series(1, $ROWS) g"
 declare -A OUT_BYTES
+# A client that fetches in binary format: asyncpg (libpq's environment variables).
+BINARY_CLIENT='import asyncio, sys, asyncpg
+async def main():
+    c = await asyncpg.connect(ssl=False)
+    rows = await c.fetch(sys.argv[1])
+    await c.close()
+    print(len(rows))
+asyncio.run(main())'
 
 run_bulk() { # workload sql path
     local wl=$1 sql=$2 path=$3 pid=${PID_OF[$3]} t0=0 t1=0 s e rss0=0 rss_peak=0 secs
@@ -439,8 +449,10 @@ run_bulk() { # workload sql path
         t0=$(cpu_ticks "$pid")
     fi
     s=$(date +%s%N)
+    local client=("$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 -c "$sql")
+    [[ $wl == *-binary ]] && client=(python3 -c "$BINARY_CLIENT" "$sql")
     # shellcheck disable=SC2046
-    if ! env $(pg_env "$path") "$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 -c "$sql" >/dev/null 2>"$WORK/psql.err"; then
+    if ! env $(pg_env "$path") "${client[@]}" >/dev/null 2>"$WORK/psql.err"; then
         log "  $wl via $path FAILED: $(tail -3 "$WORK/psql.err" | tr '\n' ' ')"
         record secs "$wl" "$path" NA
         [[ -n $SAMPLER_PID ]] && { kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null; SAMPLER_PID=; }
@@ -472,6 +484,8 @@ OUT_BYTES[select-1m]=$(env $(pg_env direct) "$PSQL" -X -q -A -t -c "$SELECT_SQL"
 OUT_BYTES[copy-1m]=$(env $(pg_env direct) "$PSQL" -X -q -c "$COPY_SQL" | wc -c)
 # shellcheck disable=SC2046
 has_path mask && OUT_BYTES[pii-1m]=$(env $(pg_env direct) "$PSQL" -X -q -A -t -c "$PII_SQL" | wc -c)
+# (the binary fetch's MB/s are counted over the same clear text size)
+has_path mask && OUT_BYTES[pii-1m-binary]=${OUT_BYTES[pii-1m]}
 
 # Every path must work before anything is measured; a short unrecorded run also warms caches.
 log "warm-up and check of every path"
@@ -489,7 +503,7 @@ for c in 1 "$CLIENTS"; do
 done
 WORKLOADS=("${PGBENCH_WORKLOADS[@]}")
 [[ ${BULK:-1} == 1 ]] && WORKLOADS+=(select-1m copy-1m)
-[[ ${BULK:-1} == 1 ]] && has_path mask && WORKLOADS+=(pii-1m)
+[[ ${BULK:-1} == 1 ]] && has_path mask && WORKLOADS+=(pii-1m pii-1m-binary)
 
 START=$(date +%s)
 for (( round = 1; round <= ROUNDS; round++ )); do
@@ -509,7 +523,7 @@ for (( round = 1; round <= ROUNDS; round++ )); do
                     ;;
                 select-1m) [[ $path == audit* || $path == guard ]] || run_bulk "$wl" "$SELECT_SQL" "$path" ;;
                 copy-1m) [[ $path == audit* || $path == guard || $path == mask ]] || run_bulk "$wl" "$COPY_SQL" "$path" ;;
-                pii-1m) [[ $path == direct || $path == gateway || $path == mask ]] && run_bulk "$wl" "$PII_SQL" "$path" ;;
+                pii-1m | pii-1m-binary) [[ $path == direct || $path == gateway || $path == mask ]] && run_bulk "$wl" "$PII_SQL" "$path" ;;
             esac
         done
     done
@@ -652,7 +666,7 @@ report() {
             echo
             echo "| workload | direct MB/s | gateway MB/s | mask MB/s | mask/direct | mask/gateway | mask CPU/row (ns) | mask RSS growth (KiB) |"
             echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-            for wl in select-1m pii-1m; do
+            for wl in select-1m pii-1m pii-1m-binary; do
                 d=$(med mbps "$wl" direct); g=$(med mbps "$wl" gateway); a=$(med mbps "$wl" mask)
                 echo "| $wl | $(fmt %.1f "$d") | $(fmt %.1f "$g") | $(fmt %.1f "$a") | $(fmt %.3f "$(ratio "$a" "$d")") | $(fmt %.3f "$(ratio "$a" "$g")") |" \
                     "$(fmt %.0f "$(med cpurow "$wl" mask)") | $(fmt %.0f "$(values rssgrowth "$wl" mask | sort -n | tail -1)") |"
@@ -687,6 +701,10 @@ report() {
             rss=$(values rssgrowth pii-1m mask | sort -n | tail -1)
             echo "| pii-1m (3 masked columns) ≥ 0.9× direct throughput | $(fmt %.3f "$r")× | $(verdict "$r" '>=' 0.9) |"
             echo "| pii-1m RSS growth < 16 MB | $(fmt %.0f "${rss:-NA}") KiB | $(verdict "${rss:-NA}" '<' 16384) |"
+            r=$(ratio "$(med mbps pii-1m-binary mask)" "$(med mbps pii-1m-binary direct)")
+            rss=$(values rssgrowth pii-1m-binary mask | sort -n | tail -1)
+            echo "| pii-1m-binary (asyncpg, binary format) ≥ 0.9× direct throughput | $(fmt %.3f "$r")× | $(verdict "$r" '>=' 0.9) |"
+            echo "| pii-1m-binary RSS growth < 16 MB | $(fmt %.0f "${rss:-NA}") KiB | $(verdict "${rss:-NA}" '<' 16384) |"
         fi
     fi
     if has_path guard; then

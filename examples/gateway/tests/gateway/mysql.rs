@@ -1047,6 +1047,9 @@ async fn what_mariadb_ran_is_what_the_gateway_judged_and_recorded() {
         "SET sql_mode = 'ANSI_QUOTES'",
         "SET sql_mode = ''",
         "SET NAMES utf8mb4",
+        "SET NAMES gbk",
+        "SET NAMES sjis",
+        "SET NAMES big5",
         "SET @q = 'DROP TABLE victims'",
         "PREPARE s FROM @q",
         "EXECUTE s",
@@ -1078,6 +1081,11 @@ async fn what_mariadb_ran_is_what_the_gateway_judged_and_recorded() {
         "/*M!100100 {}*/",
         "SELECT 1 /*! ; {} */",
         "SELECT `a``b` FROM (SELECT 1 AS `a``b`) t; {}",
+        // Sent as UTF-8 by the client: in GBK, SJIS or Big5 the last byte of `中` (E4 B8
+        // AD) or `表` (E8 A1 A8) may start a character that swallows the backslash.
+        "SELECT '中\\'; {}; -- '",
+        "SELECT '表\\'; {}; -- '",
+        "SELECT '中\\\\'; {}; -- '",
     ];
     const JOINS: &[&str] = &[";", "; ", ";\n", " ;", ";/* */", "; -- \n", ";#\n"];
 
