@@ -91,7 +91,9 @@ pub struct ApprovalRequest {
     pub id: String,
     /// Who asked (`identity` in `approvals list --json`).
     pub identity: Requester,
-    /// The session id.
+    /// The session id; in JSON as the trail writes it (16 hex digits), so that `audit show
+    /// --session` finds it (a number, as earlier versions wrote, is read too).
+    #[serde(with = "session_hex")]
     pub session: u64,
     /// The gateway target (listener name).
     pub target: String,
@@ -309,6 +311,20 @@ mod tests {
         test_request(min).filed("r1".into())
     }
 
+    /// Session ids in JSON are the trail's form (hex), and earlier numbers still read.
+    #[test]
+    fn session_ids_are_written_as_the_trail_writes_them() {
+        let r = request(1);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["session"], "0000000000000001");
+        let back: ApprovalRequest = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, r);
+        let mut old = json;
+        old["session"] = serde_json::json!(1);
+        let back: ApprovalRequest = serde_json::from_value(old).unwrap();
+        assert_eq!(back.session, 1);
+    }
+
     #[test]
     fn quorum_self_approval_and_groups() {
         let mut r = request(2);
@@ -407,6 +423,30 @@ mod tests {
             self.created_at = other.created_at;
             self.expires_at = other.expires_at;
             self
+        }
+    }
+}
+
+/// A session id in JSON as the audit trail writes it: 16 lower-case hex digits. A number
+/// (what earlier versions stored) reads as well.
+mod session_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{id:016x}"))
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Hex(String),
+        Number(u64),
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match Either::deserialize(d)? {
+            Either::Number(n) => Ok(n),
+            Either::Hex(h) => u64::from_str_radix(&h, 16).map_err(serde::de::Error::custom),
         }
     }
 }
