@@ -323,8 +323,17 @@ where
             Decisions::record(&mut response.extensions, approved_decision(&decided));
             Ok(response)
         }
-        State::Denied { by, .. } => {
-            refuse(inner, req, Refusal::ApprovalDenied { request: id, by }).await
+        State::Denied { by, reason } => {
+            refuse(
+                inner,
+                req,
+                Refusal::ApprovalDenied {
+                    request: id,
+                    by,
+                    reason,
+                },
+            )
+            .await
         }
         State::Expired => refuse(inner, req, Refusal::ApprovalTimeout { request: id }).await,
         State::Withdrawn | State::Pending => refuse(inner, req, Refusal::Cancelled).await,

@@ -173,7 +173,7 @@ async fn denial_timeout_and_cancel_are_refused_in_place() {
     let call = tokio::spawn(svc.clone().oneshot(held(&s, "delete from t")));
     let id = pending_id(&store).await;
     store
-        .decide(&id, &dba("dana"), Answer::Deny(None))
+        .decide(&id, &dba("dana"), Answer::Deny(Some("not today".into())))
         .await
         .unwrap();
     let response = call.await.unwrap().unwrap();
@@ -181,7 +181,8 @@ async fn denial_timeout_and_cancel_are_refused_in_place() {
         response.extensions.get::<RefusedInPlace>(),
         Some(&RefusedInPlace(Refusal::ApprovalDenied {
             request: id,
-            by: "dana".into()
+            by: "dana".into(),
+            reason: Some("not today".into()),
         }))
     );
 

@@ -476,9 +476,16 @@ impl DecisionRecord {
                 detail: Some(message.clone()),
                 ..record("guard", "deny")
             },
-            Refusal::ApprovalDenied { request, by } => DecisionRecord {
+            Refusal::ApprovalDenied {
+                request,
+                by,
+                reason,
+            } => DecisionRecord {
                 by: Some(by.clone()),
-                detail: Some(format!("request {request}")),
+                detail: Some(match reason {
+                    Some(reason) => format!("request {request}: {reason}"),
+                    None => format!("request {request}"),
+                }),
                 ..record("approval", "approval_denied")
             },
             Refusal::ApprovalTimeout { request } => DecisionRecord {

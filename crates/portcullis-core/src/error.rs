@@ -33,12 +33,14 @@ pub enum Refusal {
         message: String,
     },
     /// A person denied the approval request.
-    #[error("approval request {request} was denied by {by}")]
+    #[error("approval request {request} was denied by {by}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
     ApprovalDenied {
         /// The request id.
         request: String,
         /// Who denied it.
         by: String,
+        /// Why, when they said (`approvals deny --reason`).
+        reason: Option<String>,
     },
     /// Nobody approved in time.
     #[error("approval request {request} timed out")]

@@ -576,9 +576,10 @@ async fn approvals_end_to_end_approve_deny_cancel_self_approval_and_webhook() {
         code_of(&e),
         Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
     );
+    // The approver's reason reaches the waiting client.
     assert_eq!(
         e.as_db_error().unwrap().message(),
-        format!("approval request {id} was denied by bob")
+        format!("approval request {id} was denied by bob: not today")
     );
     assert_eq!(
         direct(&cluster, "select count(*) from victims where name = 'z'"),
