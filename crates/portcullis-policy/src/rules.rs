@@ -321,7 +321,7 @@ impl Rule {
                 self.name.clone(),
                 self.message
                     .clone()
-                    .unwrap_or_else(|| format!("{} is not allowed here", describe(s))),
+                    .unwrap_or_else(|| format!("{} is not allowed here", describe(self, s))),
             ),
             Action::Approve => Verdict::approve(
                 self.name.clone(),
@@ -332,15 +332,51 @@ impl Rule {
     }
 }
 
-fn describe(s: &Classified) -> String {
-    let what = s
+/// What `rule` refuses in `s`, as a person would say it: the kind the rule names (`DROP`,
+/// `COPY FROM`, `calling pg_read_file`), then why the statement is that, when it says more
+/// (`DELETE (trigger t on public.t_log runs public.f_wipe: …)`).
+fn describe(rule: &Rule, s: &Classified) -> String {
+    let shown = |k: &&String| !k.starts_with("kill:");
+    let kind = s
         .kinds
         .iter()
-        .find(|k| !matches!(k.as_str(), "select" | "explain"))
-        .or_else(|| s.kinds.iter().next())
-        .map(|k| k.to_uppercase().replace('_', " "))
-        .unwrap_or_else(|| "this statement".to_owned());
-    format!("{what} ({})", s.reason)
+        .filter(shown)
+        .find(|k| rule.statements.iter().any(|w| w == *k))
+        .or_else(|| {
+            (!rule.functions.is_empty())
+                .then(|| s.kinds.iter().find(|k| k.starts_with("function:")))
+                .flatten()
+        })
+        .or_else(|| {
+            s.kinds
+                .iter()
+                .filter(shown)
+                .find(|k| !matches!(k.as_str(), "select" | "explain"))
+        })
+        .or_else(|| s.kinds.iter().find(shown));
+    let what = match kind {
+        Some(k) => match k.strip_prefix("function:") {
+            Some(f) => format!("calling {f}"),
+            None => k.to_uppercase().replace('_', " "),
+        },
+        None => "this statement".to_owned(),
+    };
+    let reason = s.reason.trim().to_lowercase();
+    // Said already: the reason starts with the kind (`DROP TABLE` for DROP) or names the
+    // function called.
+    let key = what
+        .strip_prefix("calling ")
+        .unwrap_or(&what)
+        .to_lowercase();
+    let said = reason.is_empty()
+        || reason == "reads only"
+        || reason.starts_with(&key)
+        || (what.starts_with("calling ") && reason.contains(&key));
+    if !said {
+        format!("{what} ({})", s.reason.trim())
+    } else {
+        what
+    }
 }
 
 fn statement_matches(want: &str, s: &Classified) -> bool {

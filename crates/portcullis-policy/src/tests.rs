@@ -252,3 +252,31 @@ fn harmless_settings_through_set_config_are_a_set_not_admin() {
         assert_eq!(one(sql).class, Class::Admin, "{sql}");
     }
 }
+
+/// Issue 21: a rule's default message reads naturally — the kind the rule names, then why
+/// only when the reason says more.
+#[test]
+fn default_messages_read_naturally() {
+    use portcullis_core::{AuthMethod, Identity, Verdict};
+    let who = Identity::new("alice", vec![], AuthMethod::StaticToken);
+    let policy = Policy::new(vec![
+        Rule::new("no-drop", Action::Deny).statements(["drop"]),
+        Rule::new("no-files", Action::Deny).functions(["pg_read_file"]),
+        Rule::new("no-copy", Action::Deny).statements(["copy_from"]),
+    ])
+    .unwrap();
+    let message = |sql: &str| match policy.judge(&who, [sql]).verdict {
+        Verdict::Deny { message, .. } => message,
+        other => panic!("{sql}: {other:?}"),
+    };
+    for (sql, want) in [
+        ("drop table t", "DROP is not allowed here"),
+        (
+            "select pg_read_file('x')",
+            "calling pg_read_file is not allowed here",
+        ),
+        ("copy t from stdin", "COPY FROM is not allowed here"),
+    ] {
+        assert_eq!(message(sql), want, "{sql}");
+    }
+}
