@@ -1266,7 +1266,11 @@ where
                                     .get::<portcullis_core::RefusedInPlace>()
                                     .is_some()
                             });
-                            // Refused by a layer: nothing of it reached the server.
+                            // Refused by a layer: nothing of it reached the server. A refusal
+                            // is a command error, as a failure is.
+                            if refused {
+                                self.metrics.command_errors.fetch_add(1, Ordering::Relaxed);
+                            }
                             if (refused || result.is_err())
                                 && let Some(ledger) = &ledger
                             {

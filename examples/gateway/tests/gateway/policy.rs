@@ -219,7 +219,7 @@ path = "{}"
 "#,
         trail.display()
     );
-    let (mut gateway, gw, _admin, _dir) = start(&cluster, &rules).await;
+    let (mut gateway, gw, admin, _dir) = start(&cluster, &rules).await;
 
     // Simple protocol, with psql: every bypass style is blocked, every benign statement passes.
     let mut missed = Vec::new();
@@ -237,6 +237,15 @@ path = "{}"
         missed.is_empty(),
         "not blocked through the gateway:\n{}",
         missed.join("\n")
+    );
+    // Each refusal counts as a command error, as MySQL's do.
+    let errors = super::metric(admin, "portcullis_command_errors_total{listener=\"main\"} ")
+        .await
+        .unwrap_or_default();
+    assert!(
+        errors >= MUST_BLOCK.len() as u64,
+        "{errors} command errors for {} refused statements",
+        MUST_BLOCK.len()
     );
     let mut wrongly = Vec::new();
     for sql in MUST_PASS {
