@@ -242,10 +242,13 @@ impl Prepareds {
         self.last = Some(id);
     }
 
-    /// Read the statements of the next commands in `charset` (the session's
-    /// `character_set_client`, as the database reported it).
-    pub(crate) fn set_charset(&mut self, charset: &str) {
-        if *self.charset != *charset {
+    /// Read the statements of the next commands in `session`'s `character_set_client`, as
+    /// the database last reported it (copied only when it changed).
+    pub(crate) fn follow_charset(&mut self, session: &portcullis_core::Session) {
+        const NAME: &str = "character_set_client";
+        if !session.server_param_is(NAME, |c| c == &*self.charset)
+            && let Some(charset) = session.server_param(NAME)
+        {
             self.charset = Arc::from(charset);
         }
     }

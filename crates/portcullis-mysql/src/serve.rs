@@ -1043,9 +1043,7 @@ where
                 payload = bytes::Bytes::from_static(&[com::RESET_CONNECTION]);
                 com_byte = com::RESET_CONNECTION;
             }
-            if let Some(charset) = self.session.server_param("character_set_client") {
-                self.prepared.set_charset(&charset);
-            }
+            self.prepared.follow_charset(&self.session);
             let command = match self.prepared.command(payload) {
                 Ok(c) => c,
                 Err(Unrunnable::Error {

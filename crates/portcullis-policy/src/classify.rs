@@ -112,6 +112,20 @@ impl Classified {
         self
     }
 
+    /// Take in what `other` (a statement this one runs: a function body's, EXECUTE
+    /// IMMEDIATE's or PREPARE's argument) does: its classes (with its reason), kinds, tables,
+    /// calls, operators and unbounded writes.
+    pub(crate) fn absorb(&mut self, other: &Classified) {
+        for class in &other.classes {
+            self.raise(*class, other.reason.clone());
+        }
+        self.kinds.extend(other.kinds.iter().cloned());
+        self.tables.extend(other.tables.iter().cloned());
+        self.functions.extend(other.functions.iter().cloned());
+        self.operators.extend(other.operators.iter().cloned());
+        self.without_where |= other.without_where;
+    }
+
     /// Whether the statement contains an operation of `kind`.
     pub fn has_kind(&self, kind: &str) -> bool {
         self.kinds.contains(kind)

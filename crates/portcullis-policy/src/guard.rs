@@ -715,14 +715,7 @@ fn body_effects(policy: &Policy, f: &portcullis_core::FunctionFacts) -> Option<C
     };
     let mut all = Classified::reading(String::new());
     for c in list {
-        for class in &c.classes {
-            all.raise(*class, c.reason.clone());
-        }
-        all.kinds.extend(c.kinds.iter().cloned());
-        all.tables.extend(c.tables.iter().cloned());
-        all.functions.extend(c.functions.iter().cloned());
-        all.operators.extend(c.operators.iter().cloned());
-        all.without_where |= c.without_where;
+        all.absorb(c);
     }
     Some(all.finish())
 }

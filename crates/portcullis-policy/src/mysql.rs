@@ -419,14 +419,8 @@ fn prepare_from(text: &str, mode: MySqlMode) -> Option<Result<Classified, Unpars
                 Err(e) => return Some(Err(e)),
             };
             c.kind("prepare", Class::Read, "PREPARE");
-            for s in inner {
-                for class in &s.classes {
-                    c.raise(*class, s.reason.clone());
-                }
-                c.kinds.extend(s.kinds);
-                c.tables.extend(s.tables);
-                c.functions.extend(s.functions);
-                c.without_where |= s.without_where;
+            for s in &inner {
+                c.absorb(s);
             }
         }
         _ => c.kind(
@@ -619,7 +613,7 @@ impl MyWalk {
                         Ok(inner) => {
                             self.kind("execute", Class::Read, "EXECUTE IMMEDIATE");
                             for c in inner {
-                                self.absorb(c);
+                                self.0.absorb(&c);
                             }
                         }
                         // Dynamic SQL the gateway cannot read or see takes the strictest
@@ -683,19 +677,6 @@ impl MyWalk {
                 );
             }
         }
-    }
-}
-
-impl MyWalk {
-    /// Take in what a statement run by this one does (EXECUTE IMMEDIATE's argument).
-    fn absorb(&mut self, c: Classified) {
-        for class in &c.classes {
-            self.raise(*class, c.reason.clone());
-        }
-        self.kinds.extend(c.kinds);
-        self.tables.extend(c.tables);
-        self.functions.extend(c.functions);
-        self.without_where |= c.without_where;
     }
 }
 
